@@ -1,0 +1,71 @@
+"""fitlens: train PyTorch models in batches and see the truth about training progress.
+
+Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free of torch)::
+
+    fitlens.fit(model, train, loss=..., optimizer=..., metrics=[...], epochs=...) -> History
+    fitlens.evaluate(model, data, loss=..., metrics=[...]) -> dict
+    fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
+    fitlens.EpochMean, fitlens.EMA, fitlens.WindowMean, fitlens.TrendWindow, fitlens.LastValue
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "fit": "fitlens.loop",
+    "evaluate": "fitlens.evaluate",
+    "History": "fitlens.history",
+    "Callback": "fitlens.callbacks",
+    "EarlyStopping": "fitlens.callbacks",
+    "Progress": "fitlens.progress",
+    "Accuracy": "fitlens.metrics",
+    "Estimator": "fitlens.estimators",
+    "EpochMean": "fitlens.estimators",
+    "EMA": "fitlens.estimators",
+    "WindowMean": "fitlens.estimators",
+    "TrendWindow": "fitlens.estimators",
+    "LastValue": "fitlens.estimators",
+}
+
+__all__ = [
+    "EMA",
+    "Accuracy",
+    "Callback",
+    "EarlyStopping",
+    "EpochMean",
+    "Estimator",
+    "History",
+    "LastValue",
+    "Progress",
+    "TrendWindow",
+    "WindowMean",
+    "__version__",
+    "evaluate",
+    "fit",
+]
+
+if TYPE_CHECKING:
+    from fitlens.callbacks import Callback, EarlyStopping
+    from fitlens.estimators import EMA, EpochMean, Estimator, LastValue, TrendWindow, WindowMean
+    from fitlens.evaluate import evaluate
+    from fitlens.history import History
+    from fitlens.loop import fit
+    from fitlens.metrics import Accuracy
+    from fitlens.progress import Progress
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fitlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,226 @@
+"""Turning what users pass as data into a stream of ``(x, y)`` batches per epoch.
+
+Three forms, as Keras accepts them:
+
+* a **generator or iterator** (``iter(obj) is obj``): Keras's ``fit_generator`` case. It needs
+  ``steps_per_epoch``; the same iterator continues across epochs. If it runs out early, the
+  epoch ends there with a warning and training stops (there is nothing left to train on).
+* a **re-iterable** (a ``DataLoader``, a list of batches, ...): iterated afresh every epoch;
+  with ``steps_per_epoch`` only that many batches of each pass are used.
+* a **tuple of arrays** ``(x, y)`` (tensors or numpy arrays; ``x`` may be a tuple or dict of
+  them) with ``batch_size``: shuffled every epoch with torch's global generator, so
+  ``torch.manual_seed`` makes runs repeatable. The last batch may be smaller.
+
+Floating-point numpy arrays become tensors of torch's default dtype (float32 unless changed);
+integer arrays keep their dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+Batch = tuple[Any, Any]
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor | np.ndarray)
+
+
+def _is_array_tree(obj: Any) -> bool:
+    if _is_array(obj):
+        return True
+    if isinstance(obj, tuple | list):
+        return len(obj) > 0 and all(_is_array(o) for o in obj)
+    if isinstance(obj, Mapping):
+        return len(obj) > 0 and all(_is_array(o) for o in obj.values())
+    return False
+
+
+def _first_len(obj: Any) -> int:
+    if _is_array(obj):
+        return int(obj.shape[0])
+    if isinstance(obj, Mapping):
+        return _first_len(next(iter(obj.values())))
+    return _first_len(obj[0])
+
+
+def _leading_lengths(obj: Any) -> list[int]:
+    if _is_array(obj):
+        return [int(obj.shape[0])] if obj.ndim else [-1]
+    values = obj.values() if isinstance(obj, Mapping) else obj
+    return [n for v in values for n in _leading_lengths(v)]
+
+
+def _take(obj: Any, index: torch.Tensor) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj[index.to(obj.device)]
+    if isinstance(obj, np.ndarray):
+        return obj[index.numpy()]
+    if isinstance(obj, Mapping):
+        return {k: _take(v, index) for k, v in obj.items()}
+    return type(obj)(_take(v, index) for v in obj)
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move a tensor, numpy array, or a tuple/list/dict of them to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, np.ndarray):
+        t = torch.from_numpy(obj)
+        if t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        return t.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def batch_size_of(x: Any) -> int:
+    """Samples in a batch: the first dimension of ``x`` (or of its first tensor)."""
+    return _first_len(x)
+
+
+@dataclass
+class ArrayData:
+    """In-memory ``(x, y)`` arrays served in shuffled batches of ``batch_size``."""
+
+    x: Any
+    y: Any
+    batch_size: int
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        self.n = _first_len(self.x)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield _take(self.x, index), _take(self.y, index)
+
+
+class BatchSource:
+    """Serves each epoch's batches from any of the accepted data forms.
+
+    Attributes:
+        steps: batches per epoch, or None when unknown until the first pass ends.
+        kind: ``"generator"``, ``"iterable"`` or ``"arrays"``.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        name: str,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+    ) -> None:
+        steps_arg = "steps_per_epoch" if name == "train" else "validation_steps"
+        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps <= 0):
+            raise ValueError(
+                f"Expected `{steps_arg}` to be a positive integer. Received: {steps!r}."
+            )
+        self.name = name
+        self._iterator: Iterator[Batch] | None = None
+        if isinstance(data, tuple) and len(data) in (2, 3) and all(_is_array_tree(d) for d in data):
+            if len(data) == 3:
+                raise ValueError(
+                    f"Expected `{name}` arrays as (x, y). Received a 3-tuple; sample weights "
+                    "are not supported yet: fold them into a custom loss instead."
+                )
+            if batch_size is None:
+                batch_size = 32 if name == "train" else 256
+            if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
+                raise ValueError(
+                    f"Expected `batch_size` to be a positive integer. Received: {batch_size!r}."
+                )
+            lengths = set(_leading_lengths(data[0]) + _leading_lengths(data[1]))
+            if len(lengths) != 1:
+                raise ValueError(
+                    f"Expected every array in `{name}` to have the same number of samples "
+                    f"(first dimension). Received lengths {sorted(lengths)}."
+                )
+            n = lengths.pop()
+            if n <= 0:
+                raise ValueError(f"Expected `{name}` to hold at least one sample. Received 0.")
+            self.kind = "arrays"
+            self.iterable: Iterable[Batch] = ArrayData(data[0], data[1], int(batch_size), shuffle)
+            full = len(self.iterable)
+            self.steps: int | None = min(full, steps) if steps else full
+        elif isinstance(data, Iterator):
+            if steps is None:
+                raise ValueError(
+                    f"`{name}` is a generator or iterator, so fitlens cannot know where an epoch "
+                    f"ends. Pass `{steps_arg}=N` (batches per epoch), as Keras's fit_generator "
+                    "requires, or pass a re-iterable such as a DataLoader or a list of batches."
+                )
+            self.kind = "generator"
+            self.iterable = data
+            self._iterator = data
+            self.steps = int(steps)
+        elif isinstance(data, Iterable) and not isinstance(data, str | bytes | Mapping):
+            self.kind = "iterable"
+            self.iterable = data
+            try:
+                full = len(data)  # type: ignore[arg-type]
+            except TypeError:
+                self.steps = int(steps) if steps else None
+            else:
+                if full == 0:
+                    raise ValueError(
+                        f"Expected `{name}` to yield at least one batch. Received an empty "
+                        f"{type(data).__name__}."
+                    )
+                self.steps = min(full, int(steps)) if steps else full
+        else:
+            raise TypeError(
+                f"Expected `{name}` to be a generator of (x, y) batches, a re-iterable such as "
+                "a DataLoader or a list of batches, or a tuple (x, y) of arrays or tensors. "
+                f"Received: {type(data).__name__}."
+            )
+
+    @property
+    def restarts_each_epoch(self) -> bool:
+        """True when every epoch starts a fresh pass (not a continuing generator)."""
+        return self.kind != "generator"
+
+    def epoch(self) -> Iterator[Batch]:
+        """The batches of one epoch (at most ``steps``)."""
+        source = self._iterator if self._iterator is not None else iter(self.iterable)
+        if self.steps is None:
+            yield from source
+            return
+        for _ in range(self.steps):
+            try:
+                yield next(source)
+            except StopIteration:
+                return
+
+
+def unpack(batch: Any, name: str) -> Batch:
+    """Split a batch into ``(x, y)``, with a clear error for anything else."""
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping) and {"x", "y"} <= set(batch):
+        return batch["x"], batch["y"]
+    got = (
+        f"a {len(batch)}-item {type(batch).__name__}"
+        if isinstance(batch, tuple | list)
+        else type(batch).__name__
+    )
+    raise ValueError(
+        f"Expected each batch of `{name}` to be an (x, y) pair. Received {got}. "
+        "Yield `(inputs, targets)` from your generator or dataset."
+    )

@@ -1,0 +1,172 @@
+"""Training metrics: ``"accuracy"``, user callables, and torchmetrics metrics.
+
+A metric produces, per batch, a 0-d tensor that stays on the device (no host sync); the loop
+weights it by the batch size for the epoch mean, exactly like the loss. A torchmetrics
+``Metric`` is *stateful*: its epoch value is ``metric.compute()`` over the epoch's accumulated
+state (what torchmetrics would report), and its per-batch value is what ``metric(...)`` returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+MetricFn = Callable[[Any, Any], torch.Tensor]
+
+
+class Accuracy:
+    """Fraction of correct predictions in a batch, from logits or probabilities.
+
+    * Multiclass: outputs ``(N, C)`` with ``C > 1``; targets class indices ``(N,)`` or one-hot
+      / probabilities ``(N, C)``. The prediction is the arg-max.
+    * Binary: outputs ``(N,)`` or ``(N, 1)``; targets in {0, 1}. The prediction is
+      ``output > 0`` for logits and ``output > 0.5`` for probabilities.
+
+    Args:
+        from_logits: whether binary outputs are logits. ``None`` lets `fit` decide on the first
+            training batch: outputs produced by a sigmoid are probabilities, anything else
+            logits (logits are assumed until then).
+    """
+
+    __name__ = "accuracy"
+
+    def __init__(self, from_logits: bool | None = None) -> None:
+        self.from_logits = from_logits
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if outputs.ndim >= 2 and outputs.shape[-1] > 1:
+            pred = outputs.argmax(-1)
+            if targets.is_floating_point() and targets.shape == outputs.shape:
+                targets = targets.argmax(-1)
+            return (pred == targets).to(torch.get_default_dtype()).mean()
+        if outputs.ndim == targets.ndim + 1:
+            outputs = outputs.squeeze(-1)
+        pred = outputs > (0.5 if self.from_logits is False else 0.0)
+        return (pred == (targets > 0.5)).to(torch.get_default_dtype()).mean()
+
+
+def configure_from_outputs(metrics: Sequence[TrackedMetric], outputs: Any) -> None:
+    """Settle choices that depend on the model's outputs, on the first training batch.
+
+    Binary `Accuracy` with ``from_logits=None`` reads whether the outputs came out of a sigmoid
+    (the autograd node says so, without a host sync).
+    """
+    grad_fn = getattr(outputs, "grad_fn", None)
+    from_sigmoid = grad_fn is not None and "Sigmoid" in type(grad_fn).__name__
+    for m in metrics:
+        if isinstance(m.fn, Accuracy) and m.fn.from_logits is None:
+            m.fn.from_logits = not from_sigmoid
+
+
+_NAMED: dict[str, Callable[[], MetricFn]] = {"accuracy": Accuracy, "acc": Accuracy}
+
+
+def _is_torchmetric(obj: Any) -> bool:
+    tm = sys.modules.get("torchmetrics")  # never import it just to check
+    return tm is not None and isinstance(obj, tm.Metric)
+
+
+class TrackedMetric:
+    """One named metric as the loop uses it.
+
+    Attributes:
+        name: the display name, exactly as the user gave it.
+        stateful: True for torchmetrics metrics (epoch value from ``compute()``).
+    """
+
+    def __init__(self, name: str, fn: Any) -> None:
+        self.name = name
+        self.fn = fn
+        self.stateful = _is_torchmetric(fn)
+
+    def to(self, device: torch.device) -> TrackedMetric:
+        if self.stateful:
+            self.fn = self.fn.to(device)
+        return self
+
+    def batch(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The batch's value as a detached 0-d tensor on the outputs' device."""
+        if self.stateful and isinstance(outputs, torch.Tensor) and outputs.ndim == targets.ndim + 1:
+            outputs = outputs.squeeze(-1) if outputs.shape[-1] == 1 else outputs
+        value = self.fn(outputs, targets)
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        if value.numel() != 1:
+            raise ValueError(
+                f"Metric {self.name!r} returned a tensor of shape {tuple(value.shape)}; "
+                "expected one value per batch (a scalar). Reduce it with .mean()."
+            )
+        return value.detach().reshape(())
+
+    def reset(self) -> None:
+        if self.stateful:
+            self.fn.reset()
+
+    def compute(self) -> float:
+        """The stateful metric's value over everything since the last reset (host sync)."""
+        return float(self.fn.compute())
+
+    def fresh(self) -> TrackedMetric:
+        """An independent copy for another pass (validation), sharing no state."""
+        clone = TrackedMetric(self.name, copy.deepcopy(self.fn) if self.stateful else self.fn)
+        clone.reset()
+        return clone
+
+
+def _name_of(spec: Any) -> str:
+    if isinstance(spec, str):
+        return spec
+    name = getattr(spec, "__name__", None)
+    if isinstance(name, str):
+        return name
+    cls = type(spec).__name__
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(cls))
+
+
+def _resolve_one(spec: Any) -> Any:
+    if isinstance(spec, str):
+        if spec not in _NAMED:
+            raise ValueError(
+                f"Unknown metric {spec!r}. Expected one of {sorted(_NAMED)}, a callable "
+                "(outputs, targets) -> tensor, or a torchmetrics.Metric."
+            )
+        return _NAMED[spec]()
+    if callable(spec):
+        return spec
+    raise TypeError(
+        f"Expected a metric name, a callable (outputs, targets) -> tensor, or a "
+        f"torchmetrics.Metric. Received: {spec!r}."
+    )
+
+
+def resolve_metrics(
+    metrics: Sequence[Any] | Mapping[str, Any], reserved: Sequence[str] = ()
+) -> list[TrackedMetric]:
+    """Named metrics from a list (names inferred) or a dict ``{display name: metric}``."""
+    if isinstance(metrics, str) or not isinstance(metrics, Sequence | Mapping):
+        raise TypeError(
+            f"Expected `metrics` to be a list or a dict of metrics. Received: {metrics!r}. "
+            "Wrap a single metric in a list: metrics=['accuracy']."
+        )
+    items = (
+        list(metrics.items())
+        if isinstance(metrics, Mapping)
+        else [(_name_of(m), m) for m in metrics]
+    )
+    out: list[TrackedMetric] = []
+    seen = set(reserved)
+    for name, spec in items:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"Expected metric names to be non-empty strings. Received: {name!r}.")
+        if name in seen:
+            raise ValueError(
+                f"Metric name {name!r} is used twice (or clashes with the loss). "
+                "Pass a dict {name: metric} to choose distinct names."
+            )
+        seen.add(name)
+        out.append(TrackedMetric(name, _resolve_one(spec)))
+    return out

@@ -1,0 +1,131 @@
+"""Per-step bookkeeping with no host synchronisation, folded into estimators at refresh time.
+
+During an epoch each training step hands the recorder its metric values as 0-d tensors that
+stay on the device, plus the batch size and two host timings. The recorder only appends them
+to Python lists. `flush` (called when the display refreshes and at epoch end) moves everything
+pending to the host in *one* transfer, appends the rows to ``History.batches`` and updates each
+metric's epoch mean and now estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fitlens.estimators import EpochMean, Estimator, make_estimator
+from fitlens.history import BatchLog
+from fitlens.metrics import TrackedMetric
+
+
+class Recorder:
+    """Holds the pending per-step values and the estimators of every training metric.
+
+    Args:
+        names: metric names, the loss first, in the order `record` receives values.
+        now: the now estimator (a name or a configured instance, cloned per metric). It runs
+            across epoch boundaries: the model does not change when an epoch ends.
+        batches: the batch log that flushed rows go to.
+        stateful: the metrics whose epoch value comes from ``compute()`` (torchmetrics).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        now: str | Estimator,
+        batches: BatchLog,
+        stateful: Sequence[TrackedMetric] = (),
+    ) -> None:
+        self.names = list(names)
+        self.means = {n: EpochMean() for n in self.names}
+        self.nows = {n: make_estimator(now) for n in self.names}
+        self.batches = batches
+        self.stateful = {m.name: m for m in stateful}
+        self.epoch = 0
+        self.steps_flushed = 0
+        self.data_time = 0.0  # seconds this epoch, flushed steps only
+        self.step_time = 0.0
+        self._values: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._step_times: list[float] = []
+        self._data_times: list[float] = []
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Reset the epoch means (not the now estimates) for 1-based ``epoch``."""
+        self.epoch = epoch
+        self.steps_flushed = 0
+        self.data_time = self.step_time = 0.0
+        for m in self.means.values():
+            m.reset()
+        for metric in self.stateful.values():
+            metric.reset()
+
+    def record(
+        self, values: Sequence[torch.Tensor], size: int, step_time: float, data_time: float
+    ) -> None:
+        """Queue one step: ``values`` in the order of ``names``, still on the device."""
+        self._values.extend(values)
+        self._sizes.append(size)
+        self._step_times.append(step_time)
+        self._data_times.append(data_time)
+
+    @property
+    def pending(self) -> int:
+        return len(self._sizes)
+
+    def flush(self) -> None:
+        """Move pending values to the host (one sync) and update estimators and the log."""
+        n = len(self._sizes)
+        if n == 0:
+            return
+        values = torch.stack(self._values).to("cpu", torch.float64).numpy()
+        values = values.reshape(n, len(self.names))
+        sizes = np.asarray(self._sizes, dtype=np.float64)
+        step_times = np.asarray(self._step_times)
+        data_times = np.asarray(self._data_times)
+        row = {
+            "epoch": np.full(n, self.epoch),
+            "step": np.arange(self.steps_flushed + 1, self.steps_flushed + n + 1),
+            "size": sizes,
+            "step_time": step_times,
+            "data_time": data_times,
+        }
+        for i, name in enumerate(self.names):
+            column = values[:, i]
+            row[name] = column
+            self.means[name].update(column, sizes)
+            self.nows[name].update(column, sizes)
+        self.batches.append(row)
+        self.steps_flushed += n
+        self.step_time += float(step_times.sum())
+        self.data_time += float(data_times.sum())
+        self._values.clear()
+        self._sizes.clear()
+        self._step_times.clear()
+        self._data_times.clear()
+
+    def mean(self, name: str) -> float:
+        """The epoch value: the running mean, or ``compute()`` for a stateful metric."""
+        if name in self.stateful and self.means[name].count > 0:
+            return self.stateful[name].compute()
+        return self.means[name].value
+
+    def snapshot(self) -> dict[str, tuple[float, float]]:
+        """``{name: (epoch mean, now estimate)}`` after a flush."""
+        return {n: (self.mean(n), self.nows[n].value) for n in self.names}
+
+    def logs(self) -> dict[str, float]:
+        """``{name: epoch mean, name_now: now estimate}``, flushing first."""
+        self.flush()
+        out: dict[str, float] = {}
+        for name, (mean, now) in self.snapshot().items():
+            out[name] = mean
+            out[f"{name}_now"] = now
+        return out
+
+    def last_batch(self, name: str) -> float:
+        """The last flushed batch value of ``name`` (NaN if none)."""
+        col = self.batches[name]
+        return float(col[-1]) if len(col) else math.nan
