@@ -126,7 +126,8 @@ class EarlyStopping(Callback):
 
     Args:
         monitor: a key of the epoch logs, e.g. ``"val_loss"`` or ``"loss_now"``.
-        patience: epochs without improvement before stopping.
+        patience: epochs without improvement after which training stops (Keras's rule:
+            with patience 1, the first epoch that does not improve stops training).
         mode: ``"min"`` or ``"max"``; ``"auto"`` uses max for names containing "acc" or "auc".
         min_delta: smallest change that counts as improvement.
     """
@@ -166,6 +167,6 @@ class EarlyStopping(Callback):
             self.best, self.wait = score, 0
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.run.stop_training = True

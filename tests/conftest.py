@@ -1,0 +1,28 @@
+"""Shared fixtures: small real models and data, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def blobs():
+    """A 3-class problem: 200 samples of 8 float32 features, integer labels."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=200)
+    centers = rng.normal(size=(3, 8)) * 2
+    x = (centers[y] + rng.normal(size=(200, 8))).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
