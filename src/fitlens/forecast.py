@@ -73,7 +73,7 @@ def batch_noise(values: np.ndarray) -> float:
 
     Example:
         >>> round(batch_noise(np.array([0.0, 1.0, 0.0, 1.0, 0.0])), 3)
-        0.73
+        0.816
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]

@@ -53,7 +53,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     verbose: int | Progress = 1,
     device: torch.device | str | None = None,
-    now: str | Estimator = "trend",
+    now: str | Estimator = "ema_trend",
     train_eval: bool | float | int | None = None,
     clock: Clock | None = None,
 ) -> History:
@@ -79,8 +79,9 @@ def fit(
         callbacks: `Callback` instances.
         verbose: 0, 1 or 2, or a configured `Progress`.
         device: where to train; default: where the model's parameters are.
-        now: the now estimator: ``"trend"`` (default), ``"ema"``, ``"window"``, ``"last"`` or a
-            configured `Estimator`.
+        now: the now estimator: ``"ema_trend"`` (default: `EMATrend` with 800 samples of memory,
+            tuned on ``benchmarks/now_estimate.py``), ``"trend"``, ``"ema"``, ``"window"``,
+            ``"last"`` or a configured `Estimator`.
         train_eval: at every epoch end, also evaluate the current model on training data, in
             train mode and in eval mode, without side effects (see `fitlens.train_eval`):
             ``True`` for all of it, a fraction in (0, 1] or a sample count for a fixed random
