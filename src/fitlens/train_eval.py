@@ -317,12 +317,17 @@ def train_passes(
     The train-mode pass keeps the modules' flags as training left them (a batch-norm layer the
     user froze in eval mode stays frozen); the eval-mode pass calls ``model.eval()``.
     """
+    flags = [(m, m.training) for m in model.modules()]
     with preserved_state(model):
-        train_mode = measure_batches(
-            model, subset.batches(), "loss", loss_fn, [m.fresh() for m in metrics], device
-        )
+        # Train mode updates batch-norm running statistics as it goes (restored on exit), so
+        # the eval-mode pass, which reads them, comes first.
         model.eval()
         eval_mode = measure_batches(
+            model, subset.batches(), "loss", loss_fn, [m.fresh() for m in metrics], device
+        )
+        for module, training in flags:
+            module.training = training
+        train_mode = measure_batches(
             model, subset.batches(), "loss", loss_fn, [m.fresh() for m in metrics], device
         )
     return train_mode, eval_mode
