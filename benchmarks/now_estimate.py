@@ -85,19 +85,29 @@ def tasks() -> list[Task]:
     bx, by = _digits(True)
     tx, ty = _tabular()
     return [
-        Task("demo mlp", dx, dy, lambda o: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, o)), "cross_entropy"),
+        Task(
+            "demo mlp",
+            dx,
+            dy,
+            lambda o: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, o)),
+            "cross_entropy",
+        ),
         Task(
             "dropout",
             dx,
             dy,
-            lambda o: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, o)),
+            lambda o: nn.Sequential(
+                nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, o)
+            ),
             "cross_entropy",
         ),
         Task(
             "batchnorm",
             dx,
             dy,
-            lambda o: nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, o)),
+            lambda o: nn.Sequential(
+                nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, o)
+            ),
             "cross_entropy",
         ),
         Task(
@@ -194,9 +204,15 @@ def main() -> None:
     ]
     chosen = args.default
 
-    print(f"\n1. Per epoch, mean over {args.seeds} seeds: |x - full train-mode pass| in points of accuracy")
-    print(f"{'task':<16}{'batch':>6}{'epoch':>6}{'full':>8}{'|mean|':>8}{f'|{chosen}|':>18}{'ratio':>7}")
-    for key in sorted({(r.task, r.batch_size) for r in runs}, key=lambda k: (tasks_order(k[0]), k[1])):
+    print(
+        f"\n1. Per epoch, mean over {args.seeds} seeds: |x - full train-mode pass| in points of accuracy"
+    )
+    print(
+        f"{'task':<16}{'batch':>6}{'epoch':>6}{'full':>8}{'|mean|':>8}{f'|{chosen}|':>18}{'ratio':>7}"
+    )
+    for key in sorted(
+        {(r.task, r.batch_size) for r in runs}, key=lambda k: (tasks_order(k[0]), k[1])
+    ):
         group = [r for r in runs if (r.task, r.batch_size) == key]
         full = np.mean([r.full for r in group], axis=0)
         mean_err = np.mean([np.abs(r.mean - r.full) for r in group], axis=0)
@@ -218,10 +234,16 @@ def main() -> None:
     rows = []
     for name in ["mean (reported)", *CANDIDATES]:
         errs = np.array(
-            [np.abs((r.mean if name == "mean (reported)" else r.estimates[name]) - r.full) for r in runs]
+            [
+                np.abs((r.mean if name == "mean (reported)" else r.estimates[name]) - r.full)
+                for r in runs
+            ]
         )
         demo_err = np.mean(
-            [np.abs((r.mean if name == "mean (reported)" else r.estimates[name]) - r.full) for r in demo],
+            [
+                np.abs((r.mean if name == "mean (reported)" else r.estimates[name]) - r.full)
+                for r in demo
+            ],
             axis=0,
         )
         rows.append(
@@ -236,7 +258,9 @@ def main() -> None:
             )
         )
     for name, m, m2, mx, hit, ratio, ratio2 in rows:
-        print(f"{name:<22}{pp(m):>9}{pp(m2):>8}{pp(mx):>8}{100 * hit:>6.0f}%{ratio:>11.1f}{ratio2:>11.1f}")
+        print(
+            f"{name:<22}{pp(m):>9}{pp(m2):>8}{pp(mx):>8}{100 * hit:>6.0f}%{ratio:>11.1f}{ratio2:>11.1f}"
+        )
 
     train_s = sum(r.train_seconds for r in runs)
     pass_s = sum(r.pass_seconds for r in runs)
@@ -249,7 +273,9 @@ def main() -> None:
 
 
 def tasks_order(name: str) -> int:
-    return [t for t in ("demo mlp", "dropout", "batchnorm", "binary", "tabular bn+drop")].index(name)
+    return [t for t in ("demo mlp", "dropout", "batchnorm", "binary", "tabular bn+drop")].index(
+        name
+    )
 
 
 if __name__ == "__main__":

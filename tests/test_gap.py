@@ -96,7 +96,9 @@ def test_without_the_population_correction_large_subsets_over_cover():
     rng = np.random.default_rng(0)
     correct = (rng.random(1000) < 0.8).astype(float)
     plain = _coverage(correct, 500, lambda s: wilson_interval(s.mean(), s.size))
-    corrected = _coverage(correct, 500, lambda s: wilson_interval(s.mean(), s.size, population=1000))
+    corrected = _coverage(
+        correct, 500, lambda s: wilson_interval(s.mean(), s.size, population=1000)
+    )
     assert plain > 0.99 and 0.90 <= corrected <= 0.99
 
 

@@ -35,9 +35,9 @@ _EXPORTS = {
 
 __all__ = [
     "EMA",
-    "EMATrend",
     "Accuracy",
     "Callback",
+    "EMATrend",
     "EarlyStopping",
     "EpochMean",
     "Estimator",

@@ -533,6 +533,7 @@ class EMATrend(Estimator):
         self._add(other)
         self.steps += other.steps
 
+
 _BY_NAME: dict[str, type[Estimator]] = {
     cls.name: cls for cls in (EpochMean, EMA, WindowMean, LastValue, TrendWindow, EMATrend)
 }

@@ -136,7 +136,9 @@ def measure_batches(
         samples += n
         batches_seen += 1
     if totals is None:
-        return {k: PassValue(math.nan, 0, math.nan, kind) for k, kind in zip(names, kinds)}
+        return {
+            k: PassValue(math.nan, 0, math.nan, kind) for k, kind in zip(names, kinds, strict=False)
+        }
     sums = totals.cpu().tolist()
     out: dict[str, PassValue] = {}
     for i, (key, kind) in enumerate(zip(names, kinds, strict=True)):

@@ -36,7 +36,13 @@ from fitlens.forecast import (
     format_forecast_line,
     make_forecast,
 )
-from fitlens.gap import GapDecomposition, Measured, format_gap_line, normal_interval, wilson_interval
+from fitlens.gap import (
+    GapDecomposition,
+    Measured,
+    format_gap_line,
+    normal_interval,
+    wilson_interval,
+)
 from fitlens.history import BatchLog
 from fitlens.losses import LossFn
 from fitlens.metrics import TrackedMetric
