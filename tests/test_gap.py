@@ -164,6 +164,16 @@ def test_gap_line_without_validation_stops_at_eval_mode_and_shows_unknown_interv
     assert math.isnan(d.total)
 
 
+def test_values_measured_on_all_the_training_data_are_shown_without_an_interval():
+    d = GapDecomposition(
+        "accuracy", 0.5, 0.6, Measured(0.7, 0.7, 0.7, 1437), Measured(0.72, 0.72, 0.72, 1437)
+    )
+    assert format_gap_line(d) == (
+        "gap accuracy: mean 0.5000 -> train mode 0.7000 (lag +0.2000) -> "
+        "eval mode 0.7200 (dropout/BN +0.0200)"
+    )
+
+
 def test_to_dict_holds_values_intervals_and_parts():
     out = _measured_chain().to_dict()
     assert out["estimated"] is False

@@ -205,8 +205,8 @@ def _signed(x: float) -> str:
 
 
 def _with_interval(m: Measured) -> str:
-    if math.isnan(m.low) or math.isnan(m.high):
-        return _num(m.value)
+    if math.isnan(m.low) or math.isnan(m.high) or m.low == m.high:
+        return _num(m.value)  # unknown, or exact (the whole population was measured)
     return f"{_num(m.value)} [{_num(m.low)}, {_num(m.high)}]"
 
 
