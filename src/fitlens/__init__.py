@@ -5,7 +5,8 @@ Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free
     fitlens.fit(model, train, loss=..., optimizer=..., metrics=[...], epochs=...) -> History
     fitlens.evaluate(model, data, loss=..., metrics=[...]) -> dict
     fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
-    fitlens.EpochMean, fitlens.EMA, fitlens.WindowMean, fitlens.TrendWindow, fitlens.LastValue
+    fitlens.EpochMean, fitlens.EMA, fitlens.EMATrend, fitlens.WindowMean, fitlens.TrendWindow,
+    fitlens.LastValue
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _EXPORTS = {
     "Estimator": "fitlens.estimators",
     "EpochMean": "fitlens.estimators",
     "EMA": "fitlens.estimators",
+    "EMATrend": "fitlens.estimators",
     "WindowMean": "fitlens.estimators",
     "TrendWindow": "fitlens.estimators",
     "LastValue": "fitlens.estimators",
@@ -35,6 +37,7 @@ __all__ = [
     "EMA",
     "Accuracy",
     "Callback",
+    "EMATrend",
     "EarlyStopping",
     "EpochMean",
     "Estimator",
@@ -50,7 +53,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from fitlens.callbacks import Callback, EarlyStopping
-    from fitlens.estimators import EMA, EpochMean, Estimator, LastValue, TrendWindow, WindowMean
+    from fitlens.estimators import (
+        EMA,
+        EMATrend,
+        EpochMean,
+        Estimator,
+        LastValue,
+        TrendWindow,
+        WindowMean,
+    )
     from fitlens.evaluate import evaluate
     from fitlens.history import History
     from fitlens.loop import fit

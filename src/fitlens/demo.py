@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(val)} validation images, {steps} batches of {args.batch_size} per epoch).\n"
         "Each metric shows its epoch mean (what Keras shows) and, in brackets, the now estimate.\n"
     )
-    now = "trend"
+    now = "ema_trend"
     history = fitlens.fit(
         model,
         (x[train], y[train]),
@@ -166,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validation_data=(x[val], y[val]),
         verbose=fitlens.Progress(1, log_every=max(1, steps // 4)),
         now=now,
+        train_eval=True,  # measure the current model on the training data at each epoch end
     )
     bounds = boundaries(history, "accuracy", now)
     best = max(bounds, key=lambda b: abs(b.mean_jump)) if bounds else None

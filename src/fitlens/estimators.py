@@ -395,13 +395,153 @@ class TrendWindow(WindowMean):
         return y_bar + slope * (sums.size - 1 - x_bar)
 
 
+class EMATrend(Estimator):
+    """Lag-free level from an exponentially weighted straight-line fit, read at the newest batch.
+
+    Fits ``value ~ a + b * x`` by weighted least squares where batch ``i`` of ``t`` sits at
+    ``x = i - t`` (the newest at 0) with weight ``beta**(t - i) * samples``, and returns ``a``:
+    the line at the newest batch (discounted least squares, as in Brown's double exponential
+    smoothing). Like `TrendWindow` it removes the lag of an average on a steady trend, but its
+    memory fades smoothly instead of dropping old batches, and its state is five sums: an update
+    is O(1) and two states merge by addition. With fewer than three batches it returns their
+    weighted mean.
+
+    The memory is set in *samples* by default: ``beta = exp(-n / memory)`` with ``n`` the first
+    batch's size, so large batches (less noise per batch) get a shorter memory in steps (less lag
+    from the model changing) and small batches a longer one. The default of 800 samples was
+    tuned on ``benchmarks/now_estimate.py``. Pass ``beta`` to fix the decay per batch instead.
+    Under torch.distributed each rank sizes its memory from its own shard of the batch, which
+    is the same on every rank, so per-rank states still merge exactly.
+
+    State: exponentially discounted sums of ``w``, ``w x``, ``w x^2``, ``w y``, ``w x y`` with
+    ``x`` measured from the newest batch; ``steps`` counts batches; ``decay`` is the per-batch
+    decay in use (NaN until the first batch when it is derived from ``memory``).
+
+    Args:
+        memory: samples of memory (> 0); used when ``beta`` is None.
+        beta: decay per batch, in (0, 1); overrides ``memory``.
+
+    Example:
+        >>> est = EMATrend(beta=0.9)
+        >>> est.update([1.0, 2.0, 3.0, 4.0], weights=32)
+        >>> round(est.value, 6)  # a straight line is followed without lag
+        4.0
+    """
+
+    _sums = ("sw", "swx", "swxx", "swy", "swxy")
+    _state_names = (*_sums, "steps", "decay")
+    name = "ema_trend"
+
+    def __init__(
+        self,
+        memory: float = 800.0,
+        beta: float | None = None,
+        nan_policy: NanPolicy = "propagate",
+    ) -> None:
+        if beta is not None and not 0.0 < beta < 1.0:
+            raise ValueError(f"Expected `beta` in (0, 1) or None. Received: {beta!r}.")
+        if not memory > 0:
+            raise ValueError(f"Expected `memory` (samples) > 0. Received: {memory!r}.")
+        self.memory = float(memory)
+        self.beta = None if beta is None else float(beta)
+        super().__init__(nan_policy)
+
+    def _config(self) -> dict[str, Any]:
+        return {"memory": self.memory, "beta": self.beta}
+
+    def __repr__(self) -> str:
+        if self.beta is not None:
+            return f"EMATrend(beta={self.beta!r})"
+        return f"EMATrend(memory={self.memory!r})"
+
+    def reset(self) -> None:
+        self.sw = self.swx = self.swxx = self.swy = self.swxy = 0.0
+        self.steps = 0
+        self.decay = math.nan if self.beta is None else self.beta
+
+    def _shift(self, n: int) -> None:
+        """Age the sums by ``n`` batches: every x decreases by n, every weight decays."""
+        if n == 0 or self.steps == 0:
+            return
+        carry = self.decay**n
+        self.swxx = carry * (self.swxx - 2 * n * self.swx + n * n * self.sw)
+        self.swx = carry * (self.swx - n * self.sw)
+        self.swxy = carry * (self.swxy - n * self.swy)
+        self.sw *= carry
+        self.swy *= carry
+
+    def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
+        if math.isnan(self.decay):
+            self.decay = math.exp(-max(float(weights[0]), 1.0) / self.memory)
+        n = values.size
+        x = -np.arange(n - 1, -1, -1, dtype=np.float64)
+        w = self.decay ** (-x) * weights
+        self._shift(n)
+        self.sw += float(w.sum())
+        self.swx += float(np.dot(w, x))
+        self.swxx += float(np.dot(w, x * x))
+        self.swy += float(np.dot(w, values))
+        self.swxy += float(np.dot(w, x * values))
+        self.steps += n
+
+    @property
+    def value(self) -> float:
+        if self.sw <= 0:
+            return math.nan
+        y_bar = self.swy / self.sw
+        x_bar = self.swx / self.sw
+        sxx = self.swxx - self.swx * x_bar
+        if self.steps < 3 or sxx <= 1e-12 * max(self.swxx, 1.0):
+            return y_bar
+        slope = (self.swxy - self.swx * y_bar) / sxx
+        return y_bar - slope * x_bar
+
+    @property
+    def weight(self) -> float:
+        return self.sw
+
+    def _add(self, other: EMATrend) -> None:
+        for key in self._sums:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+    def merge(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, EMATrend)
+        if other.steps != self.steps:
+            raise ValueError(
+                "Can only merge trends over the same steps (one per rank of the same batches). "
+                f"Received {self.steps} and {other.steps} steps; use `extend` for later steps."
+            )
+        self._check_decay(other)
+        self._add(other)
+
+    def _check_decay(self, other: EMATrend) -> None:
+        if math.isnan(self.decay):
+            self.decay = other.decay
+        elif not math.isnan(other.decay) and other.decay != self.decay:
+            raise ValueError(
+                f"Can only combine trends with the same decay per batch. Received {self.decay!r} "
+                f"and {other.decay!r} (memory in samples sized from first batches of "
+                "different sizes); pass a fixed `beta` instead."
+            )
+
+    def extend(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, EMATrend)
+        self._check_decay(other)
+        self._shift(other.steps)
+        self._add(other)
+        self.steps += other.steps
+
+
 _BY_NAME: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (EpochMean, EMA, WindowMean, LastValue, TrendWindow)
+    cls.name: cls for cls in (EpochMean, EMA, WindowMean, LastValue, TrendWindow, EMATrend)
 }
 
 
 def make_estimator(spec: str | Estimator) -> Estimator:
-    """An estimator from a name (``"ema"``, ``"window"``, ``"trend"``, ``"last"``, ``"mean"``)
+    """An estimator from a name (``"ema"``, ``"window"``, ``"trend"``, ``"ema_trend"``,
+    ``"last"``, ``"mean"``)
     with default settings, or a fresh clone of a configured instance."""
     if isinstance(spec, Estimator):
         return spec.clone()

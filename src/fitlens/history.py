@@ -136,6 +136,9 @@ class History:
             (validation and other end-of-epoch passes).
         batches: a `BatchLog`, one row per training batch.
         params: the settings of the run (epochs, steps, metric names, ...).
+        gaps: one dict per epoch end: ``{"epoch": 1-based, "estimated": bool, "metrics":
+            {name: GapDecomposition.to_dict()}}`` (see `fitlens.gap`); empty for runs that
+            recorded none.
     """
 
     def __init__(self, metric_names: Sequence[str] = (), params: Mapping[str, Any] | None = None):
@@ -144,6 +147,7 @@ class History:
         self.timing: dict[str, list[float]] = {}
         self.batches = BatchLog(metric_names)
         self.params: dict[str, Any] = dict(params or {})
+        self.gaps: list[dict[str, Any]] = []
 
     def record_epoch(
         self, epoch: int, logs: Mapping[str, float], timing: Mapping[str, float]
@@ -177,13 +181,19 @@ class History:
         return path
 
     def to_json(self) -> str:
-        """The per-epoch table and params as JSON (NaN written as null)."""
+        """The per-epoch table, params and gap decompositions as JSON (NaN written as null)."""
 
         def clean(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [clean(v) for v in x]
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
-        table = {k: [clean(x) for x in v] for k, v in self.epochs_table().items()}
-        return json.dumps({"epochs": table, "params": self.params}, default=str)
+        table = clean(self.epochs_table())
+        return json.dumps(
+            {"epochs": table, "params": self.params, "gaps": clean(self.gaps)}, default=str
+        )
 
     def __repr__(self) -> str:
         keys = ", ".join(self.history)

@@ -1,0 +1,335 @@
+"""Evaluation passes of the current model on training data, with no side effects.
+
+`fit(train_eval=...)` runs, at every epoch end, the model on a fixed part of the training data
+twice: in *train mode* (dropout active, batch-norm normalising with batch statistics, as during
+training) and in *eval mode* (as at inference). Both run under ``torch.no_grad()`` and inside
+`preserved_state`, which restores every buffer (batch-norm running statistics and counters),
+every module's train/eval flag, and the random state training draws from (torch CPU and CUDA,
+numpy's and Python's global generators). Training therefore continues exactly as without the
+passes: the same seeded run ends with identical weights.
+
+Which data (`TrainSubset`):
+
+* ``(x, y)`` arrays: all rows, or a fixed random subset of rows drawn once per run with the
+  subset's own ``torch.Generator`` (training's random state is not touched), served in batches
+  of the training batch size in a fixed order.
+* a re-iterable (DataLoader, list of batches) or a generator: with everything requested
+  (``train_eval=True`` or ``1.0``) a re-iterable is iterated afresh at each pass; otherwise, and
+  always for a generator (which cannot be replayed), a fixed random sample of the first epoch's
+  *batches* is kept (references to the batches as yielded, on their original device) and reused
+  at every epoch end. A count of samples is rounded up to whole batches.
+
+Intervals: `measure_batches` returns, per metric, the mean, the sample count and a per-sample
+standard deviation. For the named losses it comes from per-sample losses (``reduction="none"``);
+for `Accuracy` none is needed (the Wilson interval uses the proportion); for user callables and
+torchmetrics metrics only batch means exist, so the per-sample spread is estimated from the
+spread of batch means scaled by batch size, ``sum_b n_b (m_b - m)^2 / (B - 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fitlens.data import ArrayData, BatchSource, _take, batch_size_of, to_device, unpack
+from fitlens.evaluate import forward
+from fitlens.losses import (
+    LossFn,
+    _squeeze_pair,
+    binary_cross_entropy,
+    cross_entropy,
+    mae,
+    mse,
+)
+from fitlens.metrics import Accuracy, TrackedMetric
+
+
+def _per_sample_ce(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(o, t, reduction="none")
+
+
+def _per_sample_bce(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = _squeeze_pair(o, t)
+    return F.binary_cross_entropy_with_logits(o, t.to(o.dtype), reduction="none")
+
+
+def _per_sample_mse(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = _squeeze_pair(o, t)
+    return F.mse_loss(o, t.to(o.dtype), reduction="none")
+
+
+def _per_sample_mae(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = _squeeze_pair(o, t)
+    return F.l1_loss(o, t.to(o.dtype), reduction="none")
+
+
+_PER_SAMPLE: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    cross_entropy: _per_sample_ce,
+    binary_cross_entropy: _per_sample_bce,
+    mse: _per_sample_mse,
+    mae: _per_sample_mae,
+}
+
+
+@dataclass(frozen=True)
+class PassValue:
+    """One metric over one pass.
+
+    Attributes:
+        mean: sample-weighted mean (the definition `evaluate` uses).
+        n: samples. sd: per-sample standard deviation (NaN when it cannot be estimated).
+        kind: ``"proportion"`` (Accuracy: use a Wilson interval), ``"per_sample"`` (sd from
+            per-sample values) or ``"batch"`` (sd from the spread of batch means).
+    """
+
+    mean: float
+    n: int
+    sd: float
+    kind: str
+
+
+@torch.no_grad()
+def measure_batches(
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    loss_name: str,
+    loss_fn: LossFn,
+    metrics: Sequence[TrackedMetric],
+    device: torch.device,
+    *,
+    name: str = "train",
+) -> dict[str, PassValue]:
+    """Mean, sample count and per-sample spread of the loss and metrics over ``batches``.
+
+    The model runs in its *current* mode; the caller sets it. Sums stay on the device and reach
+    the host once, at the end. Stateful (torchmetrics) metrics must be fresh copies; their mean
+    is ``compute()``.
+    """
+    names = [loss_name] + [m.name for m in metrics]
+    per_sample = _PER_SAMPLE.get(loss_fn)
+    kinds = ["per_sample" if per_sample is not None else "batch"]
+    kinds += ["proportion" if isinstance(m.fn, Accuracy) else "batch" for m in metrics]
+    totals: torch.Tensor | None = None
+    samples = batches_seen = 0
+    for batch in batches:
+        x, y = unpack(batch, name)
+        x, y = to_device(x, device), to_device(y, device)
+        outputs = forward(model, x)
+        n = batch_size_of(y)
+        values = [loss_fn(outputs, y).detach().reshape(())]
+        values += [m.batch(outputs, y) for m in metrics]
+        means = torch.stack([v.to(torch.float64) for v in values])
+        squares = means * means * n  # batch-spread fallback: n_b * m_b**2
+        if per_sample is not None:
+            losses = per_sample(outputs, y).to(torch.float64).reshape(n, -1).mean(dim=1)
+            squares[0] = (losses * losses).sum()
+        row = torch.cat([means * n, squares])
+        totals = row if totals is None else totals + row
+        samples += n
+        batches_seen += 1
+    if totals is None:
+        return {
+            k: PassValue(math.nan, 0, math.nan, kind) for k, kind in zip(names, kinds, strict=False)
+        }
+    sums = totals.cpu().tolist()
+    out: dict[str, PassValue] = {}
+    for i, (key, kind) in enumerate(zip(names, kinds, strict=True)):
+        mean = sums[i] / samples
+        sq = sums[len(names) + i]
+        dof = (samples if kind == "per_sample" else batches_seen) - 1
+        var = (sq - samples * mean * mean) / dof if dof > 0 else math.nan
+        sd = math.sqrt(max(var, 0.0)) if kind != "proportion" else math.nan
+        out[key] = PassValue(mean, samples, sd, kind)
+    for m in metrics:
+        if m.stateful:
+            old = out[m.name]
+            out[m.name] = PassValue(m.compute(), old.n, old.sd, old.kind)
+    return out
+
+
+@contextmanager
+def preserved_state(model: torch.nn.Module) -> Iterator[None]:
+    """Restore the model's buffers and mode flags and the global random states on exit."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    flags = [(m, m.training) for m in model.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_rng = np.random.get_state()
+    py_rng = random.getstate()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, saved in buffers:
+                buf.copy_(saved)
+        for module, training in flags:
+            module.training = training
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        np.random.set_state(np_rng)
+        random.setstate(py_rng)
+
+
+def parse_train_eval(spec: Any) -> float | int | None:
+    """Validate ``fit``'s ``train_eval``: None/False (off), True (all), a fraction or a count.
+
+    Returns ``None`` (off), a float fraction in (0, 1], or an int count of samples.
+    """
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return 1.0
+    if isinstance(spec, int | np.integer):
+        if spec < 1:
+            raise ValueError(
+                f"Expected `train_eval` to be a fraction in (0, 1] or a sample count >= 1. "
+                f"Received: {spec!r}. Pass train_eval=True for all the training data."
+            )
+        return int(spec)
+    if isinstance(spec, float | np.floating):
+        if not (0.0 < spec <= 1.0):
+            raise ValueError(
+                f"Expected a `train_eval` fraction in (0, 1]. Received: {spec!r}. Pass a "
+                "fraction such as 0.2, an integer sample count such as 2000, or True for all."
+            )
+        return float(spec)
+    raise TypeError(
+        f"Expected `train_eval` to be None, True, a fraction in (0, 1] or an integer count. "
+        f"Received: {type(spec).__name__}."
+    )
+
+
+class TrainSubset:
+    """The fixed part of the training data that the end-of-epoch passes use.
+
+    Args:
+        source: the training `BatchSource`.
+        size: a fraction in (0, 1] or a sample count (from `parse_train_eval`).
+        seed: seed of the subset's own generator.
+
+    Raises:
+        ValueError: a count larger than the array data, or data with neither a length nor
+            ``steps_per_epoch`` (the first batch checks a count against other data).
+    """
+
+    def __init__(self, source: BatchSource, size: float | int, *, seed: int = 0) -> None:
+        self.source = source
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.population: int | None = None  # samples in the training data, once known
+        self._indices: torch.Tensor | None = None
+        self._keep: set[int] | None = None  # batch positions kept from the first epoch
+        self._kept: list[Any] = []
+        self._subset: ArrayData | None = None
+        self.replay = False  # True: iterate the re-iterable afresh at each pass
+        if source.kind == "arrays":
+            data = source.iterable
+            assert isinstance(data, ArrayData)
+            self.population = data.n
+            count = self._count(data.n)
+            if count < data.n:
+                self._indices = torch.randperm(data.n, generator=self.generator)[:count].sort()[0]
+            return
+        if source.steps is None:
+            raise ValueError(
+                "`train_eval` needs to know how much training data there is, but `train` has no "
+                "length and no `steps_per_epoch`. Pass `steps_per_epoch=N` or data with a "
+                "length (a list of batches, a DataLoader, or (x, y) arrays)."
+            )
+        self.replay = source.kind == "iterable" and size == 1.0
+        if not self.replay and isinstance(size, float):
+            k = min(source.steps, math.ceil(size * source.steps))
+            self._choose(k)
+
+    def _count(self, available: int) -> int:
+        if isinstance(self.size, float):
+            return max(1, round(self.size * available))
+        if self.size > available:
+            raise ValueError(
+                f"Expected a `train_eval` count of at most the {available} training samples. "
+                f"Received: {self.size}. Pass a smaller count, a fraction, or True for all."
+            )
+        return self.size
+
+    def _choose(self, k: int) -> None:
+        assert self.source.steps is not None
+        order = torch.randperm(self.source.steps, generator=self.generator)[:k]
+        self._keep = set(order.tolist())
+
+    def watch(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
+        """Pass the training batches through; in the first epoch keep the sampled ones."""
+        if epoch > 0 or self.source.kind == "arrays":
+            yield from batches
+            return
+        seen = 0
+        for position, batch in enumerate(batches):
+            n = batch_size_of(unpack(batch, "train")[1])
+            if position == 0 and self._keep is None and not self.replay:
+                steps = self.source.steps or 1
+                k = math.ceil(self._count(n * steps) / n) if isinstance(self.size, int) else steps
+                self._choose(min(steps, k))
+            if self._keep is not None and position in self._keep:
+                self._kept.append(batch)
+            seen += n
+            yield batch
+        self.population = seen
+
+    def batches(self) -> Iterable[Any]:
+        """The subset's batches, the same at every epoch end."""
+        if self.source.kind == "arrays":
+            data = self.source.iterable
+            assert isinstance(data, ArrayData)
+            if self._subset is None:
+                if self._indices is None:
+                    self._subset = ArrayData(data.x, data.y, data.batch_size, shuffle=False)
+                else:
+                    x, y = _take(data.x, self._indices), _take(data.y, self._indices)
+                    self._subset = ArrayData(x, y, data.batch_size, shuffle=False)
+            return self._subset
+        if self.replay:
+            return _limited(self.source.iterable, self.source.steps)
+        return list(self._kept)
+
+
+def _limited(iterable: Iterable[Any], steps: int | None) -> Iterator[Any]:
+    for i, batch in enumerate(iterable):
+        if steps is not None and i >= steps:
+            return
+        yield batch
+
+
+def train_passes(
+    model: torch.nn.Module,
+    subset: TrainSubset,
+    loss_fn: LossFn,
+    metrics: Sequence[TrackedMetric],
+    device: torch.device,
+) -> tuple[dict[str, PassValue], dict[str, PassValue]]:
+    """``(train mode, eval mode)`` values of the current model on the subset; no side effects.
+
+    The train-mode pass keeps the modules' flags as training left them (a batch-norm layer the
+    user froze in eval mode stays frozen); the eval-mode pass calls ``model.eval()``.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    with preserved_state(model):
+        # Train mode updates batch-norm running statistics as it goes (restored on exit), so
+        # the eval-mode pass, which reads them, comes first.
+        model.eval()
+        eval_mode = measure_batches(
+            model, subset.batches(), "loss", loss_fn, [m.fresh() for m in metrics], device
+        )
+        for module, training in flags:
+            module.training = training
+        train_mode = measure_batches(
+            model, subset.batches(), "loss", loss_fn, [m.fresh() for m in metrics], device
+        )
+    return train_mode, eval_mode

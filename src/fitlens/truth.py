@@ -1,0 +1,173 @@
+"""End-of-epoch truth for `fit`: train-data passes, the gap decomposition and the jump forecast.
+
+`EpochTruth` is what `fit` holds for this feature; the loop calls it at four places:
+
+* ``watch(batches, epoch)`` wraps the training batches (keeps a sample of the first epoch's
+  batches when the data cannot be subset by index);
+* ``end_epoch(...)`` after the training steps of an epoch and the validation pass: runs the
+  ``train_eval`` passes, builds every metric's `GapDecomposition`, makes the forecast for the
+  next epoch, and returns the values for ``History.history``, the record for ``History.gaps``
+  and the display lines;
+* ``check(batches)`` after each flush: once the next epoch's first batches are on the host,
+  the line that says whether the jump came as forecast (no extra host sync: it reads the
+  batch log).
+
+Keys added to ``History.history`` with ``train_eval`` (``m`` is every training metric and the
+loss): ``train_eval_train_mode_m`` (current model, training data, train mode) and
+``train_eval_m`` (eval mode). The display shows one gap line and one forecast line per epoch
+end, for the *headline* metric: the first metric in ``metrics``, or the loss if there is none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fitlens.data import BatchSource
+from fitlens.forecast import (
+    FORECAST_STEPS,
+    NOISE_WINDOW,
+    Forecast,
+    check_forecast,
+    format_check_line,
+    format_forecast_line,
+    make_forecast,
+)
+from fitlens.gap import (
+    GapDecomposition,
+    Measured,
+    format_gap_line,
+    normal_interval,
+    wilson_interval,
+)
+from fitlens.history import BatchLog
+from fitlens.losses import LossFn
+from fitlens.metrics import TrackedMetric
+from fitlens.recorder import Recorder
+from fitlens.train_eval import PassValue, TrainSubset, parse_train_eval, train_passes
+
+
+def measured(value: PassValue, population: int | None = None) -> Measured:
+    """A pass value with its 95% interval: Wilson for proportions, normal otherwise."""
+    if value.kind == "proportion":
+        low, high = wilson_interval(value.mean, value.n, population=population)
+    else:
+        low, high = normal_interval(value.mean, value.sd, value.n, population=population)
+    return Measured(value.mean, low, high, value.n)
+
+
+@dataclass
+class EpochEnd:
+    """What `EpochTruth.end_epoch` hands back to the loop."""
+
+    logs: dict[str, float] = field(default_factory=dict)
+    gaps: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+class EpochTruth:
+    """Per-run state of the end-of-epoch passes and forecasts.
+
+    Args:
+        train_eval: `fit`'s argument: None/False (off), True (all training data), a fraction in
+            (0, 1] or a sample count.
+        source: the training `BatchSource`.
+        loss_fn, metrics, device: as the loop uses them.
+
+    Raises:
+        ValueError / TypeError: for a bad ``train_eval`` (before training starts).
+    """
+
+    def __init__(
+        self,
+        train_eval: Any,
+        source: BatchSource,
+        loss_fn: LossFn,
+        metrics: Sequence[TrackedMetric],
+        device: torch.device,
+    ) -> None:
+        size = parse_train_eval(train_eval)
+        self.subset = TrainSubset(source, size) if size is not None else None
+        self.source = source
+        self.loss_fn = loss_fn
+        self.metrics = list(metrics)
+        self.device = device
+        self.names = ["loss"] + [m.name for m in self.metrics]
+        self.headline = self.names[1] if len(self.names) > 1 else "loss"
+        self.forecast: Forecast | None = None
+
+    def watch(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
+        """The training batches of 0-based ``epoch``, passed through unchanged."""
+        return self.subset.watch(batches, epoch) if self.subset is not None else batches
+
+    def end_epoch(
+        self,
+        epoch: int,
+        model: torch.nn.Module,
+        recorder: Recorder,
+        validation: Mapping[str, PassValue] | None,
+        last: bool,
+    ) -> EpochEnd:
+        """Passes, decomposition and forecast at the end of 0-based ``epoch`` (recorder flushed).
+
+        Args:
+            validation: the validation pass's values, or None without validation data.
+            last: True when no epoch follows (no forecast is made).
+        """
+        out = EpochEnd()
+        train_mode: dict[str, PassValue] = {}
+        eval_mode: dict[str, PassValue] = {}
+        if self.subset is not None:
+            train_mode, eval_mode = train_passes(
+                model, self.subset, self.loss_fn, self.metrics, self.device
+            )
+            for name in self.names:
+                out.logs[f"train_eval_train_mode_{name}"] = train_mode[name].mean
+                out.logs[f"train_eval_{name}"] = eval_mode[name].mean
+        population = self.subset.population if self.subset is not None else None
+        decompositions = {}
+        for name in self.names:
+            decompositions[name] = GapDecomposition(
+                metric=name,
+                reported=recorder.mean(name),
+                now=recorder.nows[name].value,
+                train_mode=measured(train_mode[name], population) if train_mode else None,
+                eval_mode=measured(eval_mode[name], population) if eval_mode else None,
+                validation=measured(validation[name]) if validation else None,
+            )
+        headline = decompositions[self.headline]
+        out.gaps = {
+            "epoch": epoch + 1,
+            "estimated": headline.estimated,
+            "metrics": {k: d.to_dict() for k, d in decompositions.items()},
+        }
+        if self.subset is not None or validation:
+            out.lines.append(format_gap_line(headline))
+        if not last:
+            recent = recorder.batches[self.headline][-min(recorder.steps_flushed, NOISE_WINDOW) :]
+            steps = min(FORECAST_STEPS, self.source.steps or FORECAST_STEPS)
+            self.forecast = make_forecast(
+                self.headline, epoch + 2, headline.reported, headline.now, recent, steps
+            )
+            out.lines.append(format_forecast_line(self.forecast))
+        return out
+
+    def check(self, batches: BatchLog, steps_flushed: int) -> str | None:
+        """The forecast check line once the first batches of the forecast epoch are flushed.
+
+        Args:
+            batches: the run's batch log. steps_flushed: this epoch's steps in it so far.
+        """
+        f = self.forecast
+        if f is None or steps_flushed < f.steps:
+            return None
+        self.forecast = None
+        start = len(batches) - steps_flushed
+        rows = slice(start, start + f.steps)
+        return format_check_line(check_forecast(f, batches[f.metric][rows], batches["size"][rows]))
+
+
+__all__ = ["FORECAST_STEPS", "EpochEnd", "EpochTruth", "measured"]
