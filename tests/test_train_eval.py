@@ -14,7 +14,7 @@ import torch
 
 import fitlens
 from fitlens.data import BatchSource
-from fitlens.evaluate import evaluate
+from fitlens.evaluation import evaluate
 from fitlens.losses import cross_entropy
 from fitlens.metrics import resolve_metrics
 from fitlens.train_eval import TrainSubset, measure_batches, train_passes

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "fit": "fitlens.loop",
-    "evaluate": "fitlens.evaluate",
+    "evaluate": "fitlens.evaluation",
     "History": "fitlens.history",
     "Callback": "fitlens.callbacks",
     "EarlyStopping": "fitlens.callbacks",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
         TrendWindow,
         WindowMean,
     )
-    from fitlens.evaluate import evaluate
+    from fitlens.evaluation import evaluate
     from fitlens.history import History
     from fitlens.loop import fit
     from fitlens.metrics import Accuracy

@@ -26,7 +26,7 @@ import torch
 from fitlens.callbacks import Callback, CallbackList, LazyLogs, RunState
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
 from fitlens.estimators import Estimator
-from fitlens.evaluate import _model_device, forward
+from fitlens.evaluation import model_device, forward
 from fitlens.history import History
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
 from fitlens.metrics import configure_from_outputs, resolve_metrics
@@ -105,7 +105,7 @@ def fit(
     progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
     _, loss_fn = resolve_loss(loss)
     tracked = resolve_metrics(metrics, reserved=("loss",))
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     model.to(dev)
     for m in tracked:
         m.to(dev)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from fitlens.data import ArrayData, BatchSource, _take, batch_size_of, to_device, unpack
-from fitlens.evaluate import forward
+from fitlens.evaluation import forward
 from fitlens.losses import (
     LossFn,
     _squeeze_pair,

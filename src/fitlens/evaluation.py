@@ -91,7 +91,7 @@ def evaluate(
     """
     _, loss_fn = resolve_loss(loss)
     tracked = [m.fresh() for m in resolve_metrics(metrics, reserved=("loss",))]
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     for m in tracked:
         m.to(dev)
     source = BatchSource(data, name="data", steps=steps, batch_size=batch_size, shuffle=False)
@@ -106,7 +106,7 @@ def evaluate(
     return values
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
