@@ -41,8 +41,6 @@ import math
 import warnings
 from typing import IO, Any
 
-import numpy as np
-
 try:
     import keras
 except ImportError as _error:
@@ -98,7 +96,8 @@ def _metric_sources(model: Any) -> dict[str, Any]:
 
 
 def _read(variable: Any) -> float:
-    return float(np.asarray(keras.ops.convert_to_numpy(variable)))
+    """A scalar Keras variable as a float (a torch, JAX or TensorFlow scalar underneath)."""
+    return float(variable.value)
 
 
 class FitlensCallback(keras.callbacks.Callback):
