@@ -140,6 +140,14 @@ def test_with_lightnings_bar_on_a_silent_callback_still_records_the_history():
     }  # fmt: skip
 
 
+def test_log_now_puts_the_now_estimate_next_to_lightnings_step_and_epoch_names():
+    lens = FitlensCallback(verbose=0, log_now=True)
+    trainer = _fit(Classifier(), [lens], epochs=1)
+    logged = trainer.callback_metrics
+    assert {"loss_step", "loss_epoch", "loss_now", "accuracy_now"} <= set(logged)
+    assert float(logged["loss_now"]) == pytest.approx(lens.history.history["loss_now"][0])
+
+
 def test_a_bad_now_estimator_fails_before_training():
     with pytest.raises(ValueError, match="estimator name"):
         FitlensCallback(now="median")

@@ -22,9 +22,7 @@ from fitlens.progress import Progress
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(
-            st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 512).map(float)
-        ),
+        st.tuples(st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 512).map(float)),
         min_size=1,
         max_size=200,
     )

@@ -166,7 +166,9 @@ class FitlensCallback(keras.callbacks.Callback):
         steps = self.observer.steps
         step = batch + 1 if steps is None else min(batch + 1, steps)
         tracker = self._sources.get("loss")
-        samples = _read(tracker.count) if hasattr(tracker, "count") else math.nan
+        samples = (
+            _read(tracker.count) if tracker is not None and hasattr(tracker, "count") else math.nan
+        )
         values: dict[str, float] = {}
         weights: dict[str, float] = {}
         reported: dict[str, float] = {}

@@ -75,6 +75,8 @@ class FitlensCallback(pl.Callback):
             a configured `fitlens.Estimator`.
         file: where to write (default ``sys.stdout``), when ``verbose`` is an int.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        log_now: also ``self.log`` each ``name_now`` every step (``prog_bar=True``), so that
+            Lightning's bar and loggers show it next to ``name_step`` and ``name_epoch``.
 
     Attributes:
         history: the `fitlens.History` of the last ``fit`` (``history.history`` per epoch with
@@ -92,19 +94,19 @@ class FitlensCallback(pl.Callback):
         now: str | Estimator = "trend",
         file: IO[str] | None = None,
         clock: Clock | None = None,
+        log_now: bool = False,
     ) -> None:
         super().__init__()
         self.progress = verbose if isinstance(verbose, Progress) else Progress(verbose, file=file)
         self.observer = RunObserver(self.progress, now, clock)  # validates `now` here
         self.now = now
         self.clock = clock
+        self.log_now = bool(log_now)
         self.history: History = self.observer.history
         self._validation: dict[str, float] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.observer = RunObserver(
-            self.progress, self.now, self.clock, {"framework": "lightning"}
-        )
+        self.observer = RunObserver(self.progress, self.now, self.clock, {"framework": "lightning"})
         self.history = self.observer.history
         steps = trainer.num_training_batches
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
@@ -130,7 +132,7 @@ class FitlensCallback(pl.Callback):
     ) -> None:
         names, tensors, weights = [], [], {}
         size = _batch_size(batch)
-        for key, result in trainer._results.items():
+        for key, result in (trainer._results or {}).items():
             meta = result.meta
             if meta.fx != _TRAIN_FX or not meta.on_step or result.has_reset:
                 continue
@@ -151,12 +153,17 @@ class FitlensCallback(pl.Callback):
             host = torch.stack([t.to(tensors[0].device) for t in tensors]).cpu().tolist()
             values = dict(zip(names, host, strict=True))
         self.observer.batch_end(batch_idx + 1, values, weights, size)
+        if self.log_now:
+            self.observer.flush()
+            for name in values:
+                now = self.observer.nows[name].value
+                pl_module.log(f"{name}_now", now, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         logged = trainer.callback_metrics
-        for result in trainer._results.values():  # the validation loop's logged values
+        for result in (trainer._results or {}).values():  # the validation loop's values
             meta = result.meta
             value = logged.get(meta.name)
             if not meta.on_epoch or not meta.fx.startswith(("validation", "on_validation")):

@@ -181,14 +181,16 @@ class RunObserver:
             self._set_names(sorted(values, key=lambda n: n != "loss") + list(reported or {}))
         vals = [float(values.get(n, math.nan)) for n in self.names]
         wts = [float(weights.get(n, 0.0)) if n in values else 0.0 for n in self.names]
-        self._pending.append((step, float(size), t - start, max(start - self.last_end, 0.0), vals, wts))
+        self._pending.append(
+            (step, float(size), t - start, max(start - self.last_end, 0.0), vals, wts)
+        )
         if reported:
             self.reported.update({k: float(v) for k, v in reported.items() if k in self.means})
         done = step - self.step
         self.step, self.last_end = step, t
         line_every = self.progress.line_every
         if t >= self.next_refresh or step == done or (line_every and step % line_every < done):
-            self._flush()
+            self.flush()
             self.timer.observe(step - self.refreshed_step, t - self.last_refresh)
             self.last_refresh, self.refreshed_step = t, step
             self.next_refresh = t + self.progress.refresh_interval
@@ -196,7 +198,7 @@ class RunObserver:
 
     def end_epoch(self, validation: Mapping[str, float] | None = None) -> dict[str, float]:
         """Close the epoch: record it in the history, show its summary; returns its logs."""
-        self._flush()
+        self.flush()
         end = self.clock()
         self.timer.observe(self.step - self.refreshed_step, self.last_end - self.last_refresh)
         validation = {k: float(v) for k, v in (validation or {}).items()}
@@ -246,7 +248,8 @@ class RunObserver:
         self.history.batches = BatchLog(self.names)
         self.history.params["metrics"] = list(self.names)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Fold the buffered batches into the estimators and the batch log."""
         if not self._pending:
             return
         steps, sizes, step_times, data_times, vals, wts = zip(*self._pending, strict=True)
@@ -269,7 +272,9 @@ class RunObserver:
         self.step_time += float(sum(step_times))
         self.data_time += float(sum(data_times))
 
-    def _state(self, elapsed: float, validation: Mapping[str, float] | None = None) -> ProgressState:
+    def _state(
+        self, elapsed: float, validation: Mapping[str, float] | None = None
+    ) -> ProgressState:
         left = None if self.steps is None else max(self.steps - self.step, 0)
         return ProgressState(
             epoch=self.epoch + 1,
