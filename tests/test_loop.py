@@ -475,7 +475,7 @@ def test_no_warnings_in_an_ordinary_run(blobs, mlp):
 def test_public_evaluate_is_callable_after_fit_has_been_imported(blobs, mlp):
     """`fitlens.evaluate` is the function, not a module shadowing it."""
     x, y = blobs
-    import fitlens.loop  # noqa: F401  (imports the evaluation module)
+    import fitlens.loop
 
     out = fitlens.evaluate(mlp, (x, y), loss="cross_entropy", metrics=["accuracy"])
     assert set(out) == {"loss", "accuracy"}

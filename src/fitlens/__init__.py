@@ -7,6 +7,7 @@ Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free
     fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
     fitlens.EpochMean, fitlens.EMA, fitlens.EMATrend, fitlens.WindowMean, fitlens.TrendWindow,
     fitlens.LastValue
+    fitlens.keras.FitlensCallback, fitlens.lightning.FitlensCallback (need the extras)
 """
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ if TYPE_CHECKING:
     from fitlens.progress import Progress
 
 
+# Framework integrations: imported only when asked for (`fitlens.keras`, `import fitlens.keras`).
+_SUBMODULES = ("keras", "lightning")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fitlens.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fitlens' has no attribute {name!r}")

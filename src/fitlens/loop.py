@@ -26,7 +26,7 @@ import torch
 from fitlens.callbacks import Callback, CallbackList, LazyLogs, RunState
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
 from fitlens.estimators import Estimator
-from fitlens.evaluation import model_device, forward
+from fitlens.evaluation import forward, model_device
 from fitlens.history import History
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
 from fitlens.metrics import configure_from_outputs, resolve_metrics
