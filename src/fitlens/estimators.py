@@ -539,6 +539,11 @@ _BY_NAME: dict[str, type[Estimator]] = {
 }
 
 
+#: The now estimator `fit` and the callbacks use unless told otherwise (chosen on
+#: ``benchmarks/now_estimate.py``).
+DEFAULT_NOW = "ema_trend"
+
+
 def make_estimator(spec: str | Estimator) -> Estimator:
     """An estimator from a name (``"ema"``, ``"window"``, ``"trend"``, ``"ema_trend"``,
     ``"last"``, ``"mean"``)

@@ -55,7 +55,7 @@ except ImportError as _error:
         "pip install 'fitlens[keras]'"
     ) from _error
 
-from fitlens.estimators import Estimator
+from fitlens.estimators import DEFAULT_NOW, Estimator
 from fitlens.history import History
 from fitlens.observer import RunObserver
 from fitlens.progress import Progress
@@ -108,7 +108,7 @@ class FitlensCallback(keras.callbacks.Callback):
     Args:
         verbose: 0 silent, 1 bar (lines when not a terminal), 2 one line per epoch; or a
             configured `fitlens.Progress` (``log_every=``, ``file=``, ...).
-        now: the now estimator: ``"trend"`` (default), ``"ema"``, ``"window"``, ``"last"`` or
+        now: the now estimator: ``"ema_trend"`` (default, as in `fitlens.fit`), ``"trend"``, ``"ema"``, ``"window"``, ``"last"`` or
             a configured `fitlens.Estimator`.
         file: where to write (default ``sys.stdout``), when ``verbose`` is an int.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
@@ -126,7 +126,7 @@ class FitlensCallback(keras.callbacks.Callback):
         self,
         verbose: int | Progress = 1,
         *,
-        now: str | Estimator = "trend",
+        now: str | Estimator = DEFAULT_NOW,
         file: IO[str] | None = None,
         clock: Clock | None = None,
     ) -> None:

@@ -49,7 +49,7 @@ except ImportError as _error:
 import torch
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from fitlens.estimators import Estimator
+from fitlens.estimators import DEFAULT_NOW, Estimator
 from fitlens.history import History
 from fitlens.observer import RunObserver
 from fitlens.progress import Progress
@@ -71,7 +71,7 @@ class FitlensCallback(pl.Callback):
     Args:
         verbose: 0 silent, 1 bar (lines when not a terminal), 2 one line per epoch; or a
             configured `fitlens.Progress` (``log_every=``, ``file=``, ...).
-        now: the now estimator: ``"trend"`` (default), ``"ema"``, ``"window"``, ``"last"`` or
+        now: the now estimator: ``"ema_trend"`` (default, as in `fitlens.fit`), ``"trend"``, ``"ema"``, ``"window"``, ``"last"`` or
             a configured `fitlens.Estimator`.
         file: where to write (default ``sys.stdout``), when ``verbose`` is an int.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
@@ -91,7 +91,7 @@ class FitlensCallback(pl.Callback):
         self,
         verbose: int | Progress = 1,
         *,
-        now: str | Estimator = "trend",
+        now: str | Estimator = DEFAULT_NOW,
         file: IO[str] | None = None,
         clock: Clock | None = None,
         log_now: bool = False,

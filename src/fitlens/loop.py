@@ -25,7 +25,7 @@ import torch
 
 from fitlens.callbacks import Callback, CallbackList, LazyLogs, RunState
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
-from fitlens.estimators import Estimator
+from fitlens.estimators import DEFAULT_NOW, Estimator
 from fitlens.evaluation import forward, model_device
 from fitlens.history import History
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
@@ -53,7 +53,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     verbose: int | Progress = 1,
     device: torch.device | str | None = None,
-    now: str | Estimator = "ema_trend",
+    now: str | Estimator = DEFAULT_NOW,
     train_eval: bool | float | int | None = None,
     clock: Clock | None = None,
 ) -> History:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.estimators import EpochMean, Estimator, make_estimator
+from fitlens.estimators import DEFAULT_NOW, EpochMean, Estimator, make_estimator
 from fitlens.history import BatchLog, History
 from fitlens.progress import Progress, ProgressState, format_value
 from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
@@ -109,7 +109,7 @@ class RunObserver:
     def __init__(
         self,
         progress: Progress,
-        now: str | Estimator = "trend",
+        now: str | Estimator = DEFAULT_NOW,
         clock: Clock | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> None:
