@@ -5,6 +5,7 @@ Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free
     fitlens.fit(model, train, loss=..., optimizer=..., metrics=[...], epochs=...) -> History
     fitlens.evaluate(model, data, loss=..., metrics=[...]) -> dict
     fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
+    fitlens.Checkpointing, fitlens.NonFiniteError, fitlens.TrainingInterrupted, fitlens.read_history
     fitlens.EpochMean, fitlens.EMA, fitlens.WindowMean, fitlens.TrendWindow, fitlens.LastValue
 """
 
@@ -29,23 +30,31 @@ _EXPORTS = {
     "WindowMean": "fitlens.estimators",
     "TrendWindow": "fitlens.estimators",
     "LastValue": "fitlens.estimators",
+    "Checkpointing": "fitlens.keeper",
+    "NonFiniteError": "fitlens.keeper",
+    "TrainingInterrupted": "fitlens.interrupt",
+    "read_history": "fitlens.rundir",
 }
 
 __all__ = [
     "EMA",
     "Accuracy",
     "Callback",
+    "Checkpointing",
     "EarlyStopping",
     "EpochMean",
     "Estimator",
     "History",
     "LastValue",
+    "NonFiniteError",
     "Progress",
+    "TrainingInterrupted",
     "TrendWindow",
     "WindowMean",
     "__version__",
     "evaluate",
     "fit",
+    "read_history",
 ]
 
 if TYPE_CHECKING:
@@ -53,9 +62,12 @@ if TYPE_CHECKING:
     from fitlens.estimators import EMA, EpochMean, Estimator, LastValue, TrendWindow, WindowMean
     from fitlens.evaluate import evaluate
     from fitlens.history import History
+    from fitlens.interrupt import TrainingInterrupted
+    from fitlens.keeper import Checkpointing, NonFiniteError
     from fitlens.loop import fit
     from fitlens.metrics import Accuracy
     from fitlens.progress import Progress
+    from fitlens.rundir import read_history
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,6 +106,38 @@ class Recorder:
         self._sizes.clear()
         self._step_times.clear()
         self._data_times.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Estimator states and epoch counters, for a checkpoint; call after `flush`.
+
+        Stateful (torchmetrics) metrics are not included: after a mid-epoch resume their epoch
+        value covers the batches trained since the resume.
+        """
+        if self.pending:
+            raise RuntimeError("Recorder.state_dict() needs a flush() first: steps are pending.")
+        return {
+            "epoch": self.epoch,
+            "steps_flushed": self.steps_flushed,
+            "data_time": self.data_time,
+            "step_time": self.step_time,
+            "means": {n: e.state_dict() for n, e in self.means.items()},
+            "nows": {n: e.state_dict() for n, e in self.nows.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` taken from a recorder with the same metric names."""
+        if set(state["means"]) != set(self.names):
+            raise ValueError(
+                f"The checkpoint tracks metrics {sorted(state['means'])}, this run tracks "
+                f"{sorted(self.names)}. Resume with the same `metrics`."
+            )
+        self.epoch = int(state["epoch"])
+        self.steps_flushed = int(state["steps_flushed"])
+        self.data_time = float(state["data_time"])
+        self.step_time = float(state["step_time"])
+        for n in self.names:
+            self.means[n].load_state_dict(state["means"][n])
+            self.nows[n].load_state_dict(state["nows"][n])
 
     def mean(self, name: str) -> float:
         """The epoch value: the running mean, or ``compute()`` for a stateful metric."""
