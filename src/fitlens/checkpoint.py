@@ -106,7 +106,9 @@ def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
             "it may be truncated, or written by another tool."
         )
     digest = data[len(MAGIC) : len(MAGIC) + 32]
-    (length,) = struct.unpack("<Q", data[len(MAGIC) + 32 : _HEADER]) if len(data) >= _HEADER else (-1,)
+    (length,) = (
+        struct.unpack("<Q", data[len(MAGIC) + 32 : _HEADER]) if len(data) >= _HEADER else (-1,)
+    )
     payload = data[_HEADER:]
     if length != len(payload) or hashlib.sha256(payload).digest() != digest:
         raise CorruptCheckpointError(

@@ -25,6 +25,7 @@ Non-finite values (``on_nonfinite``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -42,7 +43,7 @@ from fitlens.checkpoint import CheckpointStore, UnsafeCheckpointError, load_chec
 from fitlens.data import BatchSource
 from fitlens.history import History
 from fitlens.interrupt import InterruptGuard, TrainingInterrupted
-from fitlens.position import DataPosition, capture_rng, restore_rng
+from fitlens.position import DataPosition, capture_rng
 from fitlens.recorder import Recorder
 from fitlens.rundir import RunDir
 from fitlens.timing import Clock
@@ -79,10 +80,14 @@ class Checkpointing:
     def __post_init__(self) -> None:
         s = self.every_steps
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
-            raise ValueError(f"Expected `every_steps` to be an integer >= 1 or None. Received: {s!r}.")
+            raise ValueError(
+                f"Expected `every_steps` to be an integer >= 1 or None. Received: {s!r}."
+            )
         m = self.every_minutes
         if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or not m > 0):
-            raise ValueError(f"Expected `every_minutes` to be a number > 0 or None. Received: {m!r}.")
+            raise ValueError(
+                f"Expected `every_minutes` to be a number > 0 or None. Received: {m!r}."
+            )
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 2:
             raise ValueError(f"Expected `keep` to be an integer >= 2. Received: {self.keep!r}.")
         if self.scheduler is not None and not hasattr(self.scheduler, "state_dict"):
@@ -149,7 +154,9 @@ class RunKeeper:
         self.recorder, self.source, self.clock = recorder, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
         self.rundir = RunDir(run_dir) if run_dir is not None else None
-        self.store = CheckpointStore(self.rundir.checkpoints, self.config.keep) if self.rundir else None
+        self.store = (
+            CheckpointStore(self.rundir.checkpoints, self.config.keep) if self.rundir else None
+        )
         if self.store and not resume and self.store.paths():
             raise ValueError(
                 f"{run_dir} already holds checkpoints of an earlier run. Pass `resume=True` to "
@@ -231,8 +238,7 @@ class RunKeeper:
         self.pending_resume = None
         if state is not None:
             step = int(state["position"]["step"])
-            if step:
-                self.recorder.load_state_dict(state["recorder"])
+            self.recorder.load_state_dict(state["recorder"], epoch_means=step > 0)
             batches = self.position.resume_epoch(state["epoch_start"], epoch, step, state["rng"])
             return batches, step
         self.position.begin_epoch()
@@ -258,10 +264,11 @@ class RunKeeper:
         self.step = step
         self.global_step += 1
         every, minutes = self.config.every_steps, self.config.every_minutes
-        now = self.clock()
-        if (every and self.global_step % every == 0) or (
-            minutes and now - self.last_time >= 60.0 * minutes
-        ):
+        last_step = self.source.steps is not None and step >= self.source.steps
+        due = (every and self.global_step % every == 0) or (
+            minutes and self.clock() - self.last_time >= 60.0 * minutes
+        )
+        if due and not last_step:  # the epoch-end checkpoint follows right after validation
             self.checkpoint(self.epoch, step)
         if self.guard.received:
             self._interrupt(self.epoch, step)
@@ -404,10 +411,9 @@ class RunKeeper:
         self.guard.__exit__(None, None, None)
         if self.rundir is None:
             return
-        try:
+        # The device may be in an error state; the history flushed so far stands.
+        with contextlib.suppress(Exception):
             self.recorder.flush()
-        except Exception:  # the device may be in an error state; the history so far stands
-            pass
         self.rundir.append(self.history)
         self.rundir.close()
         status = "completed"
@@ -444,7 +450,9 @@ class RunKeeper:
         groups = self.optimizer.param_groups
         hyper = {k: v for k, v in groups[0].items() if k != "params"} if groups else {}
         config = asdict(self.config)
-        config["scheduler"] = type(self.config.scheduler).__name__ if self.config.scheduler else None
+        config["scheduler"] = (
+            type(self.config.scheduler).__name__ if self.config.scheduler else None
+        )
         return {
             "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -493,4 +501,3 @@ def _load_history(history: History, state: dict[str, Any]) -> None:
     columns = state["batches"]
     if len(next(iter(columns.values()))):
         history.batches.append(columns)
-

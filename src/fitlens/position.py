@@ -72,7 +72,11 @@ def data_generators(data: Any) -> list[torch.Generator]:
         getattr(getattr(getattr(data, "batch_sampler", None), "sampler", None), "generator", None),
     ]
     for g in candidates:
-        if isinstance(g, torch.Generator) and g.device.type == "cpu" and all(g is not f for f in found):
+        if (
+            isinstance(g, torch.Generator)
+            and g.device.type == "cpu"
+            and all(g is not f for f in found)
+        ):
             found.append(g)
     return found
 
@@ -93,7 +97,8 @@ class DataPosition:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(self.epoch_start)
+        """Start-of-epoch states, plus the data generators' states now (for the next epochs)."""
+        return {**self.epoch_start, "generators_now": [g.get_state() for g in self.generators]}
 
     def resume_epoch(
         self, epoch_start: dict[str, Any], epoch: int, step: int, now_rng: dict[str, Any]
@@ -104,7 +109,7 @@ class DataPosition:
         reached. For a generator source, the consumed batches of earlier epochs are skipped too.
         """
         saved = epoch_start.get("generators", [])
-        if step and len(saved) != len(self.generators):
+        if len(saved) != len(self.generators):
             raise ValueError(
                 f"The checkpoint recorded {len(saved)} data-order generator(s), but `train` now "
                 f"has {len(self.generators)}. Resume with the same kind of DataLoader (seeded "
@@ -113,15 +118,24 @@ class DataPosition:
         source = self.source
         if not source.restarts_each_epoch:
             _skip(source.raw_iterator(), epoch * (source.steps or 0))
-        elif step:
+        if step == 0:  # an epoch boundary: the states now are this epoch's start states
+            self._restore_now(now_rng, epoch_start)
+            self.begin_epoch()
+            return source.epoch()
+        if source.restarts_each_epoch:
             torch.set_rng_state(epoch_start["torch"])
             for g, s in zip(self.generators, saved, strict=True):
                 g.set_state(s)
         self.epoch_start = {"torch": epoch_start["torch"], "generators": saved}
         batches = source.epoch()
         _skip(batches, step)
-        restore_rng(now_rng)
+        self._restore_now(now_rng, epoch_start)
         return batches
+
+    def _restore_now(self, now_rng: dict[str, Any], epoch_start: dict[str, Any]) -> None:
+        restore_rng(now_rng)
+        for g, s in zip(self.generators, epoch_start["generators_now"], strict=True):
+            g.set_state(s)  # where the next epochs' orders start
 
 
 def _skip(batches: Iterator[Any], n: int) -> None:

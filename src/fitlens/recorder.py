@@ -124,20 +124,27 @@ class Recorder:
             "nows": {n: e.state_dict() for n, e in self.nows.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict` taken from a recorder with the same metric names."""
+    def load_state_dict(self, state: dict[str, Any], epoch_means: bool = True) -> None:
+        """Restore a `state_dict` taken from a recorder with the same metric names.
+
+        With ``epoch_means=False`` only the now estimates are restored (a run resumed at an
+        epoch boundary starts fresh epoch means but continues the now estimates).
+        """
         if set(state["means"]) != set(self.names):
             raise ValueError(
                 f"The checkpoint tracks metrics {sorted(state['means'])}, this run tracks "
                 f"{sorted(self.names)}. Resume with the same `metrics`."
             )
+        for n in self.names:
+            self.nows[n].load_state_dict(state["nows"][n])
+        if not epoch_means:
+            return
         self.epoch = int(state["epoch"])
         self.steps_flushed = int(state["steps_flushed"])
         self.data_time = float(state["data_time"])
         self.step_time = float(state["step_time"])
         for n in self.names:
             self.means[n].load_state_dict(state["means"][n])
-            self.nows[n].load_state_dict(state["nows"][n])
 
     def mean(self, name: str) -> float:
         """The epoch value: the running mean, or ``compute()`` for a stateful metric."""

@@ -18,6 +18,7 @@ Write errors (a full disk) are reported once as a warning and do not stop traini
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -91,7 +92,8 @@ class RunDir:
         self._rows_written = len(batches)
         self._epochs_written = len(history.epoch)
         for name in (BATCHES_CSV, EPOCHS_CSV, JSONL):
-            self._files[name] = open(self.path / name, "a", newline="", encoding="utf-8")
+            # Kept open for the whole run (appended at every refresh); closed by `close`.
+            self._files[name] = open(self.path / name, "a", newline="", encoding="utf-8")  # noqa: SIM115
 
     def append(self, history: History) -> None:
         """Append the batch and epoch rows recorded since the last call, and flush."""
@@ -146,10 +148,8 @@ class RunDir:
 
     def close(self) -> None:
         for f in self._files.values():
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
         self._files.clear()
 
 
