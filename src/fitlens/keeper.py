@@ -286,6 +286,8 @@ class RunKeeper:
 
     def checkpoint(self, epoch: int, step: int) -> Path | None:
         """Save the position *after* ``step`` steps of 0-based ``epoch``; None if not written."""
+        if self.store is None:  # no run_dir: nothing to write, so no extra host sync either
+            return None
         self.recorder.flush()
         self._check_rows()
         if not _parameters_finite(self.model):
@@ -298,8 +300,6 @@ class RunKeeper:
                 self.last_checkpoint,
             )
         self.last_time = self.clock()
-        if self.store is None:
-            return None
         started = time.perf_counter()
         try:
             path = self.store.save(self._state(epoch, step))
