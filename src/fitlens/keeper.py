@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -246,7 +247,7 @@ class RunKeeper:
 
     def skips(self, step: int, loss: torch.Tensor) -> bool:
         """True when ``on_nonfinite="skip"`` and this step's loss is not finite (1-based step)."""
-        if self.policy != "skip" or bool(torch.isfinite(loss)):  # host sync: "skip" only
+        if self.policy != "skip" or math.isfinite(loss.item()):  # host sync: "skip" only
             return False
         self.skipped.append([self.epoch + 1, step])
         self.history.params["skipped_batches"] = self.skipped
@@ -449,10 +450,13 @@ class RunKeeper:
 
         groups = self.optimizer.param_groups
         hyper = {k: v for k, v in groups[0].items() if k != "params"} if groups else {}
-        config = asdict(self.config)
-        config["scheduler"] = (
-            type(self.config.scheduler).__name__ if self.config.scheduler else None
-        )
+        c = self.config
+        config = {
+            "every_steps": c.every_steps,
+            "every_minutes": c.every_minutes,
+            "keep": c.keep,
+            "scheduler": type(c.scheduler).__name__ if c.scheduler is not None else None,
+        }
         return {
             "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
