@@ -30,7 +30,7 @@ _EXPORTS = {
     "WindowMean": "fitlens.estimators",
     "TrendWindow": "fitlens.estimators",
     "LastValue": "fitlens.estimators",
-    "Checkpointing": "fitlens.keeper",
+    "Checkpointing": "fitlens.checkpoint",
     "NonFiniteError": "fitlens.keeper",
     "TrainingInterrupted": "fitlens.interrupt",
     "read_history": "fitlens.rundir",
@@ -59,11 +59,12 @@ __all__ = [
 
 if TYPE_CHECKING:
     from fitlens.callbacks import Callback, EarlyStopping
+    from fitlens.checkpoint import Checkpointing
     from fitlens.estimators import EMA, EpochMean, Estimator, LastValue, TrendWindow, WindowMean
     from fitlens.evaluate import evaluate
     from fitlens.history import History
     from fitlens.interrupt import TrainingInterrupted
-    from fitlens.keeper import Checkpointing, NonFiniteError
+    from fitlens.keeper import NonFiniteError
     from fitlens.loop import fit
     from fitlens.metrics import Accuracy
     from fitlens.progress import Progress

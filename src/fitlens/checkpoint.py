@@ -21,7 +21,8 @@ NumPy arrays (estimator windows, NumPy's RNG state) are stored as tensors and co
 arrays, so no NumPy global has to be allowed into the unpickler.
 
 `CheckpointStore` keeps the newest ``keep`` checkpoints of a run in one directory; the previous
-good checkpoint is only deleted once the new one is complete.
+good checkpoint is only deleted once the new one is complete. `Checkpointing` says when `fit`
+writes them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pickle
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -242,3 +244,48 @@ class CheckpointStore:
                     stacklevel=2,
                 )
         return None
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """When to write checkpoints and what else to put in them.
+
+    Args:
+        every_steps: write one every this many training steps (None: not step-based).
+        every_minutes: write one when this many minutes have passed since the last (None: not
+            time-based). The default, 10 minutes, bounds the loss on a crash to 10 minutes of
+            training for any speed of step.
+        keep: how many recent checkpoints to keep (>= 2).
+        scheduler: an LR scheduler to save and restore with the checkpoint (step it yourself,
+            e.g. in a callback's ``on_epoch_end``).
+
+    A checkpoint is also written at every epoch end and on SIGINT/SIGTERM.
+
+    Example:
+        >>> Checkpointing(every_steps=500, every_minutes=None).every_steps
+        500
+    """
+
+    every_steps: int | None = None
+    every_minutes: float | None = 10.0
+    keep: int = 2
+    scheduler: Any = None
+
+    def __post_init__(self) -> None:
+        s = self.every_steps
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
+            raise ValueError(
+                f"Expected `every_steps` to be an integer >= 1 or None. Received: {s!r}."
+            )
+        m = self.every_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or not m > 0):
+            raise ValueError(
+                f"Expected `every_minutes` to be a number > 0 or None. Received: {m!r}."
+            )
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 2:
+            raise ValueError(f"Expected `keep` to be an integer >= 2. Received: {self.keep!r}.")
+        if self.scheduler is not None and not hasattr(self.scheduler, "state_dict"):
+            raise TypeError(
+                "Expected `scheduler` to be a torch LR scheduler (with state_dict). Received: "
+                f"{type(self.scheduler).__name__}."
+            )

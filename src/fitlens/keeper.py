@@ -4,9 +4,11 @@
 ``skips``, ``on_refresh``, ``after_step``, ``on_epoch_end``, ``close``). Everything about
 *what* is saved and *when* lives here; `fit` only says where it is.
 
-When checkpoints are written (`Checkpointing`): every ``every_steps`` steps and/or every
-``every_minutes`` minutes (checked after each step), at every epoch end, and when SIGINT/SIGTERM
-arrives. Each costs one host sync (to fold pending metrics and check them) plus the write.
+When checkpoints are written (`fitlens.checkpoint.Checkpointing`): every ``every_steps``
+steps and/or every ``every_minutes`` minutes (checked after each step), at every epoch end,
+and when SIGINT/SIGTERM arrives. Each costs one host sync (to fold pending metrics and check
+them and the parameters) plus the write. Without ``run_dir`` nothing is written and no sync is
+added.
 
 Non-finite values (``on_nonfinite``):
 
@@ -28,74 +30,32 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import platform
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
 
-from fitlens.checkpoint import CheckpointStore, UnsafeCheckpointError, load_checkpoint
+from fitlens.checkpoint import (
+    Checkpointing,
+    CheckpointStore,
+    UnsafeCheckpointError,
+    load_checkpoint,
+)
 from fitlens.data import BatchSource
 from fitlens.history import History
 from fitlens.interrupt import InterruptGuard, TrainingInterrupted
 from fitlens.position import DataPosition, capture_rng
 from fitlens.recorder import Recorder
-from fitlens.rundir import RunDir
+from fitlens.rundir import RunDir, finish_summary, start_summary
 from fitlens.timing import Clock
 
 NonFinitePolicy = Literal["stop", "skip"]
 _POLICIES = ("stop", "skip")
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """When to write checkpoints and what else to put in them.
-
-    Args:
-        every_steps: write one every this many training steps (None: not step-based).
-        every_minutes: write one when this many minutes have passed since the last (None: not
-            time-based). The default, 10 minutes, bounds the loss on a crash to 10 minutes of
-            training for any speed of step.
-        keep: how many recent checkpoints to keep (>= 2).
-        scheduler: an LR scheduler to save and restore with the checkpoint (step it yourself,
-            e.g. in a callback's ``on_epoch_end``).
-
-    A checkpoint is also written at every epoch end and on SIGINT/SIGTERM.
-
-    Example:
-        >>> Checkpointing(every_steps=500, every_minutes=None).every_steps
-        500
-    """
-
-    every_steps: int | None = None
-    every_minutes: float | None = 10.0
-    keep: int = 2
-    scheduler: Any = None
-
-    def __post_init__(self) -> None:
-        s = self.every_steps
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
-            raise ValueError(
-                f"Expected `every_steps` to be an integer >= 1 or None. Received: {s!r}."
-            )
-        m = self.every_minutes
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or not m > 0):
-            raise ValueError(
-                f"Expected `every_minutes` to be a number > 0 or None. Received: {m!r}."
-            )
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 2:
-            raise ValueError(f"Expected `keep` to be an integer >= 2. Received: {self.keep!r}.")
-        if self.scheduler is not None and not hasattr(self.scheduler, "state_dict"):
-            raise TypeError(
-                "Expected `scheduler` to be a torch LR scheduler (with state_dict). Received: "
-                f"{type(self.scheduler).__name__}."
-            )
 
 
 class NonFiniteError(FloatingPointError):
@@ -424,60 +384,29 @@ class RunKeeper:
             status = "nonfinite"
         elif error is not None:
             status = "failed"
-        h = self.history
-        self.summary.update(
-            {
-                "status": status,
-                "error": None if error is None else f"{type(error).__name__}: {error}",
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "session_seconds": time.perf_counter() - self.started,
-                "epochs_completed": len(h.epoch),
-                "batches_recorded": len(h.batches),
-                "final_metrics": {k: v[-1] for k, v in h.history.items() if v},
-                "timing_seconds": {k: float(np.nansum(v)) for k, v in h.timing.items()},
-                "checkpoints": {
-                    "written_this_session": self.checkpoints_written,
-                    "seconds_this_session": self.checkpoint_seconds,
-                    "latest": str(self.last_checkpoint) if self.last_checkpoint else None,
-                },
-                "skipped_batches": self.skipped,
-            }
-        )
-        self.rundir.write_summary(self.summary)
+        extra = {
+            "session_seconds": time.perf_counter() - self.started,
+            "checkpoints": {
+                "written_this_session": self.checkpoints_written,
+                "seconds_this_session": self.checkpoint_seconds,
+                "latest": str(self.last_checkpoint) if self.last_checkpoint else None,
+            },
+            "skipped_batches": self.skipped,
+        }
+        self.rundir.write_summary(finish_summary(self.summary, self.history, status, error, extra))
 
     def _summary_start(self) -> dict[str, Any]:
-        import fitlens
-
-        groups = self.optimizer.param_groups
-        hyper = {k: v for k, v in groups[0].items() if k != "params"} if groups else {}
         c = self.config
-        config = {
-            "every_steps": c.every_steps,
-            "every_minutes": c.every_minutes,
-            "keep": c.keep,
-            "scheduler": type(c.scheduler).__name__ if c.scheduler is not None else None,
-        }
-        return {
-            "status": "running",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "resumed_from": self.resumed_from,
-            "config": {
-                **self.history.params,
-                "model": type(self.model).__name__,
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "optimizer": type(self.optimizer).__name__,
-                "optimizer_hyperparameters": hyper,
-                "on_nonfinite": self.policy,
-                "checkpointing": config,
-            },
-            "versions": {
-                "fitlens": fitlens.__version__,
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "python": platform.python_version(),
-                "platform": platform.platform(),
+        settings = {
+            "on_nonfinite": self.policy,
+            "checkpointing": {
+                "every_steps": c.every_steps,
+                "every_minutes": c.every_minutes,
+                "keep": c.keep,
+                "scheduler": type(c.scheduler).__name__ if c.scheduler is not None else None,
             },
         }
+        return start_summary(self.history, self.model, self.optimizer, settings, self.resumed_from)
 
 
 def _parameters_finite(model: torch.nn.Module) -> bool:

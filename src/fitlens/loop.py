@@ -25,11 +25,12 @@ from typing import Any
 import torch
 
 from fitlens.callbacks import Callback, CallbackList, LazyLogs, RunState
+from fitlens.checkpoint import Checkpointing
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
 from fitlens.estimators import Estimator
 from fitlens.evaluate import _model_device, evaluate_batches, forward
 from fitlens.history import History
-from fitlens.keeper import Checkpointing, NonFinitePolicy, RunKeeper
+from fitlens.keeper import NonFinitePolicy, RunKeeper
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
 from fitlens.metrics import configure_from_outputs, resolve_metrics
 from fitlens.optimizers import resolve_optimizer

@@ -23,6 +23,8 @@ import csv
 import io
 import json
 import math
+import platform
+import time
 import warnings
 from pathlib import Path
 from typing import Any, TextIO
@@ -151,6 +153,65 @@ class RunDir:
             with contextlib.suppress(OSError):
                 f.close()
         self._files.clear()
+
+
+def start_summary(
+    history: History,
+    model: Any,
+    optimizer: Any,
+    settings: dict[str, Any],
+    resumed_from: str | None,
+) -> dict[str, Any]:
+    """The summary written when a run starts: config and versions, status ``"running"``."""
+    import torch
+
+    import fitlens
+
+    groups = optimizer.param_groups
+    hyper = {k: v for k, v in groups[0].items() if k != "params"} if groups else {}
+    return {
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from": resumed_from,
+        "config": {
+            **history.params,
+            "model": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "optimizer": type(optimizer).__name__,
+            "optimizer_hyperparameters": hyper,
+            **settings,
+        },
+        "versions": {
+            "fitlens": fitlens.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+    }
+
+
+def finish_summary(
+    summary: dict[str, Any],
+    history: History,
+    status: str,
+    error: BaseException | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """``summary`` completed with the outcome: status, error, final metrics, timing totals."""
+    summary.update(
+        {
+            "status": status,
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "epochs_completed": len(history.epoch),
+            "batches_recorded": len(history.batches),
+            "final_metrics": {k: v[-1] for k, v in history.history.items() if v},
+            "timing_seconds": {k: float(np.nansum(v)) for k, v in history.timing.items()},
+            **extra,
+        }
+    )
+    return summary
 
 
 def _deep_clean(obj: Any) -> Any:
