@@ -226,3 +226,10 @@ def test_time_based_checkpoints_follow_the_clock(tmp_path: Path) -> None:
 def test_checkpointing_rejects_invalid_settings(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Checkpointing(**kwargs)
+
+
+def test_generator_factory_must_return_an_iterator() -> None:
+    with pytest.raises(TypeError, match="factory to return a generator or iterator"):
+        fitlens.fit(
+            _model(), lambda: [1, 2], loss="mse", optimizer="sgd", steps_per_epoch=2, verbose=0
+        )

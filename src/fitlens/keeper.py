@@ -360,9 +360,14 @@ class RunKeeper:
         else:
             hint = self.resume_hint()
             command = " ".join([Path(sys.executable).name, *sys.argv])
+            again = (
+                f"run `{command}` again: it passes resume=True"
+                if self.resume
+                else f"run `{command}` again with resume=True added to its fit call"
+            )
             message = (
                 f"fitlens: {name} received; stopped at {where}. Checkpoint: {path}.\n"
-                f"Resume with {hint}\n(e.g. run `{command}` again with resume=True)."
+                f"Resume with {hint}\n(e.g. {again})."
             )
         print(message, file=sys.stderr, flush=True)
         raise TrainingInterrupted(message, name, path, hint)
