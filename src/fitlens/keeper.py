@@ -157,7 +157,7 @@ class RunKeeper:
             self.rundir.start(self.history)
             self.summary = self._summary_start()
             self.rundir.write_summary(self.summary)
-        self.last_time = self.clock()
+        self.last_time = self.clock() if self.store is not None else 0.0
         self.guard.__enter__()
         return start_epoch
 
@@ -226,8 +226,10 @@ class RunKeeper:
         self.global_step += 1
         every, minutes = self.config.every_steps, self.config.every_minutes
         last_step = self.source.steps is not None and step >= self.source.steps
-        due = (every and self.global_step % every == 0) or (
-            minutes and self.clock() - self.last_time >= 60.0 * minutes
+        # Without a run_dir there is nothing to write: not even the clock is read.
+        due = self.store is not None and (
+            (every and self.global_step % every == 0)
+            or (minutes and self.clock() - self.last_time >= 60.0 * minutes)
         )
         if due and not last_step:  # the epoch-end checkpoint follows right after validation
             self.checkpoint(self.epoch, step)
