@@ -126,3 +126,8 @@ def test_skip_drops_the_bad_batch_as_if_it_never_came() -> None:
 def test_invalid_policy_is_rejected_before_training() -> None:
     with pytest.raises(ValueError, match="`on_nonfinite` to be one of"):
         _fit(_model(), _batches(), on_nonfinite="ignore")
+
+
+def test_stop_catches_a_nan_in_the_last_step_of_the_last_epoch() -> None:
+    with pytest.raises(NonFiniteError, match="epoch 2, step 10"):
+        _fit(_model(), _batches(bad_step=20), steps=10)

@@ -241,6 +241,7 @@ class RunKeeper:
         self.step = 0
         if self.rundir is not None:
             self.rundir.append(self.history)
+        self._check_rows()  # the loop flushed at epoch end: the last steps are on the host
         self.checkpoint(epoch + 1, 0)
         if self.guard.received:
             self._interrupt(epoch + 1, 0)
