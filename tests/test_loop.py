@@ -479,3 +479,25 @@ def test_public_evaluate_is_callable_after_fit_has_been_imported(blobs, mlp):
 
     out = fitlens.evaluate(mlp, (x, y), loss="cross_entropy", metrics=["accuracy"])
     assert set(out) == {"loss", "accuracy"}
+
+
+def test_history_is_bitwise_identical_whatever_the_display_refresh_rate(blobs):
+    """Estimators are fed in fixed blocks of steps, so refresh timing never changes rounding."""
+    x, y = blobs
+    histories = []
+    for rate in (1e-6, 1e9, 7.0):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        histories.append(
+            fitlens.fit(
+                model,
+                (x, y),
+                loss="cross_entropy",
+                optimizer="adam",
+                metrics=["accuracy"],
+                epochs=3,
+                batch_size=2,  # 100 steps an epoch: whole blocks and a partial one
+                verbose=fitlens.Progress(1, file=io.StringIO(), refresh_per_second=rate),
+            ).history
+        )
+    assert histories[0] == histories[1] == histories[2]

@@ -5,6 +5,7 @@ Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free
     fitlens.fit(model, train, loss=..., optimizer=..., metrics=[...], epochs=...) -> History
     fitlens.evaluate(model, data, loss=..., metrics=[...]) -> dict
     fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
+    fitlens.Checkpointing, fitlens.NonFiniteError, fitlens.TrainingInterrupted, fitlens.read_history
     fitlens.EpochMean, fitlens.EMA, fitlens.EMATrend, fitlens.WindowMean, fitlens.TrendWindow,
     fitlens.LastValue
     fitlens.keras.FitlensCallback, fitlens.lightning.FitlensCallback (need the extras)
@@ -32,28 +33,37 @@ _EXPORTS = {
     "WindowMean": "fitlens.estimators",
     "TrendWindow": "fitlens.estimators",
     "LastValue": "fitlens.estimators",
+    "Checkpointing": "fitlens.checkpoint",
+    "NonFiniteError": "fitlens.keeper",
+    "TrainingInterrupted": "fitlens.interrupt",
+    "read_history": "fitlens.rundir",
 }
 
 __all__ = [
     "EMA",
     "Accuracy",
     "Callback",
+    "Checkpointing",
     "EMATrend",
     "EarlyStopping",
     "EpochMean",
     "Estimator",
     "History",
     "LastValue",
+    "NonFiniteError",
     "Progress",
+    "TrainingInterrupted",
     "TrendWindow",
     "WindowMean",
     "__version__",
     "evaluate",
     "fit",
+    "read_history",
 ]
 
 if TYPE_CHECKING:
     from fitlens.callbacks import Callback, EarlyStopping
+    from fitlens.checkpoint import Checkpointing
     from fitlens.estimators import (
         EMA,
         EMATrend,
@@ -65,9 +75,12 @@ if TYPE_CHECKING:
     )
     from fitlens.evaluation import evaluate
     from fitlens.history import History
+    from fitlens.interrupt import TrainingInterrupted
+    from fitlens.keeper import NonFiniteError
     from fitlens.loop import fit
     from fitlens.metrics import Accuracy
     from fitlens.progress import Progress
+    from fitlens.rundir import read_history
 
 
 # Framework integrations: imported only when asked for (`fitlens.keras`, `import fitlens.keras`).

@@ -3,7 +3,8 @@
 Three forms, as Keras accepts them:
 
 * a **generator or iterator** (``iter(obj) is obj``): Keras's ``fit_generator`` case. It needs
-  ``steps_per_epoch``; the same iterator continues across epochs. If it runs out early, the
+  ``steps_per_epoch``; the same iterator continues across epochs. A zero-argument callable that
+  returns one (a *generator factory*) is accepted too, so that a resumed run can start it afresh. If it runs out early, the
   epoch ends there with a warning and training stops (there is nothing left to train on).
 * a **re-iterable** (a ``DataLoader``, a list of batches, ...): iterated afresh every epoch;
   with ``steps_per_epoch`` only that many batches of each pass are used.
@@ -159,7 +160,14 @@ class BatchSource:
             self.iterable: Iterable[Batch] = ArrayData(data[0], data[1], int(batch_size), shuffle)
             full = len(self.iterable)
             self.steps: int | None = min(full, steps) if steps else full
-        elif isinstance(data, Iterator):
+        elif isinstance(data, Iterator) or _is_factory(data):
+            if _is_factory(data):  # a generator factory: fitlens makes the generator (resume)
+                data = data()
+                if not isinstance(data, Iterator):
+                    raise TypeError(
+                        f"Expected the `{name}` factory to return a generator or iterator. "
+                        f"Received: {type(data).__name__}."
+                    )
             if steps is None:
                 raise ValueError(
                     f"`{name}` is a generator or iterator, so fitlens cannot know where an epoch "
@@ -186,7 +194,8 @@ class BatchSource:
                 self.steps = min(full, int(steps)) if steps else full
         else:
             raise TypeError(
-                f"Expected `{name}` to be a generator of (x, y) batches, a re-iterable such as "
+                f"Expected `{name}` to be a generator of (x, y) batches (or a function returning "
+                "one), a re-iterable such as "
                 "a DataLoader or a list of batches, or a tuple (x, y) of arrays or tensors. "
                 f"Received: {type(data).__name__}."
             )
@@ -195,6 +204,12 @@ class BatchSource:
     def restarts_each_epoch(self) -> bool:
         """True when every epoch starts a fresh pass (not a continuing generator)."""
         return self.kind != "generator"
+
+    def raw_iterator(self) -> Iterator[Batch]:
+        """The continuing iterator of a generator source (used to skip consumed batches)."""
+        if self._iterator is None:
+            raise TypeError(f"`{self.name}` is not a generator; it restarts every epoch.")
+        return self._iterator
 
     def epoch(self) -> Iterator[Batch]:
         """The batches of one epoch (at most ``steps``)."""
@@ -207,6 +222,11 @@ class BatchSource:
                 yield next(source)
             except StopIteration:
                 return
+
+
+def _is_factory(obj: Any) -> bool:
+    """A zero-argument callable that makes a generator (not a DataLoader, tensor, ...)."""
+    return callable(obj) and not isinstance(obj, Iterable | torch.Tensor | np.ndarray)
 
 
 def unpack(batch: Any, name: str) -> Batch:

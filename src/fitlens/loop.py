@@ -19,15 +19,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fitlens.callbacks import Callback, CallbackList, LazyLogs, RunState
+from fitlens.checkpoint import Checkpointing
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
 from fitlens.estimators import DEFAULT_NOW, Estimator
 from fitlens.evaluation import forward, model_device
 from fitlens.history import History
+from fitlens.keeper import NonFinitePolicy, RunKeeper
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
 from fitlens.metrics import configure_from_outputs, resolve_metrics
 from fitlens.optimizers import resolve_optimizer
@@ -56,6 +59,10 @@ def fit(
     now: str | Estimator = DEFAULT_NOW,
     train_eval: bool | float | int | None = None,
     clock: Clock | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpointing: Checkpointing | None = None,
+    on_nonfinite: NonFinitePolicy = "stop",
 ) -> History:
     """Train ``model`` on ``train`` and return its `History`, showing mean *and* now per metric.
 
@@ -88,6 +95,14 @@ def fit(
             subset drawn once per run. Adds ``train_eval_*`` keys to ``history.history`` and
             turns the gap line from estimated into measured (see `fitlens.gap`).
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        run_dir: a directory for the history files, checkpoints and a summary (see
+            `fitlens.rundir`); nothing is written without it.
+        resume: continue the run in ``run_dir`` from its last good checkpoint, mid-epoch
+            included (starts afresh when there is none yet).
+        checkpointing: a `Checkpointing` (when to write checkpoints; an LR scheduler to keep);
+            default: every 10 minutes and at every epoch end.
+        on_nonfinite: ``"stop"`` (raise `NonFiniteError`) or ``"skip"`` the batch (one host
+            sync per step); see `fitlens.keeper`.
 
     Returns:
         A `History`: ``history.history`` per epoch, ``history.batches`` per batch.
@@ -95,6 +110,10 @@ def fit(
     Raises:
         ValueError / TypeError: before the first step, for invalid arguments; on the first
             batch, for outputs and targets that the loss cannot pair (both shapes are named).
+        TrainingInterrupted: (a KeyboardInterrupt) on SIGINT/SIGTERM, after the current step
+            and a checkpoint.
+        NonFiniteError: with ``on_nonfinite="stop"``, when a metric or the weights become
+            NaN or infinite.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"Expected `epochs` to be an integer >= 1. Received: {epochs!r}.")
@@ -139,10 +158,26 @@ def fit(
     timer = StepTimer()
     eval_seconds = math.nan
     logs: dict[str, float] = {}
+    # Run directory, checkpoints, resume, SIGINT/SIGTERM and the non-finite policy: fitlens.keeper.
+    keeper = RunKeeper(
+        run_dir,
+        resume=resume,
+        checkpointing=checkpointing,
+        on_nonfinite=on_nonfinite,
+        model=model,
+        optimizer=opt,
+        history=history,
+        recorder=recorder,
+        source=source,
+        callbacks=callbacks,
+        clock=clock,
+    )
+    start_epoch = keeper.begin()
+    first_batch = True
 
     cbs.train_begin({})
     try:
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             run.epoch, run.step = epoch, 0
             model.train()
             recorder.begin_epoch(epoch + 1)
@@ -151,10 +186,10 @@ def fit(
             epoch_start = last_refresh = clock()
             next_refresh = epoch_start + progress.refresh_interval
             line_every = progress.line_every
-            refreshed_step = 0
-            step = 0
+            batches, step = keeper.epoch_batches(epoch)  # step > 0 when resuming mid-epoch
+            refreshed_step = step
 
-            batches = truth.watch(source.epoch(), epoch)
+            batches = truth.watch(batches, epoch)  # keeps a sample when data can't be indexed
             t0 = epoch_start
             for batch in batches:
                 x, y = unpack(batch, "train")
@@ -162,19 +197,23 @@ def fit(
                 t1 = clock()
                 for cb in cbs.batch_begin:
                     cb.on_batch_begin(step, {})
-                outputs = forward(model, x) if step or epoch else _first_forward(model, x)
-                if step == 0 and epoch == 0:
+                outputs = _first_forward(model, x) if first_batch else forward(model, x)
+                if first_batch:
                     loss_value = _first_loss(loss_fn, outputs, y)
                     configure_from_outputs(tracked, outputs)
+                    first_batch = False
                 else:
                     loss_value = loss_fn(outputs, y)
                 opt.zero_grad(set_to_none=True)
                 loss_value.backward()
-                opt.step()
+                skipped = keeper.skips(step + 1, loss_value)  # on_nonfinite="skip" only
+                if not skipped:
+                    opt.step()
                 detached = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
                 values = [loss_value.detach()] + [m.batch(detached, y) for m in tracked]
                 t2 = clock()
-                recorder.record(values, batch_size_of(y), t2 - t1, t1 - t0)
+                if not skipped:
+                    recorder.record(values, batch_size_of(y), t2 - t1, t1 - t0)
                 step += 1
                 run.step = step
                 for cb in cbs.batch_end:
@@ -199,6 +238,8 @@ def fit(
                     next_refresh = t2 + progress.refresh_interval
                     if truth.forecast is not None:  # did the epoch-start jump come as forecast?
                         _write(progress, truth.check(history.batches, recorder.steps_flushed))
+                    keeper.on_refresh()  # append history; on_nonfinite="stop" check
+                keeper.after_step(step)  # checkpoint when due; stop on SIGINT/SIGTERM
                 if run.stop_training:
                     break
                 t0 = clock()
@@ -267,6 +308,7 @@ def fit(
             for line in truth_end.lines:
                 progress.write(line)
             cbs.epoch_end(epoch, logs)
+            keeper.on_epoch_end(epoch)  # history files, checkpoint
             if ran_out:
                 warnings.warn(
                     f"`train` ran out of data after {step} of {source.steps} steps in epoch "
@@ -278,8 +320,12 @@ def fit(
                 break
             if run.stop_training:
                 break
+    except BaseException as e:
+        keeper.close(e)  # the summary records why the run ended
+        raise
     finally:
         progress.close()
+    keeper.close(None)
     cbs.train_end(logs)
     return history
 

@@ -133,7 +133,7 @@ class EpochTruth:
             decompositions[name] = GapDecomposition(
                 metric=name,
                 reported=recorder.mean(name),
-                now=recorder.nows[name].value,
+                now=recorder.now(name),
                 train_mode=measured(train_mode[name], population) if train_mode else None,
                 eval_mode=measured(eval_mode[name], population) if eval_mode else None,
                 validation=measured(validation[name]) if validation else None,

@@ -1,0 +1,291 @@
+"""Checkpoint files: atomic, checksummed writes and safe loads.
+
+A checkpoint file is a fixed header followed by a ``torch.save`` payload::
+
+    b"FITLENS-CKPT-v1\\n"  (16 bytes)  magic and format version
+    sha256(payload)        (32 bytes)
+    len(payload)           (8 bytes, little-endian)
+    payload                (torch.save of a dict of tensors, numbers, strings, lists, dicts)
+
+Writes are atomic: the bytes go to a temporary file in the same directory, which is flushed and
+fsync'ed, renamed over the final name (``os.replace``), and then the directory itself is
+fsync'ed so that the rename survives a power cut. A reader therefore sees either the old set of
+files or the new one, never a half-written checkpoint under a final name.
+
+Loads are safe: the checksum is verified first (a truncated or corrupted file raises
+`CorruptCheckpointError`), then the payload is read with ``torch.load(weights_only=True)``, which
+only rebuilds tensors and plain containers. A payload that carries any other pickled object is
+refused with `UnsafeCheckpointError`, and nothing in it is executed.
+
+NumPy arrays (estimator windows, NumPy's RNG state) are stored as tensors and come back as
+arrays, so no NumPy global has to be allowed into the unpickler.
+
+`CheckpointStore` keeps the newest ``keep`` checkpoints of a run in one directory; the previous
+good checkpoint is only deleted once the new one is complete. `Checkpointing` says when `fit`
+writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import re
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+MAGIC = b"FITLENS-CKPT-v1\n"
+_HEADER = len(MAGIC) + 32 + 8
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+_NDARRAY = "__fitlens_ndarray__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is truncated, damaged, or not a fitlens checkpoint (its checksum does not match)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The payload holds pickled objects other than tensors and plain containers."""
+
+
+def _pack(obj: Any) -> Any:
+    """Replace NumPy arrays by tensors (tagged) so that ``weights_only`` loading accepts them."""
+    if isinstance(obj, np.ndarray):
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj).copy())}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_pack(v) for v in obj)
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_NDARRAY}:
+            return obj[_NDARRAY].numpy()
+        return {k: _unpack(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_unpack(v) for v in obj)
+    return obj
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file holding ``state`` (header, checksum, payload)."""
+    buffer = io.BytesIO()
+    torch.save(_pack(state), buffer)
+    return frame(buffer.getvalue())
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix raw ``payload`` bytes with the magic, their sha256 and their length."""
+    digest = hashlib.sha256(payload).digest()
+    return MAGIC + digest + struct.pack("<Q", len(payload)) + payload
+
+
+def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
+    """Verify and load checkpoint bytes.
+
+    Raises:
+        CorruptCheckpointError: bad magic, wrong length or checksum mismatch.
+        UnsafeCheckpointError: the payload holds anything but tensors and plain containers.
+    """
+    if not data.startswith(MAGIC):
+        raise CorruptCheckpointError(
+            f"{source} is not a fitlens checkpoint (expected it to start with {MAGIC!r}); "
+            "it may be truncated, or written by another tool."
+        )
+    digest = data[len(MAGIC) : len(MAGIC) + 32]
+    (length,) = (
+        struct.unpack("<Q", data[len(MAGIC) + 32 : _HEADER]) if len(data) >= _HEADER else (-1,)
+    )
+    payload = data[_HEADER:]
+    if length != len(payload) or hashlib.sha256(payload).digest() != digest:
+        raise CorruptCheckpointError(
+            f"{source} is truncated or corrupted: its sha256 checksum does not match its "
+            f"content ({len(payload)} payload bytes, header says {length})."
+        )
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"Refusing to load {source}: it holds pickled objects other than tensors and plain "
+            "containers, which could run arbitrary code. Nothing in it was executed. Only load "
+            f"checkpoints you wrote with fitlens. Details: {str(e).splitlines()[0]}"
+        ) from e
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(
+            f"{source} holds a {type(state).__name__}, not a fitlens checkpoint dict."
+        )
+    return _unpack(state)
+
+
+def _write_bytes(f: BinaryIO, data: bytes) -> None:
+    f.write(data)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return  # directories cannot be opened for fsync on Windows; rename is atomic there
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir).
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            _write_bytes(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` as a checksummed checkpoint, atomically.
+
+    Example:
+        >>> p = save_checkpoint(tmp_path / "c.pt", {"w": torch.ones(2)})  # doctest: +SKIP
+        >>> load_checkpoint(p)["w"]  # doctest: +SKIP
+        tensor([1., 1.])
+    """
+    return write_atomic(path, encode(state))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and verify a checkpoint written by `save_checkpoint` (see `decode` for errors)."""
+    path = Path(path)
+    return decode(path.read_bytes(), source=str(path))
+
+
+class CheckpointStore:
+    """The numbered checkpoints of one run: ``ckpt-00000001.pt``, ``ckpt-00000002.pt``, ...
+
+    Args:
+        directory: where the checkpoints live (created if missing).
+        keep: how many of the newest checkpoints to keep (>= 2, so that a good one remains
+            while the next is written and if the newest turns out damaged).
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 2:
+            raise ValueError(f"Expected `keep` to be an integer >= 2. Received: {keep!r}.")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Complete checkpoint files, oldest first (temporary files are not listed)."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if _NAME.match(p.name)]
+        return sorted(found, key=lambda p: p.name)
+
+    def remove_temporaries(self) -> None:
+        """Delete temporary files left by a write that was killed."""
+        if self.directory.is_dir():
+            for p in self.directory.glob(".ckpt-*.tmp-*"):
+                p.unlink(missing_ok=True)
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` as the next checkpoint, then delete those beyond ``keep``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = self.paths()
+        number = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1  # type: ignore[union-attr]
+        path = save_checkpoint(self.directory / f"ckpt-{number:08d}.pt", state)
+        for old in [*existing, path][: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that verifies, or None when there is none.
+
+        A damaged newest file is skipped with a warning and the previous good one is used.
+        `UnsafeCheckpointError` is raised, not skipped: a file that carries code is not an
+        accident to work around.
+        """
+        for path in reversed(self.paths()):
+            try:
+                return path, load_checkpoint(path)
+            except CorruptCheckpointError as e:
+                warnings.warn(f"{e} Using the previous checkpoint.", RuntimeWarning, stacklevel=2)
+            except OSError as e:
+                warnings.warn(
+                    f"Cannot read checkpoint {path}: {e}. Using the previous checkpoint.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """When to write checkpoints and what else to put in them.
+
+    Args:
+        every_steps: write one every this many training steps (None: not step-based).
+        every_minutes: write one when this many minutes have passed since the last (None: not
+            time-based). The default, 10 minutes, bounds the loss on a crash to 10 minutes of
+            training for any speed of step.
+        keep: how many recent checkpoints to keep (>= 2).
+        scheduler: an LR scheduler to save and restore with the checkpoint (step it yourself,
+            e.g. in a callback's ``on_epoch_end``).
+
+    A checkpoint is also written at every epoch end and on SIGINT/SIGTERM.
+
+    Example:
+        >>> Checkpointing(every_steps=500, every_minutes=None).every_steps
+        500
+    """
+
+    every_steps: int | None = None
+    every_minutes: float | None = 10.0
+    keep: int = 2
+    scheduler: Any = None
+
+    def __post_init__(self) -> None:
+        s = self.every_steps
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
+            raise ValueError(
+                f"Expected `every_steps` to be an integer >= 1 or None. Received: {s!r}."
+            )
+        m = self.every_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or not m > 0):
+            raise ValueError(
+                f"Expected `every_minutes` to be a number > 0 or None. Received: {m!r}."
+            )
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 2:
+            raise ValueError(f"Expected `keep` to be an integer >= 2. Received: {self.keep!r}.")
+        if self.scheduler is not None and not hasattr(self.scheduler, "state_dict"):
+            raise TypeError(
+                "Expected `scheduler` to be a torch LR scheduler (with state_dict). Received: "
+                f"{type(self.scheduler).__name__}."
+            )
