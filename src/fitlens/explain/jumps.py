@@ -19,6 +19,7 @@ and so is the fraction of the jump it explains. Verdicts, from those intervals:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -197,6 +198,6 @@ def explain_all(before: EpochResult, after: EpochResult) -> list[Boundary]:
 def boundaries(results: Sequence[EpochResult]) -> list[Boundary]:
     """Explain every boundary between consecutive epochs of a log."""
     out: list[Boundary] = []
-    for before, after in zip(results[:-1], results[1:], strict=True):
+    for before, after in itertools.pairwise(results):
         out.extend(explain_all(before, after))
     return out

@@ -161,25 +161,41 @@ def reconstruct(
     """
     windows: list[Window] = []
     k = len(points) - 1
-    while k >= 0:
+    if end_weight_low is not None and k >= 0:
+        # The last window carries the partial-batch uncertainty: the general (corner) path.
         end = points[k]
-        low_weight = end_weight_low if k == len(points) - 1 else None
         j = k - 1
-        if low_weight is None:
-            # Cheap scan with the closed-form half-width; bounds are built once per window.
-            w_k, spread_k = float(end.step), end.step * end.half
-            while j >= 0:
-                p = points[j]
-                if spread_k + p.step * p.half <= tolerance * (w_k - p.step):
-                    break
-                j -= 1
         while True:
-            start = points[j] if j >= 0 else None
-            window = window_bounds(start, end, end_weight_low=low_weight, clip=clip)
+            window = window_bounds(
+                points[j] if j >= 0 else None, end, end_weight_low=end_weight_low, clip=clip
+            )
             if window.half_width <= tolerance or j < 0:
                 break
             j -= 1
         windows.append(window)
+        k = j
+    lo, hi = clip if clip is not None else (-math.inf, math.inf)
+    while k >= 0:
+        # Same bounds as window_bounds, inlined: this loop runs once per display.
+        w_k, m_k, h_k = float(points[k].step), points[k].mean, points[k].half
+        spread_k = w_k * h_k
+        j = k - 1
+        w_j = m_j = h_j = 0.0
+        while j >= 0:
+            w_j, m_j, h_j = float(points[j].step), points[j].mean, points[j].half
+            if spread_k + w_j * h_j <= tolerance * (w_k - w_j):
+                break
+            j -= 1
+        else:
+            w_j = m_j = h_j = 0.0
+        span = w_k - w_j
+        value = (w_k * m_k - w_j * m_j) / span
+        half = (spread_k + w_j * h_j) / span
+        half += _SLACK * (abs(value) + half + 1.0)
+        low, high = value - half, value + half
+        if clip is not None:
+            low, high, value = max(low, lo), min(high, hi), min(max(value, lo), hi)
+        windows.append(Window(int(w_j) + 1, int(w_k), value, low, high))
         k = j
     windows.reverse()
     return windows
