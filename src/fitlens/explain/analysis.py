@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fitlens.explain.epochs import Epoch, Shown
-from fitlens.explain.reconstruct import Window, reconstruct
+from fitlens.explain.epochs import Epoch, Series, Shown
+from fitlens.explain.reconstruct import Window, reconstruct_arrays
 
 MetricKind = Literal["running_mean", "per_batch", "end_of_epoch"]
 
@@ -66,7 +66,7 @@ class MetricResult:
     Attributes:
         name: Metric name.
         kind: ``running_mean``, ``per_batch`` or ``end_of_epoch``.
-        shown: Displays in step order.
+        series: The displays, in step order (see :attr:`shown` for them as objects).
         windows: Reconstructed windows tiling the epoch (empty for ``end_of_epoch``).
         end_weight_low: Smallest weight behind the last display (partial last batch), if any.
         clip: Known range of the metric, if any.
@@ -74,10 +74,18 @@ class MetricResult:
 
     name: str
     kind: MetricKind
-    shown: list[Shown]
+    series: Series
     windows: list[Window]
     end_weight_low: float | None = None
     clip: tuple[float, float] | None = None
+    _shown: list[Shown] | None = field(default=None, repr=False)
+
+    @property
+    def shown(self) -> list[Shown]:
+        """Displays in step order (built on first use)."""
+        if self._shown is None:
+            self._shown = self.series.points()
+        return self._shown
 
 
 @dataclass
@@ -125,7 +133,8 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     """
     weighting = weighting_of(epoch)
     result = EpochResult(epoch, weighting)
-    for name, shown in epoch.series.items():
+    for name, series in epoch.series.items():
+        steps, means, halves = series.arrays()
         kind: MetricKind = "running_mean"
         if name.startswith("val_"):
             kind = "end_of_epoch"
@@ -133,26 +142,29 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
             kind = "per_batch"
         clip = clip_for(name)
         end_weight_low = None
-        last = shown[-1]
+        last_step = int(steps[-1])
         if (
             weighting != "counter"
             and options.min_last_batch < 1.0
             and epoch.target is not None
-            and last.step == epoch.target
+            and last_step == epoch.target
         ):
-            end_weight_low = last.step - 1 + options.min_last_batch
+            end_weight_low = last_step - 1 + options.min_last_batch
         windows: list[Window] = []
         if kind == "running_mean":
             tolerance = options.tolerance
             if tolerance is None:
-                tolerance = DEFAULT_TOLERANCE_UNITS * max(p.half for p in shown)
-            windows = reconstruct(shown, tolerance, end_weight_low=end_weight_low, clip=clip)
+                tolerance = DEFAULT_TOLERANCE_UNITS * float(halves.max())
+            windows = reconstruct_arrays(
+                steps, means, halves, tolerance, end_weight_low=end_weight_low, clip=clip
+            )
         elif kind == "per_batch":
             # A per-batch value is one batch's own value: bound it directly, not as a difference.
             windows = [
-                Window(p.step, p.step, p.mean, p.mean - p.half, p.mean + p.half) for p in shown
+                Window(p.step, p.step, p.mean, p.mean - p.half, p.mean + p.half)
+                for p in series.points()
             ]
-        result.metrics[name] = MetricResult(name, kind, shown, windows, end_weight_low, clip)
+        result.metrics[name] = MetricResult(name, kind, series, windows, end_weight_low, clip)
     return result
 
 

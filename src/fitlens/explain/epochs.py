@@ -12,7 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from fitlens.explain.parse import CounterUnit, EpochHeader, Progress, Record
+import numpy as np
+
+from fitlens.explain.parse import CounterUnit, EpochHeader, Progress, ProgressRun, Record
 
 
 class Shown(NamedTuple):
@@ -27,6 +29,73 @@ class Shown(NamedTuple):
     step: int
     mean: float
     half: float
+
+
+class Series:
+    """One metric's displays within one epoch, stored as columns.
+
+    Single records append to plain lists; bulk runs append NumPy chunks. :meth:`arrays`
+    concatenates them once and drops repeated steps, keeping the last display of each (Keras 3
+    redraws the final step once more at epoch end).
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._steps: list[int] = []
+        self._means: list[float] = []
+        self._halves: list[float] = []
+        self._merged: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def add(self, step: int, mean: float, half: float) -> None:
+        """Append one display."""
+        self._steps.append(step)
+        self._means.append(mean)
+        self._halves.append(half)
+        self._merged = None
+
+    def add_run(self, steps: np.ndarray, means: np.ndarray, half: float) -> None:
+        """Append displays in bulk (``means`` is one column of a run)."""
+        self._flush()
+        self._chunks.append((steps, means, np.full(len(steps), half)))
+        self._merged = None
+
+    def _flush(self) -> None:
+        if self._steps:
+            self._chunks.append(
+                (
+                    np.array(self._steps, dtype=np.int64),
+                    np.array(self._means, dtype=np.float64),
+                    np.array(self._halves, dtype=np.float64),
+                )
+            )
+            self._steps, self._means, self._halves = [], [], []
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, means, halves)``, steps strictly increasing."""
+        if self._merged is None:
+            self._flush()
+            if len(self._chunks) == 1:
+                steps, means, halves = self._chunks[0]
+            else:
+                steps, means, halves = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+            keep = np.ones(len(steps), dtype=bool)
+            keep[:-1] = steps[1:] != steps[:-1]
+            if not keep.all():
+                steps, means, halves = steps[keep], means[keep], halves[keep]
+            self._chunks = [(steps, means, halves)]
+            self._merged = (steps, means, halves)
+        return self._merged
+
+    def points(self) -> list[Shown]:
+        """The displays as :class:`Shown` objects, in step order."""
+        steps, means, halves = self.arrays()
+        return [
+            Shown(s, m, h)
+            for s, m, h in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.arrays()[0])
 
 
 @dataclass
@@ -52,7 +121,7 @@ class Epoch:
     last_step: int = 0
     unit: CounterUnit = "unknown"
     style: str = "plain"
-    series: dict[str, list[Shown]] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
     final: dict[str, Shown] = field(default_factory=dict)
     first_line: int = 0
 
@@ -67,19 +136,32 @@ class Epoch:
         self.style = record.style
         if record.unit != "unknown":
             self.unit = record.unit
-        if record.step > self.last_step:
-            self.last_step = record.step
-        for v in record.values:
-            shown = Shown(record.step, v.value, v.half)
-            points = self.series.get(v.name)
-            if points is None:
-                self.series[v.name] = [shown]
-            elif points[-1].step == record.step:
-                points[-1] = shown
-            else:
-                points.append(shown)
-        if record.target is not None and record.step >= record.target:
-            self.final = {v.name: Shown(record.step, v.value, v.half) for v in record.values}
+        step = record.step
+        if step > self.last_step:
+            self.last_step = step
+        series = self.series
+        for name, value, half in record.values:
+            if name not in series:
+                series[name] = Series()
+            series[name].add(step, value, half)
+        if record.target is not None and step >= record.target:
+            self.final = {v.name: Shown(step, v.value, v.half) for v in record.values}
+
+    def add_run(self, run: ProgressRun) -> None:
+        """Record a bulk run of redraws (none of which is the final line)."""
+        self.target = run.target
+        self.style = run.style
+        if run.unit != "unknown":
+            self.unit = run.unit
+        self.last_step = max(self.last_step, int(run.steps[-1]))
+        for i, name in enumerate(run.names):
+            if name not in self.series:
+                self.series[name] = Series()
+            self.series[name].add_run(run.steps, run.means[:, i], run.half)
+        if int(run.steps[-1]) >= run.target:
+            last = run.means[-1].tolist()
+            step = int(run.steps[-1])
+            self.final = {n: Shown(step, v, run.half) for n, v in zip(run.names, last, strict=True)}
 
 
 def split_epochs(records: Iterable[Record]) -> Iterator[Epoch]:
@@ -101,8 +183,9 @@ def split_epochs(records: Iterable[Record]) -> Iterator[Epoch]:
                 current = None
             header = f"Epoch {record.number}/{record.total}"
             continue
+        first_step = int(record.steps[0]) if isinstance(record, ProgressRun) else record.step
         if current is not None and (
-            record.step < current.last_step
+            first_step < current.last_step
             or (current.target is not None and record.target != current.target)
         ):
             yield current
@@ -111,6 +194,9 @@ def split_epochs(records: Iterable[Record]) -> Iterator[Epoch]:
             index += 1
             current = Epoch(index=index, header=header, first_line=record.line)
             header = None
-        current.add(record)
+        if isinstance(record, ProgressRun):
+            current.add_run(record)
+        else:
+            current.add(record)
     if current is not None:
         yield current

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, NamedTuple
 
+import numpy as np
+
 CounterUnit = Literal["step", "sample", "unknown"]
 
 #: Longest segment we try to parse (bytes). Keras lines are far shorter; a cap keeps the time per
@@ -38,21 +40,21 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]{0,32}[A-Za-z]")
 # The codes Keras 3's Progbar writes (bold, reset, green, white).
 _KERAS_ANSI = (b"\x1b[1m", b"\x1b[0m", b"\x1b[32m", b"\x1b[37m")
 # A run of backspaces erases the previous redraw, like a carriage return.
-_BACKSPACES = re.compile(rb"\x08+\r?")
+_BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
 # Regexes are anchored and free of nested quantifiers, so each runs in time linear in the segment.
 _HEAD = re.compile(rb"[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?")
 _EPOCH = re.compile(rb"[ \t]{0,64}Epoch (\d{1,12})/(\d{1,12})[ \t]{0,64}$")
 _METRIC = re.compile(
     rb" - ([A-Za-z_][A-Za-z0-9_.\-/]{0,127}): ?"
-    rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t]|$)"
+    rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t\x08]|$)"
 )
-# The redraw hot loop tokenizes a whole line at once: piece boundaries, counters at a piece's
-# start, metric values, and the time unit. Same rules as _HEAD and _METRIC.
-_TOKENS = re.compile(
-    rb"(\r+)(?:[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?)?"
-    rb"| - ([A-Za-z_][A-Za-z0-9_.\-/]{0,127}): ?"
-    rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t\r]|$)"
+# The redraw fast path reads a whole line of redraws with two regex passes: counters at piece
+# starts, and values alone (names are checked by counting). Same rules as _HEAD and _METRIC.
+_RUN_HEAD = re.compile(rb"\r[ \t]{0,64}(\d{1,15})/(\d{1,15})(?![\d/])")
+_RUN_VALUE = re.compile(
+    rb" - [A-Za-z_][A-Za-z0-9_.\-/]{0,127}: ?"
+    rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t\r\x08]|$)"
 )
 
 
@@ -92,6 +94,32 @@ class Progress(NamedTuple):
     line: int
 
 
+class ProgressRun(NamedTuple):
+    """Consecutive redraws from one terminal line that share a target and metric names.
+
+    The fast path's record: same information as one :class:`Progress` per row, in arrays.
+
+    Attributes:
+        steps: Counters, non-decreasing, shape ``(n,)``.
+        target: The shared target.
+        names: Metric names, in display order.
+        means: Displayed values, shape ``(n, len(names))``.
+        half: Rounding half-width shared by every value (all in ``%.4f`` form).
+        unit: As in :class:`Progress`.
+        style: As in :class:`Progress`.
+        line: As in :class:`Progress`.
+    """
+
+    steps: np.ndarray
+    target: int
+    names: tuple[str, ...]
+    means: np.ndarray
+    half: float
+    unit: CounterUnit
+    style: str
+    line: int
+
+
 @dataclass(frozen=True)
 class EpochHeader:
     """An ``Epoch k/N`` line. ``number`` is as printed; a loop of ``fit`` calls repeats 1/1."""
@@ -101,7 +129,7 @@ class EpochHeader:
     line: int
 
 
-Record = Progress | EpochHeader
+Record = Progress | ProgressRun | EpochHeader
 
 
 @dataclass
@@ -188,8 +216,8 @@ class _Parser:
                 block = block.replace(code, b"")
             if b"\x1b" in block:
                 block = _ANSI.sub(b"", block)
-        if b"\x08" in block:
-            block = _BACKSPACES.sub(b"\r", block)
+        # Backspace runs are left in place: Keras always follows one with "\r", which splits
+        # the redraws; a piece's trailing run is ignored and any other run splits in segment().
         for text in block.split(b"\n"):
             if b"\r" in text:
                 self.redraws(text, line)
@@ -198,71 +226,53 @@ class _Parser:
             line += 1
 
     def redraws(self, text: bytes, line: int) -> None:
-        """Parse one line holding many ``\\r`` redraws with a single regex pass.
+        """Parse one line holding many ``\\r`` redraws.
 
-        Gives the same records as :meth:`segment` on each piece, faster: a terminal capture is
-        almost all redraws, so this is the hot loop of the whole command. Pieces that are not
-        progress lines, and the last piece, take the general path.
+        A terminal capture is almost all such lines, so this is the hot loop of the command.
+        When every piece but the last is a progress redraw with the same target and metric
+        names (what Keras writes), they become one :class:`ProgressRun` parsed by two regex
+        passes and a NumPy conversion; otherwise, and always for the last piece (the epoch's
+        final line, with its ``val_*`` values), each piece takes the general path.
         """
-        # Every piece but the last is closed by the boundary token that opens the next one;
-        # prefixing a boundary makes the first piece's counter a token like the others.
         style = ""
         if _BAR3 in text:
-            # Keras 3's bar is 20 three-byte characters per redraw; dropping them halves the
-            # bytes the tokenizer scans. The style is all they told us.
+            # Keras 3's bar is 20 three-byte characters per redraw; the style is all they tell.
             style = "keras3"
             text = text.replace(_BAR3, b"")
-        text = b"\r" + text
-        segs = text.split(b"\r")
-        index = 0  # the piece of ``segs`` the tokens are in; piece 0 is the empty prefix
-        head: tuple[bytes, bytes, bytes] | None = None
-        values: list[Value] = []
-        unit = "unknown"
-        if b"s/step" in text:
-            unit = "step"
-        elif b"s/sample" in text:
-            unit = "sample"
-        names = _NAMES
-        for boundary, step, target, bar, name, number in _TOKENS.findall(text):
-            if boundary:
-                self._close(segs[index], head, values, unit, line, style)
-                head = (step, target, bar) if step else None
-                values = []
-                index += len(boundary)
-            elif head is not None:
-                value = float(number)
-                if abs(value) <= MAX_VALUE:
-                    label = names.get(name)
-                    if label is None:
-                        label = names.setdefault(name, name.decode("ascii"))
-                    half = _HALF_FIXED if b"e" not in number else _half(number)
-                    values.append(Value(label, value, half))
-        if index < len(segs) and segs[index]:
-            self.segment(segs[index], line, style)
-
-    def _close(
-        self,
-        seg: bytes,
-        head: tuple[bytes, bytes, bytes] | None,
-        values: list[Value],
-        unit: str,
-        line: int,
-        style: str,
-    ) -> None:
-        if len(seg) > MAX_SEGMENT:
-            self._reject(line)
-        elif head is not None:
-            record = self._record(head, tuple(values), unit, line, style)
-            if record is not None:
-                self._hold(record, seg)
-        elif seg:
-            self._non_progress(seg, line)
+        text = text.strip(b"\r")
+        cut = text.rfind(b"\r")
+        if cut > 0:
+            body = text[:cut]
+            unit: CounterUnit = "unknown"
+            if b"s/step" in body:
+                unit = "step"
+            elif b"s/sample" in body:
+                unit = "sample"
+            run = _fast_run(body, unit, style, line)
+            if run is not None:
+                self.flush()
+                self.out.append(run)
+                self.stats.progress += len(run.steps)
+            else:
+                for seg in body.split(b"\r"):
+                    if seg:
+                        self.segment(seg, line, style)
+        last = text[cut + 1 :]
+        if last:
+            self.segment(last, line, style)
 
     def segment(self, seg: bytes, line: int, style: str = "") -> None:
         """Parse one redraw (one ``\\r``/``\\n``-free piece of text).
 
         ``style`` overrides the bar style read from the text (the redraw path strips the bar).
         """
+        if b"\x08" in seg:
+            seg = seg.rstrip(b"\x08")
+            if b"\x08" in seg:
+                for part in _BACKSPACES.split(seg):
+                    if part:
+                        self.segment(part, line, style)
+                return
         if len(seg) > MAX_SEGMENT:
             self._reject(line)
             return
@@ -340,6 +350,48 @@ class _Parser:
         self.stats.rejected += 1
         if self.stats.first_rejected_line is None:
             self.stats.first_rejected_line = line
+
+
+def _fast_run(body: bytes, unit: CounterUnit, style: str, line: int) -> ProgressRun | None:
+    """Parse ``\\r``-separated redraws in bulk, or return None to take the general path.
+
+    Bulk parsing applies only when it gives what the general path would: every piece starts
+    with a counter, all targets agree, counters never go backwards, every piece shows the same
+    names (each once) and every value is in ``%.4f`` form.
+    """
+    if len(body) > 64 * MAX_SEGMENT or b"\r\r" in body:
+        return None
+    n = body.count(b"\r") + 1
+    heads = _RUN_HEAD.findall(b"\r" + body)
+    if len(heads) != n:
+        return None
+    target_text = heads[0][1]
+    if any(t != target_text for _, t in heads):
+        return None
+    pairs = _METRIC.findall(body[: body.find(b"\r")])
+    values = _RUN_VALUE.findall(body)
+    joined = b"".join(values)
+    if len(values) != n * len(pairs) or b"e" in joined or b"n" in joined:
+        return None
+    for name, _ in pairs:
+        if body.count(b" - " + name + b":") != n:
+            return None
+    steps = np.array([s for s, _ in heads]).astype(np.int64)
+    target = int(target_text)
+    if target > MAX_COUNTER or int(steps[-1]) > target or bool((np.diff(steps) < 0).any()):
+        return None
+    means = np.array(values).astype(np.float64).reshape(n, len(pairs))
+    if not bool((np.abs(means) <= MAX_VALUE).all()):
+        return None
+    names = tuple(_label(name) for name, _ in pairs)
+    return ProgressRun(steps, target, names, means, _HALF_FIXED, unit, style, line)
+
+
+def _label(name: bytes) -> str:
+    label = _NAMES.get(name)
+    if label is None:
+        label = _NAMES.setdefault(name, name.decode("ascii"))
+    return label
 
 
 def iter_records(chunks: Iterable[bytes], stats: ParseStats | None = None) -> Iterator[Record]:

@@ -28,6 +28,8 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
+
 from fitlens.explain.epochs import Shown
 
 # Relative slack added to every bound: covers float64 rounding in the formula itself.
@@ -199,6 +201,86 @@ def reconstruct(
         k = j
     windows.reverse()
     return windows
+
+
+def reconstruct_arrays(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    tolerance: float,
+    *,
+    end_weight_low: float | None = None,
+    clip: tuple[float, float] | None = None,
+) -> list[Window]:
+    """:func:`reconstruct` on columns; vectorized when every display has the same rounding.
+
+    With a common half-width ``h`` the window ``(j, k]`` meets the tolerance exactly when
+    ``W_j (h + tol) <= W_k (tol - h)``; the left side grows with ``j``, so the greedy choice
+    (the largest such ``j``) is one binary search per window end, done for all ends at once.
+    Any other case (mixed ``%.4e`` roundings, a partial last batch) goes through
+    :func:`reconstruct` unchanged.
+
+    Args:
+        steps: Strictly increasing counters, shape ``(n,)``.
+        means: Displayed values, shape ``(n,)``.
+        halves: Rounding half-widths, shape ``(n,)``.
+        tolerance: Target half-width, in the metric's units.
+        end_weight_low: As in :func:`reconstruct`.
+        clip: As in :func:`reconstruct`.
+
+    Returns:
+        The same windows as :func:`reconstruct` on the equivalent :class:`Shown` list.
+    """
+    n = len(steps)
+    if n == 0:
+        return []
+    h = float(halves[0])
+    if end_weight_low is not None or not bool((halves == h).all()):
+        points = [
+            Shown(s, m, e)
+            for s, m, e in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
+        ]
+        return reconstruct(points, tolerance, end_weight_low=end_weight_low, clip=clip)
+    # Index 0 is the epoch start: weight 0, mean 0, exact.
+    w = np.concatenate(([0.0], steps.astype(np.float64)))
+    m = np.concatenate(([0.0], means))
+    hh = np.concatenate(([0.0], halves))
+    left = w * (hh + tolerance)
+    right = w * (tolerance - h)
+    best = np.searchsorted(left, right, side="right") - 1
+    # No valid start (tolerance below the rounding): fall back to the widest window, as
+    # reconstruct() does; a start is always before its end.
+    best = np.minimum(np.maximum(best, 0), np.arange(-1, n)).tolist()
+    ends, starts = [], []
+    k = n
+    while k > 0:
+        j = best[k]
+        ends.append(k)
+        starts.append(j)
+        k = j
+    ends_a = np.array(ends[::-1])
+    starts_a = np.array(starts[::-1])
+    w_k, w_j = w[ends_a], w[starts_a]
+    span = w_k - w_j
+    value = (w_k * m[ends_a] - w_j * m[starts_a]) / span
+    half = (w_k * h + w_j * hh[starts_a]) / span
+    half += _SLACK * (np.abs(value) + half + 1.0)
+    low, high = value - half, value + half
+    if clip is not None:
+        low = np.maximum(low, clip[0])
+        high = np.minimum(high, clip[1])
+        value = np.clip(value, clip[0], clip[1])
+    return [
+        Window(a + 1, b, v, lo, hi)
+        for a, b, v, lo, hi in zip(
+            w_j.astype(np.int64).tolist(),
+            w_k.astype(np.int64).tolist(),
+            value.tolist(),
+            low.tolist(),
+            high.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def trailing_windows(
