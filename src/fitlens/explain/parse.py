@@ -37,8 +37,6 @@ MAX_COUNTER = 10**12
 MAX_VALUE = 1e30
 
 _ANSI = re.compile(rb"\x1b\[[0-9;?]{0,32}[A-Za-z]")
-# The codes Keras 3's Progbar writes (bold, reset, green, white).
-_KERAS_ANSI = (b"\x1b[1m", b"\x1b[0m", b"\x1b[32m", b"\x1b[37m")
 # A run of backspaces erases the previous redraw, like a carriage return.
 _BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
@@ -51,7 +49,7 @@ _METRIC = re.compile(
 )
 # The redraw fast path reads a whole line of redraws with two regex passes: counters at piece
 # starts, and values alone (names are checked by counting). Same rules as _HEAD and _METRIC.
-_RUN_HEAD = re.compile(rb"\r[ \t]{0,64}(\d{1,15})/(\d{1,15})(?![\d/])")
+_RUN_HEAD = re.compile(rb"\r(?:\x1b\[[0-9;]{0,8}m)?[ \t]{0,64}(\d{1,15})/(\d{1,15})(?![\d/])")
 _RUN_VALUE = re.compile(
     rb" - [A-Za-z_][A-Za-z0-9_.\-/]{0,127}: ?"
     rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t\r\x08]|$)"
@@ -211,13 +209,8 @@ class _Parser:
 
     def block(self, block: bytes, line: int) -> None:
         """Parse a block of whole lines starting at input line ``line``."""
-        if b"\x1b" in block:
-            for code in _KERAS_ANSI:  # plain replaces are several times faster than the regex
-                block = block.replace(code, b"")
-            if b"\x1b" in block:
-                block = _ANSI.sub(b"", block)
-        # Backspace runs are left in place: Keras always follows one with "\r", which splits
-        # the redraws; a piece's trailing run is ignored and any other run splits in segment().
+        # ANSI colours and backspace runs are left in place here: the redraw fast path reads
+        # around them, and segment() removes them from any piece it parses.
         for text in block.split(b"\n"):
             if b"\r" in text:
                 self.redraws(text, line)
@@ -234,11 +227,7 @@ class _Parser:
         passes and a NumPy conversion; otherwise, and always for the last piece (the epoch's
         final line, with its ``val_*`` values), each piece takes the general path.
         """
-        style = ""
-        if _BAR3 in text:
-            # Keras 3's bar is 20 three-byte characters per redraw; the style is all they tell.
-            style = "keras3"
-            text = text.replace(_BAR3, b"")
+        style = "keras3" if _BAR3 in text else ""
         text = text.strip(b"\r")
         cut = text.rfind(b"\r")
         if cut > 0:
@@ -266,6 +255,8 @@ class _Parser:
 
         ``style`` overrides the bar style read from the text (the redraw path strips the bar).
         """
+        if b"\x1b" in seg:
+            seg = _ANSI.sub(b"", seg)
         if b"\x08" in seg:
             seg = seg.rstrip(b"\x08")
             if b"\x08" in seg:
