@@ -218,3 +218,9 @@ def test_a_repeated_final_step_keeps_its_last_display():
     (epoch,) = split_epochs(iter_records([data]))
     assert len(epoch.series["loss"]) == 1
     assert "val_loss" in epoch.final
+
+
+def test_a_zero_counter_is_rejected_as_garbled():
+    stats = ParseStats()
+    assert [r for r in iter_records([b"0/406 [..] - loss: 0.1000\n"], stats)] == []
+    assert stats.rejected == 1

@@ -10,9 +10,9 @@ The level near the end is a reconstructed window (:mod:`.reconstruct`), so the l
 and so is the fraction of the jump it explains. Verdicts, from those intervals:
 
 * ``averaging_lag``: lag provably explains at least 75% of the jump;
-* ``not_averaging_lag``: lag can explain at most 25%, or the epoch's own level provably did not
-  move towards the new value (its second half is no further along than its first half by more
-  than a tenth of the jump), so there was no lag to catch up;
+* ``not_averaging_lag``: lag can explain at most 25%, or (unless the end-of-epoch window proves
+  more) the epoch's own level did not move towards the new value: its second half is no further
+  along than its first half by more than a tenth of the jump, so there was no lag to catch up;
 * ``mixed``: lag provably explains between 25% and 75%;
 * ``unknown``: the bounds allow both; the text says what the log would need to show.
 """
@@ -178,7 +178,7 @@ def _verdict(
         return "unknown"
     if frac_low >= MOSTLY:
         return "averaging_lag"
-    if frac_high <= LITTLE or trend == "flat_or_away":
+    if frac_high <= LITTLE or (trend == "flat_or_away" and frac_low < LITTLE):
         return "not_averaging_lag"
     if frac_low >= LITTLE and frac_high <= MOSTLY:
         return "mixed"

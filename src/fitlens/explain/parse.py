@@ -294,7 +294,9 @@ class _Parser:
         step_text, target_text, bar = head
         step = int(step_text)
         target = None if target_text == b"Unknown" else int(target_text)
-        if step > MAX_COUNTER or (target is not None and (target > MAX_COUNTER or step > target)):
+        if not 0 < step <= MAX_COUNTER or (
+            target is not None and (target > MAX_COUNTER or step > target)
+        ):
             self._reject(line)
             return None
         if not style:
@@ -369,7 +371,9 @@ def _fast_run(body: bytes, unit: CounterUnit, style: str, line: int) -> Progress
             return None
     steps = np.array([s for s, _ in heads]).astype(np.int64)
     target = int(target_text)
-    if target > MAX_COUNTER or int(steps[-1]) > target or bool((np.diff(steps) < 0).any()):
+    if target > MAX_COUNTER or int(steps[-1]) > target or int(steps[0]) < 1:
+        return None
+    if bool((np.diff(steps) < 0).any()):
         return None
     means = np.array(values).astype(np.float64).reshape(n, len(pairs))
     if not bool((np.abs(means) <= MAX_VALUE).all()):

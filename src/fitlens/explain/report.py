@@ -21,8 +21,7 @@ SCHEMA = "fitlens.explain/1"
 _WEIGHTING_TEXT = {
     "counter": "each display is weighted by the counter's increment (Keras 1/2 Progbar: steps "
     "in fit_generator, samples in fit)",
-    "samples": "means are weighted by samples and the counter counts steps (Keras 3 Mean "
-    "metrics); equal batch sizes assumed",
+    "samples": "means are weighted by samples and the counter counts steps (Keras 3 Mean metrics)",
     "counter_or_samples": "means are weighted by steps (Keras 2.1-2.3) or samples (tf.keras "
     ">= 2.2); both agree under equal batch sizes",
 }
