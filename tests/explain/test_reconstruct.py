@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -52,7 +53,7 @@ batch_values = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_si
 def test_every_window_contains_the_true_mean_of_its_batches(values, data):
     n = len(values)
     shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
-    points, exact = _displays(values, [1] * n, shown)
+    points, _exact = _displays(values, [1] * n, shown)
     tol = data.draw(st.sampled_from([1e-4, 5e-3, 0.05, 1.0]))
     for window in reconstruct(points, tol):
         truth = float(np.mean(values[window.first_batch - 1 : window.last_batch]))
@@ -104,7 +105,7 @@ def test_windows_tile_the_epoch_without_gaps():
     windows = reconstruct(points, 5e-3)
     assert windows[0].first_batch == 1
     assert windows[-1].last_batch == 406
-    for a, b in zip(windows, windows[1:], strict=False):
+    for a, b in itertools.pairwise(windows):
         assert b.first_batch == a.last_batch + 1
 
 

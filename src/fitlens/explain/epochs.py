@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fitlens.explain.parse import CounterUnit, EpochHeader, Progress, ProgressRun, Record
+from fitlens.explain.records import CounterUnit, EpochHeader, Progress, ProgressRun, Record
 
 
 class Shown(NamedTuple):

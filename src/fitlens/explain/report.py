@@ -13,8 +13,8 @@ from typing import Any
 
 from fitlens.explain.analysis import EpochResult, MetricResult
 from fitlens.explain.jumps import Boundary
-from fitlens.explain.parse import ParseStats
 from fitlens.explain.reconstruct import Window
+from fitlens.explain.records import ParseStats
 
 SCHEMA = "fitlens.explain/1"
 
