@@ -172,3 +172,23 @@ def test_the_module_entry_point_runs_main(log):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["schema"] == "fitlens.explain/1"
+
+
+def test_tf_keras_2_0_sample_counting_logs_reconstruct_loss_as_a_running_mean(tmp_path, capsys):
+    # Synthetic format test: tf.keras 2.0/2.1 count samples and print us/sample; the progress
+    # bar averages the per-batch loss by the counter before display.
+    path = tmp_path / "tf20.log"
+    path.write_bytes(
+        b"Epoch 1/1\n"
+        b"  32/6400 [....] - ETA: 9s - loss: 0.9000 - accuracy: 0.5000\r"
+        b"3200/6400 [==..] - ETA: 5s - loss: 0.7000 - accuracy: 0.6000\r"
+        b"6400/6400 [====] - 3s 50us/sample - loss: 0.6000 - accuracy: 0.7000\n"
+    )
+    assert main([str(path), "--json"]) == 0
+    (epoch,) = json.loads(capsys.readouterr().out)["epochs"]
+    assert (epoch["counter_unit"], epoch["weighting"]) == ("sample", "counter")
+    loss = epoch["metrics"]["loss"]
+    assert loss["kind"] == "running_mean"
+    assert loss["windows"][0] == pytest.approx(
+        {"first_batch": 1, "last_batch": 32, "value": 0.9, "low": 0.89995, "high": 0.90005}
+    )

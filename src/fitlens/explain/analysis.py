@@ -4,9 +4,11 @@ This is where the Keras-version rules meet the numeric core in :mod:`.reconstruc
 
 * ``val_*`` metrics are printed once, at epoch end, from a separate evaluation: they are shown,
   never reconstructed (``kind="end_of_epoch"``).
-* Logs whose timing reads ``us/sample`` come from tf.keras 2.0/2.1 array loops, where (per the
-  issue's reading of those versions) the shown ``loss`` is the last batch's value while other
-  metrics are running means: that ``loss`` is ``kind="per_batch"``.
+* ``loss`` in tf.keras 2.0/2.1 and Keras 2.2+ is handed to callbacks per batch (see
+  tensorflow/tensorflow#36400) but is not among ``ProgbarLogger``'s stateful metrics, so
+  ``Progbar`` averages it by the counter's increment before display: what the log shows is a
+  running mean like the others, weighted by the counter, while the (stateful) accuracy is a
+  ``Mean`` weighted by samples. Both agree under equal batch sizes.
 * Everything else is a running mean (``kind="running_mean"``). Its weight is the counter
   (Keras 2 ``Progbar``), or the sample count with a step counter (Keras 3, tf.keras >= 2.2): the
   two agree under equal batch sizes except for a partial last batch, which the caller may allow
@@ -23,7 +25,7 @@ from typing import Literal
 from fitlens.explain.epochs import Epoch, Series, Shown
 from fitlens.explain.reconstruct import Window, reconstruct_arrays
 
-MetricKind = Literal["running_mean", "per_batch", "end_of_epoch"]
+MetricKind = Literal["running_mean", "end_of_epoch"]
 
 # Metrics that are fractions by definition; their bounds are clipped to [0, 1].
 _UNIT_RANGE = re.compile(
@@ -65,7 +67,7 @@ class MetricResult:
 
     Attributes:
         name: Metric name.
-        kind: ``running_mean``, ``per_batch`` or ``end_of_epoch``.
+        kind: ``running_mean`` or ``end_of_epoch``.
         series: The displays, in step order (see :attr:`shown` for them as objects).
         windows: Reconstructed windows tiling the epoch (empty for ``end_of_epoch``).
         end_weight_low: Smallest weight behind the last display (partial last batch), if any.
@@ -135,11 +137,7 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     result = EpochResult(epoch, weighting)
     for name, series in epoch.series.items():
         steps, means, halves = series.arrays()
-        kind: MetricKind = "running_mean"
-        if name.startswith("val_"):
-            kind = "end_of_epoch"
-        elif name == "loss" and epoch.unit == "sample" and epoch.style != "keras3":
-            kind = "per_batch"
+        kind: MetricKind = "end_of_epoch" if name.startswith("val_") else "running_mean"
         clip = clip_for(name)
         end_weight_low = None
         last_step = int(steps[-1])
@@ -158,12 +156,6 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
             windows = reconstruct_arrays(
                 steps, means, halves, tolerance, end_weight_low=end_weight_low, clip=clip
             )
-        elif kind == "per_batch":
-            # A per-batch value is one batch's own value: bound it directly, not as a difference.
-            windows = [
-                Window(p.step, p.step, p.mean, p.mean - p.half, p.mean + p.half)
-                for p in series.points()
-            ]
         result.metrics[name] = MetricResult(name, kind, series, windows, end_weight_low, clip)
     return result
 

@@ -281,8 +281,6 @@ def _metric_line(m: MetricResult) -> str:
     first, last = m.shown[0], m.shown[-1]
     if m.kind == "end_of_epoch":
         return f"{m.name}: {fmt(last.mean)} (evaluated at epoch end; not a running mean)"
-    if m.kind == "per_batch":
-        return f"{m.name}: {fmt(last.mean)} (the last batch's own value; not averaged)"
     text = f"{m.name}: shown {fmt(first.mean)} at {first.step} -> {fmt(last.mean)} at {last.step}"
     tight = [w for w in m.windows if w.first_batch > 1 or w.last_batch > 1]
     if m.windows:
