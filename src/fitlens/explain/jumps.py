@@ -26,7 +26,7 @@ from typing import Literal
 
 from fitlens.explain.analysis import EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
-from fitlens.explain.reconstruct import Window, trailing_windows, window_bounds
+from fitlens.explain.reconstruct import Window, window_bounds
 
 Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
 
@@ -80,14 +80,25 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
     Candidates end at the epoch's last display and start in its second half (when it has
     displays there). The first whose half-width is at most a quarter of ``|jump|`` wins; if none
     is, the narrowest candidate (precision beats recency once no candidate is precise enough).
+    Without displays in the second half, the window since the previous display is all there is.
     """
-    windows = trailing_windows(metric.shown, end_weight_low=metric.end_weight_low, clip=metric.clip)
-    last = metric.shown[-1].step
-    recent = [w for w in windows if w.first_batch - 1 >= last / 2] or windows[:1]
-    for window in recent:
+    shown = metric.shown
+    end = shown[-1]
+    best: Window | None = None
+    for start in reversed(shown[:-1]):  # shortest window first
+        if start.step < end.step / 2:
+            break
+        window = window_bounds(start, end, end_weight_low=metric.end_weight_low, clip=metric.clip)
         if window.half_width <= abs(jump) / 4:
             return window
-    return min(recent, key=lambda w: w.half_width)
+        if best is None or window.half_width < best.half_width:
+            best = window
+    if best is None:
+        start_or_none = shown[-2] if len(shown) > 1 else None
+        best = window_bounds(
+            start_or_none, end, end_weight_low=metric.end_weight_low, clip=metric.clip
+        )
+    return best
 
 
 def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
