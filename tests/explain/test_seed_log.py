@@ -54,14 +54,14 @@ def test_epoch_one_to_two_accuracy_cannot_be_decided_from_the_log(report):
     assert b["end_level"]["value"] == pytest.approx(0.912, abs=1e-4)
     assert b["lag_explains"]["fraction_low"] == pytest.approx(0.0, abs=0.01)
     assert b["lag_explains"]["fraction_high"] == pytest.approx(0.80, abs=0.01)
-    assert b["verdict"] == "unknown"
+    assert (b["verdict"], b["reason"]) == ("unknown", "inconclusive")
 
 
 def test_epoch_two_to_three_accuracy_is_not_averaging_lag(report):
     b = _boundary(report, "acc", 2)
     assert b["jump"] == pytest.approx(0.0427)
     assert b["trend"] == "flat_or_away"
-    assert b["verdict"] == "not_averaging_lag"
+    assert (b["verdict"], b["reason"]) == ("not_averaging_lag", "flat_level")
 
 
 def test_loss_jumps_are_mixed_then_not_lag(report):

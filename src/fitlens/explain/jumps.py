@@ -29,6 +29,9 @@ from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import Window, window_bounds
 
 Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
+#: Why the verdict: the lag bounds decided it, the epoch's flat level did, the jump is within
+#: rounding, the log has no view inside the epochs (``verbose=2``), or the bounds are too wide.
+Reason = Literal["lag_bounds", "flat_level", "within_rounding", "no_view_inside", "inconclusive"]
 
 #: Fractions of the jump that separate the verdicts.
 MOSTLY, LITTLE = 0.75, 0.25
@@ -55,6 +58,7 @@ class Boundary:
         early: Window over the earlier epoch's first half (``None`` if not reconstructible).
         late: Window over its second half.
         verdict: See the module docs.
+        reason: What decided the verdict (see :data:`Reason`).
     """
 
     metric: str
@@ -72,6 +76,7 @@ class Boundary:
     early: Window | None
     late: Window | None
     verdict: Verdict
+    reason: Reason
 
 
 def choose_end_window(metric: MetricResult, jump: float) -> Window:
@@ -136,12 +141,12 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     frac_low, frac_high = _fractions(lag_low, lag_high, jump)
     early, late = halves(a)
     trend = _trend(early, late, jump)
-    verdict = _verdict(frac_low, frac_high, trend, jump, end, first)
+    verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
     sees_end = any(p.step >= end.step / 2 for p in a.shown[:-1])
     sees_start = first.step < b.shown[-1].step or not after.epoch.complete
     if not (sees_end and sees_start):
         # One display per epoch (verbose=2): the log has no view inside the epochs at all.
-        verdict = "unknown"
+        verdict, reason = "unknown", "no_view_inside"
     return Boundary(
         name,
         before.epoch.index,
@@ -158,6 +163,7 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
         early,
         late,
         verdict,
+        reason,
     )
 
 
@@ -184,16 +190,18 @@ def _trend(early: Window | None, late: Window | None, jump: float) -> str:
 
 def _verdict(
     frac_low: float, frac_high: float, trend: str, jump: float, end: Shown, first: Shown
-) -> Verdict:
+) -> tuple[Verdict, Reason]:
     if abs(jump) <= 2 * (end.half + first.half):
-        return "unknown"
+        return "unknown", "within_rounding"
     if frac_low >= MOSTLY:
-        return "averaging_lag"
-    if frac_high <= LITTLE or (trend == "flat_or_away" and frac_low < LITTLE):
-        return "not_averaging_lag"
+        return "averaging_lag", "lag_bounds"
+    if frac_high <= LITTLE:
+        return "not_averaging_lag", "lag_bounds"
+    if trend == "flat_or_away" and frac_low < LITTLE:
+        return "not_averaging_lag", "flat_level"
     if frac_low >= LITTLE and frac_high <= MOSTLY:
-        return "mixed"
-    return "unknown"
+        return "mixed", "lag_bounds"
+    return "unknown", "inconclusive"
 
 
 def explain_all(before: EpochResult, after: EpochResult) -> list[Boundary]:

@@ -6,7 +6,7 @@ consumes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -107,4 +107,3 @@ class ParseStats:
     other: int = 0
     rejected: int = 0
     first_rejected_line: int | None = None
-    notes: list[str] = field(default_factory=list)

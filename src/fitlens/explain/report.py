@@ -130,6 +130,7 @@ def boundary_json(b: Boundary) -> dict[str, Any]:
             "fraction_high": b.fraction_high,
         },
         "verdict": b.verdict,
+        "reason": b.reason,
         "end_level": _window_json(b.end_level),
         "next_start_window": _window_json(b.next_window),
         "trend": b.trend,
@@ -221,7 +222,7 @@ def _verdict_text(b: Boundary) -> str:
             f"end of epoch {k}; the shown mean trailed because it averages the whole epoch."
         )
     if b.verdict == "not_averaging_lag":
-        if b.trend == "flat_or_away":
+        if b.reason == "flat_level":
             why = (
                 f"epoch {k}'s own level did not move towards {fmt(b.next_start)} (its second half "
                 "is no further along than its first), so there was no lag to catch up"
@@ -234,8 +235,14 @@ def _verdict_text(b: Boundary) -> str:
             f"Verdict: mixed. Averaging lag explains part of the jump ({b.fraction_low:.0%} to "
             f"{b.fraction_high:.0%}); the rest happened at the boundary. {causes}"
         )
-    if abs(b.jump) <= 4 * 0.5e-4 and abs(b.jump) < abs(b.shown_end_mean) * 1e-3:
+    if b.reason == "within_rounding":
         return "Verdict: unknown: the jump is within the display's rounding."
+    if b.reason == "no_view_inside":
+        return (
+            "Verdict: unknown. The log shows one line per epoch (verbose=2), so nothing inside "
+            "an epoch is visible. Train with verbose=1 and keep the output (a file or pipe keeps "
+            "every redraw Keras prints)."
+        )
     return (
         "Verdict: unknown. The log cannot tell: the bounds allow anything from no lag to most "
         f"of the jump. More progress lines near the end of epoch {k} (a terminal capture or a "
