@@ -70,7 +70,11 @@ def generate(path: Path, size_mb: float, style: str = "keras3", seed: int = 0) -
 
 
 def measure(path: Path) -> dict[str, float]:
-    """Parse + reconstruct ``path`` once; returns seconds, MB/s and peak RSS (this process)."""
+    """Parse + reconstruct ``path`` once; returns wall and CPU seconds, MB/s, peak RSS.
+
+    CPU time is reported beside wall time because a shared machine's wall time includes waiting
+    for the core; the requirement is about throughput on one core.
+    """
     import resource
 
     from fitlens.explain.analysis import Options, analyze
@@ -78,6 +82,7 @@ def measure(path: Path) -> dict[str, float]:
     from fitlens.explain.parse import iter_records, read_chunks
 
     size = path.stat().st_size
+    cpu_start = time.process_time()
     start = time.perf_counter()
     epochs = windows = 0
     with path.open("rb") as f:
@@ -85,11 +90,14 @@ def measure(path: Path) -> dict[str, float]:
             epochs += 1
             windows += sum(len(m.windows) for m in result.metrics.values())
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "bytes": size,
         "seconds": seconds,
         "mb_per_s": size / 1e6 / seconds,
+        "cpu_seconds": cpu_seconds,
+        "cpu_mb_per_s": size / 1e6 / cpu_seconds,
         "epochs": epochs,
         "windows": windows,
         "peak_rss_mib": peak_kib / 1024,
@@ -120,7 +128,8 @@ def main() -> int:
             result = json.loads(out.stdout)
             print(
                 f"{args.style} {result['bytes'] / 1e6:7.1f} MB  {result['epochs']:6d} epochs  "
-                f"{result['seconds']:6.2f} s  {result['mb_per_s']:6.1f} MB/s  "
+                f"wall {result['seconds']:5.2f} s = {result['mb_per_s']:5.1f} MB/s  "
+                f"cpu {result['cpu_seconds']:5.2f} s = {result['cpu_mb_per_s']:5.1f} MB/s  "
                 f"peak RSS {result['peak_rss_mib']:6.1f} MiB"
             )
             path.unlink()

@@ -150,15 +150,18 @@ class _Parser:
         passes and a NumPy conversion; otherwise, and always for the last piece (the epoch's
         final line, with its ``val_*`` values), each piece takes the general path.
         """
-        style = "keras3" if _BAR3 in text else ""
+        # The bar, when there is one, is within the first redraws: no need to scan the line.
+        style = "keras3" if text.find(_BAR3, 0, 4096) >= 0 else ""
         text = text.strip(b"\r")
         cut = text.rfind(b"\r")
         if cut > 0:
             body = text[:cut]
+            # Units, when in-progress redraws print them at all (Keras 3), are in every one.
+            first = body[: body.find(b"\r")]
             unit: CounterUnit = "unknown"
-            if b"s/step" in body:
+            if b"s/step" in first:
                 unit = "step"
-            elif b"s/sample" in body:
+            elif b"s/sample" in first:
                 unit = "sample"
             run = _fast_run(body, unit, style, line)
             if run is not None:
@@ -275,9 +278,7 @@ def _fast_run(body: bytes, unit: CounterUnit, style: str, line: int) -> Progress
     with a counter, all targets agree, counters never go backwards, every piece shows the same
     names (each once) and every value is in ``%.4f`` form.
     """
-    if b"\r\r" in body:
-        return None
-    n = body.count(b"\r") + 1
+    n = body.count(b"\r") + 1  # an empty piece has no counter, so heads would not match n
     heads = _RUN_HEAD.findall(b"\r" + body)
     if len(heads) != n:
         return None

@@ -241,13 +241,12 @@ def reconstruct_arrays(
             for s, m, e in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
         ]
         return reconstruct(points, tolerance, end_weight_low=end_weight_low, clip=clip)
-    # Index 0 is the epoch start: weight 0, mean 0, exact.
-    w = np.concatenate(([0.0], steps.astype(np.float64)))
-    m = np.concatenate(([0.0], means))
-    hh = np.concatenate(([0.0], halves))
-    left = w * (hh + tolerance)
-    right = w * (tolerance - h)
-    best = np.searchsorted(left, right, side="right") - 1
+    # Index 0 is the epoch start (weight 0). Its mean never matters: it is always multiplied by
+    # its zero weight, so ``means[start - 1]`` may wrap around for it.
+    w = np.empty(n + 1)
+    w[0] = 0.0
+    w[1:] = steps
+    best = np.searchsorted(w * (h + tolerance), w * (tolerance - h), side="right") - 1
     # No valid start (tolerance below the rounding): fall back to the widest window, as
     # reconstruct() does; a start is always before its end.
     best = np.minimum(np.maximum(best, 0), np.arange(-1, n)).tolist()
@@ -262,25 +261,18 @@ def reconstruct_arrays(
     starts_a = np.array(starts[::-1])
     w_k, w_j = w[ends_a], w[starts_a]
     span = w_k - w_j
-    value = (w_k * m[ends_a] - w_j * m[starts_a]) / span
-    half = (w_k * h + w_j * hh[starts_a]) / span
+    value = (w_k * means[ends_a - 1] - w_j * means[starts_a - 1]) / span
+    half = h * (w_k + w_j) / span
     half += _SLACK * (np.abs(value) + half + 1.0)
     low, high = value - half, value + half
     if clip is not None:
         low = np.maximum(low, clip[0])
         high = np.minimum(high, clip[1])
-        value = np.clip(value, clip[0], clip[1])
-    return [
-        Window(a + 1, b, v, lo, hi)
-        for a, b, v, lo, hi in zip(
-            w_j.astype(np.int64).tolist(),
-            w_k.astype(np.int64).tolist(),
-            value.tolist(),
-            low.tolist(),
-            high.tolist(),
-            strict=True,
-        )
-    ]
+        value = np.minimum(np.maximum(value, clip[0]), clip[1])
+    firsts = (w_j + 1).astype(np.int64).tolist()
+    lasts = w_k.astype(np.int64).tolist()
+    rows = zip(firsts, lasts, value.tolist(), low.tolist(), high.tolist(), strict=True)
+    return list(map(Window._make, rows))
 
 
 def trailing_windows(
