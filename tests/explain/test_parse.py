@@ -94,6 +94,12 @@ def test_bulk_and_general_paths_agree_on_terminal_redraws():
     for step in range(1, 40):
         redraw, prev = _keras3_redraw(step, 39, step / 40, 2 - step / 40, prev)
         text += redraw
+    text += "\nEpoch 2/2\n"
+    for step in range(1, 40):  # Keras 2 terminal redraws: backspaces, a bracket bar, no colour
+        line = (
+            f"{step:2d}/39 [{'=' * step}>] - ETA: 1s - loss: {1 / step:.4f} - acc: {step / 40:.4f}"
+        )
+        text += "\b" * len(line) + "\r" + line
     data = text.encode() + b"\n"
     bulk = _records(data)
     original = parse._fast_run
@@ -224,3 +230,22 @@ def test_a_zero_counter_is_rejected_as_garbled():
     stats = ParseStats()
     assert [r for r in iter_records([b"0/406 [..] - loss: 0.1000\n"], stats)] == []
     assert stats.rejected == 1
+
+
+def test_bulk_and_general_paths_agree_on_one_line_per_redraw_logs():
+    lines = [b"Epoch 1/2"]
+    for step in range(1, 30):
+        lines.append(
+            b"%3d/29 [==>...] - ETA: 1s - loss: %.4f - acc: %.4f" % (step, 1 / step, step / 30)
+        )
+    lines += [b"user print", b"Epoch 2/2", b" 1/29 [>..] - ETA: 1s - loss: 0.1000 - acc: 0.9000"]
+    data = b"\n".join(lines) + b"\n"
+    bulk = _records(data)
+    original = parse._fast_run
+    try:
+        parse._fast_run = lambda *args: None  # type: ignore[assignment]
+        general = _records(data)
+    finally:
+        parse._fast_run = original
+    assert bulk == general
+    assert any(isinstance(r, parse.ProgressRun) for r in iter_records([data]))

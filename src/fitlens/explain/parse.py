@@ -59,6 +59,8 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]{0,32}[A-Za-z]")
 # A run of backspaces erases the previous redraw, like a carriage return.
 _BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
+# First bytes of a line that may start with a counter (Keras pads it with spaces).
+_COUNTER_START = frozenset(b" \t0123456789")
 # Regexes are anchored and free of nested quantifiers, so each runs in time linear in the segment.
 _HEAD = re.compile(rb"[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?")
 _EPOCH = re.compile(rb"[ \t]{0,64}Epoch (\d{1,12})/(\d{1,12})[ \t]{0,64}$")
@@ -134,12 +136,45 @@ class _Parser:
         """Parse a block of whole lines starting at input line ``line``."""
         # ANSI colours and backspace runs are left in place here: the redraw fast path reads
         # around them, and segment() removes them from any piece it parses.
+        group: list[bytes] = []  # consecutive plain lines that may be progress lines
         for text in block.split(b"\n"):
-            if b"\r" in text:
-                self.redraws(text, line)
-            elif text:
-                self.segment(text, line)
+            if text and text[0] in _COUNTER_START and b"\r" not in text:
+                group.append(text)
+            else:
+                if group:
+                    self.lines(group, line - len(group))
+                    group = []
+                if b"\r" in text:
+                    self.redraws(text, line)
+                elif text:
+                    self.segment(text, line)
             line += 1
+        if group:
+            self.lines(group, line - len(group))
+
+    def lines(self, group: list[bytes], line: int) -> None:
+        """Parse consecutive one-redraw-per-line progress lines (pipes, files, ``verbose=2``).
+
+        Same as :meth:`segment` on each line; runs of them take the bulk path like
+        :meth:`redraws` does.
+        """
+        if len(group) > 2:
+            head = group[0]
+            style = "keras3" if _BAR3 in head else ""
+            unit: CounterUnit = "unknown"
+            if b"s/step" in head:
+                unit = "step"
+            elif b"s/sample" in head:
+                unit = "sample"
+            run = _fast_run(b"\r".join(group[:-1]), unit, style, line)
+            if run is not None:
+                self.flush()
+                self.out.append(run)
+                self.stats.progress += len(run.steps)
+                self.segment(group[-1], line + len(group) - 1)
+                return
+        for offset, text in enumerate(group):
+            self.segment(text, line + offset)
 
     def redraws(self, text: bytes, line: int) -> None:
         """Parse one line holding many ``\\r`` redraws.
@@ -157,7 +192,8 @@ class _Parser:
         if cut > 0:
             body = text[:cut]
             # Units, when in-progress redraws print them at all (Keras 3), are in every one.
-            first = body[: body.find(b"\r")]
+            cut_first = body.find(b"\r")
+            first = body if cut_first < 0 else body[:cut_first]
             unit: CounterUnit = "unknown"
             if b"s/step" in first:
                 unit = "step"
@@ -285,7 +321,9 @@ def _fast_run(body: bytes, unit: CounterUnit, style: str, line: int) -> Progress
     target_text = heads[0][1]
     if len({t for _, t in heads}) != 1:
         return None
-    pairs = _METRIC.findall(body[: body.find(b"\r")])
+    cut = body.find(b"\r")
+    first = body if cut < 0 else body[:cut]
+    pairs = _METRIC.findall(first)
     values = _RUN_VALUE.findall(body)
     joined = b"".join(values)
     if len(values) != n * len(pairs) or b"e" in joined or b"n" in joined:
@@ -304,6 +342,9 @@ def _fast_run(body: bytes, unit: CounterUnit, style: str, line: int) -> Progress
     if not bool((np.abs(means) <= MAX_VALUE).all()):
         return None
     names = tuple(_label(name) for name, _ in pairs)
+    if not style:
+        bar = _HEAD.match(_ANSI.sub(b"", first.lstrip(b"\x08")))
+        style = "plain" if bar is None or not bar.group(3) else "bracket"
     return ProgressRun(steps, target, names, means, _HALF_FIXED, unit, style, line)
 
 
