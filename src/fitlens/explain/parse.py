@@ -187,7 +187,8 @@ class _Parser:
         """
         # The bar, when there is one, is within the first redraws: no need to scan the line.
         style = "keras3" if text.find(_BAR3, 0, 4096) >= 0 else ""
-        text = text.strip(b"\r")
+        # A chunk boundary can leave the tail of a backspace run at the start of a line.
+        text = text.lstrip(b"\x08").strip(b"\r")
         cut = text.rfind(b"\r")
         if cut > 0:
             body = text[:cut]
@@ -366,7 +367,7 @@ def iter_records(chunks: Iterable[bytes], stats: ParseStats | None = None) -> It
         stats: Filled in as the stream is consumed; pass one to read counts afterwards.
 
     Yields:
-        :class:`Progress` and :class:`EpochHeader` records in input order.
+        :class:`Progress`, :class:`ProgressRun` and :class:`EpochHeader` records in input order.
     """
     stats = stats if stats is not None else ParseStats()
     parser = _Parser(stats)
