@@ -192,3 +192,21 @@ def test_tf_keras_2_0_sample_counting_logs_reconstruct_loss_as_a_running_mean(tm
     assert loss["windows"][0] == pytest.approx(
         {"first_batch": 1, "last_batch": 32, "value": 0.9, "low": 0.89995, "high": 0.90005}
     )
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    path = tmp_path / "long.log"
+    path.write_bytes(LOG * 2000)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fitlens", "explain", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
@@ -19,7 +20,7 @@ from fitlens.explain.jumps import boundaries
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
 from fitlens.explain.report import Explained, render_text, to_json
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
 class UserError(Exception):
@@ -134,8 +135,18 @@ def main(argv: Sequence[str]) -> int:
     except UserError as err:
         print(f"fitlens explain: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fitlens explain: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
-        sys.stdout.write(json.dumps(to_json(explained), indent=1, allow_nan=False) + "\n")
+        text = json.dumps(to_json(explained), indent=1, allow_nan=False) + "\n"
     else:
-        sys.stdout.write(render_text(explained))
+        text = render_text(explained)
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (`fitlens explain log | head`): not an error. Point stdout at
+        # devnull so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
