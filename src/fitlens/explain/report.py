@@ -26,9 +26,13 @@ _WEIGHTING_TEXT = {
     ">= 2.2); both agree under equal batch sizes",
 }
 
-_CAUSES = (
-    "the data generator restarting at the same first batches every epoch (each fit call "
-    "starts it over), so those batches are ones the model has just trained on",
+_RESTART_CAUSE = {
+    True: "the data generator restarting at the same first batches in every fit call (the log "
+    "repeats 'Epoch 1/1': one fit call per epoch), batches the model has just trained on",
+    False: "each epoch starting with the same first batches (a generator or dataset without "
+    "shuffling), batches the model has seen most recently",
+}
+_OTHER_CAUSES = (
     "shuffling putting easier or harder batches first",
     "a train/eval-mode difference (dropout, batch-norm statistics) between the end of one "
     "epoch and the start of the next",
@@ -203,11 +207,12 @@ def _boundary_text(b: Boundary, epochs: Sequence[EpochResult]) -> list[str]:
             f"    Within epoch {k}: {_batches(b.early)} averaged {fmt(b.early.value)}, "
             f"{_batches(b.late)} averaged {_interval(b.late)}."
         )
-    lines.append("    " + _verdict_text(b))
+    separate_fits = all(e.epoch.header == "Epoch 1/1" for e in epochs)
+    lines.append("    " + _verdict_text(b, separate_fits))
     return lines
 
 
-def _verdict_text(b: Boundary) -> str:
+def _verdict_text(b: Boundary, separate_fits: bool) -> str:
     k = b.from_epoch
     noise = ""
     if b.next_window.batches <= 3:
@@ -215,7 +220,9 @@ def _verdict_text(b: Boundary) -> str:
             f"; and sampling noise: {b.next_start:.4f} covers only "
             f"{_batches(b.next_window)} of epoch {k + 1}"
         )
-    causes = "Likely causes: " + "; ".join(_CAUSES) + noise + "."
+    causes = (
+        "Likely causes: " + "; ".join((_RESTART_CAUSE[separate_fits], *_OTHER_CAUSES)) + noise + "."
+    )
     if b.verdict == "averaging_lag":
         return (
             f"Verdict: averaging lag. The model was already near {fmt(b.end_level.value)} at the "
