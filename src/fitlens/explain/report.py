@@ -212,6 +212,21 @@ def _boundary_text(b: Boundary, epochs: Sequence[EpochResult]) -> list[str]:
     return lines
 
 
+def _needed(b: Boundary) -> str:
+    """What the end of the epoch would have to show for lag to explain the whole jump."""
+    w = b.end_level
+    if b.jump > 0 and b.next_start > w.high:
+        bound = f"at most {fmt(w.high)}"
+    elif b.jump < 0 and b.next_start < w.low:
+        bound = f"at least {fmt(w.low)}"
+    else:
+        return ""
+    return (
+        f" For lag to explain all of it, the end of epoch {b.from_epoch} would have to be at "
+        f"{fmt(b.next_start)}; its {_batches(w)} averaged {bound}."
+    )
+
+
 def _verdict_text(b: Boundary, separate_fits: bool) -> str:
     k = b.from_epoch
     noise = ""
@@ -229,10 +244,11 @@ def _verdict_text(b: Boundary, separate_fits: bool) -> str:
             f"end of epoch {k}; the shown mean trailed because it averages the whole epoch."
         )
     if b.verdict == "not_averaging_lag":
-        if b.reason == "flat_level":
+        if b.reason == "flat_level" and b.early is not None and b.late is not None:
             why = (
-                f"epoch {k}'s own level did not move towards {fmt(b.next_start)} (its second half "
-                "is no further along than its first), so there was no lag to catch up"
+                f"epoch {k}'s own level did not move towards {fmt(b.next_start)} (its "
+                f"{_batches(b.late)} at {fmt(b.late.value)} are no further along than its "
+                f"{_batches(b.early)} at {fmt(b.early.value)}), so there was no lag to catch up"
             )
         else:
             why = f"even the most favourable bound leaves lag at most {b.fraction_high:.0%}"
@@ -241,6 +257,12 @@ def _verdict_text(b: Boundary, separate_fits: bool) -> str:
         return (
             f"Verdict: mixed. Averaging lag explains part of the jump ({b.fraction_low:.0%} to "
             f"{b.fraction_high:.0%}); the rest happened at the boundary. {causes}"
+        )
+    if b.reason == "inconclusive":
+        return (
+            "Verdict: unknown. The log cannot tell: the bounds allow anything from no lag to most "
+            f"of the jump.{_needed(b)} More progress lines near the end of epoch {k} (a terminal "
+            "capture or a pipe keeps them) would narrow them."
         )
     if b.reason == "within_rounding":
         return "Verdict: unknown: the jump is within the display's rounding."
