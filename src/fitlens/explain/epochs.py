@@ -3,7 +3,7 @@
 An epoch here is one run of the progress bar from its first step to its last, whatever the
 ``Epoch k/N`` header says: a loop of ``fit(..., epochs=1)`` calls prints ``Epoch 1/1`` every time
 and each call is its own epoch. A new epoch starts at an ``Epoch`` header, when the counter goes
-backwards, or after the bar reached its target.
+backwards (a new bar without a header), or when the target changes.
 """
 
 from __future__ import annotations
