@@ -68,3 +68,21 @@ def test_lag_bounds_contain_the_true_lag(shown_every):
     true_level = float(np.mean(first[a:z]))
     true_mean = float(np.mean(first))
     assert b.lag_low <= true_level - true_mean <= b.lag_high
+
+
+def test_cumulative_metrics_like_auc_are_shown_but_not_reconstructed():
+    data = (
+        b"Epoch 1/1\n1/4 [..] - auc: 0.7000 - loss: 0.5000\n4/4 [==] - auc: 0.8000 - loss: 0.4000\n"
+    )
+    (result,) = analyze(split_epochs(iter_records([data])), Options())
+    assert result.metrics["auc"].kind == "cumulative"
+    assert result.metrics["auc"].windows == []
+    assert result.metrics["loss"].kind == "running_mean"
+
+
+def test_a_headerless_bar_after_headed_epochs_is_not_compared():
+    epoch = b"1/4 [..] - loss: 0.5000\n4/4 [==] - loss: 0.4000\n"
+    data = b"Epoch 1/2\n" + epoch + b"Epoch 2/2\n" + epoch + epoch  # then model.evaluate
+    results = list(analyze(split_epochs(iter_records([data])), Options()))
+    assert len(results) == 3
+    assert [b.from_epoch for b in boundaries(results)] == [1]

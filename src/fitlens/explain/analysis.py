@@ -9,6 +9,10 @@ This is where the Keras-version rules meet the numeric core in :mod:`.reconstruc
   ``Progbar`` averages it by the counter's increment before display: what the log shows is a
   running mean like the others, weighted by the counter, while the (stateful) accuracy is a
   ``Mean`` weighted by samples. Both agree under equal batch sizes.
+* AUC, precision, recall, F-scores, IoU, R² and count metrics are computed from counts
+  accumulated over the epoch, not as means of per-batch values: shown, never reconstructed
+  (``kind="cumulative"``). Keras 2 batch-wise functions with those names lose their windows
+  too; that is the safe side.
 * Everything else is a running mean (``kind="running_mean"``). Its weight is the counter
   (Keras 2 ``Progbar``), or the sample count with a step counter (Keras 3, tf.keras >= 2.2): the
   two agree under equal batch sizes except for a partial last batch, which the caller may allow
@@ -25,12 +29,20 @@ from typing import Literal
 from fitlens.explain.epochs import Epoch, Series, Shown
 from fitlens.explain.reconstruct import Window, reconstruct_arrays
 
-MetricKind = Literal["running_mean", "end_of_epoch"]
+MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
 # Metrics that are fractions by definition; their bounds are clipped to [0, 1].
 _UNIT_RANGE = re.compile(
-    r"(?:^|_)(?:acc|accuracy|auc|precision|recall|binary_accuracy|categorical_accuracy"
+    r"(?:^|_)(?:acc|accuracy|binary_accuracy|categorical_accuracy"
     r"|sparse_categorical_accuracy|top_k_categorical_accuracy)(?:_\d+)?$"
+)
+# Keras metrics computed from counts accumulated over the epoch (confusion matrices, sums),
+# not means of per-batch values: no window of batches can be isolated from their displays.
+_CUMULATIVE = re.compile(
+    r"(?:^|_)(?:auc|precision|recall|f1_score|fbeta_score|iou|mean_iou|one_hot_iou"
+    r"|one_hot_mean_iou|binary_iou|r2_score|true_positives|false_positives|true_negatives"
+    r"|false_negatives|precision_at_recall|recall_at_precision|sensitivity_at_specificity"
+    r"|specificity_at_sensitivity)(?:_\d+)?$"
 )
 
 #: Default target half-width of a window, in units of the display's rounding half-width
@@ -67,7 +79,8 @@ class MetricResult:
 
     Attributes:
         name: Metric name.
-        kind: ``running_mean`` or ``end_of_epoch``.
+        kind: ``running_mean``, ``cumulative`` (AUC, precision, ...: shown, not reconstructed)
+            or ``end_of_epoch``.
         series: The displays, in step order (see :attr:`shown` for them as objects).
         windows: Reconstructed windows tiling the epoch (empty for ``end_of_epoch``).
         end_weight_low: Smallest weight behind the last display (partial last batch), if any.
@@ -137,7 +150,11 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     result = EpochResult(epoch, weighting)
     for name, series in epoch.series.items():
         steps, means, halves = series.arrays()
-        kind: MetricKind = "end_of_epoch" if name.startswith("val_") else "running_mean"
+        kind: MetricKind = "running_mean"
+        if name.startswith("val_"):
+            kind = "end_of_epoch"
+        elif _CUMULATIVE.search(name):
+            kind = "cumulative"
         clip = clip_for(name)
         end_weight_low = None
         last_step = int(steps[-1])

@@ -214,9 +214,32 @@ def explain_all(before: EpochResult, after: EpochResult) -> list[Boundary]:
     return out
 
 
+def is_training(result: EpochResult, headers_seen: bool) -> bool:
+    """False for a bar that may not be a training epoch of the same ``fit``.
+
+    Keras prints ``Epoch k/N`` before every epoch of a multi-epoch ``fit``; a bar without one
+    in a log that has printed them is ``model.evaluate``/``predict`` or another ``fit`` call.
+    (A loop of single-epoch ``fit`` calls in Keras 3 prints no headers at all: unaffected.)
+
+    Args:
+        result: The bar.
+        headers_seen: Whether any earlier bar in the log had an ``Epoch`` header.
+    """
+    return result.epoch.header is not None or not headers_seen
+
+
 def boundaries(results: Sequence[EpochResult]) -> list[Boundary]:
-    """Explain every boundary between consecutive epochs of a log."""
+    """Explain every boundary between consecutive training epochs of a log.
+
+    A boundary into or out of a bar that is not a training epoch (see :func:`is_training`) is
+    skipped: its values come from another loop and explain nothing about training.
+    """
     out: list[Boundary] = []
-    for before, after in itertools.pairwise(results):
-        out.extend(explain_all(before, after))
+    training, headers_seen = [], False
+    for result in results:
+        training.append(is_training(result, headers_seen))
+        headers_seen = headers_seen or result.epoch.header is not None
+    for i, (before, after) in enumerate(itertools.pairwise(results)):
+        if training[i] and training[i + 1]:
+            out.extend(explain_all(before, after))
     return out

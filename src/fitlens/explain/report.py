@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fitlens.explain.analysis import EpochResult, MetricResult
-from fitlens.explain.jumps import Boundary
+from fitlens.explain.jumps import Boundary, is_training
 from fitlens.explain.reconstruct import Window
 from fitlens.explain.records import ParseStats
 
@@ -144,12 +144,16 @@ def boundary_json(b: Boundary) -> dict[str, Any]:
 def to_json(explained: Explained) -> dict[str, Any]:
     """The whole report as a JSON-ready dict with a stable schema."""
     epochs = []
+    headers_seen = False
     for e in explained.epochs:
         ep = e.epoch
+        training = is_training(e, headers_seen)
+        headers_seen = headers_seen or ep.header is not None
         epochs.append(
             {
                 "index": ep.index,
                 "header": ep.header,
+                "training": training,
                 "target": ep.target,
                 "last_step": ep.last_step,
                 "complete": ep.complete,
@@ -291,9 +295,13 @@ def render_text(explained: Explained) -> str:
         + "."
     )
     out.append("Assumptions: " + "; ".join(assumptions(explained)) + ".")
+    headers_seen = False
     for e in epochs:
         ep = e.epoch
         head = f"Epoch {ep.index}" + (f" ({ep.header})" if ep.header else "")
+        if not is_training(e, headers_seen):
+            head += " (no 'Epoch' header: evaluate/predict or another fit call; not compared)"
+        headers_seen = headers_seen or ep.header is not None
         span = f"{ep.last_step}/{ep.target}" if ep.target else f"{ep.last_step}"
         out.append("")
         out.append(f"{head}: reached {span}" + ("" if ep.complete else " (incomplete)"))
@@ -317,6 +325,12 @@ def _metric_line(m: MetricResult) -> str:
     first, last = m.shown[0], m.shown[-1]
     if m.kind == "end_of_epoch":
         return f"{m.name}: {fmt(last.mean)} (evaluated at epoch end; not a running mean)"
+    if m.kind == "cumulative":
+        return (
+            f"{m.name}: shown {fmt(first.mean)} at {first.step} -> {fmt(last.mean)} at "
+            f"{last.step} (computed from counts over the epoch, not a mean of batches: "
+            "no window can be isolated)"
+        )
     text = f"{m.name}: shown {fmt(first.mean)} at {first.step} -> {fmt(last.mean)} at {last.step}"
     tight = [w for w in m.windows if w.first_batch > 1 or w.last_batch > 1]
     if m.windows:
