@@ -3,7 +3,9 @@
 Run by ``test_real_keras.py`` in a subprocess, so its progress bar goes wherever the test points
 stdout (a pseudo-terminal, a pipe). Usage:
 
-    python keras_train.py SAMPLES BATCH EPOCHS VERBOSE TRUTH.json
+    python keras_train.py SAMPLES BATCH EPOCHS VERBOSE TRUTH.json [extras]
+
+``extras`` adds an AUC metric and holds out 20% for validation (``val_*`` values).
 """
 
 from __future__ import annotations
@@ -48,13 +50,23 @@ def main() -> None:
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=["accuracy"]
-    )
+    extras = sys.argv[6:] == ["extras"]
+    metrics: list = ["accuracy", keras.metrics.AUC(name="auc")] if extras else ["accuracy"]
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=metrics)
     truth = Truth()
-    model.fit(x, y, batch_size=batch, epochs=epochs, verbose=verbose, callbacks=[truth])
+    split = 0.2 if extras else 0.0
+    model.fit(
+        x,
+        y,
+        batch_size=batch,
+        epochs=epochs,
+        verbose=verbose,
+        callbacks=[truth],
+        validation_split=split,
+    )
+    trained = samples - int(samples * split)  # Keras holds out the last int(n * split) samples
     with open(sys.argv[5], "w") as f:
-        json.dump({"samples": samples, "batch": batch, "epochs": truth.epochs}, f)
+        json.dump({"samples": trained, "batch": batch, "epochs": truth.epochs}, f)
 
 
 if __name__ == "__main__":

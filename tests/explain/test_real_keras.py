@@ -39,10 +39,12 @@ def _env() -> dict[str, str]:
     }
 
 
-def _train(tmp: Path, samples: int, batch: int, epochs: int, verbose: int, tty: bool):
+def _train(
+    tmp: Path, samples: int, batch: int, epochs: int, verbose: int, tty: bool, extras: bool = False
+):
     truth_path = tmp / "truth.json"
     cmd = [sys.executable, str(SCRIPT), str(samples), str(batch), str(epochs), str(verbose)]
-    cmd.append(str(truth_path))
+    cmd += [str(truth_path), *(["extras"] if extras else [])]
     if tty:
         master, slave = os.openpty()
         proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL, env=_env())
@@ -116,3 +118,19 @@ def test_a_partial_last_batch_is_covered_by_min_last_batch(tmp_path):
     # 650 samples in batches of 16: the last batch holds 10 (0.625 of a full one).
     log, truth = _train(tmp_path, samples=650, batch=16, epochs=2, verbose=1, tty=False)
     _check_intervals(log, truth, Options(min_last_batch=0.5))
+
+
+@pytest.mark.timeout(120)
+def test_validation_and_auc_values_are_shown_but_not_reconstructed(tmp_path):
+    # 800 samples, 20% held out: 640 trained in 40 full batches of 16.
+    log, truth = _train(
+        tmp_path, samples=800, batch=16, epochs=2, verbose=1, tty=False, extras=True
+    )
+    results = _check_intervals(log, truth, Options())
+    kinds = {name: m.kind for name, m in results[0].metrics.items()}
+    assert kinds["auc"] == "cumulative"
+    assert kinds["val_loss"] == kinds["val_accuracy"] == kinds["val_auc"] == "end_of_epoch"
+    assert (
+        abs(results[0].metrics["val_loss"].shown[-1].mean - truth["epochs"][0]["end"]["val_loss"])
+        <= 0.5e-4 + 1e-9
+    )
