@@ -1,0 +1,202 @@
+"""Group parsed progress records into epochs, one progress bar each.
+
+An epoch here is one run of the progress bar from its first step to its last, whatever the
+``Epoch k/N`` header says: a loop of ``fit(..., epochs=1)`` calls prints ``Epoch 1/1`` every time
+and each call is its own epoch. A new epoch starts at an ``Epoch`` header, when the counter goes
+backwards (a new bar without a header), or when the target changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from fitlens.explain.records import CounterUnit, EpochHeader, Progress, ProgressRun, Record
+
+
+class Shown(NamedTuple):
+    """One displayed running mean.
+
+    Attributes:
+        step: The counter on that line (the window end, in counter units).
+        mean: The displayed value.
+        half: Rounding half-width of the display (``0.5e-4`` for ``%.4f``).
+    """
+
+    step: int
+    mean: float
+    half: float
+
+
+class Series:
+    """One metric's displays within one epoch, stored as columns.
+
+    Single records append to plain lists; bulk runs append NumPy chunks. :meth:`arrays`
+    concatenates them once and drops repeated steps, keeping the last display of each (Keras 3
+    redraws the final step once more at epoch end).
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._steps: list[int] = []
+        self._means: list[float] = []
+        self._halves: list[float] = []
+        self._merged: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def add(self, step: int, mean: float, half: float) -> None:
+        """Append one display."""
+        self._steps.append(step)
+        self._means.append(mean)
+        self._halves.append(half)
+        self._merged = None
+
+    def add_run(self, steps: np.ndarray, means: np.ndarray, half: float) -> None:
+        """Append displays in bulk (``means`` is one column of a run)."""
+        self._flush()
+        self._chunks.append((steps, means, np.full(len(steps), half)))
+        self._merged = None
+
+    def _flush(self) -> None:
+        if self._steps:
+            self._chunks.append(
+                (
+                    np.array(self._steps, dtype=np.int64),
+                    np.array(self._means, dtype=np.float64),
+                    np.array(self._halves, dtype=np.float64),
+                )
+            )
+            self._steps, self._means, self._halves = [], [], []
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, means, halves)``, steps strictly increasing."""
+        if self._merged is None:
+            self._flush()
+            if len(self._chunks) == 1:
+                steps, means, halves = self._chunks[0]
+            else:
+                steps, means, halves = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+            keep = np.ones(len(steps), dtype=bool)
+            keep[:-1] = steps[1:] != steps[:-1]
+            if not keep.all():
+                steps, means, halves = steps[keep], means[keep], halves[keep]
+            self._chunks = [(steps, means, halves)]
+            self._merged = (steps, means, halves)
+        return self._merged
+
+    def points(self) -> list[Shown]:
+        """The displays as :class:`Shown` objects, in step order."""
+        steps, means, halves = self.arrays()
+        return [
+            Shown(s, m, h)
+            for s, m, h in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.arrays()[0])
+
+
+@dataclass
+class Epoch:
+    """The progress lines of one epoch, by metric.
+
+    Attributes:
+        index: 1-based position in the log.
+        header: The ``Epoch k/N`` text that preceded it, if any.
+        target: The counter's target (steps or samples per epoch), if printed.
+        last_step: The largest counter seen.
+        unit: Counter unit, when the log says.
+        style: Bar style of the last line (``keras3``, ``bracket``, ``plain``).
+        series: Per metric, displayed means in increasing ``step`` order; a repeated step keeps
+            its last display (Keras 3 redraws the final step once more at epoch end).
+        final: Values on the line that reached the target (includes ``val_*``), if any.
+        first_line: Input line where the epoch starts.
+    """
+
+    index: int
+    header: str | None = None
+    target: int | None = None
+    last_step: int = 0
+    unit: CounterUnit = "unknown"
+    style: str = "plain"
+    series: dict[str, Series] = field(default_factory=dict)
+    final: dict[str, Shown] = field(default_factory=dict)
+    first_line: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when a line reached the target (the bar finished)."""
+        return self.target is not None and self.last_step >= self.target
+
+    def add(self, record: Progress) -> None:
+        """Record one redraw; steps must not go backwards (the caller splits epochs there)."""
+        self.target = record.target
+        self.style = record.style
+        if record.unit != "unknown":
+            self.unit = record.unit
+        step = record.step
+        if step > self.last_step:
+            self.last_step = step
+        series = self.series
+        for name, value, half in record.values:
+            if name not in series:
+                series[name] = Series()
+            series[name].add(step, value, half)
+        if record.target is not None and step >= record.target:
+            self.final = {v.name: Shown(step, v.value, v.half) for v in record.values}
+
+    def add_run(self, run: ProgressRun) -> None:
+        """Record a bulk run of redraws (none of which is the final line)."""
+        self.target = run.target
+        self.style = run.style
+        if run.unit != "unknown":
+            self.unit = run.unit
+        self.last_step = max(self.last_step, int(run.steps[-1]))
+        for i, name in enumerate(run.names):
+            if name not in self.series:
+                self.series[name] = Series()
+            self.series[name].add_run(run.steps, run.means[:, i], run.half)
+        if int(run.steps[-1]) >= run.target:
+            last = run.means[-1].tolist()
+            step = int(run.steps[-1])
+            self.final = {n: Shown(step, v, run.half) for n, v in zip(run.names, last, strict=True)}
+
+
+def split_epochs(records: Iterable[Record]) -> Iterator[Epoch]:
+    """Group records into epochs, streaming: only the current epoch is held in memory.
+
+    Args:
+        records: Output of :func:`fitlens.explain.parse.iter_records`.
+
+    Yields:
+        Epochs with at least one progress line, in log order.
+    """
+    current: Epoch | None = None
+    header: str | None = None
+    index = 0
+    for record in records:
+        if isinstance(record, EpochHeader):
+            if current is not None:
+                yield current
+                current = None
+            header = f"Epoch {record.number}/{record.total}"
+            continue
+        first_step = int(record.steps[0]) if isinstance(record, ProgressRun) else record.step
+        if current is not None and (
+            first_step < current.last_step
+            or (current.target is not None and record.target != current.target)
+        ):
+            yield current
+            current = None
+        if current is None:
+            index += 1
+            current = Epoch(index=index, header=header, first_line=record.line)
+            header = None
+        if isinstance(record, ProgressRun):
+            current.add_run(record)
+        else:
+            current.add(record)
+    if current is not None:
+        yield current

@@ -1,0 +1,245 @@
+"""Explain the jump of each metric across each epoch boundary.
+
+Averaging lag: the value shown at the end of epoch k is the mean over the whole epoch, so while
+a model improves it trails the model's level at that moment; epoch k+1 restarts the mean and the
+display jumps to the current level. The lag is ``level near the end of epoch k - shown end mean``;
+the jump it explains is that amount, compared with ``first display of epoch k+1 - shown end
+mean``.
+
+The level near the end is a reconstructed window (:mod:`.reconstruct`), so the lag is an interval
+and so is the fraction of the jump it explains. Verdicts, from those intervals:
+
+* ``averaging_lag``: lag provably explains at least 75% of the jump;
+* ``not_averaging_lag``: lag can explain at most 25%, or (unless the end-of-epoch window proves
+  more) the epoch's own level did not move towards the new value: its second half is no further
+  along than its first half by more than a tenth of the jump, so there was no lag to catch up;
+* ``mixed``: lag provably explains between 25% and 75%;
+* ``unknown``: the bounds allow both; the text says what the log would need to show.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from fitlens.explain.analysis import EpochResult, MetricResult
+from fitlens.explain.epochs import Shown
+from fitlens.explain.reconstruct import Window, window_bounds
+
+Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
+#: Why the verdict: the lag bounds decided it, the epoch's flat level did, the jump is within
+#: rounding, the log has no view inside the epochs (``verbose=2``), or the bounds are too wide.
+Reason = Literal["lag_bounds", "flat_level", "within_rounding", "no_view_inside", "inconclusive"]
+
+#: Fractions of the jump that separate the verdicts.
+MOSTLY, LITTLE = 0.75, 0.25
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """One metric across one epoch boundary.
+
+    Attributes:
+        metric: Metric name.
+        from_epoch: Index of the earlier epoch (1-based); the later one is ``from_epoch + 1``.
+        shown_end_mean: Last display of the earlier epoch.
+        next_start: First display of the later epoch (a mean over ``next_window``'s batches).
+        jump: ``next_start - shown_end_mean``.
+        end_level: Reconstructed level near the end of the earlier epoch.
+        next_window: The later epoch's first display as a window (its batches and bounds).
+        lag_low: Smallest lag consistent with the log (metric units, signed like the jump).
+        lag_high: Largest lag consistent with the log.
+        fraction_low: Smallest fraction of the jump the lag explains (clipped to [0, 1]).
+        fraction_high: Largest fraction of the jump the lag explains (clipped to [0, 1]).
+        trend: ``"towards"`` / ``"flat_or_away"`` / ``"unknown"``: how the earlier epoch's
+            second half compares with its first half, relative to the jump's direction.
+        early: Window over the earlier epoch's first half (``None`` if not reconstructible).
+        late: Window over its second half.
+        verdict: See the module docs.
+        reason: What decided the verdict (see :data:`Reason`).
+    """
+
+    metric: str
+    from_epoch: int
+    shown_end_mean: float
+    next_start: float
+    jump: float
+    end_level: Window
+    next_window: Window
+    lag_low: float
+    lag_high: float
+    fraction_low: float
+    fraction_high: float
+    trend: str
+    early: Window | None
+    late: Window | None
+    verdict: Verdict
+    reason: Reason
+
+
+def choose_end_window(metric: MetricResult, jump: float) -> Window:
+    """The level near the end of an epoch: the shortest trailing window that is precise enough.
+
+    Candidates end at the epoch's last display and start in its second half (when it has
+    displays there). The first whose half-width is at most a quarter of ``|jump|`` wins; if none
+    is, the narrowest candidate (precision beats recency once no candidate is precise enough).
+    Without displays in the second half, the window since the previous display is all there is.
+    """
+    shown = metric.shown
+    end = shown[-1]
+    best: Window | None = None
+    for start in reversed(shown[:-1]):  # shortest window first
+        if start.step < end.step / 2:
+            break
+        window = window_bounds(start, end, end_weight_low=metric.end_weight_low, clip=metric.clip)
+        if window.half_width <= abs(jump) / 4:
+            return window
+        if best is None or window.half_width < best.half_width:
+            best = window
+    if best is None:
+        start_or_none = shown[-2] if len(shown) > 1 else None
+        best = window_bounds(
+            start_or_none, end, end_weight_low=metric.end_weight_low, clip=metric.clip
+        )
+    return best
+
+
+def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
+    """Windows over the first and second half of an epoch, split at the display nearest the middle.
+
+    Returns:
+        ``(early, late)``, or ``(None, None)`` when the epoch has no display strictly inside it.
+    """
+    shown = metric.shown
+    if len(shown) < 2:
+        return None, None
+    end = shown[-1]
+    middle = min(shown[:-1], key=lambda p: abs(p.step - end.step / 2))
+    early = window_bounds(None, middle, clip=metric.clip)
+    late = window_bounds(middle, end, end_weight_low=metric.end_weight_low, clip=metric.clip)
+    return early, late
+
+
+def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boundary | None:
+    """Explain one metric's jump from ``before`` to ``after``.
+
+    Returns:
+        ``None`` when the metric is not a running mean shown in both epochs.
+    """
+    a, b = before.metrics.get(name), after.metrics.get(name)
+    if a is None or b is None or a.kind != "running_mean" or b.kind != "running_mean":
+        return None
+    end = a.shown[-1]
+    first = b.shown[0]
+    jump = first.mean - end.mean
+    end_level = choose_end_window(a, jump)
+    next_window = window_bounds(None, first, clip=b.clip)
+    lag_low = end_level.low - (end.mean + end.half)
+    lag_high = end_level.high - (end.mean - end.half)
+    frac_low, frac_high = _fractions(lag_low, lag_high, jump)
+    early, late = halves(a)
+    trend = _trend(early, late, jump)
+    verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
+    sees_end = any(p.step >= end.step / 2 for p in a.shown[:-1])
+    sees_start = first.step < b.shown[-1].step or not after.epoch.complete
+    if not (sees_end and sees_start):
+        # One display per epoch (verbose=2): the log has no view inside the epochs at all.
+        verdict, reason = "unknown", "no_view_inside"
+    return Boundary(
+        name,
+        before.epoch.index,
+        end.mean,
+        first.mean,
+        jump,
+        end_level,
+        next_window,
+        lag_low,
+        lag_high,
+        frac_low,
+        frac_high,
+        trend,
+        early,
+        late,
+        verdict,
+        reason,
+    )
+
+
+def _fractions(lag_low: float, lag_high: float, jump: float) -> tuple[float, float]:
+    if jump == 0:
+        return 0.0, 1.0
+    lo, hi = sorted((lag_low / jump, lag_high / jump))
+    return min(max(lo, 0.0), 1.0), min(max(hi, 0.0), 1.0)
+
+
+def _trend(early: Window | None, late: Window | None, jump: float) -> str:
+    if early is None or late is None:
+        return "unknown"
+    if late.half_width > abs(jump) / 2:
+        return "unknown"
+    sign = 1.0 if jump > 0 else -1.0
+    # Largest move of the level towards the jump that the bounds allow.
+    most_towards = (late.high - early.low) if sign > 0 else (early.high - late.low)
+    if most_towards <= abs(jump) / 10:
+        return "flat_or_away"
+    least_towards = (late.low - early.high) if sign > 0 else (early.low - late.high)
+    return "towards" if least_towards > 0 else "unknown"
+
+
+def _verdict(
+    frac_low: float, frac_high: float, trend: str, jump: float, end: Shown, first: Shown
+) -> tuple[Verdict, Reason]:
+    if abs(jump) <= 2 * (end.half + first.half):
+        return "unknown", "within_rounding"
+    if frac_low >= MOSTLY:
+        return "averaging_lag", "lag_bounds"
+    if frac_high <= LITTLE:
+        return "not_averaging_lag", "lag_bounds"
+    if trend == "flat_or_away" and frac_low < LITTLE:
+        return "not_averaging_lag", "flat_level"
+    if frac_low >= LITTLE and frac_high <= MOSTLY:
+        return "mixed", "lag_bounds"
+    return "unknown", "inconclusive"
+
+
+def explain_all(before: EpochResult, after: EpochResult) -> list[Boundary]:
+    """Explain every running-mean metric shown in both epochs, in the earlier epoch's order."""
+    out = []
+    for name in before.metrics:
+        boundary = explain_boundary(before, after, name)
+        if boundary is not None:
+            out.append(boundary)
+    return out
+
+
+def is_training(result: EpochResult, headers_seen: bool) -> bool:
+    """False for a bar that may not be a training epoch of the same ``fit``.
+
+    Keras prints ``Epoch k/N`` before every epoch of a multi-epoch ``fit``; a bar without one
+    in a log that has printed them is ``model.evaluate``/``predict`` or another ``fit`` call.
+    (A loop of single-epoch ``fit`` calls in Keras 3 prints no headers at all: unaffected.)
+
+    Args:
+        result: The bar.
+        headers_seen: Whether any earlier bar in the log had an ``Epoch`` header.
+    """
+    return result.epoch.header is not None or not headers_seen
+
+
+def boundaries(results: Sequence[EpochResult]) -> list[Boundary]:
+    """Explain every boundary between consecutive training epochs of a log.
+
+    A boundary into or out of a bar that is not a training epoch (see :func:`is_training`) is
+    skipped: its values come from another loop and explain nothing about training.
+    """
+    out: list[Boundary] = []
+    training, headers_seen = [], False
+    for result in results:
+        training.append(is_training(result, headers_seen))
+        headers_seen = headers_seen or result.epoch.header is not None
+    for i, (before, after) in enumerate(itertools.pairwise(results)):
+        if training[i] and training[i + 1]:
+            out.extend(explain_all(before, after))
+    return out

@@ -1,0 +1,212 @@
+"""The `fitlens explain` command: outputs, stdin, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fitlens.explain.command import main
+
+SRC = Path(__file__).parents[2] / "src"
+LOG = (
+    b"Epoch 1/2\n"
+    b"  1/100 [....] - ETA: 9s - loss: 0.9000 - acc: 0.5000\n"
+    b" 50/100 [==..] - ETA: 5s - loss: 0.7000 - acc: 0.6000\n"
+    b" 99/100 [===.] - ETA: 0s - loss: 0.6000 - acc: 0.7000\n"
+    b"100/100 [====] - 10s - loss: 0.5990 - acc: 0.7010 - val_loss: 0.5000 - val_acc: 0.8000\n"
+    b"Epoch 2/2\n"
+    b"  1/100 [....] - ETA: 9s - loss: 0.4000 - acc: 0.9000\n"
+    b"100/100 [====] - 10s - loss: 0.3000 - acc: 0.9100\n"
+)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    path = tmp_path / "train.log"
+    path.write_bytes(LOG)
+    return path
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("fitlens explain: ")
+    assert "Traceback" not in err
+    return err
+
+
+def test_json_output_has_the_documented_schema(log, capsys):
+    assert main([str(log), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["schema"] == "fitlens.explain/1"
+    epoch = report["epochs"][0]
+    assert epoch["metrics"]["val_acc"]["kind"] == "end_of_epoch"
+    window = epoch["metrics"]["acc"]["windows"][0]
+    assert set(window) == {"first_batch", "last_batch", "value", "low", "high"}
+    boundary = report["boundaries"][0]
+    assert set(boundary) >= {
+        "metric",
+        "from_epoch",
+        "shown_end_mean",
+        "next_start",
+        "jump",
+        "lag_explains",
+        "verdict",
+    }
+    assert boundary["verdict"] in {"averaging_lag", "not_averaging_lag", "mixed", "unknown"}
+
+
+def test_a_rising_epoch_whose_end_level_meets_the_next_start_is_averaging_lag(log, capsys):
+    assert main([str(log), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (acc,) = [b for b in report["boundaries"] if b["metric"] == "acc"]
+    # Batches 51-99 averaged (99·0.7 − 50·0.6)/49 = 0.802; the last batch of epoch 1 reached
+    # 100·0.701 − 99·0.7 = 0.8 (± 0.01): most of the jump to 0.9 is not lag.
+    assert acc["verdict"] in {"mixed", "unknown", "not_averaging_lag"}
+
+
+def test_text_output_is_the_default(log, capsys):
+    assert main([str(log)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fitlens explain: ")
+    assert "Assumptions:" in out
+
+
+def test_stdin_is_read_when_the_path_is_a_dash(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(LOG)))
+    assert main(["-", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "stdin"
+
+
+def test_plot_writes_a_png(log, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out.png"
+    assert main([str(log), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(log, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main([str(log), "--plot", str(tmp_path / "x.png")]) == 2
+    assert "install fitlens[plot]" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"\x00\x01\x02ELF\x00" * 100, "binary"),
+        (b"hello\nthis is not a keras log\n", "no Keras progress lines"),
+        (b"500/406 [====] - loss: 0.1000\n" * 3, "garbled"),
+        (b"1/2 [==] - loss: 0.12\n2/2 [==] - acc: 0.1\n", "none shows a metric value"),
+        (b"1/99999999999999999 [==] - loss: 0.1000\n", "no Keras progress lines"),
+        (b"3/3 - loss: " + b"9" * 40 + b".0000\n", "none shows a metric value"),
+    ],
+    ids=["empty", "binary", "no-progress", "garbled", "truncated", "absurd-target", "absurd-value"],
+)
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.log"
+    path.write_bytes(content)
+    assert main([str(path)]) == 2
+    assert message in _error(capsys)
+
+
+def test_a_missing_file_gets_one_line_and_exit_code_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.log")]) == 2
+    assert "no such file" in _error(capsys)
+
+
+def test_a_directory_gets_one_line_and_exit_code_2(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "directory" in _error(capsys)
+
+
+def test_bad_options_exit_with_code_2(log, capsys):
+    assert main([str(log), "--min-last-batch", "0"]) == 2
+    assert "min_last_batch" in _error(capsys)
+    assert main([]) == 2
+    capsys.readouterr()
+
+
+def test_help_exits_with_code_0(capsys):
+    assert main(["--help"]) == 0
+    assert "fitlens explain" in capsys.readouterr().out
+
+
+def test_the_command_never_imports_torch(tmp_path, log):
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fitlens", "explain", str(log)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "torch" not in result.stderr
+    assert "matplotlib" not in result.stderr
+
+
+def test_the_module_entry_point_runs_main(log):
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-m", "fitlens", "explain", str(log), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["schema"] == "fitlens.explain/1"
+
+
+def test_tf_keras_2_0_sample_counting_logs_reconstruct_loss_as_a_running_mean(tmp_path, capsys):
+    # Synthetic format test: tf.keras 2.0/2.1 count samples and print us/sample; the progress
+    # bar averages the per-batch loss by the counter before display.
+    path = tmp_path / "tf20.log"
+    path.write_bytes(
+        b"Epoch 1/1\n"
+        b"  32/6400 [....] - ETA: 9s - loss: 0.9000 - accuracy: 0.5000\r"
+        b"3200/6400 [==..] - ETA: 5s - loss: 0.7000 - accuracy: 0.6000\r"
+        b"6400/6400 [====] - 3s 50us/sample - loss: 0.6000 - accuracy: 0.7000\n"
+    )
+    assert main([str(path), "--json"]) == 0
+    (epoch,) = json.loads(capsys.readouterr().out)["epochs"]
+    assert (epoch["counter_unit"], epoch["weighting"]) == ("sample", "counter")
+    loss = epoch["metrics"]["loss"]
+    assert loss["kind"] == "running_mean"
+    assert loss["windows"][0] == pytest.approx(
+        {"first_batch": 1, "last_batch": 32, "value": 0.9, "low": 0.89995, "high": 0.90005}
+    )
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    path = tmp_path / "long.log"
+    path.write_bytes(LOG * 2000)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fitlens", "explain", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in err

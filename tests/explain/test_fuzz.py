@@ -1,0 +1,105 @@
+"""Random and mutated logs: no crash, no traceback, and bounded time per line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fitlens.explain.analysis import Options, analyze
+from fitlens.explain.command import main
+from fitlens.explain.epochs import split_epochs
+from fitlens.explain.jumps import boundaries
+from fitlens.explain.parse import iter_records
+from fitlens.explain.report import Explained, render_text, to_json
+
+SEED = Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "seed-keras2.log"
+SAMPLE = (
+    b"Epoch 1/2\n"
+    b"\x08\x08\r\x1b[1m 1/10\x1b[0m \x1b[32m\xe2\x94\x81\x1b[0m 0s 5ms/step - accuracy: 0.5000"
+    b" - loss: 0.6931\x08\x08\r\x1b[1m 5/10\x1b[0m 0s 5ms/step - accuracy: 0.6000 - loss: 5.0e-4"
+    b"\r10/10 [==========] - 1s 3ms/step - loss: 0.6000 - acc: 0.7000 - val_loss: 0.5000\n"
+    b"Epoch 2/2\n  1/10 [..] - ETA: 9s - loss: 0.4000 - acc: 0.9000\n"
+)
+ALPHABET = b"0123456789/.:- [=>]\r\n\x08\x1beE+-abcdlossacc\xe2\x94\x81 \t\x00"
+
+
+def _pipeline(data: bytes) -> None:
+    results = list(analyze(split_epochs(iter_records([data])), Options()))
+    from fitlens.explain.parse import ParseStats
+
+    explained = Explained("fuzz", results, boundaries(results), ParseStats())
+    render_text(explained)
+    to_json(explained)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_random_bytes_never_crash_the_pipeline(data):
+    _pipeline(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([bytes([c]) for c in ALPHABET]), max_size=600))
+def test_log_like_noise_never_crashes_the_pipeline(chars):
+    _pipeline(b"".join(chars))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_logs_never_crash_the_pipeline(data):
+    base = bytearray(SAMPLE + (SEED.read_bytes() if SEED.exists() else b""))
+    for _ in range(data.draw(st.integers(1, 20))):
+        op = data.draw(st.sampled_from(["flip", "cut", "dup", "insert"]))
+        i = data.draw(st.integers(0, max(len(base) - 1, 0)))
+        if op == "flip" and base:
+            base[i] = data.draw(st.sampled_from(list(ALPHABET)))
+        elif op == "cut":
+            del base[i : i + data.draw(st.integers(1, 50))]
+        elif op == "dup":
+            base[i:i] = base[i : i + data.draw(st.integers(1, 200))]
+        else:
+            base[i:i] = data.draw(st.binary(max_size=20))
+    _pipeline(bytes(base))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=500))
+def test_the_command_exits_cleanly_on_any_file(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "log"
+    path.write_bytes(data)
+    assert main([str(path), "--json"]) in (0, 2)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"1/2" + b" - a: " * 20_000,
+        b" - loss: 0." * 20_000,
+        b"1" * 200_000,
+        b"1/2 [" + b"=" * 200_000,
+        b"Epoch " + b"1/" * 100_000,
+        b"\x1b[" + b"1;" * 100_000,
+        b"1/2 - " + b"x" * 127 + b": " + b"9" * 100_000 + b".0000",
+        b"\x08" * 300_000 + b"1/2 - loss: 0.1000",
+        (b"\r1/2 - loss: 0.1000" + b" - a" * 50) * 5_000,
+    ],
+    ids=[
+        "dashes",
+        "truncated-values",
+        "digits",
+        "bar",
+        "epochs",
+        "ansi",
+        "huge-number",
+        "bs",
+        "cr",
+    ],
+)
+def test_pathological_lines_parse_in_bounded_time(line):
+    start = time.perf_counter()
+    list(iter_records([line + b"\n"]))
+    assert time.perf_counter() - start < 2.0

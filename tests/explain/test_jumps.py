@@ -1,0 +1,88 @@
+"""Jump verdicts on synthetic logs whose truth is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fitlens.explain.analysis import Options, analyze
+from fitlens.explain.epochs import split_epochs
+from fitlens.explain.jumps import boundaries
+from fitlens.explain.parse import iter_records
+
+
+def _log(levels_per_epoch: list[np.ndarray], shown_every: int = 1) -> bytes:
+    """A Keras-2-style log of per-batch accuracies, displayed as rounded running means."""
+    lines = []
+    for epoch, levels in enumerate(levels_per_epoch, start=1):
+        n = len(levels)
+        lines.append(f"Epoch {epoch}/{len(levels_per_epoch)}")
+        means = np.cumsum(levels) / np.arange(1, n + 1)
+        for step in range(1, n + 1):
+            if step % shown_every == 0 or step in (1, n):
+                lines.append(f"{step}/{n} [====] - ETA: 1s - acc: {means[step - 1]:.4f}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _verdict(data: bytes) -> tuple[str, str]:
+    results = list(analyze(split_epochs(iter_records([data])), Options()))
+    (b,) = boundaries(results)
+    return b.verdict, b.reason
+
+
+def test_a_steadily_rising_epoch_explains_the_jump_as_averaging_lag():
+    first = np.linspace(0.5, 0.9, 400)  # the model improves through epoch 1
+    second = np.full(400, 0.9)  # and simply stays there
+    assert _verdict(_log([first, second], shown_every=10)) == ("averaging_lag", "lag_bounds")
+
+
+def test_a_flat_epoch_followed_by_a_higher_start_is_not_averaging_lag():
+    first = np.full(400, 0.8)
+    second = np.concatenate([np.full(5, 0.95), np.full(395, 0.8)])  # same easy batches first
+    assert _verdict(_log([first, second], shown_every=10)) == ("not_averaging_lag", "lag_bounds")
+
+
+def test_a_jump_half_explained_by_lag_is_mixed():
+    first = np.concatenate([np.full(200, 0.7), np.full(200, 0.8)])  # ends at 0.8, mean 0.75
+    second = np.full(400, 0.85)  # starts 0.1 above the shown mean; lag explains 0.05
+    verdict, _ = _verdict(_log([first, second], shown_every=10))
+    assert verdict == "mixed"
+
+
+def test_sparse_displays_near_the_end_leave_the_verdict_unknown():
+    first = np.linspace(0.5, 0.9, 400)
+    second = np.full(400, 0.9)
+    data = _log([first, second], shown_every=1000)  # only steps 1 and 400 of each epoch
+    assert _verdict(data)[0] == "unknown"
+
+
+@pytest.mark.parametrize("shown_every", [1, 7, 50])
+def test_lag_bounds_contain_the_true_lag(shown_every):
+    first = np.linspace(0.5, 0.9, 400)
+    second = np.full(400, 0.9)
+    results = list(
+        analyze(split_epochs(iter_records([_log([first, second], shown_every)])), Options())
+    )
+    (b,) = boundaries(results)
+    a, z = b.end_level.first_batch - 1, b.end_level.last_batch
+    true_level = float(np.mean(first[a:z]))
+    true_mean = float(np.mean(first))
+    assert b.lag_low <= true_level - true_mean <= b.lag_high
+
+
+def test_cumulative_metrics_like_auc_are_shown_but_not_reconstructed():
+    data = (
+        b"Epoch 1/1\n1/4 [..] - auc: 0.7000 - loss: 0.5000\n4/4 [==] - auc: 0.8000 - loss: 0.4000\n"
+    )
+    (result,) = analyze(split_epochs(iter_records([data])), Options())
+    assert result.metrics["auc"].kind == "cumulative"
+    assert result.metrics["auc"].windows == []
+    assert result.metrics["loss"].kind == "running_mean"
+
+
+def test_a_headerless_bar_after_headed_epochs_is_not_compared():
+    epoch = b"1/4 [..] - loss: 0.5000\n4/4 [==] - loss: 0.4000\n"
+    data = b"Epoch 1/2\n" + epoch + b"Epoch 2/2\n" + epoch + epoch  # then model.evaluate
+    results = list(analyze(split_epochs(iter_records([data])), Options()))
+    assert len(results) == 3
+    assert [b.from_epoch for b in boundaries(results)] == [1]

@@ -1,0 +1,136 @@
+"""Real Keras 3 logs (torch backend): every reconstructed interval contains Keras's own value.
+
+Each case trains a tiny model in a subprocess whose stdout is a pseudo-terminal, a pipe, or
+``verbose=2`` output, while a callback records the unrounded running means Keras computes. The
+true mean of batches ``a+1..b`` is then ``(W_b M_b - W_a M_a) / (W_b - W_a)`` with ``W`` the
+samples seen (Keras 3 weights its ``Mean`` metrics by batch size).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fitlens.explain.analysis import Options, analyze
+from fitlens.explain.epochs import split_epochs
+from fitlens.explain.jumps import boundaries
+from fitlens.explain.parse import ParseStats, iter_records
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None,
+    reason="needs keras 3 and torch (the dev extras)",
+)
+
+SCRIPT = Path(__file__).with_name("keras_train.py")
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "KERAS_BACKEND": "torch",
+        "PYTHONHASHSEED": "0",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+
+
+def _train(
+    tmp: Path, samples: int, batch: int, epochs: int, verbose: int, tty: bool, extras: bool = False
+):
+    truth_path = tmp / "truth.json"
+    cmd = [sys.executable, str(SCRIPT), str(samples), str(batch), str(epochs), str(verbose)]
+    cmd += [str(truth_path), *(["extras"] if extras else [])]
+    if tty:
+        master, slave = os.openpty()
+        proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL, env=_env())
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO once the child has closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.close(master)
+        assert proc.wait(timeout=120) == 0
+        log = b"".join(chunks)
+    else:
+        result = subprocess.run(cmd, capture_output=True, env=_env(), timeout=120, check=True)
+        log = result.stdout
+    return log, json.loads(truth_path.read_text())
+
+
+def _check_intervals(log: bytes, truth: dict, options: Options) -> list:
+    results = list(analyze(split_epochs(iter_records([log], ParseStats())), options))
+    samples, batch = truth["samples"], truth["batch"]
+    assert len(results) == len(truth["epochs"])
+    checked = 0
+    for result, epoch_truth in zip(results, truth["epochs"], strict=True):
+        running = epoch_truth["batches"]
+        steps = len(running)
+        weights = [min(batch * (k + 1), samples) for k in range(steps)]
+        for name in ("loss", "accuracy"):
+            metric = result.metrics[name]
+            for w in metric.windows:
+                a, b = w.first_batch - 1, w.last_batch
+                w_a = weights[a - 1] if a > 0 else 0
+                m_a = running[a - 1][name] if a > 0 else 0.0
+                true = (weights[b - 1] * running[b - 1][name] - w_a * m_a) / (weights[b - 1] - w_a)
+                assert w.low <= true <= w.high, (name, w, true)
+                checked += 1
+            # The epoch's shown end equals Keras's epoch mean, rounded.
+            assert abs(metric.shown[-1].mean - epoch_truth["end"][name]) <= 0.5e-4 + 1e-9
+    assert checked > 0
+    return results
+
+
+@pytest.mark.timeout(120)
+def test_terminal_capture_intervals_contain_the_truth(tmp_path):
+    log, truth = _train(tmp_path, samples=640, batch=16, epochs=3, verbose=1, tty=True)
+    assert b"\x08" in log and b"\x1b[" in log  # really a terminal capture
+    results = _check_intervals(log, truth, Options())
+    assert results[0].epoch.style == "keras3" and results[0].weighting == "samples"
+    assert len(boundaries(results)) == 4  # loss and accuracy across two boundaries
+
+
+@pytest.mark.timeout(120)
+def test_piped_output_intervals_contain_the_truth(tmp_path):
+    log, truth = _train(tmp_path, samples=640, batch=16, epochs=2, verbose=1, tty=False)
+    _check_intervals(log, truth, Options())
+
+
+@pytest.mark.timeout(120)
+def test_verbose2_intervals_contain_the_truth_and_boundaries_are_unknown(tmp_path):
+    log, truth = _train(tmp_path, samples=640, batch=16, epochs=3, verbose=2, tty=False)
+    results = _check_intervals(log, truth, Options())
+    assert {(b.verdict, b.reason) for b in boundaries(results)} == {("unknown", "no_view_inside")}
+
+
+@pytest.mark.timeout(120)
+def test_a_partial_last_batch_is_covered_by_min_last_batch(tmp_path):
+    # 650 samples in batches of 16: the last batch holds 10 (0.625 of a full one).
+    log, truth = _train(tmp_path, samples=650, batch=16, epochs=2, verbose=1, tty=False)
+    _check_intervals(log, truth, Options(min_last_batch=0.5))
+
+
+@pytest.mark.timeout(120)
+def test_validation_and_auc_values_are_shown_but_not_reconstructed(tmp_path):
+    # 800 samples, 20% held out: 640 trained in 40 full batches of 16.
+    log, truth = _train(
+        tmp_path, samples=800, batch=16, epochs=2, verbose=1, tty=False, extras=True
+    )
+    results = _check_intervals(log, truth, Options())
+    kinds = {name: m.kind for name, m in results[0].metrics.items()}
+    assert kinds["auc"] == "cumulative"
+    assert kinds["val_loss"] == kinds["val_accuracy"] == kinds["val_auc"] == "end_of_epoch"
+    assert (
+        abs(results[0].metrics["val_loss"].shown[-1].mean - truth["epochs"][0]["end"]["val_loss"])
+        <= 0.5e-4 + 1e-9
+    )

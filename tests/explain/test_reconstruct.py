@@ -1,0 +1,142 @@
+"""The numeric core: exact window means and interval bounds that contain the truth."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fitlens.explain.epochs import Shown
+from fitlens.explain.reconstruct import (
+    reconstruct,
+    reconstruct_arrays,
+    trailing_windows,
+    window_bounds,
+    window_mean,
+)
+
+
+def test_window_mean_recovers_the_items_between_two_running_means():
+    values = [0.2, 0.4, 0.9, 0.7]
+    means = np.cumsum(values) / np.arange(1, 5)
+    assert window_mean(2, means[1], 4, means[3]) == pytest.approx((0.9 + 0.7) / 2)
+    assert window_mean(0, 0.0, 1, means[0]) == pytest.approx(0.2)
+
+
+def test_window_mean_of_an_empty_window_fails():
+    with pytest.raises(ValueError, match="w_k > w_j"):
+        window_mean(3, 0.5, 3, 0.5)
+
+
+def _rounded(x: float) -> float:
+    return float(f"{x:.4f}")
+
+
+def _displays(values: list[float], weights: list[int], shown: list[int]) -> tuple[list, list]:
+    """Running means as Keras computes them, and the displayed (rounded) subset."""
+    totals = np.cumsum(np.array(values) * np.array(weights))
+    counts = np.cumsum(weights)
+    exact = totals / counts
+    points = [Shown(int(counts[i]), _rounded(exact[i]), 0.5e-4) for i in shown]
+    return points, list(zip(counts.tolist(), exact.tolist(), strict=True))
+
+
+batch_values = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch_values, st.data())
+def test_every_window_contains_the_true_mean_of_its_batches(values, data):
+    n = len(values)
+    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
+    points, _exact = _displays(values, [1] * n, shown)
+    tol = data.draw(st.sampled_from([1e-4, 5e-3, 0.05, 1.0]))
+    for window in reconstruct(points, tol):
+        truth = float(np.mean(values[window.first_batch - 1 : window.last_batch]))
+        assert window.low <= truth <= window.high
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch_values, st.data())
+def test_sample_weighted_windows_contain_the_truth_with_a_partial_last_batch(values, data):
+    n = len(values)
+    batch = data.draw(st.integers(2, 64))
+    last = data.draw(st.integers(1, batch))
+    weights = [batch] * (n - 1) + [last]
+    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)) | {n - 1})
+    # Keras 3 counts steps but weights by samples: express weights in batches.
+    totals = np.cumsum(np.array(values) * np.array(weights))
+    counts = np.cumsum(weights)
+    points = [Shown(i + 1, _rounded(totals[i] / counts[i]), 0.5e-4) for i in shown]
+    min_fraction = data.draw(st.floats(0.01, last / batch))
+    windows = reconstruct(points, 5e-3, end_weight_low=n - 1 + min_fraction)
+    for window in windows:
+        a, b = window.first_batch - 1, window.last_batch
+        truth = float(np.dot(values[a:b], weights[a:b]) / np.sum(weights[a:b]))
+        assert window.low <= truth + 1e-12 and truth - 1e-12 <= window.high
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch_values, st.data())
+def test_vectorized_reconstruction_matches_the_reference_loop(values, data):
+    n = len(values)
+    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
+    points, _ = _displays(values, [1] * n, shown)
+    tol = data.draw(st.sampled_from([1e-5, 1e-4, 5e-3, 0.05]))
+    steps = np.array([p.step for p in points])
+    means = np.array([p.mean for p in points])
+    halves = np.full(len(points), 0.5e-4)
+    fast = reconstruct_arrays(steps, means, halves, tol)
+    slow = reconstruct(points, tol)
+    assert [(w.first_batch, w.last_batch) for w in fast] == [
+        (w.first_batch, w.last_batch) for w in slow
+    ]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.low == pytest.approx(b.low, abs=1e-12)
+        assert a.high == pytest.approx(b.high, abs=1e-12)
+
+
+def test_windows_tile_the_epoch_without_gaps():
+    points = [Shown(s, 0.5, 0.5e-4) for s in (1, 2, 3, 10, 50, 200, 406)]
+    windows = reconstruct(points, 5e-3)
+    assert windows[0].first_batch == 1
+    assert windows[-1].last_batch == 406
+    for a, b in itertools.pairwise(windows):
+        assert b.first_batch == a.last_batch + 1
+
+
+def test_bounds_narrow_as_the_window_widens():
+    end = Shown(406, 0.8918, 0.5e-4)
+    starts = [Shown(405, 0.8917, 0.5e-4), Shown(404, 0.8917, 0.5e-4), Shown(3, 0.7279, 0.5e-4)]
+    widths = [window_bounds(s, end).half_width for s in starts]
+    assert widths == sorted(widths, reverse=True)
+    assert widths[-1] < 1e-4 < widths[0]
+
+
+def test_a_single_late_batch_has_wide_bounds_and_an_early_one_tight_bounds():
+    late = window_bounds(Shown(405, 0.8917, 0.5e-4), Shown(406, 0.8918, 0.5e-4))
+    early = window_bounds(Shown(1, 0.5996, 0.5e-4), Shown(2, 0.6587, 0.5e-4))
+    assert late.half_width == pytest.approx((406 + 405) * 0.5e-4, rel=1e-6)
+    assert early.half_width == pytest.approx(3 * 0.5e-4, rel=1e-6)
+    assert early.value == pytest.approx(2 * 0.6587 - 0.5996)
+
+
+def test_accuracy_bounds_are_clipped_to_the_unit_interval():
+    window = window_bounds(Shown(405, 0.9999, 0.5e-4), Shown(406, 0.9999, 0.5e-4), clip=(0, 1))
+    assert window.high == 1.0
+    assert window.low < 0.9999
+
+
+def test_a_last_batch_that_may_be_empty_is_unbounded():
+    window = window_bounds(Shown(9, 0.5, 0.5e-4), Shown(10, 0.5, 0.5e-4), end_weight_low=9.0)
+    assert math.isinf(window.low) and math.isinf(window.high)
+
+
+def test_trailing_windows_go_from_shortest_to_whole_epoch():
+    points = [Shown(s, 0.5, 0.5e-4) for s in (1, 2, 3, 404, 405, 406)]
+    windows = trailing_windows(points)
+    assert [w.first_batch for w in windows] == [406, 405, 4, 3, 2, 1]
