@@ -34,6 +34,7 @@ from fitlens.optimizers import resolve_optimizer
 from fitlens.prefetch import Prefetcher, validate_prefetch
 from fitlens.progress import Progress, ProgressState
 from fitlens.recorder import Recorder
+from fitlens.time_breakdown import DataWaitHint
 from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
 
 
@@ -116,6 +117,7 @@ def fit(
     names = ["loss"] + [m.name for m in tracked]
     clock = clock or default_clock()
     feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
+    data_hint = DataWaitHint()
 
     history = History(
         names,
@@ -227,16 +229,13 @@ def fit(
                 logs.update(val_logs)
             end = clock()
             eval_seconds = end - train_end
-            history.record_epoch(
-                epoch,
-                logs,
-                {
-                    "time": end - epoch_start,
-                    "data_wait": recorder.data_time,
-                    "compute": recorder.step_time,
-                    "eval": eval_seconds,
-                },
-            )
+            epoch_timing = {
+                "time": end - epoch_start,
+                "data_wait": recorder.data_time,
+                "compute": recorder.step_time,
+                "eval": eval_seconds,
+            }
+            history.record_epoch(epoch, logs, epoch_timing)
             final = _state(
                 epoch,
                 epochs,
@@ -250,6 +249,9 @@ def fit(
                 val_logs,
             )
             progress.end_epoch(final)
+            hint = data_hint.check(epoch, epoch_timing, prefetch)
+            if hint:  # data wait > 30% of the epoch: said once per run
+                progress.write(hint)
             cbs.epoch_end(epoch, logs)
             if ran_out:
                 warnings.warn(
