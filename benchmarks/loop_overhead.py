@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe_machine  # noqa: E402
+from _machine import describe_machine
 
-import fitlens  # noqa: E402
+import fitlens
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,10 @@ def make_batches(case: Case, seed: int = 0) -> list[tuple[torch.Tensor, torch.Te
     g = torch.Generator().manual_seed(seed)
     n_in, n_out = case.sizes[0], case.sizes[-1]
     return [
-        (torch.randn(case.batch, n_in, generator=g), torch.randint(0, n_out, (case.batch,), generator=g))
+        (
+            torch.randn(case.batch, n_in, generator=g),
+            torch.randint(0, n_out, (case.batch,), generator=g),
+        )
         for _ in range(case.steps)
     ]
 
@@ -105,7 +108,9 @@ def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     progress = fitlens.Progress(1, file=out_file)
     start = time.perf_counter()
-    fitlens.fit(model, batches, loss="cross_entropy", optimizer=opt, metrics=["accuracy"], verbose=progress)
+    fitlens.fit(
+        model, batches, loss="cross_entropy", optimizer=opt, metrics=["accuracy"], verbose=progress
+    )
     return time.perf_counter() - start
 
 
@@ -192,10 +197,14 @@ def available(module: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per runner (median)")
     parser.add_argument("--long", action="store_true", help="3x the steps and 9 repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: least noise)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated runners to skip, e.g. d,e")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

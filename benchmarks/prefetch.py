@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -28,9 +29,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe_machine  # noqa: E402
+from _machine import describe_machine
 
-import fitlens  # noqa: E402
+import fitlens
 
 SIZES = (784, 512, 512, 10)
 BATCH = 128
@@ -94,7 +95,9 @@ def batches(cost: Callable[[], None]) -> Iterator[tuple[np.ndarray, np.ndarray]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", choices=["sleep", "numpy"], default="sleep")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
@@ -105,11 +108,7 @@ def main() -> None:
 
     print(describe_machine())
     step = step_seconds(args.steps)
-    cost: Callable[[], None]
-    if args.work == "sleep":
-        cost = lambda: time.sleep(step)  # noqa: E731
-    else:
-        cost = numpy_work(step)
+    cost = functools.partial(time.sleep, step) if args.work == "sleep" else numpy_work(step)
     t = time.perf_counter()
     for _ in range(10):
         cost()

@@ -31,7 +31,9 @@ def _wait_no_prefetch_thread(seconds: float = 5.0) -> bool:
 
 def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)) for _ in range(n)
+    ]
 
 
 def _fit(train, **kw):
@@ -179,12 +181,20 @@ def test_cuda_prefetch_copies_on_a_side_stream_and_matches_the_plain_run():
     data = [(x.numpy(), y) for x, y in _batches(20)]  # numpy inputs too
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2).cuda()
-    plain = fitlens.fit(model, iter(data), loss="cross_entropy", optimizer="sgd",
-                        steps_per_epoch=20, verbose=0)
+    plain = fitlens.fit(
+        model, iter(data), loss="cross_entropy", optimizer="sgd", steps_per_epoch=20, verbose=0
+    )
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2).cuda()
-    ahead = fitlens.fit(model, iter(data), loss="cross_entropy", optimizer="sgd",
-                        steps_per_epoch=20, verbose=0, prefetch=3)
+    ahead = fitlens.fit(
+        model,
+        iter(data),
+        loss="cross_entropy",
+        optimizer="sgd",
+        steps_per_epoch=20,
+        verbose=0,
+        prefetch=3,
+    )
     np.testing.assert_allclose(plain.batches["loss"], ahead.batches["loss"], rtol=1e-6)
     pf = Prefetcher(2, torch.device("cuda"))
     x, _ = next(pf.epoch(iter(data)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import pytest
@@ -53,7 +54,9 @@ class Recording(fitlens.Progress):
 
 def batches(n: int = 100):
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(4, 4, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(4, 4, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(n)
+    ]
 
 
 def train(costs: list[float], *, epochs: int = 1, steps: int = 10, validation=None, val_steps=None):
@@ -113,7 +116,7 @@ def test_the_estimate_follows_a_slowdown_within_a_few_refreshes():
     for _ in range(15):
         timer.observe(10, 10 * 0.2)
         estimates.append(timer.seconds_per_step)
-    assert all(a < b for a, b in zip(estimates, estimates[1:], strict=False))  # moves steadily
+    assert all(a < b for a, b in itertools.pairwise(estimates))  # moves steadily
     assert estimates[-1] == pytest.approx(0.2, rel=0.01)
 
 
@@ -156,7 +159,12 @@ def test_invalid_timer_settings_are_rejected(kwargs, match):
 
 
 def test_format_seconds_shows_hours_only_when_needed():
-    assert [format_seconds(s) for s in (5, 125, 3723, math.nan)] == ["00:05", "02:05", "1:02:03", "?"]
+    assert [format_seconds(s) for s in (5, 125, 3723, math.nan)] == [
+        "00:05",
+        "02:05",
+        "1:02:03",
+        "?",
+    ]
 
 
 # --- the ETA that fit shows -------------------------------------------------------------------

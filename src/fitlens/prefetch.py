@@ -131,9 +131,7 @@ class Prefetcher:
         self.device = device
         self.timeout = timeout
         self._copier = (
-            _CudaCopier(device)
-            if device.type == "cuda" and torch.cuda.is_available()
-            else None
+            _CudaCopier(device) if device.type == "cuda" and torch.cuda.is_available() else None
         )
         self._queue: queue.Queue[Any] | None = None
         self._stop = threading.Event()
@@ -168,7 +166,7 @@ class Prefetcher:
                 if not self._put(q, stop, item):
                     return
             item = _END
-        except BaseException as e:  # noqa: BLE001 - everything goes to the main thread
+        except BaseException as e:
             item = _Failure(e)
         self._put(q, stop, item)
 
