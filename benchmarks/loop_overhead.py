@@ -13,7 +13,9 @@ steps through:
 for a tiny MLP (64->64->2, batch 32: overhead dominates) and a medium one (784->512->512->10,
 batch 128). Each runner is timed around its training call only (one epoch over the batches),
 repeated ``--repeats`` times in interleaved order after one untimed warm-up each; the table shows
-the median steps/s and the ratio to (a).
+the median steps/s and the ratio to (a), by wall clock and by CPU time of the process
+(``time.process_time``: on a shared machine it is less disturbed by other processes; with one
+intra-op thread and an idle machine both agree).
 
 Usage::
 
@@ -55,6 +57,18 @@ class Case:
     steps: int
 
 
+Times = tuple[float, float]  # (wall seconds, CPU seconds of this process)
+
+
+def now() -> Times:
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: Times) -> Times:
+    wall, cpu = now()
+    return wall - start[0], cpu - start[1]
+
+
 def make_batches(case: Case, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     n_in, n_out = case.sizes[0], case.sizes[-1]
@@ -77,11 +91,11 @@ def torch_mlp(sizes: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def run_hand_loop(case: Case, batches: list, item_every_step: bool) -> float:
+def run_hand_loop(case: Case, batches: list, item_every_step: bool) -> Times:
     model = torch_mlp(case.sizes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    start = time.perf_counter()
+    start = now()
     loss_sum = torch.zeros(())
     correct = torch.zeros(())
     seen = 0
@@ -100,21 +114,21 @@ def run_hand_loop(case: Case, batches: list, item_every_step: bool) -> float:
         correct += (out.detach().argmax(-1) == y).sum()
         seen += n
     _ = (loss_sum.item() + running) / seen, correct.item() / seen  # the one sync at the end
-    return time.perf_counter() - start
+    return elapsed(start)
 
 
-def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase) -> float:
+def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase) -> Times:
     model = torch_mlp(case.sizes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     progress = fitlens.Progress(1, file=out_file)
-    start = time.perf_counter()
+    start = now()
     fitlens.fit(
         model, batches, loss="cross_entropy", optimizer=opt, metrics=["accuracy"], verbose=progress
     )
-    return time.perf_counter() - start
+    return elapsed(start)
 
 
-def run_keras(case: Case, batches: list, out_file: io.TextIOBase) -> float:
+def run_keras(case: Case, batches: list, out_file: io.TextIOBase) -> Times:
     import keras
     import numpy as np
 
@@ -132,9 +146,9 @@ def run_keras(case: Case, batches: list, out_file: io.TextIOBase) -> float:
         metrics=["accuracy"],
     )
     with contextlib.redirect_stdout(out_file):
-        start = time.perf_counter()
+        start = now()
         model.fit(x, y, batch_size=case.batch, epochs=1, shuffle=False, verbose=1)
-        return time.perf_counter() - start
+        return elapsed(start)
 
 
 class Batches:
@@ -150,7 +164,7 @@ class Batches:
         return len(self.batches)
 
 
-def run_lightning(case: Case, batches: list, out_file: io.TextIOBase) -> float:
+def run_lightning(case: Case, batches: list, out_file: io.TextIOBase) -> Times:
     import lightning as L
 
     class Module(L.LightningModule):
@@ -183,9 +197,9 @@ def run_lightning(case: Case, batches: list, out_file: io.TextIOBase) -> float:
             enable_progress_bar=True,
             num_sanity_val_steps=0,
         )
-        start = time.perf_counter()
+        start = now()
         trainer.fit(module, train_dataloaders=Batches(batches))
-        return time.perf_counter() - start
+        return elapsed(start)
 
 
 def available(module: str) -> bool:
@@ -214,6 +228,8 @@ def main() -> None:
         Case("tiny MLP 64-64-2, batch 32", (64, 64, 2), 32, 2000 * scale),
         Case("medium MLP 784-512-512-10, batch 128", (784, 512, 512, 10), 128, 200 * scale),
     ]
+    if available("lightning"):
+        import lightning  # noqa: F401  (sets its loggers up on import; quiet them after)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -222,7 +238,7 @@ def main() -> None:
     print(describe_machine())
     print(f"repeats: {repeats} (median shown), one untimed warm-up per runner\n")
     with tempfile.TemporaryFile("w+") as out_file:
-        runners: dict[str, Callable[[Case, list], float]] = {
+        runners: dict[str, Callable[[Case, list], Times]] = {
             "a. hand loop, sums on device": lambda c, b: run_hand_loop(c, b, False),
             "b. hand loop, .item() per step": lambda c, b: run_hand_loop(c, b, True),
             "c. fitlens.fit, display to file": lambda c, b: run_fitlens(c, b, out_file),
@@ -233,19 +249,28 @@ def main() -> None:
             runners["e. Lightning Trainer, self.log"] = lambda c, b: run_lightning(c, b, out_file)
         for case in cases:
             batches = make_batches(case)
-            times: dict[str, list[float]] = {k: [] for k in runners}
+            times: dict[str, list[Times]] = {k: [] for k in runners}
             for fn in runners.values():
                 fn(case, batches)  # warm-up
             for _ in range(repeats):
                 for key, fn in runners.items():
                     times[key].append(fn(case, batches))
-            base = case.steps / statistics.median(times[next(iter(runners))])
             print(f"{case.name}, {case.steps} steps")
-            print(f"  {'runner':36s} {'steps/s':>9s} {'ratio to a':>11s}   min..max steps/s")
+            print(
+                f"  {'runner':34s} {'steps/s':>8s} {'vs a':>7s}   {'min..max steps/s':>17s}"
+                f" {'CPU steps/s':>12s} {'vs a':>7s}"
+            )
+            base_wall = base_cpu = 0.0
             for key, ts in times.items():
-                rate = case.steps / statistics.median(ts)
-                lo, hi = case.steps / max(ts), case.steps / min(ts)
-                print(f"  {key:36s} {rate:9.0f} {rate / base:10.3f}x   {lo:.0f}..{hi:.0f}")
+                wall = case.steps / statistics.median(t[0] for t in ts)
+                cpu = case.steps / statistics.median(t[1] for t in ts)
+                base_wall, base_cpu = base_wall or wall, base_cpu or cpu
+                lo = case.steps / max(t[0] for t in ts)
+                hi = case.steps / min(t[0] for t in ts)
+                print(
+                    f"  {key:34s} {wall:8.0f} {wall / base_wall:6.3f}x   {f'{lo:.0f}..{hi:.0f}':>17s}"
+                    f" {cpu:12.0f} {cpu / base_cpu:6.3f}x"
+                )
             print()
 
 

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from fitlens.data import to_device, unpack
@@ -77,7 +78,13 @@ def _each_tensor(obj: Any, fn: Callable[[torch.Tensor], Any]) -> None:
 
 
 def _pin(obj: Any) -> Any:
-    """Copy CPU tensors into pinned host memory (the source of an asynchronous copy)."""
+    """Copy host arrays into pinned memory (the source of an asynchronous copy).
+
+    Numpy arrays become tensors first (as `to_device` converts them); tensors already on a GPU
+    are left where they are.
+    """
+    if isinstance(obj, np.ndarray):
+        obj = to_device(obj, torch.device("cpu"))
     if isinstance(obj, torch.Tensor):
         return obj.pin_memory() if obj.device.type == "cpu" and not obj.is_pinned() else obj
     if isinstance(obj, dict):
@@ -98,7 +105,7 @@ class _CudaCopier:
 
     def send(self, batch: Any) -> tuple[Any, torch.cuda.Event]:
         """In the worker: pin, copy asynchronously on the side stream, record an event."""
-        host = _pin(to_device(batch, torch.device("cpu")))  # numpy -> tensors first
+        host = _pin(batch)
         with torch.cuda.stream(self.stream):
             moved = to_device(host, self.device, non_blocking=True)
             done = torch.cuda.Event()
