@@ -74,15 +74,15 @@ def numpy_work(seconds: float) -> Callable[[], None]:
     """A numpy job (sorting floats: runs with the GIL released) taking about ``seconds``."""
     rng = np.random.default_rng(0)
     n = 1 << 14
-    block = rng.random(n)
-    start = time.perf_counter()
-    reps = 20
-    for _ in range(reps):
-        np.sort(block)
-    per = (time.perf_counter() - start) / reps
-    scale = max(1, round(seconds / per))
-    big = rng.random(n * scale)
-    return lambda: np.sort(big)
+    for _ in range(4):  # sorting is n log n: rescale a few times until the cost fits
+        block = rng.random(n)
+        start = time.perf_counter()
+        for _ in range(5):
+            np.sort(block)
+        per = (time.perf_counter() - start) / 5
+        n = max(1024, int(n * seconds / per))
+    big = rng.random(n)
+    return lambda: np.sort(big)  # type: ignore[return-value]
 
 
 def batches(cost: Callable[[], None]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
