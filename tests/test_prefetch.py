@@ -51,6 +51,30 @@ def test_training_with_prefetch_matches_training_without_it_batch_for_batch():
     assert _wait_no_prefetch_thread()
 
 
+def test_shuffled_array_data_with_dropout_trains_identically_with_prefetch():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+
+    def run(prefetch: int) -> np.ndarray:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)
+        )
+        history = fitlens.fit(
+            model,
+            (x, y),
+            loss="cross_entropy",
+            optimizer="sgd",
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            prefetch=prefetch,
+        )
+        return history.batches["loss"]
+
+    np.testing.assert_array_equal(run(0), run(3))
+
+
 def test_numpy_batches_arrive_as_tensors_of_the_default_dtype():
     data = [(np.ones((2, 4)), np.zeros(2, dtype=np.int64)) for _ in range(3)]
     pf = Prefetcher(2, torch.device("cpu"))

@@ -129,6 +129,7 @@ def fit(
             "now": repr(now),
             "device": str(dev),
             "data": source.kind,
+            "prefetch": prefetch,
         },
     )
     recorder = Recorder(names, now, history.batches, [m for m in tracked if m.stateful])
