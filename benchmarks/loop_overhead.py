@@ -12,7 +12,7 @@ steps through:
 
 for a tiny MLP (64->64->2, batch 32: overhead dominates) and a medium one (784->512->512->10,
 batch 128). Each runner is timed around its training call only (one epoch over the batches),
-repeated ``--repeats`` times in interleaved order after one untimed warm-up each; the table shows
+repeated ``--repeats`` times, interleaved in alternating order, after one untimed warm-up each; the table shows
 the median steps/s and the ratio to (a), by wall clock and by CPU time of the process
 (``time.process_time``: on a shared machine it is less disturbed by other processes; with one
 intra-op thread and an idle machine both agree).
@@ -252,9 +252,11 @@ def main() -> None:
             times: dict[str, list[Times]] = {k: [] for k in runners}
             for fn in runners.values():
                 fn(case, batches)  # warm-up
+            order = list(runners)
             for _ in range(repeats):
-                for key, fn in runners.items():
-                    times[key].append(fn(case, batches))
+                for key in order:  # alternate the order: slow drifts of the machine cancel
+                    times[key].append(runners[key](case, batches))
+                order.reverse()
             print(f"{case.name}, {case.steps} steps")
             print(
                 f"  {'runner':34s} {'steps/s':>8s} {'vs a':>7s}   {'min..max steps/s':>17s}"
