@@ -12,10 +12,17 @@ steps through:
 
 for a tiny MLP (64->64->2, batch 32: overhead dominates) and a medium one (784->512->512->10,
 batch 128). Each runner is timed around its training call only (one epoch over the batches),
-repeated ``--repeats`` times, interleaved in alternating order, after one untimed warm-up each; the table shows
-the median steps/s and the ratio to (a), by wall clock and by CPU time of the process
-(``time.process_time``: on a shared machine it is less disturbed by other processes; with one
-intra-op thread and an idle machine both agree).
+repeated ``--repeats`` times, interleaved in alternating order, after one untimed warm-up each;
+the table shows the median steps/s and the ratio to (a), by wall clock and by CPU time of the
+process (``time.process_time``: on a shared machine it is less disturbed by other processes;
+with one intra-op thread and an idle machine both agree).
+
+glibc's malloc returns the big activation and gradient buffers of the medium model to the
+kernel and page-faults them back in (about 1,000 minor faults per step here), by an amount that
+varies from run to run with the heap's layout: +-5% per run for every runner alike. Unless
+``--default-malloc`` is given, the script re-runs itself with ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` raised so that freed memory is reused (no faults), which makes the
+comparison stable; it changes nothing else.
 
 Usage::
 
@@ -47,6 +54,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _machine import describe_machine
 
 import fitlens
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "100000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,12 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (1: least noise)"
     )
     parser.add_argument("--skip", default="", help="comma-separated runners to skip, e.g. d,e")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default malloc settings"
+    )
     args = parser.parse_args()
+    if not args.default_malloc and MALLOC_ENV.items() - os.environ.items():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     torch.set_num_threads(args.threads)
     scale = 3 if args.long else 1
     repeats = 9 if args.long else args.repeats
@@ -236,7 +250,9 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
 
     print(describe_machine())
-    print(f"repeats: {repeats} (median shown), one untimed warm-up per runner\n")
+    malloc = " ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
+    print(f"repeats: {repeats} (median shown), one untimed warm-up per runner")
+    print(f"malloc: {malloc or 'glibc defaults'}\n")
     with tempfile.TemporaryFile("w+") as out_file:
         runners: dict[str, Callable[[Case, list], Times]] = {
             "a. hand loop, sums on device": lambda c, b: run_hand_loop(c, b, False),
