@@ -71,7 +71,8 @@ def _take(obj: Any, index: torch.Tensor) -> Any:
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     """Move a tensor, numpy array, or a tuple/list/dict of them to ``device``."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
+        # Comparing devices is cheaper than a no-op .to() (this runs every step).
+        return obj if obj.device == device else obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, np.ndarray):
         t = torch.from_numpy(obj)
         if t.is_floating_point():
@@ -86,6 +87,8 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
 
 def batch_size_of(x: Any) -> int:
     """Samples in a batch: the first dimension of ``x`` (or of its first tensor)."""
+    if isinstance(x, torch.Tensor) and x.ndim:
+        return x.shape[0]
     return _first_len(x)
 
 

@@ -19,6 +19,8 @@ from fitlens.metrics import TrackedMetric, resolve_metrics
 
 def forward(model: Any, x: Any) -> Any:
     """Call ``model`` on ``x``: a tensor, a tuple/list of positional inputs, or a dict of kwargs."""
+    if isinstance(x, torch.Tensor):
+        return model(x)
     if isinstance(x, Mapping):
         return model(**x)
     if isinstance(x, tuple | list):

@@ -34,8 +34,10 @@ from fitlens.keeper import NonFinitePolicy, RunKeeper
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
 from fitlens.metrics import configure_from_outputs, resolve_metrics
 from fitlens.optimizers import resolve_optimizer
+from fitlens.prefetch import Prefetcher, validate_prefetch
 from fitlens.progress import Progress, ProgressState
 from fitlens.recorder import Recorder
+from fitlens.time_breakdown import DataWaitHint
 from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
 from fitlens.train_eval import measure_batches
 from fitlens.truth import EpochTruth
@@ -58,11 +60,12 @@ def fit(
     device: torch.device | str | None = None,
     now: str | Estimator = DEFAULT_NOW,
     train_eval: bool | float | int | None = None,
-    clock: Clock | None = None,
+    prefetch: int = 0,
     run_dir: str | Path | None = None,
     resume: bool = False,
     checkpointing: Checkpointing | None = None,
     on_nonfinite: NonFinitePolicy = "stop",
+    clock: Clock | None = None,
 ) -> History:
     """Train ``model`` on ``train`` and return its `History`, showing mean *and* now per metric.
 
@@ -94,7 +97,9 @@ def fit(
             ``True`` for all of it, a fraction in (0, 1] or a sample count for a fixed random
             subset drawn once per run. Adds ``train_eval_*`` keys to ``history.history`` and
             turns the gap line from estimated into measured (see `fitlens.gap`).
-        clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        prefetch: read this many batches ahead in a background thread (on CUDA: pinned
+            memory and a side-stream copy) while the model computes; 0 (default) reads them
+            in the loop. Helps when making a batch releases the GIL (I/O, numpy, decoding).
         run_dir: a directory for the history files, checkpoints and a summary (see
             `fitlens.rundir`); nothing is written without it.
         resume: continue the run in ``run_dir`` from its last good checkpoint, mid-epoch
@@ -103,6 +108,7 @@ def fit(
             default: every 10 minutes and at every epoch end.
         on_nonfinite: ``"stop"`` (raise `NonFiniteError`) or ``"skip"`` the batch (one host
             sync per step); see `fitlens.keeper`.
+        clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
 
     Returns:
         A `History`: ``history.history`` per epoch, ``history.batches`` per batch.
@@ -139,6 +145,8 @@ def fit(
     names = ["loss"] + [m.name for m in tracked]
     clock = clock or default_clock()
     truth = EpochTruth(train_eval, source, loss_fn, tracked, dev)  # gap lines, forecasts
+    feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
+    data_hint = DataWaitHint()
 
     history = History(
         names,
@@ -150,6 +158,7 @@ def fit(
             "now": repr(now),
             "device": str(dev),
             "data": source.kind,
+            "prefetch": prefetch,
         },
     )
     recorder = Recorder(names, now, history.batches, [m for m in tracked if m.stateful])
@@ -189,6 +198,8 @@ def fit(
             batches, step = keeper.epoch_batches(epoch)  # step > 0 when resuming mid-epoch
             refreshed_step = step
 
+            if feeder is not None:  # read ahead in a background thread
+                batches = feeder.epoch(batches)
             batches = truth.watch(batches, epoch)  # keeps a sample when data can't be indexed
             t0 = epoch_start
             for batch in batches:
@@ -282,16 +293,13 @@ def fit(
             history.gaps.append(truth_end.gaps)
             end = clock()
             eval_seconds = end - train_end
-            history.record_epoch(
-                epoch,
-                logs,
-                {
-                    "time": end - epoch_start,
-                    "data_wait": recorder.data_time,
-                    "compute": recorder.step_time,
-                    "eval": eval_seconds,
-                },
-            )
+            epoch_timing = {
+                "time": end - epoch_start,
+                "data_wait": recorder.data_time,
+                "compute": recorder.step_time,
+                "eval": eval_seconds,
+            }
+            history.record_epoch(epoch, logs, epoch_timing)
             final = _state(
                 epoch,
                 epochs,
@@ -307,6 +315,9 @@ def fit(
             progress.end_epoch(final)
             for line in truth_end.lines:
                 progress.write(line)
+            hint = data_hint.check(epoch, epoch_timing, prefetch)
+            if hint:  # data wait > 30% of the epoch: said once per run
+                progress.write(hint)
             cbs.epoch_end(epoch, logs)
             keeper.on_epoch_end(epoch)  # history files, checkpoint
             if ran_out:
@@ -324,6 +335,8 @@ def fit(
         keeper.close(e)  # the summary records why the run ended
         raise
     finally:
+        if feeder is not None:
+            feeder.close()  # early stop, Ctrl-C, errors: stop the reading thread
         progress.close()
     keeper.close(None)
     cbs.train_end(logs)

@@ -42,11 +42,11 @@ class Accuracy:
             pred = outputs.argmax(-1)
             if targets.is_floating_point() and targets.shape == outputs.shape:
                 targets = targets.argmax(-1)
-            return (pred == targets).to(torch.get_default_dtype()).mean()
+            return (pred == targets).mean(dtype=torch.get_default_dtype())
         if outputs.ndim == targets.ndim + 1:
             outputs = outputs.squeeze(-1)
         pred = outputs > (0.5 if self.from_logits is False else 0.0)
-        return (pred == (targets > 0.5)).to(torch.get_default_dtype()).mean()
+        return (pred == (targets > 0.5)).mean(dtype=torch.get_default_dtype())
 
 
 def configure_from_outputs(metrics: Sequence[TrackedMetric], outputs: Any) -> None:
@@ -95,12 +95,15 @@ class TrackedMetric:
         value = self.fn(outputs, targets)
         if not isinstance(value, torch.Tensor):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        if value.numel() != 1:
-            raise ValueError(
-                f"Metric {self.name!r} returned a tensor of shape {tuple(value.shape)}; "
-                "expected one value per batch (a scalar). Reduce it with .mean()."
-            )
-        return value.detach().reshape(())
+        # Per step: each tensor op here costs microseconds, so only do the ones needed.
+        if value.ndim:
+            if value.numel() != 1:
+                raise ValueError(
+                    f"Metric {self.name!r} returned a tensor of shape {tuple(value.shape)}; "
+                    "expected one value per batch (a scalar). Reduce it with .mean()."
+                )
+            value = value.reshape(())
+        return value.detach() if value.requires_grad else value
 
     def reset(self) -> None:
         if self.stateful:

@@ -5,7 +5,9 @@ divided elapsed time by steps done, first (slow, warm-up) steps included. `StepT
 
 * leaves the first ``warmup`` steps out (graph building, allocator warm-up, cold caches), as
   Keras 3 and tf.keras learned to do;
-* follows drift with a bias-corrected EMA of seconds per step, as tqdm smooths its rate;
+* follows drift with an EMA of seconds over an EMA of steps (each refresh's observation counts
+  by how many steps it covers), bias-corrected as tqdm smooths its rate, so that the estimate
+  starts at the first measured value instead of creeping up from zero;
 * estimates both the current epoch's remaining time and the whole run's (remaining epochs, and
   the end-of-epoch evaluation time measured so far).
 
@@ -44,8 +46,8 @@ class StepTimer:
             raise ValueError(f"Expected `warmup` >= 0. Received: {warmup!r}.")
         self.smoothing = smoothing
         self.warmup = warmup
-        self._ema = 0.0
-        self._weight = 0.0  # 1 - (1 - smoothing)**updates: the bias correction
+        self._seconds = 0.0  # EMA of the seconds per observation
+        self._steps = 0.0  # EMA of the steps per observation (same bias: it cancels)
         self._warm_left = warmup
 
     def observe(self, steps: int, seconds: float) -> None:
@@ -60,13 +62,13 @@ class StepTimer:
             if steps == 0:
                 return
         a = self.smoothing
-        self._ema = (1 - a) * self._ema + a * (seconds / steps)
-        self._weight = (1 - a) * self._weight + a
+        self._seconds = (1 - a) * self._seconds + a * seconds
+        self._steps = (1 - a) * self._steps + a * steps
 
     @property
     def seconds_per_step(self) -> float:
         """Smoothed seconds per step; NaN until a post-warm-up step has been seen."""
-        return self._ema / self._weight if self._weight > 0 else math.nan
+        return self._seconds / self._steps if self._steps > 0 else math.nan
 
     def remaining(self, steps_left: float) -> float:
         """Seconds for ``steps_left`` more steps; NaN when unknown."""
