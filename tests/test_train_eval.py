@@ -14,10 +14,10 @@ import torch
 
 import fitlens
 from fitlens.data import BatchSource
-from fitlens.evaluation import evaluate
+from fitlens.evaluation import evaluate, measure_batches
 from fitlens.losses import cross_entropy
 from fitlens.metrics import resolve_metrics
-from fitlens.train_eval import TrainSubset, measure_batches, train_passes
+from fitlens.train_eval import TrainSubset, train_passes
 from fitlens.truth import measured
 
 

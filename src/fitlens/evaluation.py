@@ -2,19 +2,24 @@
 
 Sums stay on the device during the pass and reach the host once, at the end. Values are
 sample-weighted means over the whole pass (the same definition as the training epoch mean), so
-the numbers compare like with like.
+the numbers compare like with like. Each value also carries its sample count and per-sample
+spread, for the intervals of the gap decomposition: per-sample losses for the named losses; for
+user callables and torchmetrics metrics only batch means exist, so the spread is estimated from
+the spread of batch means scaled by batch size, ``sum_b n_b (m_b - m)^2 / (B - 1)``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
-from fitlens.losses import LossFn, resolve_loss
-from fitlens.metrics import TrackedMetric, resolve_metrics
+from fitlens.losses import PER_SAMPLE, LossFn, resolve_loss
+from fitlens.metrics import Accuracy, TrackedMetric, resolve_metrics
 
 
 def forward(model: Any, x: Any) -> Any:
@@ -28,8 +33,25 @@ def forward(model: Any, x: Any) -> Any:
     return model(x)
 
 
+@dataclass(frozen=True)
+class PassValue:
+    """One metric over one pass.
+
+    Attributes:
+        mean: sample-weighted mean (the definition `evaluate` uses).
+        n: samples. sd: per-sample standard deviation (NaN when it cannot be estimated).
+        kind: ``"proportion"`` (Accuracy: use a Wilson interval), ``"per_sample"`` (sd from
+            per-sample values) or ``"batch"`` (sd from the spread of batch means).
+    """
+
+    mean: float
+    n: int
+    sd: float
+    kind: str
+
+
 @torch.no_grad()
-def evaluate_batches(
+def measure_batches(
     model: torch.nn.Module,
     batches: Iterable[Any],
     loss_name: str,
@@ -37,15 +59,20 @@ def evaluate_batches(
     metrics: Sequence[TrackedMetric],
     device: torch.device,
     *,
-    name: str = "validation_data",
-) -> tuple[dict[str, float], int]:
-    """Mean loss and metrics of ``model`` over ``batches`` in its *current* train/eval mode.
+    name: str = "train",
+) -> dict[str, PassValue]:
+    """Mean, sample count and per-sample spread of the loss and metrics over ``batches``.
 
-    The caller sets the mode. Returns ``({name: mean}, samples)``; with no batches the values
-    are NaN and samples 0. Stateful (torchmetrics) metrics must be fresh copies.
+    The model runs in its *current* mode; the caller sets it. Sums stay on the device and reach
+    the host once, at the end. Stateful (torchmetrics) metrics must be fresh copies; their mean
+    is ``compute()``.
     """
+    names = [loss_name] + [m.name for m in metrics]
+    per_sample = PER_SAMPLE.get(loss_fn)
+    kinds = ["per_sample" if per_sample is not None else "batch"]
+    kinds += ["proportion" if isinstance(m.fn, Accuracy) else "batch" for m in metrics]
     totals: torch.Tensor | None = None
-    samples = 0
+    samples = batches_seen = 0
     for batch in batches:
         x, y = unpack(batch, name)
         x, y = to_device(x, device), to_device(y, device)
@@ -53,18 +80,33 @@ def evaluate_batches(
         n = batch_size_of(y)
         values = [loss_fn(outputs, y).detach().reshape(())]
         values += [m.batch(outputs, y) for m in metrics]
-        stacked = torch.stack([v.to(torch.float64) for v in values]) * n
-        totals = stacked if totals is None else totals + stacked
+        means = torch.stack([v.to(torch.float64) for v in values])
+        squares = means * means * n  # batch-spread fallback: n_b * m_b**2
+        if per_sample is not None:
+            losses = per_sample(outputs, y).to(torch.float64).reshape(n, -1).mean(dim=1)
+            squares[0] = (losses * losses).sum()
+        row = torch.cat([means * n, squares])
+        totals = row if totals is None else totals + row
         samples += n
-    names = [loss_name] + [m.name for m in metrics]
+        batches_seen += 1
     if totals is None:
-        return {k: float("nan") for k in names}, 0
-    means = (totals / samples).cpu().tolist()
-    out = dict(zip(names, means, strict=True))
+        return {
+            k: PassValue(math.nan, 0, math.nan, kind) for k, kind in zip(names, kinds, strict=False)
+        }
+    sums = totals.cpu().tolist()
+    out: dict[str, PassValue] = {}
+    for i, (key, kind) in enumerate(zip(names, kinds, strict=True)):
+        mean = sums[i] / samples
+        sq = sums[len(names) + i]
+        dof = (samples if kind == "per_sample" else batches_seen) - 1
+        var = (sq - samples * mean * mean) / dof if dof > 0 else math.nan
+        sd = math.sqrt(max(var, 0.0)) if kind != "proportion" else math.nan
+        out[key] = PassValue(mean, samples, sd, kind)
     for m in metrics:
         if m.stateful:
-            out[m.name] = m.compute()
-    return out, samples
+            old = out[m.name]
+            out[m.name] = PassValue(m.compute(), old.n, old.sd, old.kind)
+    return out
 
 
 def evaluate(
@@ -100,12 +142,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        values, _ = evaluate_batches(
-            model, source.epoch(), "loss", loss_fn, tracked, dev, name="data"
-        )
+        values = measure_batches(model, source.epoch(), "loss", loss_fn, tracked, dev, name="data")
     finally:
         model.train(was_training)
-    return values
+    return {k: v.mean for k, v in values.items()}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

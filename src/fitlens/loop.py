@@ -28,7 +28,7 @@ from fitlens.callbacks import Callback, CallbackList, LazyLogs, RunState
 from fitlens.checkpoint import Checkpointing
 from fitlens.data import BatchSource, batch_size_of, to_device, unpack
 from fitlens.estimators import DEFAULT_NOW, Estimator
-from fitlens.evaluation import forward, model_device
+from fitlens.evaluation import forward, measure_batches, model_device
 from fitlens.history import History
 from fitlens.keeper import NonFinitePolicy, RunKeeper
 from fitlens.losses import LossFn, check_first_batch, resolve_loss
@@ -39,7 +39,6 @@ from fitlens.progress import Progress, ProgressState
 from fitlens.recorder import Recorder
 from fitlens.time_breakdown import DataWaitHint
 from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
-from fitlens.train_eval import measure_batches
 from fitlens.truth import EpochTruth
 
 

@@ -117,3 +117,31 @@ def check_first_batch(fn: LossFn, outputs: Any, targets: Any) -> None:
             )
         if not outputs.is_floating_point():
             raise ValueError(f"The loss expects floating-point model outputs. {got}")
+
+
+def _per_sample_ce(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(o, t, reduction="none")
+
+
+def _per_sample_bce(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = _squeeze_pair(o, t)
+    return F.binary_cross_entropy_with_logits(o, t.to(o.dtype), reduction="none")
+
+
+def _per_sample_mse(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = _squeeze_pair(o, t)
+    return F.mse_loss(o, t.to(o.dtype), reduction="none")
+
+
+def _per_sample_mae(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = _squeeze_pair(o, t)
+    return F.l1_loss(o, t.to(o.dtype), reduction="none")
+
+
+#: Each named loss's per-sample version (reduction="none"), for the spread behind intervals.
+PER_SAMPLE: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    cross_entropy: _per_sample_ce,
+    binary_cross_entropy: _per_sample_bce,
+    mse: _per_sample_mse,
+    mae: _per_sample_mae,
+}

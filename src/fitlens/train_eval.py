@@ -19,140 +19,25 @@ Which data (`TrainSubset`):
   *batches* is kept (references to the batches as yielded, on their original device) and reused
   at every epoch end. A count of samples is rounded up to whole batches.
 
-Intervals: `measure_batches` returns, per metric, the mean, the sample count and a per-sample
-standard deviation. For the named losses it comes from per-sample losses (``reduction="none"``);
-for `Accuracy` none is needed (the Wilson interval uses the proportion); for user callables and
-torchmetrics metrics only batch means exist, so the per-sample spread is estimated from the
-spread of batch means scaled by batch size, ``sum_b n_b (m_b - m)^2 / (B - 1)``.
+Each pass is a `fitlens.evaluation.measure_batches`: means plus the sample count and spread
+that the intervals of the gap decomposition need.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from fitlens.data import ArrayData, BatchSource, _take, batch_size_of, to_device, unpack
-from fitlens.evaluation import forward
-from fitlens.losses import (
-    LossFn,
-    _squeeze_pair,
-    binary_cross_entropy,
-    cross_entropy,
-    mae,
-    mse,
-)
-from fitlens.metrics import Accuracy, TrackedMetric
-
-
-def _per_sample_ce(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(o, t, reduction="none")
-
-
-def _per_sample_bce(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    o = _squeeze_pair(o, t)
-    return F.binary_cross_entropy_with_logits(o, t.to(o.dtype), reduction="none")
-
-
-def _per_sample_mse(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    o = _squeeze_pair(o, t)
-    return F.mse_loss(o, t.to(o.dtype), reduction="none")
-
-
-def _per_sample_mae(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    o = _squeeze_pair(o, t)
-    return F.l1_loss(o, t.to(o.dtype), reduction="none")
-
-
-_PER_SAMPLE: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    cross_entropy: _per_sample_ce,
-    binary_cross_entropy: _per_sample_bce,
-    mse: _per_sample_mse,
-    mae: _per_sample_mae,
-}
-
-
-@dataclass(frozen=True)
-class PassValue:
-    """One metric over one pass.
-
-    Attributes:
-        mean: sample-weighted mean (the definition `evaluate` uses).
-        n: samples. sd: per-sample standard deviation (NaN when it cannot be estimated).
-        kind: ``"proportion"`` (Accuracy: use a Wilson interval), ``"per_sample"`` (sd from
-            per-sample values) or ``"batch"`` (sd from the spread of batch means).
-    """
-
-    mean: float
-    n: int
-    sd: float
-    kind: str
-
-
-@torch.no_grad()
-def measure_batches(
-    model: torch.nn.Module,
-    batches: Iterable[Any],
-    loss_name: str,
-    loss_fn: LossFn,
-    metrics: Sequence[TrackedMetric],
-    device: torch.device,
-    *,
-    name: str = "train",
-) -> dict[str, PassValue]:
-    """Mean, sample count and per-sample spread of the loss and metrics over ``batches``.
-
-    The model runs in its *current* mode; the caller sets it. Sums stay on the device and reach
-    the host once, at the end. Stateful (torchmetrics) metrics must be fresh copies; their mean
-    is ``compute()``.
-    """
-    names = [loss_name] + [m.name for m in metrics]
-    per_sample = _PER_SAMPLE.get(loss_fn)
-    kinds = ["per_sample" if per_sample is not None else "batch"]
-    kinds += ["proportion" if isinstance(m.fn, Accuracy) else "batch" for m in metrics]
-    totals: torch.Tensor | None = None
-    samples = batches_seen = 0
-    for batch in batches:
-        x, y = unpack(batch, name)
-        x, y = to_device(x, device), to_device(y, device)
-        outputs = forward(model, x)
-        n = batch_size_of(y)
-        values = [loss_fn(outputs, y).detach().reshape(())]
-        values += [m.batch(outputs, y) for m in metrics]
-        means = torch.stack([v.to(torch.float64) for v in values])
-        squares = means * means * n  # batch-spread fallback: n_b * m_b**2
-        if per_sample is not None:
-            losses = per_sample(outputs, y).to(torch.float64).reshape(n, -1).mean(dim=1)
-            squares[0] = (losses * losses).sum()
-        row = torch.cat([means * n, squares])
-        totals = row if totals is None else totals + row
-        samples += n
-        batches_seen += 1
-    if totals is None:
-        return {
-            k: PassValue(math.nan, 0, math.nan, kind) for k, kind in zip(names, kinds, strict=False)
-        }
-    sums = totals.cpu().tolist()
-    out: dict[str, PassValue] = {}
-    for i, (key, kind) in enumerate(zip(names, kinds, strict=True)):
-        mean = sums[i] / samples
-        sq = sums[len(names) + i]
-        dof = (samples if kind == "per_sample" else batches_seen) - 1
-        var = (sq - samples * mean * mean) / dof if dof > 0 else math.nan
-        sd = math.sqrt(max(var, 0.0)) if kind != "proportion" else math.nan
-        out[key] = PassValue(mean, samples, sd, kind)
-    for m in metrics:
-        if m.stateful:
-            old = out[m.name]
-            out[m.name] = PassValue(m.compute(), old.n, old.sd, old.kind)
-    return out
+from fitlens.data import ArrayData, BatchSource, _take, batch_size_of, unpack
+from fitlens.evaluation import PassValue, measure_batches
+from fitlens.losses import LossFn
+from fitlens.metrics import TrackedMetric
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from fitlens.data import BatchSource
+from fitlens.evaluation import PassValue
 from fitlens.forecast import (
     FORECAST_STEPS,
     NOISE_WINDOW,
@@ -47,7 +48,7 @@ from fitlens.history import BatchLog
 from fitlens.losses import LossFn
 from fitlens.metrics import TrackedMetric
 from fitlens.recorder import Recorder
-from fitlens.train_eval import PassValue, TrainSubset, parse_train_eval, train_passes
+from fitlens.train_eval import TrainSubset, parse_train_eval, train_passes
 
 
 def measured(value: PassValue, population: int | None = None) -> Measured:
