@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fitlens.observer import (
+from fitlens.integrations.observer import (
     RunObserver,
     format_free_gap,
     format_jump_forecast,
