@@ -145,3 +145,15 @@ def test_invalid_display_settings_are_rejected():
         Progress(1, log_every=0)
     with pytest.raises(ValueError, match="refresh_per_second"):
         Progress(1, refresh_per_second=0)
+
+
+def test_lines_mode_writes_plain_lines_even_to_a_terminal():
+    out = _Tty()
+    p = Progress(1, file=out, log_every=5, mode="lines")
+    p.begin_epoch(1, 1, 10)
+    for step in range(1, 11):
+        p.refresh(_state(step))
+    p.end_epoch(_state(10))
+    assert "\r" not in out.getvalue() and len(out.getvalue().splitlines()) == 3
+    with pytest.raises(ValueError, match="`mode`"):
+        Progress(1, mode="tqdm")  # type: ignore[arg-type]

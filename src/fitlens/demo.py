@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         validation_data=(x[val], y[val]),
-        verbose=fitlens.Progress(1, log_every=max(1, steps // 4)),
+        verbose=fitlens.Progress(1, log_every=max(1, steps // 4), mode="lines"),
         now=now,
         train_eval=True,  # measure the current model on the training data at each epoch end
     )

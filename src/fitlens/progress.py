@@ -19,7 +19,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from fitlens.timing import format_seconds
 
@@ -152,6 +152,8 @@ class Progress:
         file: where to write; default ``sys.stdout``.
         refresh_per_second: most display refreshes per second (each costs one host sync).
         log_every: in line mode, also write a line every this many steps (None: never).
+        mode: ``"auto"`` (a bar in a terminal or notebook, lines otherwise), ``"bar"`` or
+            ``"lines"`` (e.g. for a terminal whose output is also captured with ``tee``).
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class Progress:
         file: IO[str] | None = None,
         refresh_per_second: float = 10.0,
         log_every: int | None = None,
+        mode: Literal["auto", "bar", "lines"] = "auto",
     ) -> None:
         if verbose not in (0, 1, 2):
             raise ValueError(f"Expected `verbose` to be 0, 1 or 2. Received: {verbose!r}.")
@@ -173,7 +176,10 @@ class Progress:
         self.verbose = verbose
         self.file = file
         self.refresh_interval = 1.0 / refresh_per_second
+        if mode not in ("auto", "bar", "lines"):
+            raise ValueError(f"Expected `mode` 'auto', 'bar' or 'lines'. Received: {mode!r}.")
         self.log_every = log_every
+        self.mode = mode
         self._bar: Any = None
         self._bar_mode = False
         self._last_logged_step = 0
@@ -185,7 +191,9 @@ class Progress:
     def begin_epoch(self, epoch: int, epochs: int, steps: int | None) -> None:
         """Open the display for a new epoch."""
         self._last_logged_step = 0
-        self._bar_mode = self.verbose == 1 and _is_interactive(self.out)
+        self._bar_mode = self.verbose == 1 and (
+            self.mode == "bar" or (self.mode == "auto" and _is_interactive(self.out))
+        )
         if self._bar_mode:
             from tqdm.auto import tqdm
 
