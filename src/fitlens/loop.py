@@ -112,6 +112,16 @@ def fit(
     Returns:
         A `History`: ``history.history`` per epoch, ``history.batches`` per batch.
 
+    Example:
+        >>> import torch, fitlens
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+        >>> h = fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd",
+        ...                 metrics=["accuracy"], epochs=2, batch_size=16, verbose=0)
+        >>> sorted(h.history), len(h.batches)
+        (['accuracy', 'accuracy_now', 'loss', 'loss_now'], 8)
+
     Raises:
         ValueError / TypeError: before the first step, for invalid arguments; on the first
             batch, for outputs and targets that the loss cannot pair (both shapes are named).
