@@ -219,7 +219,7 @@ class RunObserver:
                 or None,
                 self.history.batches,
                 self.rows,
-                self.steps,
+                self.steps or self.step,  # unknown: this epoch's length, as fit learns it
                 last=self.epoch + 1 >= self.epochs,
             )
             self.history.gaps.append(epoch_end.gaps)
