@@ -182,11 +182,30 @@ def test_history_has_fit_format_with_validation_and_the_display_shows_gap_and_fo
         np.testing.assert_allclose(history[key], keras_history.history[key], atol=TOL, rtol=0)
     assert lens.history.epoch == [0, 1]
     assert lens.history.params["framework"] == "keras"
-    text = out.getvalue()
-    assert text.count("Epoch 1/2 - 6 steps") == 1 and "Epoch 2/2 - 6 steps" in text
-    assert "gap loss: reported" in text and "-> val" in text
-    assert "forecast: epoch 2 should open near loss" in text
-    assert "forecast: epoch 3" not in text
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 6 and lines[0].startswith("Epoch 1/2 - 6 steps - ")
+    assert lines[4].startswith("Epoch 2/2 - 6 steps - ")
+    assert lines[5].startswith("gap accuracy (estimated): mean ")  # no forecast after the last
+    _assert_end_lines_match_the_history(lines, lens.history)
+
+
+def _assert_end_lines_match_the_history(lines, history):
+    """fit's gap, forecast and check lines (fitlens.epoch_end), with the run's own numbers."""
+    h, log = history.history, history.batches
+    mean, now, val = h["accuracy"][0], h["accuracy_now"][0], h["val_accuracy"][0]
+    assert lines[1] == (
+        f"gap accuracy (estimated): mean {mean:.4f} -> now ~{now:.4f} (lag ~{now - mean:+.4f}) "
+        f"-> val {val:.4f} (mode + generalisation ~{val - now:+.4f})"
+    )
+    assert lines[2].startswith(
+        f"forecast epoch 2: its first 3 batches should show accuracy ~{now:.4f} ± "
+    )
+    first = log["epoch"] == 2
+    observed = np.average(log["accuracy"][first][:3], weights=log["size"][first][:3])
+    assert lines[3].startswith(
+        f"forecast check epoch 2: accuracy {observed:.4f} after 3 batches "
+        f"(jump {observed - mean:+.4f}) vs forecast {now:.4f} ± "
+    )
 
 
 def test_a_metric_that_is_not_a_mean_shows_kerass_value_without_batch_values():

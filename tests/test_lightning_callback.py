@@ -121,14 +121,30 @@ def test_the_mean_mirrors_an_explicit_batch_size_passed_to_self_log():
     assert lens.observer.means["loss"].count == sum(sizes)
 
 
-def test_the_display_replaces_lightnings_bar_with_mean_now_gap_and_forecast():
+def test_the_display_replaces_lightnings_bar_with_mean_now_gap_forecast_and_check():
     out = io.StringIO()
-    _fit(Classifier(), [FitlensCallback(verbose=2, file=out)])
-    text = out.getvalue()
-    assert "Epoch 1/2 - 4 steps" in text and "Epoch 2/2 - 4 steps" in text
-    assert "loss: " in text and "(now " in text and "val_loss: " in text
-    assert "gap loss: reported" in text
-    assert "forecast: epoch 2 should open near loss" in text
+    lens = FitlensCallback(verbose=2, file=out)
+    _fit(Classifier(), [lens])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 6
+    assert lines[0].startswith("Epoch 1/2 - 4 steps") and lines[4].startswith("Epoch 2/2 - 4 steps")
+    assert "loss: " in lines[0] and "(now " in lines[0] and "val_loss: " in lines[0]
+    # fit's lines (fitlens.epoch_end) for the loss, the one metric with a validation value.
+    h, log = lens.history.history, lens.history.batches
+    mean, now, val = h["loss"][0], h["loss_now"][0], h["val_loss"][0]
+    assert lines[1] == (
+        f"gap loss (estimated): mean {mean:.4f} -> now ~{now:.4f} (lag ~{now - mean:+.4f}) "
+        f"-> val {val:.4f} (mode + generalisation ~{val - now:+.4f})"
+    )
+    assert lines[2].startswith(f"forecast epoch 2: its first 3 batches should show loss ~{now:.4f}")
+    second = log["epoch"] == 2
+    observed = np.average(log["loss"][second][:3], weights=log["size"][second][:3])
+    assert lines[3].startswith(
+        f"forecast check epoch 2: loss {observed:.4f} after 3 batches "
+        f"(jump {observed - mean:+.4f}) vs forecast {now:.4f}"
+    )
+    assert lines[5].startswith("gap loss (estimated): mean ")  # no forecast after the last epoch
+    assert [g["epoch"] for g in lens.history.gaps] == [1, 2]
 
 
 def test_with_lightnings_bar_on_a_silent_callback_still_records_the_history():

@@ -1,4 +1,4 @@
-"""The framework-free core of the callbacks: unrolling running means, formatters, the observer."""
+"""The framework-free core of the callbacks: unrolling running means, the observer."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fitlens.integrations.observer import (
-    RunObserver,
-    format_free_gap,
-    format_jump_forecast,
-    unroll_running_means,
-)
+from fitlens.integrations.observer import RunObserver, unroll_running_means
 from fitlens.progress import Progress
 
 
@@ -43,18 +38,6 @@ def test_unrolling_a_group_gives_its_weighted_mean_and_a_weightless_step_gives_n
     means = [0.5, 0.5, (16 + 16 + 32) / 64]
     out = unroll_running_means(means, counts)
     assert out[0] == 0.5 and math.isnan(out[1]) and out[2] == pytest.approx(1.5)
-
-
-def test_free_gap_line_parts_add_up_to_validation_minus_reported():
-    assert format_free_gap("loss", 0.412, 0.305, 0.29) == (
-        "gap loss: reported 0.4120 -> now 0.3050 (averaging lag -0.1070) -> val 0.2900 "
-        "(train->val -0.0150); estimated from the batches"
-    )
-
-
-def test_jump_forecast_lists_the_now_estimates_and_skips_metrics_without_one():
-    line = format_jump_forecast(3, {"loss": (0.412, 0.305), "auc": (0.8, math.nan)})
-    assert line == "forecast: epoch 3 should open near loss 0.3050 (reported 0.4120)"
 
 
 class FakeClock:
@@ -89,10 +72,71 @@ def test_observer_records_history_timing_and_lines_like_fit():
     assert history.timing["time"] == pytest.approx([2.5, 2.5])
     assert history.batches["step"].tolist() == [1, 2, 3] * 2
     assert history.batches["size"].tolist() == [4, 4, 2] * 2
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("Epoch 1/2 - 3 steps - 2.5s")
+    # fit's lines (fitlens.epoch_end): the validation value comes without a spread, so no interval.
+    assert lines[1:4] == [
+        "gap loss (estimated): mean 0.6000 -> now ~0.6000 (lag ~+0.0000) -> val 0.2500 "
+        "(mode + generalisation ~-0.3500)",
+        "forecast epoch 2: its first 3 batches should show loss ~0.6000 ± 0.0000 (the now "
+        "estimate), not 0.6000 (the mean): a jump of +0.0000",
+        "forecast check epoch 2: loss 1.6000 after 3 batches (jump +1.0000) vs forecast "
+        "0.6000 ± 0.0000 (jump +0.0000): not as forecast (off by +1.0000)",
+    ]
+    assert lines[4].startswith("Epoch 2/2 - 3 steps - 2.5s")
+    assert lines[5:] == [  # no forecast after the last epoch
+        "gap loss (estimated): mean 1.6000 -> now ~1.1000 (lag ~-0.5000) -> val 0.2500 "
+        "(mode + generalisation ~-0.8500)"
+    ]
+    assert [g["epoch"] for g in history.gaps] == [1, 2]
+    assert history.gaps[1]["metrics"]["loss"]["total"] == pytest.approx(0.25 - 1.6)
+
+
+def _run(obs: RunObserver, clock: FakeClock, epochs: list[list[tuple[int, dict, float]]], val):
+    obs.begin_train(epochs=len(epochs), steps=None)
+    for epoch, batches in enumerate(epochs):
+        obs.begin_epoch(epoch)
+        for step, values, size in batches:
+            clock.t += 1.0
+            obs.batch_end(step, values, dict.fromkeys(values, size), size, {"auc": 0.5})
+        obs.end_epoch(val)
+
+
+def test_lines_are_about_the_first_metric_with_a_validation_value_and_never_a_reported_one():
+    out = io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    batch = {"loss": 0.5, "accuracy": 0.75, "mae": 0.25}
+    val = {"val_auc": 0.5, "val_mae": 0.5, "val_loss": 1.0}
+    _run(obs, FakeClock(), [[(1, batch, 8)], [(1, batch, 8)]], val)
     text = out.getvalue()
-    assert "Epoch 1/2 - 3 steps - 2.5s" in text
-    assert text.count("forecast: epoch") == 1  # none after the last epoch
-    assert "gap loss: reported 0.6000 -> now 0.6000" in text
+    assert "gap mae (estimated): mean 0.2500 -> now ~0.2500 (lag ~+0.0000) -> val 0.5000" in text
+    assert "forecast epoch 2: its first 1 batches should show mae ~0.2500" in text
+    assert "forecast check epoch 2: mae 0.2500 after 1 batches" in text
+    ends = [line for line in text.splitlines() if line.startswith(("gap", "forecast"))]
+    assert len(ends) == 4 and all(" mae " in line for line in ends)  # auc has no now estimate
+    assert set(obs.history.gaps[0]["metrics"]) == {"loss", "accuracy", "mae"}
+
+
+def test_without_validation_there_is_no_gap_line_but_the_forecast_and_its_check():
+    out = io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    epoch = [(1, {"loss": 1.0, "accuracy": 0.5}, 4), (2, {"loss": 0.5, "accuracy": 1.0}, 4)]
+    _run(obs, FakeClock(), [epoch, epoch], None)
+    text = out.getvalue()
+    assert "gap " not in text
+    assert "forecast epoch 2: its first 2 batches should show accuracy ~1.0000 (the now " in text
+    assert "forecast check epoch 2: accuracy 0.7500 after 2 batches" in text
+
+
+def test_the_check_uses_whole_groups_of_batches_and_says_how_many_they_hold():
+    # Keras's steps_per_execution=2: rows cover batches 1-2, 3-4, 5-6; the forecast is for 3.
+    out = io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    groups = [(2, {"loss": 1.0}, 8), (4, {"loss": 0.5}, 8), (6, {"loss": 0.0}, 4)]
+    _run(obs, FakeClock(), [groups, groups], {"val_loss": 0.1})
+    text = out.getvalue()
+    assert "forecast epoch 2: its first 3 batches should show loss ~0.0000" in text
+    assert "forecast check epoch 2: loss 0.7500 after 4 batches (jump +0.1500)" in text
 
 
 def test_observer_keeps_the_frameworks_value_for_a_metric_without_batch_values():

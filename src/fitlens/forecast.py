@@ -53,10 +53,20 @@ class Forecast:
 
 @dataclass(frozen=True)
 class ForecastCheck:
-    """The forecast and what the first batches showed (their sample-weighted mean)."""
+    """The forecast and what the first batches showed (their sample-weighted mean).
+
+    ``steps`` is how many batches ``observed`` covers: the forecast's when None. It differs only
+    when batches arrive in groups (Keras's ``steps_per_execution``) that straddle the forecast's.
+    """
 
     forecast: Forecast
     observed: float
+    steps: int | None = None
+
+    @property
+    def batches(self) -> int:
+        """The batches behind ``observed``."""
+        return self.forecast.steps if self.steps is None else self.steps
 
     @property
     def error(self) -> float:
@@ -102,12 +112,22 @@ def make_forecast(
     return Forecast(metric, epoch, steps, reported, now, tolerance)
 
 
-def check_forecast(forecast: Forecast, values: np.ndarray, sizes: np.ndarray) -> ForecastCheck:
-    """Compare the forecast with the sample-weighted mean of the first batches' ``values``."""
-    v = np.asarray(values, dtype=np.float64)[: forecast.steps]
-    w = np.asarray(sizes, dtype=np.float64)[: forecast.steps]
+def check_forecast(
+    forecast: Forecast, values: np.ndarray, sizes: np.ndarray, steps: int | None = None
+) -> ForecastCheck:
+    """Compare the forecast with the sample-weighted mean of the first batches' ``values``.
+
+    Args:
+        values, sizes: per batch (one entry per batch) or, with ``steps``, per group of batches.
+        steps: None: the first ``forecast.steps`` entries are single batches and the rest is
+            ignored; else every entry is used and together they cover ``steps`` batches.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(sizes, dtype=np.float64)
+    if steps is None:
+        v, w = v[: forecast.steps], w[: forecast.steps]
     observed = float(np.dot(v, w) / w.sum()) if w.sum() > 0 else math.nan
-    return ForecastCheck(forecast, observed)
+    return ForecastCheck(forecast, observed, steps)
 
 
 def _f(x: float) -> str:
@@ -136,7 +156,7 @@ def format_check_line(c: ForecastCheck) -> str:
     band = "" if math.isnan(f.tolerance) else f" ± {_f(f.tolerance)}"
     verdict = "as forecast" if c.as_forecast else f"not as forecast (off by {_s(c.error)})"
     return (
-        f"forecast check epoch {f.epoch}: {f.metric} {_f(c.observed)} after {f.steps} batches "
+        f"forecast check epoch {f.epoch}: {f.metric} {_f(c.observed)} after {c.batches} batches "
         f"(jump {_s(c.observed - f.reported)}) vs forecast {_f(f.expected)}{band} "
         f"(jump {_s(f.jump)}): {verdict}"
     )

@@ -21,29 +21,15 @@ end, for the *headline* metric: the first metric in ``metrics``, or the loss if 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from fitlens.data import BatchSource
+from fitlens.epoch_end import EpochEnd, EpochEndLines
 from fitlens.evaluation import PassValue
-from fitlens.forecast import (
-    FORECAST_STEPS,
-    NOISE_WINDOW,
-    Forecast,
-    check_forecast,
-    format_check_line,
-    format_forecast_line,
-    make_forecast,
-)
-from fitlens.gap import (
-    GapDecomposition,
-    Measured,
-    format_gap_line,
-    normal_interval,
-    wilson_interval,
-)
+from fitlens.forecast import FORECAST_STEPS, Forecast
+from fitlens.gap import Measured, normal_interval, wilson_interval
 from fitlens.history import BatchLog
 from fitlens.losses import LossFn
 from fitlens.metrics import TrackedMetric
@@ -58,15 +44,6 @@ def measured(value: PassValue, population: int | None = None) -> Measured:
     else:
         low, high = normal_interval(value.mean, value.sd, value.n, population=population)
     return Measured(value.mean, low, high, value.n)
-
-
-@dataclass
-class EpochEnd:
-    """What `EpochTruth.end_epoch` hands back to the loop."""
-
-    logs: dict[str, float] = field(default_factory=dict)
-    gaps: dict[str, Any] = field(default_factory=dict)
-    lines: list[str] = field(default_factory=list)
 
 
 class EpochTruth:
@@ -98,7 +75,12 @@ class EpochTruth:
         self.device = device
         self.names = ["loss"] + [m.name for m in self.metrics]
         self.headline = self.names[1] if len(self.names) > 1 else "loss"
-        self.forecast: Forecast | None = None
+        self.lines = EpochEndLines()  # the gap line, forecast and check, shared with the callbacks
+
+    @property
+    def forecast(self) -> Forecast | None:
+        """The forecast waiting for its check (None when there is none)."""
+        return self.lines.forecast
 
     def watch(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
         """The training batches of 0-based ``epoch``, passed through unchanged."""
@@ -118,42 +100,29 @@ class EpochTruth:
             validation: the validation pass's values, or None without validation data.
             last: True when no epoch follows (no forecast is made).
         """
-        out = EpochEnd()
         train_mode: dict[str, PassValue] = {}
         eval_mode: dict[str, PassValue] = {}
         if self.subset is not None:
             train_mode, eval_mode = train_passes(
                 model, self.subset, self.loss_fn, self.metrics, self.device
             )
-            for name in self.names:
-                out.logs[f"train_eval_train_mode_{name}"] = train_mode[name].mean
-                out.logs[f"train_eval_{name}"] = eval_mode[name].mean
         population = self.subset.population if self.subset is not None else None
-        decompositions = {}
-        for name in self.names:
-            decompositions[name] = GapDecomposition(
-                metric=name,
-                reported=recorder.mean(name),
-                now=recorder.now(name),
-                train_mode=measured(train_mode[name], population) if train_mode else None,
-                eval_mode=measured(eval_mode[name], population) if eval_mode else None,
-                validation=measured(validation[name]) if validation else None,
-            )
-        headline = decompositions[self.headline]
-        out.gaps = {
-            "epoch": epoch + 1,
-            "estimated": headline.estimated,
-            "metrics": {k: d.to_dict() for k, d in decompositions.items()},
-        }
-        if self.subset is not None or validation:
-            out.lines.append(format_gap_line(headline))
-        if not last:
-            recent = recorder.batches[self.headline][-min(recorder.steps_flushed, NOISE_WINDOW) :]
-            steps = min(FORECAST_STEPS, self.source.steps or FORECAST_STEPS)
-            self.forecast = make_forecast(
-                self.headline, epoch + 2, headline.reported, headline.now, recent, steps
-            )
-            out.lines.append(format_forecast_line(self.forecast))
+        out = self.lines.end_epoch(
+            epoch,
+            self.headline,
+            {name: recorder.mean(name) for name in self.names},
+            {name: recorder.now(name) for name in self.names},
+            {k: measured(v) for k, v in validation.items()} if validation else None,
+            recorder.batches,
+            recorder.steps_flushed,
+            self.source.steps,
+            train_mode={k: measured(v, population) for k, v in train_mode.items()},
+            eval_mode={k: measured(v, population) for k, v in eval_mode.items()},
+            last=last,
+        )
+        for name in self.names if self.subset is not None else ():
+            out.logs[f"train_eval_train_mode_{name}"] = train_mode[name].mean
+            out.logs[f"train_eval_{name}"] = eval_mode[name].mean
         return out
 
     def check(self, batches: BatchLog, steps_flushed: int) -> str | None:
@@ -162,13 +131,7 @@ class EpochTruth:
         Args:
             batches: the run's batch log. steps_flushed: this epoch's steps in it so far.
         """
-        f = self.forecast
-        if f is None or steps_flushed < f.steps:
-            return None
-        self.forecast = None
-        start = len(batches) - steps_flushed
-        rows = slice(start, start + f.steps)
-        return format_check_line(check_forecast(f, batches[f.metric][rows], batches["size"][rows]))
+        return self.lines.check(batches, steps_flushed)
 
 
 __all__ = ["FORECAST_STEPS", "EpochEnd", "EpochTruth", "measured"]

@@ -9,8 +9,8 @@ Usage::
     lens.history.history["loss_now"]
 
 ``verbose=0`` hides Keras's own bar; the callback shows fitlens's (epoch mean *and* now estimate
-per metric, ETA, validation, the free gap decomposition and the jump forecast) and records a
-`fitlens.History` in the same format as `fitlens.fit`.
+per metric, ETA, validation, and `fitlens.fit`'s gap, forecast and forecast-check lines) and
+records a `fitlens.History` in the same format as `fitlens.fit`.
 
 How per-batch values are recovered. Keras hands ``on_train_batch_end`` each metric's *running*
 mean ``m_k`` over the epoch so far, as a full-precision float. Every compiled mean metric (the

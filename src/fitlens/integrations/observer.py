@@ -5,14 +5,19 @@
 batches) with that batch's value and weight per metric, and ``end_epoch`` with the validation
 values. The observer keeps the same records as `fitlens.fit` (a `History` whose ``history`` has
 ``m``, ``m_now`` and ``val_m``, and one `BatchLog` row per batch), drives the same `Progress`
-display, and adds two end-of-epoch lines that cost nothing to compute:
+display, and writes the same end-of-epoch lines, made by the same code
+(`fitlens.epoch_end.EpochEndLines`), for the *headline* metric: the first metric other than the
+loss that has per-batch values (else the loss), preferring one with a validation value:
 
-* the free gap decomposition, ``reported mean -> now estimate -> validation``: the first part is
-  the averaging lag (the model improved while the epoch mean was accumulating), the second what
-  remains between the model now (train mode) and validation (train/eval-mode effects and the
-  generalisation gap together). Both parts are estimates: "now" is an estimator, not a pass;
-* the jump forecast: the first batches of the next epoch will show about the now estimate, not
-  the epoch mean the display ends on.
+* the free (estimated) gap line, ``mean -> now -> val``: the averaging lag (the model improved
+  while the epoch mean was accumulating), then what remains between the model now (train mode)
+  and validation (train/eval-mode effects and the generalisation gap together). The frameworks
+  hand over validation means without per-sample spreads, so the validation value has no
+  interval. Written when the headline has a validation value;
+* the forecast: the first batches of the next epoch will show about the now estimate, not the
+  epoch mean the display ends on; and, once those batches are in, the forecast check.
+
+``History.gaps`` gets one record per epoch end, as in `fitlens.fit`.
 
 Values arrive as Python floats (the frameworks sync them already); the observer buffers them and
 updates estimators and the batch log at display refreshes, in numpy. It imports neither torch
@@ -27,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from fitlens.epoch_end import EpochEndLines
 from fitlens.estimators import DEFAULT_NOW, EpochMean, Estimator, make_estimator
+from fitlens.gap import Measured
 from fitlens.history import BatchLog, History
-from fitlens.progress import Progress, ProgressState, format_value
+from fitlens.progress import Progress, ProgressState
 from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
 
 
@@ -64,35 +71,6 @@ def unroll_running_means(
         return np.where(added > 0, gained / np.where(added > 0, added, 1.0), np.nan)
 
 
-def format_free_gap(name: str, reported: float, now: float, validation: float) -> str:
-    """The part of the gap decomposition that needs no extra pass, for one metric::
-
-    gap loss: reported 0.4120 -> now 0.3050 (averaging lag -0.1070) -> val 0.2900
-    (train->val -0.0150); estimated from the batches
-
-    The two parts add up to ``validation - reported``.
-    """
-    lag, rest = now - reported, validation - now
-    return (
-        f"gap {name}: reported {format_value(reported)} -> now {format_value(now)} "
-        f"(averaging lag {lag:+.4f}) -> val {format_value(validation)} "
-        f"(train->val {rest:+.4f}); estimated from the batches"
-    )
-
-
-def format_jump_forecast(next_epoch: int, metrics: Mapping[str, tuple[float, float]]) -> str:
-    """What the first batches of the next epoch should show (their now estimates)::
-
-    forecast: epoch 3 should open near loss 0.3050 (reported 0.4120), accuracy 0.9210 (...)
-    """
-    parts = [
-        f"{name} {format_value(now)} (reported {format_value(mean)})"
-        for name, (mean, now) in metrics.items()
-        if math.isfinite(now)
-    ]
-    return f"forecast: epoch {next_epoch} should open near " + ", ".join(parts)
-
-
 class RunObserver:
     """Records and displays a run from per-batch values handed in by a framework callback.
 
@@ -119,6 +97,9 @@ class RunObserver:
         self.clock = clock or default_clock()
         self.history = History((), params={**(params or {}), "now": repr(now)})
         self.names: list[str] = []
+        self.valued: list[str] = []  # metrics with per-batch values (and so a now estimate)
+        self.lines = EpochEndLines()
+        self.rows = 0  # batch-log rows of this epoch
         self.means: dict[str, EpochMean] = {}
         self.nows: dict[str, Estimator] = {}
         self.reported: dict[str, float] = {}  # metrics whose epoch value the framework gives
@@ -145,7 +126,7 @@ class RunObserver:
         for m in self.means.values():
             m.reset()
         self.reported.clear()
-        self.step = 0
+        self.step = self.rows = 0
         self.data_time = self.step_time = 0.0
         self.epoch_start = self.last_end = self.last_refresh = self.clock()
         self.batch_start = self.epoch_start
@@ -179,6 +160,7 @@ class RunObserver:
         start = max(self.batch_start, self.last_end)
         if not self.names:
             self._set_names(sorted(values, key=lambda n: n != "loss") + list(reported or {}))
+            self.valued = [n for n in self.names if n in values]
         vals = [float(values.get(n, math.nan)) for n in self.names]
         wts = [float(weights.get(n, 0.0)) if n in values else 0.0 for n in self.names]
         self._pending.append(
@@ -195,10 +177,12 @@ class RunObserver:
             self.last_refresh, self.refreshed_step = t, step
             self.next_refresh = t + self.progress.refresh_interval
             self.progress.refresh(self._state(t - self.epoch_start))
+            self._check_forecast()
 
     def end_epoch(self, validation: Mapping[str, float] | None = None) -> dict[str, float]:
         """Close the epoch: record it in the history, show its summary; returns its logs."""
         self.flush()
+        self._check_forecast()
         end = self.clock()
         self.timer.observe(self.step - self.refreshed_step, self.last_end - self.last_refresh)
         validation = {k: float(v) for k, v in (validation or {}).items()}
@@ -220,13 +204,39 @@ class RunObserver:
             },
         )
         self.progress.end_epoch(self._state(end - self.epoch_start, validation))
-        for name, (mean, now) in snapshot.items():
-            val = validation.get(f"val_{name}")
-            if val is not None and math.isfinite(now):
-                self.progress.write(format_free_gap(name, mean, now, val))
-        if self.epoch + 1 < self.epochs and any(math.isfinite(n) for _, n in snapshot.values()):
-            self.progress.write(format_jump_forecast(self.epoch + 2, snapshot))
+        headline = self._headline(validation)
+        if headline is not None:
+            epoch_end = self.lines.end_epoch(
+                self.epoch,
+                headline,
+                {n: snapshot[n][0] for n in self.valued},
+                {n: snapshot[n][1] for n in self.valued},
+                {
+                    n: Measured(validation[f"val_{n}"])
+                    for n in self.valued
+                    if f"val_{n}" in validation
+                }
+                or None,
+                self.history.batches,
+                self.rows,
+                self.steps or self.step,  # unknown: this epoch's length, as fit learns it
+                last=self.epoch + 1 >= self.epochs,
+            )
+            self.history.gaps.append(epoch_end.gaps)
+            for line in epoch_end.lines:
+                self.progress.write(line)
         return logs
+
+    def _headline(self, validation: Mapping[str, float]) -> str | None:
+        """The first metric other than the loss (else the loss), preferring one validated."""
+        candidates = sorted(self.valued, key=lambda n: n == "loss")
+        validated = [n for n in candidates if f"val_{n}" in validation]
+        return (validated or candidates)[0] if candidates else None
+
+    def _check_forecast(self) -> None:
+        line = self.lines.check(self.history.batches, self.rows)
+        if line is not None:
+            self.progress.write(line)
 
     def end_train(self) -> None:
         self.progress.close()
@@ -269,6 +279,7 @@ class RunObserver:
             self.means[name].update(fed, w)
             self.nows[name].update(fed, w)
         self.history.batches.append(row)
+        self.rows += len(steps)
         self.step_time += float(sum(step_times))
         self.data_time += float(sum(data_times))
 
