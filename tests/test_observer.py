@@ -1,43 +1,14 @@
-"""The framework-free core of the callbacks: unrolling running means, the observer."""
+"""The framework-free core of the callbacks: the observer."""
 
 from __future__ import annotations
 
 import io
 import math
 
-import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from fitlens.integrations.observer import RunObserver, unroll_running_means
+from fitlens.integrations.observer import RunObserver
 from fitlens.progress import Progress
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 512).map(float)),
-        min_size=1,
-        max_size=200,
-    )
-)
-def test_unrolling_float64_running_means_gives_back_each_batch(batches):
-    values = np.array([v for v, _ in batches])
-    weights = np.array([w for _, w in batches])
-    counts = np.cumsum(weights)
-    means = np.cumsum(values * weights) / counts
-    recovered = unroll_running_means(means, counts)
-    scale = np.abs(values).max() + 1.0
-    np.testing.assert_allclose(recovered, values, atol=1e-9 * scale * len(values), rtol=0)
-
-
-def test_unrolling_a_group_gives_its_weighted_mean_and_a_weightless_step_gives_nan():
-    # batches 0.5 (32 samples), 1.0 (16), 2.0 (16); the last two arrive together.
-    counts = [32, 32, 64]
-    means = [0.5, 0.5, (16 + 16 + 32) / 64]
-    out = unroll_running_means(means, counts)
-    assert out[0] == 0.5 and math.isnan(out[1]) and out[2] == pytest.approx(1.5)
 
 
 class FakeClock:

@@ -140,3 +140,29 @@ def test_trailing_windows_go_from_shortest_to_whole_epoch():
     points = [Shown(s, 0.5, 0.5e-4) for s in (1, 2, 3, 404, 405, 406)]
     windows = trailing_windows(points)
     assert [w.first_batch for w in windows] == [406, 405, 4, 3, 2, 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 512).map(float)),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_window_mean_batch_by_batch_gives_back_each_batch_from_float64_running_means(batches):
+    """What the Keras callback does with the running means Keras hands it."""
+    values = np.array([v for v, _ in batches])
+    counts = np.cumsum([w for _, w in batches])
+    means = np.cumsum(values * np.diff(counts, prepend=0.0)) / counts
+    recovered = [window_mean(0.0, 0.0, counts[0], means[0])]
+    recovered += [
+        window_mean(counts[k - 1], means[k - 1], counts[k], means[k]) for k in range(1, len(values))
+    ]
+    scale = np.abs(values).max() + 1.0
+    np.testing.assert_allclose(recovered, values, atol=1e-9 * scale * len(values), rtol=0)
+
+
+def test_window_mean_over_a_group_of_batches_is_their_weighted_mean():
+    # batches 0.5 (32 samples), 1.0 (16), 2.0 (16); the last two arrive together
+    assert window_mean(32, 0.5, 64, (16 + 16 + 32) / 64) == pytest.approx(1.5)

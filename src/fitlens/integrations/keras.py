@@ -20,7 +20,7 @@ of samples (the batch's first dimension; the loss tracker ignores ``sample_weigh
 ``weighted_metrics=``, the sum of the sample weights. The callback reads each metric's own
 ``count``, so the last, partial batch and sample weights are weighted exactly as Keras weights
 them, and recovers batch ``k``'s value as ``(W_k m_k - W_{k-1} m_{k-1}) / (W_k - W_{k-1})``
-(`fitlens.integrations.observer.unroll_running_means`). Keras accumulates in ``floatx`` (float32 by default):
+(`fitlens.explain.reconstruct.window_mean`, the algebra `fitlens explain` uses). Keras accumulates in ``floatx`` (float32 by default):
 the recovered values then carry about ``1e-7 * k * |m|`` of rounding after ``k`` batches.
 
 * ``steps_per_execution > 1`` (JAX and TensorFlow backends): the hook fires once per group with
@@ -56,6 +56,7 @@ except ImportError as _error:
     ) from _error
 
 from fitlens.estimators import DEFAULT_NOW, Estimator
+from fitlens.explain.reconstruct import window_mean
 from fitlens.history import History
 from fitlens.integrations.observer import RunObserver
 from fitlens.progress import Progress
@@ -191,9 +192,8 @@ class FitlensCallback(keras.callbacks.Callback):
                     )
             prev_count, prev_mean = self._previous.get(key, (0.0, 0.0))
             added = count - prev_count
-            # The algebra of `unroll_running_means`, one batch (or group) at a time.
             values[key] = (
-                (count * float(mean) - prev_count * prev_mean) / added if added > 0 else math.nan
+                window_mean(prev_count, prev_mean, count, float(mean)) if added > 0 else math.nan
             )
             weights[key] = max(added, 0.0)
             self._previous[key] = (count, float(mean))

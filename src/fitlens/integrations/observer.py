@@ -40,37 +40,6 @@ from fitlens.progress import Progress, ProgressState
 from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
 
 
-def unroll_running_means(
-    means: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray
-) -> np.ndarray:
-    """Per-batch values from a running mean reported after each batch.
-
-    With ``W_k`` the total weight (samples) after batch ``k`` and ``m_k`` the running mean then,
-    batch ``k`` alone averaged ``(W_k * m_k - W_{k-1} * m_{k-1}) / (W_k - W_{k-1})``. When several
-    batches arrive at once (Keras's ``steps_per_execution``), the result is their weighted mean.
-    A batch that added no weight has no value (NaN).
-
-    Exactness: the recovered value carries the means' rounding amplified by ``W_k / (W_k -
-    W_{k-1})``, roughly the number of batches so far: with float32 means (Keras's default
-    ``floatx``) about ``1e-7 * k * |m|`` after ``k`` batches; with float64, negligible.
-
-    Args:
-        means: running means ``m_1..m_n`` (reset at the epoch start).
-        counts: total weights ``W_1..W_n`` behind them (non-decreasing, ``W_0 = 0``).
-
-    Example:
-        >>> unroll_running_means([0.5, 2 / 3], [32, 48]).round(6).tolist()
-        [0.5, 1.0]
-    """
-    m = np.asarray(means, dtype=np.float64)
-    w = np.asarray(counts, dtype=np.float64)
-    sums = w * m
-    added = np.diff(w, prepend=0.0)
-    gained = np.diff(sums, prepend=0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(added > 0, gained / np.where(added > 0, added, 1.0), np.nan)
-
-
 class RunObserver:
     """Records and displays a run from per-batch values handed in by a framework callback.
 
