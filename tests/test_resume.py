@@ -118,6 +118,20 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(
     _assert_same(_fit(kind, tmp_path / "run", resume=True), reference)
 
 
+@pytest.mark.parametrize("kind", ["loader", "generator_factory"])
+@pytest.mark.parametrize("crash", [(0, 3), (1, 2)])  # inside the epoch that draws the sample; later
+def test_resume_keeps_the_train_eval_sample_of_data_that_cannot_be_indexed(
+    kind: str, crash: tuple[int, int], tmp_path: Path
+) -> None:
+    """The batches `train_eval` keeps from the first epoch are checkpointed with the run."""
+    reference = _fit(kind, tmp_path / "ref", train_eval=0.5)
+    with pytest.raises(Crash):
+        _fit(kind, tmp_path / "run", train_eval=0.5, callbacks=[CrashAt(*crash)])
+    resumed = _fit(kind, tmp_path / "run", train_eval=0.5, resume=True)
+    _assert_same(resumed, reference)
+    assert "train_eval_accuracy" in resumed[1].history
+
+
 def test_resume_without_checkpoints_starts_afresh(tmp_path: Path) -> None:
     _assert_same(_fit("arrays", tmp_path / "new", resume=True), _fit("arrays"))
 

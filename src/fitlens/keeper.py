@@ -33,7 +33,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -94,6 +94,7 @@ class RunKeeper:
         source: BatchSource,
         callbacks: Sequence[Any],
         clock: Clock,
+        parts: Mapping[str, Any] | None = None,
     ) -> None:
         if on_nonfinite not in _POLICIES:
             raise ValueError(
@@ -114,6 +115,7 @@ class RunKeeper:
         self.model, self.optimizer, self.history = model, optimizer, history
         self.recorder, self.source, self.clock = recorder, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
+        self.parts = dict(parts or {})  # other objects with state_dict/load_state_dict
         self.rundir = RunDir(run_dir) if run_dir is not None else None
         self.store = (
             CheckpointStore(self.rundir.checkpoints, self.config.keep) if self.rundir else None
@@ -181,6 +183,9 @@ class RunKeeper:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.config.scheduler is not None and state["scheduler"] is not None:
             self.config.scheduler.load_state_dict(state["scheduler"])
+        for name, part_state in state.get("parts", {}).items():
+            if name in self.parts:
+                self.parts[name].load_state_dict(part_state)
         for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
             cb.load_state_dict(cb_state)
         _load_history(self.history, state["history"])
@@ -299,6 +304,7 @@ class RunKeeper:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "recorder": self.recorder.state_dict(),
             "history": _history_state(self.history),
             "params": json.dumps(self.history.params, default=str),

@@ -189,6 +189,7 @@ def fit(
         source=source,
         callbacks=callbacks,
         clock=clock,
+        parts={"train_eval": truth},
     )
     start_epoch = keeper.begin()
     first_batch = True
@@ -209,7 +210,7 @@ def fit(
 
             if feeder is not None:  # read ahead in a background thread
                 batches = feeder.epoch(batches)
-            batches = truth.watch(batches, epoch)  # keeps a sample when data can't be indexed
+            batches = truth.watch(batches, epoch, step)  # keeps a sample if data can't be indexed
             t0 = epoch_start
             for batch in batches:
                 x, y = unpack(batch, "train")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitlens.data import ArrayData, BatchSource, _take, batch_size_of, unpack
+from fitlens.data import ArrayData, BatchSource, _take, batch_size_of, to_device, unpack
 from fitlens.evaluation import PassValue, measure_batches
 from fitlens.losses import LossFn
 from fitlens.metrics import TrackedMetric
@@ -114,6 +114,7 @@ class TrainSubset:
         self._indices: torch.Tensor | None = None
         self._keep: set[int] | None = None  # batch positions kept from the first epoch
         self._kept: list[Any] = []
+        self._seen = 0  # training samples passed through `watch` in the first epoch
         self._subset: ArrayData | None = None
         self.replay = False  # True: iterate the re-iterable afresh at each pass
         if source.kind == "arrays":
@@ -150,13 +151,15 @@ class TrainSubset:
         order = torch.randperm(self.source.steps, generator=self.generator)[:k]
         self._keep = set(order.tolist())
 
-    def watch(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
-        """Pass the training batches through; in the first epoch keep the sampled ones."""
+    def watch(self, batches: Iterator[Any], epoch: int, start: int = 0) -> Iterator[Any]:
+        """Pass the training batches through; in the first epoch keep the sampled ones.
+
+        ``start`` is the position of the first batch (not 0 when a run resumes mid-epoch).
+        """
         if epoch > 0 or self.source.kind == "arrays":
             yield from batches
             return
-        seen = 0
-        for position, batch in enumerate(batches):
+        for position, batch in enumerate(batches, start=start):
             n = batch_size_of(unpack(batch, "train")[1])
             if position == 0 and self._keep is None and not self.replay:
                 steps = self.source.steps or 1
@@ -164,9 +167,29 @@ class TrainSubset:
                 self._choose(min(steps, k))
             if self._keep is not None and position in self._keep:
                 self._kept.append(batch)
-            seen += n
+            self._seen += n
             yield batch
-        self.population = seen
+        self.population = self._seen
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to use the same subset: the batches kept from the first
+        epoch (as CPU tensors; their size is the subset's) and the samples counted so far."""
+        cpu = torch.device("cpu")
+        return {
+            "keep": sorted(self._keep) if self._keep is not None else None,
+            "kept": [to_device(b, cpu) for b in self._kept],
+            "seen": self._seen,
+            "population": self.population,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` (arrays need nothing: their subset follows from the seed)."""
+        if self.source.kind == "arrays":
+            return
+        self._keep = set(state["keep"]) if state["keep"] is not None else None
+        self._kept = list(state["kept"])
+        self._seen = int(state["seen"])
+        self.population = state["population"]
 
     def batches(self) -> Iterable[Any]:
         """The subset's batches, the same at every epoch end."""

@@ -82,9 +82,17 @@ class EpochTruth:
         """The forecast waiting for its check (None when there is none)."""
         return self.lines.forecast
 
-    def watch(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
-        """The training batches of 0-based ``epoch``, passed through unchanged."""
-        return self.subset.watch(batches, epoch) if self.subset is not None else batches
+    def watch(self, batches: Iterator[Any], epoch: int, start: int = 0) -> Iterator[Any]:
+        """The training batches of 0-based ``epoch`` from position ``start``, unchanged."""
+        return self.subset.watch(batches, epoch, start) if self.subset is not None else batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train_eval subset's state, for checkpoints (empty without train_eval)."""
+        return self.subset.state_dict() if self.subset is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.subset is not None and state:
+            self.subset.load_state_dict(state)
 
     def end_epoch(
         self,
