@@ -193,6 +193,7 @@ def fit(
     )
     start_epoch = keeper.begin()
     first_batch = True
+    skip_nonfinite = on_nonfinite == "skip"
 
     cbs.train_begin({})
     try:
@@ -227,7 +228,7 @@ def fit(
                     loss_value = loss_fn(outputs, y)
                 opt.zero_grad(set_to_none=True)
                 loss_value.backward()
-                skipped = keeper.skips(step + 1, loss_value)  # on_nonfinite="skip" only
+                skipped = skip_nonfinite and keeper.skips(step + 1, loss_value)  # 1 sync/step
                 if not skipped:
                     opt.step()
                 detached = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
