@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import fitlens
-from fitlens.checkpoint import CheckpointStore
+from fitlens.safety.checkpoint import CheckpointStore
 
 
 def _run(steps: int, hidden: int, **kwargs: Any) -> float:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _machine import describe_machine
 
 import fitlens
-from fitlens.history import BatchLog
+from fitlens.core.history import BatchLog
 
 
 def allocated(log: BatchLog) -> int:

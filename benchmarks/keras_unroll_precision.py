@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import numpy as np
-from test_keras_callback import FitlensCallback, _data, _model
+from integrations.test_keras_callback import FitlensCallback, _data, _model
 
 x, y, _ = _data(3000)
 model = _model(metrics=["accuracy"])

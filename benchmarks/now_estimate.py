@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import fitlens
-from fitlens.estimators import (
+from fitlens.core.estimators import (
     EMA,
     EMATrend,
     Estimator,

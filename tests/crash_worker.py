@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import fitlens
-from fitlens import checkpoint as ckpt_module
-from fitlens import rundir as rundir_module
+from fitlens.safety import checkpoint as ckpt_module
+from fitlens.safety import run_dir as rundir_module
 
 EPOCHS = 3
 STEPS = 8  # per epoch: 80 samples in batches of 10

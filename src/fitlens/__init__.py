@@ -19,24 +19,24 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "fit": "fitlens.loop",
-    "evaluate": "fitlens.evaluation",
-    "History": "fitlens.history",
-    "Callback": "fitlens.callbacks",
-    "EarlyStopping": "fitlens.callbacks",
-    "Progress": "fitlens.progress",
-    "Accuracy": "fitlens.metrics",
-    "Estimator": "fitlens.estimators",
-    "EpochMean": "fitlens.estimators",
-    "EMA": "fitlens.estimators",
-    "EMATrend": "fitlens.estimators",
-    "WindowMean": "fitlens.estimators",
-    "TrendWindow": "fitlens.estimators",
-    "LastValue": "fitlens.estimators",
-    "Checkpointing": "fitlens.checkpoint",
-    "NonFiniteError": "fitlens.keeper",
-    "TrainingInterrupted": "fitlens.interrupt",
-    "read_history": "fitlens.rundir",
+    "fit": "fitlens.training.loop",
+    "evaluate": "fitlens.adapters.evaluation",
+    "History": "fitlens.core.history",
+    "Callback": "fitlens.training.callbacks",
+    "EarlyStopping": "fitlens.training.callbacks",
+    "Progress": "fitlens.view.progress",
+    "Accuracy": "fitlens.adapters.metrics",
+    "Estimator": "fitlens.core.estimators",
+    "EpochMean": "fitlens.core.estimators",
+    "EMA": "fitlens.core.estimators",
+    "EMATrend": "fitlens.core.estimators",
+    "WindowMean": "fitlens.core.estimators",
+    "TrendWindow": "fitlens.core.estimators",
+    "LastValue": "fitlens.core.estimators",
+    "Checkpointing": "fitlens.safety.checkpoint",
+    "NonFiniteError": "fitlens.safety.guard",
+    "TrainingInterrupted": "fitlens.safety.signals",
+    "read_history": "fitlens.safety.run_dir",
 }
 
 __all__ = [
@@ -62,9 +62,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fitlens.callbacks import Callback, EarlyStopping
-    from fitlens.checkpoint import Checkpointing
-    from fitlens.estimators import (
+    from fitlens.adapters.evaluation import evaluate
+    from fitlens.adapters.metrics import Accuracy
+    from fitlens.core.estimators import (
         EMA,
         EMATrend,
         EpochMean,
@@ -73,14 +73,14 @@ if TYPE_CHECKING:
         TrendWindow,
         WindowMean,
     )
-    from fitlens.evaluation import evaluate
-    from fitlens.history import History
-    from fitlens.interrupt import TrainingInterrupted
-    from fitlens.keeper import NonFiniteError
-    from fitlens.loop import fit
-    from fitlens.metrics import Accuracy
-    from fitlens.progress import Progress
-    from fitlens.rundir import read_history
+    from fitlens.core.history import History
+    from fitlens.safety.checkpoint import Checkpointing
+    from fitlens.safety.guard import NonFiniteError
+    from fitlens.safety.run_dir import read_history
+    from fitlens.safety.signals import TrainingInterrupted
+    from fitlens.training.callbacks import Callback, EarlyStopping
+    from fitlens.training.loop import fit
+    from fitlens.view.progress import Progress
 
 
 # Framework integrations: imported only when asked for (`fitlens.keras`, `import fitlens.keras`).

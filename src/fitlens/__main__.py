@@ -1,5 +1,5 @@
 """`python -m fitlens` runs the command-line tool."""
 
-from fitlens.cli import main
+from fitlens.cli.main import main
 
 raise SystemExit(main())

@@ -55,12 +55,12 @@ except ImportError as _error:
         "pip install 'fitlens[keras]'"
     ) from _error
 
-from fitlens.estimators import DEFAULT_NOW, Estimator
+from fitlens.core.estimators import DEFAULT_NOW, Estimator
+from fitlens.core.history import History
 from fitlens.explain.reconstruct import window_mean
-from fitlens.history import History
 from fitlens.integrations.observer import RunObserver
-from fitlens.progress import Progress
-from fitlens.timing import Clock
+from fitlens.view.progress import Progress
+from fitlens.view.timing import Clock
 
 if int(keras.__version__.split(".")[0]) < 3:
     raise ImportError(

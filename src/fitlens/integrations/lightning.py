@@ -49,11 +49,11 @@ except ImportError as _error:
 import torch
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from fitlens.estimators import DEFAULT_NOW, Estimator
-from fitlens.history import History
+from fitlens.core.estimators import DEFAULT_NOW, Estimator
+from fitlens.core.history import History
 from fitlens.integrations.observer import RunObserver
-from fitlens.progress import Progress
-from fitlens.timing import Clock
+from fitlens.view.progress import Progress
+from fitlens.view.timing import Clock
 
 _TRAIN_FX = "training_step"
 

@@ -6,7 +6,7 @@ batches) with that batch's value and weight per metric, and ``end_epoch`` with t
 values. The observer keeps the same records as `fitlens.fit` (a `History` whose ``history`` has
 ``m``, ``m_now`` and ``val_m``, and one `BatchLog` row per batch), drives the same `Progress`
 display, and writes the same end-of-epoch lines, made by the same code
-(`fitlens.epoch_end.EpochEndLines`), for the *headline* metric: the first metric other than the
+(`fitlens.view.epoch_end.EpochEndLines`), for the *headline* metric: the first metric other than the
 loss that has per-batch values (else the loss), preferring one with a validation value:
 
 * the free (estimated) gap line, ``mean -> now -> val``: the averaging lag (the model improved
@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.epoch_end import EpochEndLines
-from fitlens.estimators import DEFAULT_NOW, EpochMean, Estimator, make_estimator
-from fitlens.gap import Measured
-from fitlens.history import BatchLog, History
-from fitlens.progress import Progress, ProgressState
-from fitlens.timing import Clock, StepTimer, default_clock, run_remaining
+from fitlens.core.estimators import DEFAULT_NOW, EpochMean, Estimator, make_estimator
+from fitlens.core.gap import Measured
+from fitlens.core.history import BatchLog, History
+from fitlens.view.epoch_end import EpochEndLines
+from fitlens.view.progress import Progress, ProgressState
+from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 
 
 class RunObserver:

@@ -1,0 +1,1 @@
+"""The command line: `fitlens demo`, `fitlens explain` (dispatch in `main`)."""

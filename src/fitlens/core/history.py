@@ -1,0 +1,200 @@
+"""What a run recorded: per-epoch metrics (`History.history`) and per-batch rows (`History.batches`).
+
+`History.history` follows Keras (``{"loss": [...], "val_loss": [...]}``, one entry per epoch) and
+adds, for every training metric ``m``, ``m_now``: the lag-free now estimate at the epoch's end.
+``m`` itself is the epoch's running mean exactly as Keras would report it (weighted by samples).
+
+`History.batches` is a column store: numpy arrays grown geometrically, so a million steps cost
+tens of megabytes, not a dict per batch. Both export to CSV that pandas reads back.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_BASE_COLUMNS: dict[str, Any] = {
+    "epoch": np.int32,  # 1-based, as displayed
+    "step": np.int32,  # 1-based step within the epoch
+    "size": np.int32,  # samples in the batch
+    "step_time": np.float32,  # seconds from batch ready to step done (host time; see loop docs)
+    "data_time": np.float32,  # seconds waiting for the batch (loading and moving to device)
+}
+
+
+class BatchLog:
+    """Per-batch records as growable numpy columns.
+
+    Columns: ``epoch``, ``step``, ``size``, ``step_time``, ``data_time`` and one float64 column per
+    training metric holding that batch's value. ``log["loss"]`` is a read-only view of the rows
+    recorded so far.
+    """
+
+    def __init__(self, metric_names: Sequence[str] = (), capacity: int = 1024) -> None:
+        self._dtypes: dict[str, Any] = dict(_BASE_COLUMNS)
+        for name in metric_names:
+            if name in self._dtypes:
+                raise ValueError(f"Metric name {name!r} clashes with a batch-log column.")
+            self._dtypes[name] = np.float64
+        self._columns = {k: np.empty(capacity, dtype=t) for k, t in self._dtypes.items()}
+        self._size = 0
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, in order."""
+        return list(self._dtypes)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metric columns (all columns after the base ones)."""
+        return [k for k in self._dtypes if k not in _BASE_COLUMNS]
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        view = self._columns[column][: self._size]
+        view.flags.writeable = False
+        return view
+
+    def __contains__(self, column: object) -> bool:
+        return column in self._columns
+
+    def append(self, columns: Mapping[str, np.ndarray | Sequence[float] | float]) -> None:
+        """Append rows; every column must be given, all with the same number of rows."""
+        if set(columns) != set(self._dtypes):
+            raise ValueError(
+                f"Expected values for columns {self.columns}. Received {sorted(columns)}."
+            )
+        arrays = {k: np.atleast_1d(np.asarray(v)) for k, v in columns.items()}
+        n = {a.shape[0] for a in arrays.values()}
+        if len(n) != 1:
+            raise ValueError(f"All columns need the same number of rows; got {n}.")
+        rows = n.pop()
+        self._reserve(self._size + rows)
+        for k, a in arrays.items():
+            self._columns[k][self._size : self._size + rows] = a
+        self._size += rows
+
+    def _reserve(self, needed: int) -> None:
+        capacity = len(next(iter(self._columns.values())))
+        if needed <= capacity:
+            return
+        while capacity < needed:
+            capacity *= 2
+        for k, old in self._columns.items():
+            new = np.empty(capacity, dtype=old.dtype)
+            new[: self._size] = old[: self._size]
+            self._columns[k] = new
+
+    def truncate(self, rows: int) -> None:
+        """Keep only the first ``rows`` rows (used when a run resumes from a checkpoint)."""
+        self._size = max(0, min(rows, self._size))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the recorded rows (not counting spare capacity)."""
+        return sum(a.itemsize * self._size for a in self._columns.values())
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """The rows as ``{column: list}``; ``pandas.DataFrame(log.to_dict())`` works."""
+        return {k: self[k].tolist() for k in self._dtypes}
+
+    def rows(self) -> Iterator[list[Any]]:
+        cols = [self[k] for k in self._dtypes]
+        for i in range(self._size):
+            yield [c[i].item() for c in cols]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the rows to ``path`` as CSV with a header line; returns the path."""
+        path = Path(path)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.columns)
+            writer.writerows(self.rows())
+        return path
+
+
+class History:
+    """The record of a `fit` run, Keras-style.
+
+    Attributes:
+        history: ``{name: [value per epoch]}`` with, for every training metric ``m``: ``m`` (the
+            epoch's running mean, as Keras reports it), ``m_now`` (the now estimate at epoch
+            end) and, when validation ran, ``val_m``.
+        epoch: the 0-based epoch indices recorded (Keras's ``History.epoch``).
+        timing: ``{name: [seconds per epoch]}`` with ``time`` (wall time of the epoch),
+            ``data_wait`` (waiting for batches), ``compute`` (training steps) and ``eval``
+            (validation and other end-of-epoch passes).
+        batches: a `BatchLog`, one row per training batch.
+        params: the settings of the run (epochs, steps, metric names, ...).
+        gaps: one dict per epoch end: ``{"epoch": 1-based, "estimated": bool, "metrics":
+            {name: GapDecomposition.to_dict()}}`` (see `fitlens.core.gap`); empty for runs that
+            recorded none.
+    """
+
+    def __init__(self, metric_names: Sequence[str] = (), params: Mapping[str, Any] | None = None):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.timing: dict[str, list[float]] = {}
+        self.batches = BatchLog(metric_names)
+        self.params: dict[str, Any] = dict(params or {})
+        self.gaps: list[dict[str, Any]] = []
+
+    def record_epoch(
+        self, epoch: int, logs: Mapping[str, float], timing: Mapping[str, float]
+    ) -> None:
+        """Store one epoch's end-of-epoch values; keys missing in earlier epochs are NaN-padded."""
+        n = len(self.epoch)
+        for store, values in ((self.history, logs), (self.timing, timing)):
+            for key, value in values.items():
+                column = store.setdefault(key, [math.nan] * n)
+                column.append(float(value))
+            for column in store.values():
+                if len(column) < n + 1:
+                    column.append(math.nan)
+        self.epoch.append(epoch)
+
+    def epochs_table(self) -> dict[str, list[Any]]:
+        """Per-epoch columns: ``epoch`` (1-based), every history key, every timing key."""
+        table: dict[str, list[Any]] = {"epoch": [e + 1 for e in self.epoch]}
+        table.update(self.history)
+        table.update({f"{k}_s": v for k, v in self.timing.items()})
+        return table
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one row per epoch (see `epochs_table`) to ``path``; returns the path."""
+        path = Path(path)
+        table = self.epochs_table()
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(table)
+            writer.writerows(zip(*table.values(), strict=True))
+        return path
+
+    def to_json(self) -> str:
+        """The per-epoch table, params and gap decompositions as JSON (NaN written as null)."""
+
+        def clean(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [clean(v) for v in x]
+            return None if isinstance(x, float) and not math.isfinite(x) else x
+
+        table = clean(self.epochs_table())
+        return json.dumps(
+            {"epochs": table, "params": self.params, "gaps": clean(self.gaps)}, default=str
+        )
+
+    def __repr__(self) -> str:
+        keys = ", ".join(self.history)
+        return f"History(epochs={len(self.epoch)}, batches={len(self.batches)}, keys=[{keys}])"

@@ -1,0 +1,1 @@
+"""Run safety: run directory, checkpoints, the resume position, signals, the non-finite policy."""

@@ -1,0 +1,450 @@
+"""Keeping a run safe: run directory, checkpoints, exact resume, interruptions, non-finite loss.
+
+`fit` drives one `RunKeeper` through a handful of calls (``begin``, ``epoch_batches``,
+``skips``, ``on_refresh``, ``after_step``, ``on_epoch_end``, ``close``). Everything about
+*what* is saved and *when* lives here; `fit` only says where it is.
+
+When checkpoints are written (`fitlens.safety.checkpoint.Checkpointing`): every ``every_steps``
+steps and/or every ``every_minutes`` minutes (checked after each step), at every epoch end,
+and when SIGINT/SIGTERM arrives. Each costs one host sync (to fold pending metrics and check
+them and the parameters) plus the write. Without ``run_dir`` nothing is written and no sync is
+added.
+
+Non-finite values (``on_nonfinite``):
+
+* ``"stop"`` (default): no per-step host sync. The batch values are checked when they reach the
+  host anyway (display refresh, checkpoint, epoch end), so training stops up to one refresh
+  interval (0.1 s by default) after the first non-finite step, with `NonFiniteError` naming the
+  epoch, the step and the metric. The parameters are also checked before every checkpoint, so
+  NaN weights never become the latest checkpoint: the last good one stays the latest.
+* ``"skip"``: the decision must precede ``optimizer.step()``, so the loss is read on the host
+  every step (one sync per step: free on CPU, a pipeline stall on a GPU). The step is skipped
+  entirely (no update, no optimizer-state change, not recorded in the history; its position is
+  listed in ``history.params["skipped_batches"]``). A device-side mask was rejected: zeroing the
+  gradients still advances Adam's moments and step count and applies weight decay, so it is not
+  a true skip, and keeping a copy of every parameter to roll back doubles the model's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import numpy as np
+import torch
+
+from fitlens.adapters.data import BatchSource
+from fitlens.core.history import History
+from fitlens.safety.checkpoint import (
+    Checkpointing,
+    CheckpointStore,
+    UnsafeCheckpointError,
+    load_checkpoint,
+)
+from fitlens.safety.position import DataPosition, capture_rng
+from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
+from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
+from fitlens.view.recorder import Recorder
+from fitlens.view.timing import Clock
+
+NonFinitePolicy = Literal["stop", "skip"]
+_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """Training stopped because a metric or the parameters became NaN or infinite.
+
+    Attributes:
+        epoch: 1-based epoch; step: 1-based step in it (None for parameters found non-finite at
+        a checkpoint); metric: the metric's name, or ``"parameters"``; checkpoint: the latest
+        good checkpoint's path (None without a run directory).
+    """
+
+    def __init__(self, message: str, epoch: int, step: int | None, metric: str, checkpoint: Any):
+        super().__init__(message)
+        self.epoch, self.step, self.metric, self.checkpoint = epoch, step, metric, checkpoint
+
+
+class RunKeeper:
+    """The run directory, checkpoints, resume, interruption and non-finite policy of one `fit`.
+
+    Raises (from the constructor, before training):
+        ValueError: invalid ``on_nonfinite``; ``resume=True`` without ``run_dir``; a ``run_dir``
+            holding checkpoints of an earlier run while ``resume`` is False.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path | None,
+        *,
+        resume: bool,
+        checkpointing: Checkpointing | None,
+        on_nonfinite: NonFinitePolicy,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        history: History,
+        recorder: Recorder,
+        source: BatchSource,
+        callbacks: Sequence[Any],
+        clock: Clock,
+        parts: Mapping[str, Any] | None = None,
+    ) -> None:
+        if on_nonfinite not in _POLICIES:
+            raise ValueError(
+                f"Expected `on_nonfinite` to be one of {_POLICIES}. Received: {on_nonfinite!r}."
+            )
+        if resume and run_dir is None:
+            raise ValueError(
+                "`resume=True` needs the `run_dir` of the run to continue: "
+                "fit(..., run_dir='runs/my_run', resume=True)."
+            )
+        if checkpointing is not None and not isinstance(checkpointing, Checkpointing):
+            raise TypeError(
+                "Expected `checkpointing` to be a fitlens.Checkpointing(...). Received: "
+                f"{type(checkpointing).__name__}."
+            )
+        self.policy = on_nonfinite
+        self.config = checkpointing or Checkpointing()
+        self.model, self.optimizer, self.history = model, optimizer, history
+        self.recorder, self.source, self.clock = recorder, source, clock
+        self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
+        self.parts = dict(parts or {})  # other objects with state_dict/load_state_dict
+        self.rundir = RunDir(run_dir) if run_dir is not None else None
+        self.store = (
+            CheckpointStore(self.rundir.checkpoints, self.config.keep) if self.rundir else None
+        )
+        if self.store and not resume and self.store.paths():
+            raise ValueError(
+                f"{run_dir} already holds checkpoints of an earlier run. Pass `resume=True` to "
+                "continue it, or choose a new `run_dir`."
+            )
+        self.resume = resume
+        self.position = DataPosition(source)
+        self.guard = InterruptGuard()
+        self.pending_resume: dict[str, Any] | None = None
+        self.resumed_from: str | None = None
+        self.last_checkpoint: Path | None = None
+        self.saved_at: tuple[int, int] | None = None
+        self.checkpoint_seconds = 0.0
+        self.checkpoints_written = 0
+        self.global_step = 0
+        self.epoch = self.step = 0
+        self.checked_rows = 0
+        self.skipped: list[list[int]] = []
+        self.started = time.perf_counter()
+        self.summary: dict[str, Any] = {}
+
+    # -- start -------------------------------------------------------------------------------
+
+    def begin(self) -> int:
+        """Restore the last good checkpoint when resuming; return the 0-based epoch to start at."""
+        start_epoch = 0
+        if self.store is not None and self.resume:
+            self.store.remove_temporaries()
+            found = self.store.latest()
+            if found is not None:
+                path, state = found
+                start_epoch = self._restore(state)
+                self.resumed_from = str(path)
+                self.last_checkpoint = path
+        self.checked_rows = len(self.history.batches)
+        if self.rundir is not None:
+            self.rundir.start(self.history)
+            self.summary = self._summary_start()
+            self.rundir.write_summary(self.summary)
+        self.last_time = self.clock() if self.store is not None else 0.0
+        self.guard.__enter__()
+        return start_epoch
+
+    def _restore(self, state: dict[str, Any]) -> int:
+        saved_params = json.loads(state["params"])
+        if saved_params.get("metrics") != self.history.params.get("metrics"):
+            raise ValueError(
+                f"Cannot resume: the checkpoint tracks metrics {saved_params.get('metrics')}, "
+                f"this call tracks {self.history.params.get('metrics')}. Pass the same `metrics`."
+            )
+        steps, saved_steps = self.source.steps, saved_params.get("steps")
+        if steps is not None and saved_steps is not None and steps != saved_steps:
+            raise ValueError(
+                f"Cannot resume: the checkpoint was taken with {saved_steps} steps per epoch, "
+                f"this call has {steps}. Pass the same training data, batch_size and "
+                "steps_per_epoch."
+            )
+        if steps is None and saved_steps is not None:
+            self.source.steps = self.history.params["steps"] = saved_steps
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.config.scheduler is not None and state["scheduler"] is not None:
+            self.config.scheduler.load_state_dict(state["scheduler"])
+        for name, part_state in state.get("parts", {}).items():
+            if name in self.parts:
+                self.parts[name].load_state_dict(part_state)
+        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+            cb.load_state_dict(cb_state)
+        _load_history(self.history, state["history"])
+        self.skipped = [list(s) for s in state["skipped"]]
+        self.history.params["skipped_batches"] = self.skipped
+        pos = state["position"]
+        self.global_step = int(pos["global_step"])
+        self.pending_resume = state
+        return int(pos["epoch"])
+
+    # -- per epoch and per step -------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int) -> tuple[Iterator[Any], int]:
+        """This epoch's batch iterator and the number of its steps already done (resume)."""
+        self.epoch, state = epoch, self.pending_resume
+        self.pending_resume = None
+        if state is not None:
+            step = int(state["position"]["step"])
+            self.recorder.load_state_dict(state["recorder"], epoch_means=step > 0)
+            batches = self.position.resume_epoch(state["epoch_start"], epoch, step, state["rng"])
+            return batches, step
+        self.position.begin_epoch()
+        return self.source.epoch(), 0
+
+    def skips(self, step: int, loss: torch.Tensor) -> bool:
+        """True when ``on_nonfinite="skip"`` and this step's loss is not finite (1-based step)."""
+        if self.policy != "skip" or math.isfinite(loss.item()):  # host sync: "skip" only
+            return False
+        self.skipped.append([self.epoch + 1, step])
+        self.history.params["skipped_batches"] = self.skipped
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def on_refresh(self) -> None:
+        """After a display refresh (the recorder was just flushed): check values, append history."""
+        self._check_rows()
+        if self.rundir is not None:
+            self.rundir.append(self.history)
+
+    def after_step(self, step: int) -> None:
+        """Checkpoint when one is due; stop here if SIGINT/SIGTERM arrived."""
+        self.step = step
+        self.global_step += 1
+        every, minutes = self.config.every_steps, self.config.every_minutes
+        last_step = self.source.steps is not None and step >= self.source.steps
+        # Without a run_dir there is nothing to write: not even the clock is read.
+        due = self.store is not None and (
+            (every and self.global_step % every == 0)
+            or (minutes and self.clock() - self.last_time >= 60.0 * minutes)
+        )
+        if due and not last_step:  # the epoch-end checkpoint follows right after validation
+            self.checkpoint(self.epoch, step)
+        if self.guard.received:
+            self._interrupt(self.epoch, step)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """After the epoch is recorded: append history, checkpoint the start of the next epoch."""
+        self.step = 0
+        if self.rundir is not None:
+            self.rundir.append(self.history)
+        self._check_rows()  # the loop flushed at epoch end: the last steps are on the host
+        self.checkpoint(epoch + 1, 0)
+        if self.guard.received:
+            self._interrupt(epoch + 1, 0)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self, epoch: int, step: int) -> Path | None:
+        """Save the position *after* ``step`` steps of 0-based ``epoch``; None if not written."""
+        if self.store is None:  # no run_dir: nothing to write, so no extra host sync either
+            return None
+        self.recorder.flush()
+        self._check_rows()
+        if not _parameters_finite(self.model):
+            raise NonFiniteError(
+                f"The model's parameters became NaN or infinite in epoch {self.epoch + 1} "
+                f"(found before writing a checkpoint). {self._where_good()}",
+                self.epoch + 1,
+                None,
+                "parameters",
+                self.last_checkpoint,
+            )
+        self.last_time = self.clock()
+        started = time.perf_counter()
+        try:
+            path = self.store.save(self._state(epoch, step))
+        except OSError as e:
+            warnings.warn(
+                f"Could not write a checkpoint to {self.store.directory}: {e}. Training goes "
+                f"on; the latest good checkpoint is still {self.last_checkpoint}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        if self.checkpoints_written == 0:
+            try:  # once per run: prove the state loads back with weights_only=True
+                load_checkpoint(path)
+            except UnsafeCheckpointError as e:
+                path.unlink(missing_ok=True)
+                raise TypeError(
+                    "The optimizer, scheduler or a callback's state holds objects other than "
+                    "tensors and plain containers, so it could not be loaded safely. "
+                    f"{e}"
+                ) from e
+        self.checkpoint_seconds += time.perf_counter() - started
+        self.checkpoints_written += 1
+        self.last_checkpoint, self.saved_at = path, (epoch, step)
+        return path
+
+    def _state(self, epoch: int, step: int) -> dict[str, Any]:
+        sched = self.config.scheduler
+        return {
+            "format": 1,
+            "position": {"epoch": epoch, "step": step, "global_step": self.global_step},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+            "recorder": self.recorder.state_dict(),
+            "history": _history_state(self.history),
+            "params": json.dumps(self.history.params, default=str),
+            "skipped": self.skipped,
+            "rng": capture_rng(),
+            "epoch_start": self.position.state_dict(),
+        }
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def _check_rows(self) -> None:
+        batches = self.history.batches
+        n = len(batches)
+        if self.policy != "stop" or n <= self.checked_rows:
+            return
+        first: tuple[int, str] | None = None
+        for name in batches.metric_names:
+            bad = np.flatnonzero(~np.isfinite(batches[name][self.checked_rows : n]))
+            if bad.size and (first is None or bad[0] < first[0]):
+                first = (int(bad[0]), name)
+        if first is None:
+            self.checked_rows = n
+            return
+        row = self.checked_rows + first[0]
+        self.checked_rows = n
+        epoch, step = int(batches["epoch"][row]), int(batches["step"][row])
+        value = float(batches[first[1]][row])
+        raise NonFiniteError(
+            f"`{first[1]}` became {value} at epoch {epoch}, step {step}; training stopped "
+            f'(on_nonfinite="stop"). {self._where_good()}',
+            epoch,
+            step,
+            first[1],
+            self.last_checkpoint,
+        )
+
+    def _where_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "No checkpoint was written before it (pass `run_dir=` to keep some)."
+        return (
+            f"The latest good checkpoint, {self.last_checkpoint}, is kept; lower the learning "
+            f"rate or clip gradients, then resume with {self.resume_hint()}."
+        )
+
+    def resume_hint(self) -> str:
+        """The call that resumes this run."""
+        assert self.rundir is not None
+        return f"fit(..., run_dir={str(self.rundir.path)!r}, resume=True)"
+
+    def _interrupt(self, epoch: int, step: int) -> NoReturn:
+        name = self.guard.received or "SIGINT"
+        path = self.last_checkpoint
+        if self.store is not None and self.saved_at != (epoch, step):
+            path = self.checkpoint(epoch, step) or path
+        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        if self.rundir is None:
+            message = (
+                f"fitlens: {name} received; stopped at {where}. Nothing was saved: pass "
+                "`run_dir=` to keep checkpoints that a run can resume from."
+            )
+            hint = ""
+        else:
+            hint = self.resume_hint()
+            command = " ".join([Path(sys.executable).name, *sys.argv])
+            again = (
+                f"run `{command}` again: it passes resume=True"
+                if self.resume
+                else f"run `{command}` again with resume=True added to its fit call"
+            )
+            message = (
+                f"fitlens: {name} received; stopped at {where}. Checkpoint: {path}.\n"
+                f"Resume with {hint}\n(e.g. {again})."
+            )
+        print(message, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(message, name, path, hint)
+
+    def close(self, error: BaseException | None) -> None:
+        """Restore signal handlers, append the last history rows and write the summary."""
+        self.guard.__exit__(None, None, None)
+        if self.rundir is None:
+            return
+        # The device may be in an error state; the history flushed so far stands.
+        with contextlib.suppress(Exception):
+            self.recorder.flush()
+        self.rundir.append(self.history)
+        self.rundir.close()
+        status = "completed"
+        if isinstance(error, TrainingInterrupted):
+            status = "interrupted"
+        elif isinstance(error, NonFiniteError):
+            status = "nonfinite"
+        elif error is not None:
+            status = "failed"
+        extra = {
+            "session_seconds": time.perf_counter() - self.started,
+            "checkpoints": {
+                "written_this_session": self.checkpoints_written,
+                "seconds_this_session": self.checkpoint_seconds,
+                "latest": str(self.last_checkpoint) if self.last_checkpoint else None,
+            },
+            "skipped_batches": self.skipped,
+        }
+        self.rundir.write_summary(finish_summary(self.summary, self.history, status, error, extra))
+
+    def _summary_start(self) -> dict[str, Any]:
+        c = self.config
+        settings = {
+            "on_nonfinite": self.policy,
+            "checkpointing": {
+                "every_steps": c.every_steps,
+                "every_minutes": c.every_minutes,
+                "keep": c.keep,
+                "scheduler": type(c.scheduler).__name__ if c.scheduler is not None else None,
+            },
+        }
+        return start_summary(self.history, self.model, self.optimizer, settings, self.resumed_from)
+
+
+def _parameters_finite(model: torch.nn.Module) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True  # one host sync
+
+
+def _history_state(history: History) -> dict[str, Any]:
+    b = history.batches
+    return {
+        "history": history.history,
+        "epoch": history.epoch,
+        "timing": history.timing,
+        "batches": {c: np.array(b[c]) for c in b.columns},
+    }
+
+
+def _load_history(history: History, state: dict[str, Any]) -> None:
+    history.history.clear()
+    history.history.update({k: [float(x) for x in v] for k, v in state["history"].items()})
+    history.timing.clear()
+    history.timing.update({k: [float(x) for x in v] for k, v in state["timing"].items()})
+    history.epoch[:] = [int(e) for e in state["epoch"]]
+    history.batches.truncate(0)
+    columns = state["batches"]
+    if len(next(iter(columns.values()))):
+        history.batches.append(columns)

@@ -1,0 +1,1 @@
+"""`fitlens.fit`: the training loop and its callbacks."""

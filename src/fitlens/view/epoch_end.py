@@ -1,0 +1,154 @@
+"""The end-of-epoch gap line, jump forecast and forecast check: one code path for every caller.
+
+`fitlens.fit` (through `fitlens.training.epoch_truth.EpochTruth`) and the Keras/Lightning callbacks (through
+`fitlens.integrations.observer.RunObserver`) both hold an `EpochEndLines` and call it twice:
+
+* ``end_epoch(...)`` with each metric's epoch mean, now estimate and the values measured at the
+  epoch end (validation; with ``train_eval``, the two passes over training data): builds every
+  metric's `GapDecomposition`, the record for ``History.gaps``, the gap line of the headline
+  metric and, unless the run ends, the forecast of the next epoch's first batches;
+* ``check(batches, rows)`` after each flush of the batch log: once the forecast epoch's first
+  batches are in it, the line saying whether the jump came as forecast.
+
+Standard library and numpy only (no torch, no framework), so the callbacks can use it on any
+Keras backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fitlens.core.forecast import (
+    FORECAST_STEPS,
+    NOISE_WINDOW,
+    Forecast,
+    check_forecast,
+    format_check_line,
+    format_forecast_line,
+    make_forecast,
+)
+from fitlens.core.gap import GapDecomposition, Measured, format_gap_line
+from fitlens.core.history import BatchLog
+
+
+@dataclass
+class EpochEnd:
+    """What an epoch end hands back: ``History.history`` values, a ``History.gaps`` record, lines."""
+
+    logs: dict[str, float] = field(default_factory=dict)
+    gaps: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+class EpochEndLines:
+    """The gap decomposition and the jump forecast across a run's epoch ends.
+
+    Attributes:
+        forecast: the forecast waiting for its check (None when there is none).
+
+    Example:
+        >>> lines = EpochEndLines()
+        >>> log = BatchLog(["loss"])
+        >>> log.append({"epoch": np.ones(4), "step": np.arange(1, 5), "size": np.full(4, 8.0),
+        ...             "step_time": np.zeros(4), "data_time": np.zeros(4),
+        ...             "loss": np.array([0.9, 0.7, 0.6, 0.5])})
+        >>> end = lines.end_epoch(0, "loss", {"loss": 0.675}, {"loss": 0.5},
+        ...                       {"loss": Measured(0.55)}, log, rows=4, steps_per_epoch=4)
+        >>> print(end.lines[0])
+        gap loss (estimated): mean 0.6750 -> now ~0.5000 (lag ~-0.1750) -> val 0.5500 (mode + generalisation ~+0.0500)
+    """
+
+    def __init__(self) -> None:
+        self.forecast: Forecast | None = None
+
+    def end_epoch(
+        self,
+        epoch: int,
+        headline: str,
+        means: Mapping[str, float],
+        nows: Mapping[str, float],
+        validation: Mapping[str, Measured] | None,
+        batches: BatchLog,
+        rows: int,
+        steps_per_epoch: int | None,
+        *,
+        train_mode: Mapping[str, Measured] | None = None,
+        eval_mode: Mapping[str, Measured] | None = None,
+        last: bool = False,
+    ) -> EpochEnd:
+        """Decompositions, the gap line and the forecast at the end of 0-based ``epoch``.
+
+        Args:
+            epoch: 0-based. headline: the metric the lines are about (a key of ``means``).
+            means, nows: each metric's epoch mean and now estimate; their keys are the metrics.
+            validation: values on validation data (a metric may be missing); None without it.
+            batches: the run's batch log, flushed; its last ``rows`` rows are this epoch's.
+            steps_per_epoch: batches per epoch (None: unknown), caps the forecast's batches.
+            train_mode, eval_mode: the ``train_eval`` passes (None or empty without them).
+            last: True when no epoch follows (no forecast is made).
+
+        Returns:
+            An `EpochEnd` with ``gaps`` and ``lines`` (its ``logs`` are for the caller to fill).
+        """
+        out = EpochEnd()
+        decompositions = {
+            name: GapDecomposition(
+                metric=name,
+                reported=means[name],
+                now=nows[name],
+                train_mode=train_mode[name] if train_mode else None,
+                eval_mode=eval_mode[name] if eval_mode else None,
+                validation=validation.get(name) if validation else None,
+            )
+            for name in means
+        }
+        head = decompositions[headline]
+        out.gaps = {
+            "epoch": epoch + 1,
+            "estimated": head.estimated,
+            "metrics": {k: d.to_dict() for k, d in decompositions.items()},
+        }
+        if not head.estimated or head.validation is not None:
+            out.lines.append(format_gap_line(head))
+        self.forecast = None
+        if not last:
+            recent = batches[headline][len(batches) - min(rows, NOISE_WINDOW) :]
+            steps = min(FORECAST_STEPS, steps_per_epoch or FORECAST_STEPS)
+            self.forecast = make_forecast(
+                headline, epoch + 2, head.reported, head.now, recent, steps
+            )
+            out.lines.append(format_forecast_line(self.forecast))
+        return out
+
+    def check(self, batches: BatchLog, rows: int) -> str | None:
+        """The forecast check line, once the forecast epoch's first batches are in the log.
+
+        Args:
+            batches: the run's batch log. rows: this epoch's rows in it so far (its last rows).
+                A row may be a group of batches (its ``step`` is the group's last batch): the
+                check then uses the groups that cover the forecast's batches, and says how many
+                batches they hold.
+
+        Returns:
+            The line, once per forecast; None while the batches are not all in, or no forecast.
+        """
+        f = self.forecast
+        if f is None or rows <= 0:
+            return None
+        start = len(batches) - rows
+        reached = np.flatnonzero(batches["step"][start:] >= f.steps)
+        if reached.size == 0:
+            return None
+        self.forecast = None
+        end = start + int(reached[0]) + 1
+        covered = int(batches["step"][end - 1])
+        values, sizes = batches[f.metric][start:end], batches["size"][start:end]
+        check = check_forecast(f, values, sizes, None if covered == f.steps else covered)
+        return format_check_line(check)
+
+
+__all__ = ["EpochEnd", "EpochEndLines"]

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import fitlens
+from fitlens import Checkpointing, NonFiniteError
+from fitlens.safety.checkpoint import CheckpointStore
+
+BAD_STEP = 6  # 1-based step of epoch 1 whose inputs hold a NaN
+
+
+def _batches(with_bad: bool = True, bad_step: int = BAD_STEP) -> Iterator[Any]:
+    rng = np.random.default_rng(0)
+    step = 0
+    while True:
+        step += 1
+        x = rng.standard_normal((8, 4)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        if step == bad_step:
+            if not with_bad:
+                continue
+            x[0, 0] = np.nan
+        yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def _fit(model: torch.nn.Module, data: Any, steps: int = 10, **kwargs: Any) -> fitlens.History:
+    return fitlens.fit(
+        model,
+        data,
+        loss="cross_entropy",
+        optimizer="adam",
+        metrics=["accuracy"],
+        steps_per_epoch=steps,
+        epochs=2,
+        verbose=0,
+        clock=lambda: 0.0,
+        **kwargs,
+    )
+
+
+def _finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_stop_names_the_epoch_step_and_metric() -> None:
+    model = _model()
+    with pytest.raises(NonFiniteError, match=r"`loss` became nan at epoch 1, step 6") as info:
+        _fit(model, _batches(), checkpointing=Checkpointing(every_steps=2, every_minutes=None))
+    assert (info.value.epoch, info.value.step, info.value.metric) == (1, BAD_STEP, "loss")
+    assert info.value.checkpoint is None
+    assert "pass `run_dir=`" in str(info.value)
+
+
+def test_stop_keeps_the_last_good_checkpoint_as_the_latest(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteError, match="latest good checkpoint") as info:
+        _fit(
+            _model(),
+            _batches(),
+            run_dir=tmp_path,
+            checkpointing=Checkpointing(every_steps=1, every_minutes=None),
+        )
+    store = CheckpointStore(tmp_path / "checkpoints")
+    found = store.latest()
+    assert found is not None and info.value.checkpoint == found[0]
+    assert found[1]["position"]["global_step"] == BAD_STEP - 1
+    for path in store.paths():
+        assert _finite(fitlens.safety.checkpoint.load_checkpoint(path)["model"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "nonfinite"
+    history = fitlens.read_history(tmp_path)
+    assert np.isnan(history.batches["loss"][-1])  # the bad step is in the files, for diagnosis
+
+
+def test_nan_weights_found_at_a_checkpoint_are_never_saved(tmp_path: Path) -> None:
+    class PoisonWeights(fitlens.Callback):
+        def on_batch_end(self, step: int, logs: Any) -> None:
+            if step == 3:
+                with torch.no_grad():
+                    next(self.run.model.parameters())[0, 0] = float("inf")
+
+    with pytest.raises(NonFiniteError, match="parameters became NaN or infinite") as info:
+        _fit(
+            _model(),
+            _batches(bad_step=-1),
+            run_dir=tmp_path,
+            callbacks=[PoisonWeights()],
+            checkpointing=Checkpointing(every_steps=3, every_minutes=None),
+        )
+    assert info.value.metric == "parameters"
+    assert CheckpointStore(tmp_path / "checkpoints").paths() == []
+
+
+def test_skip_drops_the_bad_batch_as_if_it_never_came() -> None:
+    skipping = _model()
+    history = _fit(skipping, _batches(), steps=10, on_nonfinite="skip")
+    assert history.params["skipped_batches"] == [[1, BAD_STEP]]
+    assert len(history.batches) == 19
+    assert np.isfinite(history.history["loss"]).all()
+    # Same updates, in the same order, except that the skipping run saw one batch fewer.
+    reference2 = _model()
+    fitlens.fit(
+        reference2,
+        _batches(with_bad=False),
+        loss="cross_entropy",
+        optimizer="adam",
+        steps_per_epoch=19,
+        epochs=1,
+        verbose=0,
+    )
+    for a, b in zip(skipping.parameters(), reference2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_invalid_policy_is_rejected_before_training() -> None:
+    with pytest.raises(ValueError, match="`on_nonfinite` to be one of"):
+        _fit(_model(), _batches(), on_nonfinite="ignore")
+
+
+def test_stop_catches_a_nan_in_the_last_step_of_the_last_epoch() -> None:
+    with pytest.raises(NonFiniteError, match="epoch 2, step 10"):
+        _fit(_model(), _batches(bad_step=20), steps=10)

@@ -1,0 +1,249 @@
+"""Resume in-process: a crash is simulated by an exception; real signals are in test_crash.py."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import fitlens
+from fitlens import Checkpointing, TrainingInterrupted
+from fitlens.safety.checkpoint import CheckpointStore
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt(fitlens.Callback):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def on_batch_end(self, step: int, logs: Any) -> None:
+        if (self.run.epoch, step) == self.at:
+            raise Crash(f"crash at {self.at}")
+
+
+def _xy() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    )
+
+
+def _gen() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rng = np.random.default_rng(4)
+    while True:
+        x = rng.standard_normal((10, 5)).astype(np.float32)
+        yield torch.from_numpy(x), torch.from_numpy((x[:, 1] > 0).astype(np.int64))
+
+
+def _train_data(kind: str) -> Any:
+    x, y = _xy()
+    if kind == "arrays":
+        return (x, y)
+    ds = torch.utils.data.TensorDataset(x, y)
+    if kind == "loader":
+        g = torch.Generator().manual_seed(9)
+        return torch.utils.data.DataLoader(ds, batch_size=10, shuffle=True, generator=g)
+    if kind == "list":
+        return [(x[i : i + 10], y[i : i + 10]) for i in range(0, 60, 10)]
+    if kind == "generator_factory":
+        return _gen
+    return _gen()  # a fresh generator object
+
+
+def _fit(kind: str, run_dir: Path | None = None, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+    model = _model()
+    torch.manual_seed(2)
+    kwargs.setdefault("checkpointing", Checkpointing(every_steps=4, every_minutes=None))
+    kwargs.setdefault("clock", lambda: 0.0)  # deterministic refresh points
+    history = fitlens.fit(
+        model,
+        _train_data(kind),
+        loss="cross_entropy",
+        optimizer="adam",
+        metrics=["accuracy"],
+        epochs=3,
+        batch_size=10,
+        steps_per_epoch=6 if kind.startswith("generator") else None,
+        validation_data=_xy(),
+        verbose=0,
+        run_dir=run_dir,
+        **kwargs,
+    )
+    return model, history
+
+
+@functools.cache
+def _reference_cached(kind: str, base: str) -> tuple[torch.nn.Module, Any]:
+    return _fit(kind, Path(base) / f"ref-{kind}")
+
+
+def _reference(kind: str, tmp_path_factory: Path) -> tuple[torch.nn.Module, Any]:
+    return _reference_cached(kind, str(tmp_path_factory))
+
+
+def _assert_same(a: tuple[torch.nn.Module, Any], b: tuple[torch.nn.Module, Any]) -> None:
+    for (name, pa), pb in zip(a[0].state_dict().items(), b[0].state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert a[1].history == b[1].history
+    for col in ("loss", "accuracy", "epoch", "step", "size"):
+        np.testing.assert_array_equal(a[1].batches[col], b[1].batches[col])
+
+
+@pytest.mark.parametrize("kind", ["arrays", "loader", "list", "generator_factory", "generator"])
+@pytest.mark.parametrize("crash", [(1, 6), (2, 1)])  # an epoch's last step; a first step
+def test_resume_after_a_crash_matches_the_uninterrupted_run(
+    kind: str, crash: tuple[int, int], tmp_path: Path
+) -> None:
+    reference = _reference(kind, tmp_path_factory=tmp_path.parent)
+    with pytest.raises(Crash):
+        _fit(kind, tmp_path / "run", callbacks=[CrashAt(*crash)])
+    torch.manual_seed(1234)  # the resumed process's own seeds must not matter
+    _assert_same(_fit(kind, tmp_path / "run", resume=True), reference)
+
+
+@pytest.mark.parametrize("kind", ["loader", "generator_factory"])
+@pytest.mark.parametrize("crash", [(0, 3), (1, 2)])  # inside the epoch that draws the sample; later
+def test_resume_keeps_the_train_eval_sample_of_data_that_cannot_be_indexed(
+    kind: str, crash: tuple[int, int], tmp_path: Path
+) -> None:
+    """The batches `train_eval` keeps from the first epoch are checkpointed with the run."""
+    reference = _fit(kind, tmp_path / "ref", train_eval=0.5)
+    with pytest.raises(Crash):
+        _fit(kind, tmp_path / "run", train_eval=0.5, callbacks=[CrashAt(*crash)])
+    resumed = _fit(kind, tmp_path / "run", train_eval=0.5, resume=True)
+    _assert_same(resumed, reference)
+    assert "train_eval_accuracy" in resumed[1].history
+
+
+def test_resume_without_checkpoints_starts_afresh(tmp_path: Path) -> None:
+    _assert_same(_fit("arrays", tmp_path / "new", resume=True), _fit("arrays"))
+
+
+def test_resume_needs_a_run_dir() -> None:
+    with pytest.raises(ValueError, match="needs the `run_dir`"):
+        _fit("arrays", None, resume=True)
+
+
+def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path: Path) -> None:
+    _fit("arrays", tmp_path)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        _fit("arrays", tmp_path)
+
+
+def test_resume_with_other_metrics_is_refused(tmp_path: Path) -> None:
+    _fit("arrays", tmp_path)
+    with pytest.raises(ValueError, match="Pass the same `metrics`"):
+        fitlens.fit(
+            _model(), _xy(), loss="cross_entropy", optimizer="adam", verbose=0,
+            run_dir=tmp_path, resume=True,
+        )  # fmt: skip
+
+
+def test_sigint_finishes_the_step_checkpoints_and_prints_the_resume_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class CtrlC(fitlens.Callback):
+        def on_batch_end(self, step: int, logs: Any) -> None:
+            if (self.run.epoch, step) == (1, 2):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    reference = _fit("arrays", tmp_path / "ref")
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        _fit("arrays", tmp_path / "run", callbacks=[CtrlC()])
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is handler  # handlers restored
+    err = capsys.readouterr().err
+    assert f"fit(..., run_dir={str(tmp_path / 'run')!r}, resume=True)" in err
+    assert "SIGINT received; stopped at epoch 2, step 2" in err
+    found = CheckpointStore(tmp_path / "run" / "checkpoints").latest()
+    assert found is not None and found[1]["position"] == {"epoch": 1, "step": 2, "global_step": 8}
+    _assert_same(_fit("arrays", tmp_path / "run", resume=True), reference)
+
+
+def test_sigterm_without_run_dir_stops_and_says_nothing_was_saved(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Term(fitlens.Callback):
+        def on_batch_end(self, step: int, logs: Any) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="Nothing was saved"):
+        _fit("arrays", callbacks=[Term()])
+    assert "SIGTERM received; stopped at epoch 1, step 1" in capsys.readouterr().err
+
+
+def test_lr_scheduler_state_is_checkpointed_and_restored(tmp_path: Path) -> None:
+    def run(run_dir: Path, crash: bool = False, resume: bool = False) -> list[float]:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        lrs: list[float] = []
+
+        class StepLR(fitlens.Callback):
+            def on_epoch_end(self, epoch: int, logs: Any) -> None:
+                sched.step()
+                lrs.append(opt.param_groups[0]["lr"])
+
+        torch.manual_seed(2)
+        cbs: list[fitlens.Callback] = [StepLR()] + ([CrashAt(2, 2)] if crash else [])
+        fitlens.fit(
+            model, _xy(), loss="cross_entropy", optimizer=opt, epochs=3, batch_size=10,
+            verbose=0, callbacks=cbs, run_dir=run_dir, resume=resume,
+            checkpointing=Checkpointing(every_steps=4, every_minutes=None, scheduler=sched),
+        )  # fmt: skip
+        return lrs
+
+    assert run(tmp_path / "ref") == [0.05, 0.025, 0.0125]
+    with pytest.raises(Crash):
+        run(tmp_path / "run", crash=True)
+    assert run(tmp_path / "run", resume=True) == [0.0125]
+
+
+def test_time_based_checkpoints_follow_the_clock(tmp_path: Path) -> None:
+    ticks = iter(range(10**6))
+    _fit(
+        "arrays",
+        tmp_path,
+        clock=lambda: 20.0 * next(ticks),  # 20 s per clock read
+        checkpointing=Checkpointing(every_minutes=1.0),
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checkpoints"]["written_this_session"] > 3  # epoch ends alone would be 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_steps": 0}, "every_steps"),
+        ({"every_minutes": -1}, "every_minutes"),
+        ({"keep": 1}, "keep"),
+    ],
+)
+def test_checkpointing_rejects_invalid_settings(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Checkpointing(**kwargs)
+
+
+def test_generator_factory_must_return_an_iterator() -> None:
+    with pytest.raises(TypeError, match="factory to return a generator or iterator"):
+        fitlens.fit(
+            _model(), lambda: [1, 2], loss="mse", optimizer="sgd", steps_per_epoch=2, verbose=0
+        )

@@ -1,0 +1,122 @@
+"""The framework-free core of the callbacks: the observer."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+
+from fitlens.integrations.observer import RunObserver
+from fitlens.view.progress import Progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_observer_records_history_timing_and_lines_like_fit():
+    clock, out = FakeClock(), io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "window", clock)
+    obs.begin_train(epochs=2, steps=3)
+    for epoch in range(2):
+        obs.begin_epoch(epoch)
+        for step, (loss, size) in enumerate([(1.0, 4), (0.5, 4), (0.0, 2)], start=1):
+            clock.t += 0.1  # data wait
+            obs.batch_begin()
+            clock.t += 0.4  # step
+            obs.batch_end(step, {"loss": loss + epoch}, {"loss": size}, size)
+        clock.t += 1.0  # validation
+        logs = obs.end_epoch({"val_loss": 0.25})
+    history = obs.history
+    assert history.history["loss"] == pytest.approx([0.6, 1.6])  # (4 + 2 + 0) / 10, + 1
+    assert history.history["loss_now"] == pytest.approx([0.6, 1.1])  # all 6 batches: 22 / 20
+    assert history.history["val_loss"] == [0.25, 0.25]
+    assert logs == {"loss": pytest.approx(1.6), "loss_now": pytest.approx(1.1), "val_loss": 0.25}
+    assert history.timing["data_wait"] == pytest.approx([0.3, 0.3])
+    assert history.timing["compute"] == pytest.approx([1.2, 1.2])
+    assert history.timing["eval"] == pytest.approx([1.0, 1.0])
+    assert history.timing["time"] == pytest.approx([2.5, 2.5])
+    assert history.batches["step"].tolist() == [1, 2, 3] * 2
+    assert history.batches["size"].tolist() == [4, 4, 2] * 2
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("Epoch 1/2 - 3 steps - 2.5s")
+    # fit's lines (fitlens.view.epoch_end): the validation value comes without a spread, so no interval.
+    assert lines[1:4] == [
+        "gap loss (estimated): mean 0.6000 -> now ~0.6000 (lag ~+0.0000) -> val 0.2500 "
+        "(mode + generalisation ~-0.3500)",
+        "forecast epoch 2: its first 3 batches should show loss ~0.6000 ± 0.0000 (the now "
+        "estimate), not 0.6000 (the mean): a jump of +0.0000",
+        "forecast check epoch 2: loss 1.6000 after 3 batches (jump +1.0000) vs forecast "
+        "0.6000 ± 0.0000 (jump +0.0000): not as forecast (off by +1.0000)",
+    ]
+    assert lines[4].startswith("Epoch 2/2 - 3 steps - 2.5s")
+    assert lines[5:] == [  # no forecast after the last epoch
+        "gap loss (estimated): mean 1.6000 -> now ~1.1000 (lag ~-0.5000) -> val 0.2500 "
+        "(mode + generalisation ~-0.8500)"
+    ]
+    assert [g["epoch"] for g in history.gaps] == [1, 2]
+    assert history.gaps[1]["metrics"]["loss"]["total"] == pytest.approx(0.25 - 1.6)
+
+
+def _run(obs: RunObserver, clock: FakeClock, epochs: list[list[tuple[int, dict, float]]], val):
+    obs.begin_train(epochs=len(epochs), steps=None)
+    for epoch, batches in enumerate(epochs):
+        obs.begin_epoch(epoch)
+        for step, values, size in batches:
+            clock.t += 1.0
+            obs.batch_end(step, values, dict.fromkeys(values, size), size, {"auc": 0.5})
+        obs.end_epoch(val)
+
+
+def test_lines_are_about_the_first_metric_with_a_validation_value_and_never_a_reported_one():
+    out = io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    batch = {"loss": 0.5, "accuracy": 0.75, "mae": 0.25}
+    val = {"val_auc": 0.5, "val_mae": 0.5, "val_loss": 1.0}
+    _run(obs, FakeClock(), [[(1, batch, 8)], [(1, batch, 8)]], val)
+    text = out.getvalue()
+    assert "gap mae (estimated): mean 0.2500 -> now ~0.2500 (lag ~+0.0000) -> val 0.5000" in text
+    assert "forecast epoch 2: its first 1 batches should show mae ~0.2500" in text
+    assert "forecast check epoch 2: mae 0.2500 after 1 batches" in text
+    ends = [line for line in text.splitlines() if line.startswith(("gap", "forecast"))]
+    assert len(ends) == 4 and all(" mae " in line for line in ends)  # auc has no now estimate
+    assert set(obs.history.gaps[0]["metrics"]) == {"loss", "accuracy", "mae"}
+
+
+def test_without_validation_there_is_no_gap_line_but_the_forecast_and_its_check():
+    out = io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    epoch = [(1, {"loss": 1.0, "accuracy": 0.5}, 4), (2, {"loss": 0.5, "accuracy": 1.0}, 4)]
+    _run(obs, FakeClock(), [epoch, epoch], None)
+    text = out.getvalue()
+    assert "gap " not in text
+    assert "forecast epoch 2: its first 2 batches should show accuracy ~1.0000 (the now " in text
+    assert "forecast check epoch 2: accuracy 0.7500 after 2 batches" in text
+
+
+def test_the_check_uses_whole_groups_of_batches_and_says_how_many_they_hold():
+    # Keras's steps_per_execution=2: rows cover batches 1-2, 3-4, 5-6; the forecast is for 3.
+    out = io.StringIO()
+    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    groups = [(2, {"loss": 1.0}, 8), (4, {"loss": 0.5}, 8), (6, {"loss": 0.0}, 4)]
+    _run(obs, FakeClock(), [groups, groups], {"val_loss": 0.1})
+    text = out.getvalue()
+    assert "forecast epoch 2: its first 3 batches should show loss ~0.0000" in text
+    assert "forecast check epoch 2: loss 0.7500 after 4 batches (jump +0.1500)" in text
+
+
+def test_observer_keeps_the_frameworks_value_for_a_metric_without_batch_values():
+    obs = RunObserver(Progress(0), "trend", FakeClock())
+    obs.begin_train(epochs=1, steps=2)
+    obs.begin_epoch(0)
+    obs.batch_end(1, {"loss": 1.0}, {"loss": 8}, 8, reported={"auc": 0.7})
+    obs.batch_end(2, {"loss": 0.0}, {"loss": 0}, 0, reported={"auc": 0.8})
+    logs = obs.end_epoch()
+    assert logs["loss"] == 1.0  # the weightless batch counts for nothing
+    assert logs["auc"] == 0.8 and math.isnan(logs["auc_now"])
+    assert obs.history.batches["loss"].tolist()[0] == 1.0

@@ -1,0 +1,159 @@
+"""The display's pure formatters against exact strings, and its modes."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+
+from fitlens.view.progress import (
+    Progress,
+    ProgressState,
+    format_duration,
+    format_epoch_line,
+    format_metrics,
+    format_step_line,
+    format_value,
+)
+
+
+@pytest.mark.parametrize(
+    ("x", "shown"),
+    [
+        (0.35391, "0.3539"),
+        (-0.35391, "-0.3539"),
+        (0.0, "0.0000"),
+        (0.00012345, "1.2345e-04"),
+        (-0.00012345, "-1.2345e-04"),
+        (1234.5, "1234.5000"),
+        (math.nan, "nan"),
+        (math.inf, "inf"),
+        (-math.inf, "-inf"),
+    ],
+)
+def test_values_print_as_keras_prints_them_with_the_same_rule_for_negatives(x, shown):
+    assert format_value(x) == shown
+
+
+def test_metrics_show_mean_then_now_for_each_metric():
+    text = format_metrics({"loss": (0.412, 0.305), "acc": (0.874, 0.921)})
+    assert text == "loss: 0.4120 (now 0.3050) - acc: 0.8740 (now 0.9210)"
+
+
+def test_step_line_shows_position_eta_run_eta_data_share_and_metrics():
+    state = ProgressState(
+        epoch=2,
+        epochs=5,
+        step=23,
+        steps=45,
+        elapsed=3.2,
+        eta_epoch=4.0,
+        eta_run=20.4,
+        data_share=0.12,
+        metrics={"loss": (0.412, 0.305)},
+    )
+    assert format_step_line(state) == (
+        "Epoch 2/5 - 23/45 - 00:03<00:04 (run 00:20) - data 12% - loss: 0.4120 (now 0.3050)"
+    )
+
+
+def test_step_line_with_unknown_length_shows_question_marks():
+    state = ProgressState(epoch=1, epochs=1, step=7, steps=None, elapsed=61.0)
+    assert format_step_line(state) == "Epoch 1/1 - 7/? - 01:01<? (run ?) - data ?"
+
+
+def test_epoch_line_summarises_time_means_nows_and_validation():
+    state = ProgressState(
+        epoch=2,
+        epochs=5,
+        step=45,
+        steps=45,
+        elapsed=3.2,
+        data_share=0.12,
+        metrics={"loss": (0.412, 0.305)},
+        validation={"val_loss": 0.29},
+    )
+    assert format_epoch_line(state) == (
+        "Epoch 2/5 - 45 steps - 3.2s (71ms/step, data 12%) - loss: 0.4120 (now 0.3050)"
+        " - val_loss: 0.2900"
+    )
+
+
+@pytest.mark.parametrize(
+    ("s", "shown"),
+    [(0.00085, "850us"), (0.071, "71ms"), (3.24, "3.2s"), (725, "12:05"), (3723, "1:02:03")],
+)
+def test_durations_pick_a_readable_unit(s, shown):
+    assert format_duration(s) == shown
+
+
+def _state(step):
+    return ProgressState(
+        epoch=1, epochs=1, step=step, steps=10, elapsed=1.0, metrics={"loss": (1.0, 0.5)}
+    )
+
+
+def test_line_mode_writes_no_carriage_returns_and_one_line_every_log_every_steps():
+    out = io.StringIO()
+    p = Progress(1, file=out, log_every=5)
+    p.begin_epoch(1, 1, 10)
+    for step in range(1, 11):
+        p.refresh(_state(step))
+    p.end_epoch(_state(10))
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert [line.split(" - ")[1] for line in lines[:2]] == ["5/10", "10/10"]
+    assert lines[2].startswith("Epoch 1/1 - 10 steps")
+
+
+def test_verbose_2_writes_only_the_epoch_line_and_verbose_0_nothing():
+    for verbose, expected in ((2, 1), (0, 0)):
+        out = io.StringIO()
+        p = Progress(verbose, file=out, log_every=1)
+        p.begin_epoch(1, 1, 10)
+        p.refresh(_state(3))
+        p.end_epoch(_state(10))
+        assert len(out.getvalue().splitlines()) == expected
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_terminal_mode_draws_a_tqdm_bar_then_leaves_the_summary_line():
+    out = _Tty()
+    p = Progress(1, file=out)
+    p.begin_epoch(1, 3, 10)
+    p.refresh(_state(4))
+    p.end_epoch(_state(10))
+    text = out.getvalue()
+    assert "\r" in text and "Epoch 1/3 4/10 |" in text and "loss: 1.0000 (now 0.5000)" in text
+    assert (
+        text.rstrip()
+        .splitlines()[-1]
+        .endswith("Epoch 1/1 - 10 steps - 1.0s (100ms/step, data ?) - loss: 1.0000 (now 0.5000)")
+    )
+
+
+def test_invalid_display_settings_are_rejected():
+    with pytest.raises(ValueError, match="verbose"):
+        Progress(3)
+    with pytest.raises(ValueError, match="log_every"):
+        Progress(1, log_every=0)
+    with pytest.raises(ValueError, match="refresh_per_second"):
+        Progress(1, refresh_per_second=0)
+
+
+def test_lines_mode_writes_plain_lines_even_to_a_terminal():
+    out = _Tty()
+    p = Progress(1, file=out, log_every=5, mode="lines")
+    p.begin_epoch(1, 1, 10)
+    for step in range(1, 11):
+        p.refresh(_state(step))
+    p.end_epoch(_state(10))
+    assert "\r" not in out.getvalue() and len(out.getvalue().splitlines()) == 3
+    with pytest.raises(ValueError, match="`mode`"):
+        Progress(1, mode="tqdm")  # type: ignore[arg-type]
