@@ -30,34 +30,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fitlens.core.window import window_mean
 from fitlens.explain.epochs import Shown
 
 # Relative slack added to every bound: covers float64 rounding in the formula itself.
 _SLACK = 1e-12
-
-
-def window_mean(w_j: float, m_j: float, w_k: float, m_k: float) -> float:
-    """Exact mean over the items between two running means (no rounding involved).
-
-    Args:
-        w_j: Total weight (samples or steps) behind ``m_j``; 0 for the epoch start.
-        m_j: Running mean after weight ``w_j``.
-        w_k: Total weight behind ``m_k``; must exceed ``w_j``.
-        m_k: Running mean after weight ``w_k``.
-
-    Returns:
-        The weighted mean of the items in ``(w_j, w_k]``.
-
-    Raises:
-        ValueError: If ``w_k <= w_j``.
-
-    Example:
-        >>> window_mean(2, 0.5, 4, 0.75)
-        1.0
-    """
-    if not w_k > w_j:
-        raise ValueError(f"Expected w_k > w_j for a non-empty window. Received: {w_j=}, {w_k=}.")
-    return (w_k * m_k - w_j * m_j) / (w_k - w_j)
 
 
 class Window(NamedTuple):

@@ -20,7 +20,7 @@ of samples (the batch's first dimension; the loss tracker ignores ``sample_weigh
 ``weighted_metrics=``, the sum of the sample weights. The callback reads each metric's own
 ``count``, so the last, partial batch and sample weights are weighted exactly as Keras weights
 them, and recovers batch ``k``'s value as ``(W_k m_k - W_{k-1} m_{k-1}) / (W_k - W_{k-1})``
-(`fitlens.explain.reconstruct.window_mean`, the algebra `fitlens explain` uses). Keras accumulates in ``floatx`` (float32 by default):
+(`fitlens.core.window.window_mean`, the algebra `fitlens explain` uses). Keras accumulates in ``floatx`` (float32 by default):
 the recovered values then carry about ``1e-7 * k * |m|`` of rounding after ``k`` batches.
 
 * ``steps_per_execution > 1`` (JAX and TensorFlow backends): the hook fires once per group with
@@ -57,7 +57,7 @@ except ImportError as _error:
 
 from fitlens.core.estimators import DEFAULT_NOW, Estimator
 from fitlens.core.history import History
-from fitlens.explain.reconstruct import window_mean
+from fitlens.core.window import window_mean
 from fitlens.integrations.observer import RunObserver
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock
