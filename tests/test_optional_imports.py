@@ -30,7 +30,7 @@ def test_fitlens_and_its_core_import_with_keras_and_lightning_blocked():
         """
         import fitlens
         from fitlens import History, Progress, EpochMean, fit, Callback
-        import fitlens.integrations.observer, fitlens.training.loop
+        import fitlens.view.lens, fitlens.training.loop
         assert "fitlens" in repr(fitlens.History)
         print("ok")
         """
@@ -44,7 +44,7 @@ def test_importing_fitlens_loads_neither_framework():
         [
             sys.executable,
             "-c",
-            "import sys, fitlens, fitlens.training.loop, fitlens.integrations.observer; "
+            "import sys, fitlens, fitlens.training.loop, fitlens.view.lens; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('keras', 'lightning', 'pytorch_lightning', 'tensorflow', 'jax')))",
         ],

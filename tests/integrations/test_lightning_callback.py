@@ -118,7 +118,7 @@ def test_the_mean_mirrors_an_explicit_batch_size_passed_to_self_log():
     assert lens.history.history["loss"][0] == pytest.approx(
         epoch_values.values[0]["loss_epoch"], abs=TOL
     )
-    assert lens.observer.means["loss"].count == sum(sizes)
+    assert lens.lens.stream.weight("loss") == sum(sizes)
 
 
 def test_the_display_replaces_lightnings_bar_with_mean_now_gap_forecast_and_check():

@@ -2,7 +2,7 @@
 
 Every tensor method that reads a value back to the host (``item``, ``tolist``, ``cpu``,
 ``numpy``, ``__float__``, ``__int__``, ``__bool__``, ``__index__``, ``to("cpu")``) is wrapped with
-a counter that also notes whether the call happened inside ``Recorder.flush`` (the one place
+a counter that also notes whether the call happened inside ``Lens.flush`` (the one place
 fitlens moves values to the host) and whether it happened during a training step (between the
 batch hooks). On CPU nothing actually blocks, but the calls are the same as on a GPU, so counting
 them proves the loop's structure; on CUDA a second test lets the driver check it.
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fitlens
-from fitlens.view.recorder import Recorder
+from fitlens.view.lens import Lens
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 
@@ -71,7 +71,7 @@ def _install_counters(monkeypatch: pytest.MonkeyPatch, log: SyncLog):
         return original_to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", to)
-    original_flush = Recorder.flush
+    original_flush = Lens.flush
 
     def flush(self):
         log.flushes += bool(self.pending) and log.training
@@ -81,7 +81,7 @@ def _install_counters(monkeypatch: pytest.MonkeyPatch, log: SyncLog):
         finally:
             log.in_flush -= 1
 
-    monkeypatch.setattr(Recorder, "flush", flush)
+    monkeypatch.setattr(Lens, "flush", flush)
     yield log
 
 

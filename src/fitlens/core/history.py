@@ -139,6 +139,8 @@ class History:
         gaps: one dict per epoch end: ``{"epoch": 1-based, "estimated": bool, "metrics":
             {name: GapDecomposition.to_dict()}}`` (see `fitlens.core.gap`); empty for runs that
             recorded none.
+        lens: the `fitlens.view.lens.Lens` that recorded it (estimators, pending forecast):
+            ``fit(..., history=h)`` continues the run from there. Not saved to files.
     """
 
     def __init__(self, metric_names: Sequence[str] = (), params: Mapping[str, Any] | None = None):
@@ -148,6 +150,7 @@ class History:
         self.batches = BatchLog(metric_names)
         self.params: dict[str, Any] = dict(params or {})
         self.gaps: list[dict[str, Any]] = []
+        self.lens: Any = None  # what recorded it, to continue the run (`fit(history=...)`)
 
     def record_epoch(
         self, epoch: int, logs: Mapping[str, float], timing: Mapping[str, float]

@@ -58,7 +58,7 @@ except ImportError as _error:
 from fitlens.core.estimators import DEFAULT_NOW, Estimator
 from fitlens.core.history import History
 from fitlens.core.window import window_mean
-from fitlens.integrations.observer import RunObserver
+from fitlens.view.lens import Lens
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock
 
@@ -115,8 +115,12 @@ class FitlensCallback(keras.callbacks.Callback):
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
 
     Attributes:
-        history: the `fitlens.History` of the last ``fit`` (``history.history`` per epoch with
-            ``m``, ``m_now``, ``val_m``; ``history.batches`` one row per batch).
+        history: the `fitlens.History` of the run (``history.history`` per epoch with ``m``,
+            ``m_now``, ``val_m``; ``history.batches`` one row per batch). Reused across
+            ``model.fit`` calls (``for i in range(n): model.fit(..., epochs=1)``), the callback
+            continues the same run: epochs numbered on, rows accumulated, the now estimates
+            and the jump forecast carried across. Make a new callback for a new run.
+        lens: the `fitlens.view.lens.Lens` that records and shows the run.
 
     Example:
         >>> lens = FitlensCallback(verbose=2)
@@ -133,10 +137,9 @@ class FitlensCallback(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self.progress = verbose if isinstance(verbose, Progress) else Progress(verbose, file=file)
-        self.observer = RunObserver(self.progress, now, clock)  # validates `now` here
-        self.now = now
-        self.clock = clock
-        self.history: History = self.observer.history
+        self.lens = Lens(self.progress, now, clock=clock)  # validates `now` here
+        self.history: History = self.lens.history
+        self.history.params["framework"] = "keras"
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         params = self.params or {}
@@ -146,25 +149,24 @@ class FitlensCallback(keras.callbacks.Callback):
                 "model.fit to show only fitlens's.",
                 stacklevel=2,
             )
-        self.observer = RunObserver(self.progress, self.now, self.clock, {"framework": "keras"})
-        self.history = self.observer.history
-        self.observer.begin_train(int(params.get("epochs") or 1), params.get("steps"))
+        self.lens.begin_run(int(params.get("epochs") or 1), params.get("steps"))
         self._sources: dict[str, Any] | None = None
         self._warned_equal_weights = False
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._previous: dict[str, tuple[float, float]] = {}  # key -> (count, mean)
         self._samples_before = 0.0
-        self.observer.begin_epoch(epoch)
+        self._epoch = epoch
+        self.lens.begin_epoch(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.observer.batch_begin()
+        self.lens.begin_step()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         model = self.model  # on JAX, this syncs the metric variables
         if self._sources is None:
             self._sources = _metric_sources(model)
-        steps = self.observer.steps
+        steps = self.lens.steps
         step = batch + 1 if steps is None else min(batch + 1, steps)
         tracker = self._sources.get("loss")
         samples = (
@@ -199,7 +201,7 @@ class FitlensCallback(keras.callbacks.Callback):
             self._previous[key] = (count, float(mean))
         size = samples - self._samples_before
         self._samples_before = samples
-        self.observer.batch_end(step, values, weights, 0.0 if math.isnan(size) else size, reported)
+        self.lens.step_done(step, values, weights, 0.0 if math.isnan(size) else size, reported)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         validation = {
@@ -207,7 +209,7 @@ class FitlensCallback(keras.callbacks.Callback):
             for k, v in (logs or {}).items()
             if k.startswith("val_") and isinstance(v, int | float)
         }
-        self.observer.end_epoch(validation)
+        self.lens.end_epoch(validation)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self.observer.end_train()
+        self.lens.end_run()

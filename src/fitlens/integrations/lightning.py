@@ -51,7 +51,7 @@ from lightning.pytorch.utilities.data import extract_batch_size
 
 from fitlens.core.estimators import DEFAULT_NOW, Estimator
 from fitlens.core.history import History
-from fitlens.integrations.observer import RunObserver
+from fitlens.view.lens import Lens
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock
 
@@ -79,8 +79,11 @@ class FitlensCallback(pl.Callback):
             Lightning's bar and loggers show it next to ``name_step`` and ``name_epoch``.
 
     Attributes:
-        history: the `fitlens.History` of the last ``fit`` (``history.history`` per epoch with
-            ``m``, ``m_now``, ``val_m``; ``history.batches`` one row per batch).
+        history: the `fitlens.History` of the run (``history.history`` per epoch with ``m``,
+            ``m_now``, ``val_m``; ``history.batches`` one row per batch). Reused across
+            ``Trainer.fit`` calls, the callback continues the same run (epochs numbered on,
+            estimators and the jump forecast carried). Make a new callback for a new run.
+        lens: the `fitlens.view.lens.Lens` that records and shows the run.
 
     Example:
         >>> lens = FitlensCallback(verbose=2)
@@ -98,29 +101,26 @@ class FitlensCallback(pl.Callback):
     ) -> None:
         super().__init__()
         self.progress = verbose if isinstance(verbose, Progress) else Progress(verbose, file=file)
-        self.observer = RunObserver(self.progress, now, clock)  # validates `now` here
-        self.now = now
-        self.clock = clock
+        self.lens = Lens(self.progress, now, clock=clock)  # validates `now` here
         self.log_now = bool(log_now)
-        self.history: History = self.observer.history
+        self.history: History = self.lens.history
+        self.history.params["framework"] = "lightning"
         self._validation: dict[str, float] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.observer = RunObserver(self.progress, self.now, self.clock, {"framework": "lightning"})
-        self.history = self.observer.history
         steps = trainer.num_training_batches
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        self.observer.begin_train(epochs, int(steps) if math.isfinite(steps) else None)
+        self.lens.begin_run(epochs, int(steps) if math.isfinite(steps) else None)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._counts: dict[str, float] = {}  # result key -> Lightning's cumulated batch size
         self._validation = {}
-        self.observer.begin_epoch(trainer.current_epoch)
+        self.lens.begin_epoch(trainer.current_epoch)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.observer.batch_begin()
+        self.lens.begin_step()
 
     def on_train_batch_end(
         self,
@@ -152,11 +152,12 @@ class FitlensCallback(pl.Callback):
         if tensors:
             host = torch.stack([t.to(tensors[0].device) for t in tensors]).cpu().tolist()
             values = dict(zip(names, host, strict=True))
-        self.observer.batch_end(batch_idx + 1, values, weights, size)
+        self.lens.step_done(batch_idx + 1, values, weights, size)
         if self.log_now:
-            self.observer.flush()
+            self.lens.flush()
+            snapshot = self.lens.snapshot()
             for name in values:
-                now = self.observer.nows[name].value
+                now = snapshot[name][1]
                 pl_module.log(f"{name}_now", now, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -173,7 +174,7 @@ class FitlensCallback(pl.Callback):
                 self._validation[name] = float(value)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.observer.end_epoch(self._validation)
+        self.lens.end_epoch(self._validation)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.observer.end_train()
+        self.lens.end_run()

@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import sys
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +50,7 @@ from fitlens.safety.checkpoint import (
 from fitlens.safety.position import DataPosition, capture_rng
 from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
-from fitlens.view.recorder import Recorder
+from fitlens.view.lens import Lens
 from fitlens.view.timing import Clock
 
 NonFinitePolicy = Literal["stop", "skip"]
@@ -90,7 +89,7 @@ class RunKeeper:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         history: History,
-        recorder: Recorder,
+        lens: Lens,
         source: BatchSource,
         callbacks: Sequence[Any],
         clock: Clock,
@@ -113,7 +112,7 @@ class RunKeeper:
         self.policy = on_nonfinite
         self.config = checkpointing or Checkpointing()
         self.model, self.optimizer, self.history = model, optimizer, history
-        self.recorder, self.source, self.clock = recorder, source, clock
+        self.lens, self.source, self.clock = lens, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
         self.parts = dict(parts or {})  # other objects with state_dict/load_state_dict
         self.rundir = RunDir(run_dir) if run_dir is not None else None
@@ -138,14 +137,15 @@ class RunKeeper:
         self.epoch = self.step = 0
         self.checked_rows = 0
         self.skipped: list[list[int]] = []
-        self.started = time.perf_counter()
+        self.started = clock() if self.rundir is not None else 0.0  # no clock read without it
         self.summary: dict[str, Any] = {}
 
     # -- start -------------------------------------------------------------------------------
 
-    def begin(self) -> int:
-        """Restore the last good checkpoint when resuming; return the 0-based epoch to start at."""
-        start_epoch = 0
+    def begin(self, first_epoch: int = 0) -> int:
+        """Restore the last good checkpoint when resuming; return the 0-based epoch to start at
+        (the checkpoint's, else ``first_epoch``)."""
+        start_epoch = first_epoch
         if self.store is not None and self.resume:
             self.store.remove_temporaries()
             found = self.store.latest()
@@ -204,7 +204,7 @@ class RunKeeper:
         self.pending_resume = None
         if state is not None:
             step = int(state["position"]["step"])
-            self.recorder.load_state_dict(state["recorder"], epoch_means=step > 0)
+            self.lens.load_state_dict(state["lens"], epoch_means=step > 0)
             batches = self.position.resume_epoch(state["epoch_start"], epoch, step, state["rng"])
             return batches, step
         self.position.begin_epoch()
@@ -220,7 +220,7 @@ class RunKeeper:
         return True
 
     def on_refresh(self) -> None:
-        """After a display refresh (the recorder was just flushed): check values, append history."""
+        """After a display refresh (the lens was just flushed): check values, append history."""
         self._check_rows()
         if self.rundir is not None:
             self.rundir.append(self.history)
@@ -257,7 +257,7 @@ class RunKeeper:
         """Save the position *after* ``step`` steps of 0-based ``epoch``; None if not written."""
         if self.store is None:  # no run_dir: nothing to write, so no extra host sync either
             return None
-        self.recorder.flush()
+        self.lens.flush()
         self._check_rows()
         if not _parameters_finite(self.model):
             raise NonFiniteError(
@@ -269,7 +269,7 @@ class RunKeeper:
                 self.last_checkpoint,
             )
         self.last_time = self.clock()
-        started = time.perf_counter()
+        started = self.clock()
         try:
             path = self.store.save(self._state(epoch, step))
         except OSError as e:
@@ -290,7 +290,7 @@ class RunKeeper:
                     "tensors and plain containers, so it could not be loaded safely. "
                     f"{e}"
                 ) from e
-        self.checkpoint_seconds += time.perf_counter() - started
+        self.checkpoint_seconds += self.clock() - started
         self.checkpoints_written += 1
         self.last_checkpoint, self.saved_at = path, (epoch, step)
         return path
@@ -305,7 +305,7 @@ class RunKeeper:
             "scheduler": sched.state_dict() if sched is not None else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
-            "recorder": self.recorder.state_dict(),
+            "lens": self.lens.state_dict(),
             "history": _history_state(self.history),
             "params": json.dumps(self.history.params, default=str),
             "skipped": self.skipped,
@@ -388,7 +388,7 @@ class RunKeeper:
             return
         # The device may be in an error state; the history flushed so far stands.
         with contextlib.suppress(Exception):
-            self.recorder.flush()
+            self.lens.flush()
         self.rundir.append(self.history)
         self.rundir.close()
         status = "completed"
@@ -399,7 +399,7 @@ class RunKeeper:
         elif error is not None:
             status = "failed"
         extra = {
-            "session_seconds": time.perf_counter() - self.started,
+            "session_seconds": self.clock() - self.started,
             "checkpoints": {
                 "written_this_session": self.checkpoints_written,
                 "seconds_this_session": self.checkpoint_seconds,

@@ -28,7 +28,8 @@ class RunState:
         optimizer: its optimizer.
         history: the `History` being recorded.
         params: the run's settings (``epochs``, ``steps``, ``metrics``, ...).
-        epoch: the current 0-based epoch. step: the current 1-based step within it.
+        epoch: the current 0-based epoch. step: the current 1-based step within it (read from
+            the loop's one step counter, the lens's).
         stop_training: set to True to end training after the current batch.
     """
 
@@ -37,8 +38,12 @@ class RunState:
     history: History
     params: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
-    step: int = 0
     stop_training: bool = False
+    lens: Any = field(default=None, repr=False)
+
+    @property
+    def step(self) -> int:
+        return int(self.lens.step) if self.lens is not None else 0
 
 
 class LazyLogs(Mapping[str, float]):
@@ -101,8 +106,20 @@ class CallbackList:
                 )
             cb.set_run(run)
         self.callbacks = list(callbacks)
-        self.batch_begin = [cb for cb in self.callbacks if _overrides(cb, "on_batch_begin")]
-        self.batch_end = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
+        self._batch_begin = [cb for cb in self.callbacks if _overrides(cb, "on_batch_begin")]
+        self._batch_end = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
+
+    def batch_begin(self, step: int) -> None:
+        """Before a step runs: ``step`` steps of the epoch are done (its 0-based index)."""
+        for cb in self._batch_begin:
+            cb.on_batch_begin(step, {})
+
+    def batch_end(self, step: int, compute_logs: Callable[[], Mapping[str, float]]) -> None:
+        """After 1-based ``step``; the logs are computed only if a callback reads them."""
+        if self._batch_end:
+            logs = LazyLogs(compute_logs)
+            for cb in self._batch_end:
+                cb.on_batch_end(step, logs)
 
     def train_begin(self, logs: Mapping[str, float]) -> None:
         for cb in self.callbacks:

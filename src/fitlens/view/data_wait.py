@@ -51,8 +51,12 @@ class DataWaitHint:
         self.min_seconds = min_seconds
         self.given = False
 
-    def check(self, epoch: int, timing: Mapping[str, float], prefetch: int) -> str | None:
-        """The hint line for 0-based ``epoch`` if due (at most once per run), else None."""
+    def check(self, epoch: int, timing: Mapping[str, float], prefetch: int | None) -> str | None:
+        """The hint line for 0-based ``epoch`` if due (at most once per run), else None.
+
+        ``prefetch`` is `fitlens.fit`'s read-ahead depth; None outside `fit` (a framework's
+        loop), where the advice leaves `fit`'s option out.
+        """
         share = data_share(timing)
         if (
             self.given
@@ -61,15 +65,18 @@ class DataWaitHint:
         ):
             return None
         self.given = True
-        ahead = (
-            f"raise prefetch= (now {prefetch}) if making a batch releases the GIL"
-            if prefetch
-            else "pass fit(..., prefetch=4) to read batches in a background thread while the "
-            "model computes"
-        )
+        if prefetch is None:
+            ahead = ""
+        elif prefetch:
+            ahead = f"raise prefetch= (now {prefetch}) if making a batch releases the GIL; "
+        else:
+            ahead = (
+                "pass fit(..., prefetch=4) to read batches in a background thread while the "
+                "model computes; "
+            )
         return (
             f"Input pipeline bottleneck: waiting for data took {share:.0%} of epoch "
             f"{epoch + 1} ({timing['data_wait']:.1f}s of {timing['time']:.1f}s); the model "
-            f"was idle meanwhile. Try: {ahead}; for a torch DataLoader, num_workers=N "
+            f"was idle meanwhile. Try: {ahead}for a torch DataLoader, num_workers=N "
             "(worker processes) and pin_memory=True on CUDA; or precompute/cache the batches."
         )

@@ -1,7 +1,7 @@
 """The end-of-epoch gap line, jump forecast and forecast check: one code path for every caller.
 
-`fitlens.fit` (through `fitlens.training.epoch_truth.EpochTruth`) and the Keras/Lightning callbacks (through
-`fitlens.integrations.observer.RunObserver`) both hold an `EpochEndLines` and call it twice:
+The `fitlens.view.lens.Lens`, which `fitlens.fit` and the Keras/Lightning callbacks all drive,
+holds an `EpochEndLines` and calls it twice:
 
 * ``end_epoch(...)`` with each metric's epoch mean, now estimate and the values measured at the
   epoch end (validation; with ``train_eval``, the two passes over training data): builds every
@@ -64,6 +64,12 @@ class EpochEndLines:
 
     def __init__(self) -> None:
         self.forecast: Forecast | None = None
+        self.held: str | None = None  # the forecast line of a loop's last epoch, not yet shown
+
+    def release(self) -> str | None:
+        """The held-back forecast line, once: a loop continues the run after its last epoch."""
+        line, self.held = self.held, None
+        return line
 
     def end_epoch(
         self,
@@ -89,7 +95,8 @@ class EpochEndLines:
             batches: the run's batch log, flushed; its last ``rows`` rows are this epoch's.
             steps_per_epoch: batches per epoch (None: unknown), caps the forecast's batches.
             train_mode, eval_mode: the ``train_eval`` passes (None or empty without them).
-            last: True when no epoch follows (no forecast is made).
+            last: True when no epoch follows in this loop: the forecast is made but its line is
+                held back (`release`) until the run continues in another loop.
 
         Returns:
             An `EpochEnd` with ``gaps`` and ``lines`` (its ``logs`` are for the caller to fill).
@@ -114,14 +121,12 @@ class EpochEndLines:
         }
         if not head.estimated or head.validation is not None:
             out.lines.append(format_gap_line(head))
-        self.forecast = None
+        recent = batches[headline][len(batches) - min(rows, NOISE_WINDOW) :]
+        steps = min(FORECAST_STEPS, steps_per_epoch or FORECAST_STEPS)
+        self.forecast = make_forecast(headline, epoch + 2, head.reported, head.now, recent, steps)
+        self.held = format_forecast_line(self.forecast)
         if not last:
-            recent = batches[headline][len(batches) - min(rows, NOISE_WINDOW) :]
-            steps = min(FORECAST_STEPS, steps_per_epoch or FORECAST_STEPS)
-            self.forecast = make_forecast(
-                headline, epoch + 2, head.reported, head.now, recent, steps
-            )
-            out.lines.append(format_forecast_line(self.forecast))
+            out.lines.append(self.release() or "")
         return out
 
     def check(self, batches: BatchLog, rows: int) -> str | None:

@@ -1,4 +1,4 @@
-"""The framework-free core of the callbacks: the observer."""
+"""The lens driven as the framework callbacks drive it: values by name, as floats."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fitlens.integrations.observer import RunObserver
+from fitlens.view.lens import Lens
 from fitlens.view.progress import Progress
 
 
@@ -19,17 +19,17 @@ class FakeClock:
         return self.t
 
 
-def test_observer_records_history_timing_and_lines_like_fit():
+def test_lens_records_history_timing_and_lines_like_fit():
     clock, out = FakeClock(), io.StringIO()
-    obs = RunObserver(Progress(2, file=out), "window", clock)
-    obs.begin_train(epochs=2, steps=3)
+    obs = Lens(Progress(2, file=out), "window", clock=clock)
+    obs.begin_run(2, 3)
     for epoch in range(2):
         obs.begin_epoch(epoch)
         for step, (loss, size) in enumerate([(1.0, 4), (0.5, 4), (0.0, 2)], start=1):
             clock.t += 0.1  # data wait
-            obs.batch_begin()
+            obs.begin_step()
             clock.t += 0.4  # step
-            obs.batch_end(step, {"loss": loss + epoch}, {"loss": size}, size)
+            obs.step_done(step, {"loss": loss + epoch}, {"loss": size}, size)
         clock.t += 1.0  # validation
         logs = obs.end_epoch({"val_loss": 0.25})
     history = obs.history
@@ -63,19 +63,19 @@ def test_observer_records_history_timing_and_lines_like_fit():
     assert history.gaps[1]["metrics"]["loss"]["total"] == pytest.approx(0.25 - 1.6)
 
 
-def _run(obs: RunObserver, clock: FakeClock, epochs: list[list[tuple[int, dict, float]]], val):
-    obs.begin_train(epochs=len(epochs), steps=None)
+def _run(obs: Lens, clock: FakeClock, epochs: list[list[tuple[int, dict, float]]], val):
+    obs.begin_run(len(epochs), None)
     for epoch, batches in enumerate(epochs):
         obs.begin_epoch(epoch)
         for step, values, size in batches:
             clock.t += 1.0
-            obs.batch_end(step, values, dict.fromkeys(values, size), size, {"auc": 0.5})
+            obs.step_done(step, values, dict.fromkeys(values, size), size, {"auc": 0.5})
         obs.end_epoch(val)
 
 
 def test_lines_are_about_the_first_metric_with_a_validation_value_and_never_a_reported_one():
     out = io.StringIO()
-    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    obs = Lens(Progress(2, file=out), "last", clock=FakeClock())
     batch = {"loss": 0.5, "accuracy": 0.75, "mae": 0.25}
     val = {"val_auc": 0.5, "val_mae": 0.5, "val_loss": 1.0}
     _run(obs, FakeClock(), [[(1, batch, 8)], [(1, batch, 8)]], val)
@@ -90,7 +90,7 @@ def test_lines_are_about_the_first_metric_with_a_validation_value_and_never_a_re
 
 def test_without_validation_there_is_no_gap_line_but_the_forecast_and_its_check():
     out = io.StringIO()
-    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    obs = Lens(Progress(2, file=out), "last", clock=FakeClock())
     epoch = [(1, {"loss": 1.0, "accuracy": 0.5}, 4), (2, {"loss": 0.5, "accuracy": 1.0}, 4)]
     _run(obs, FakeClock(), [epoch, epoch], None)
     text = out.getvalue()
@@ -102,7 +102,7 @@ def test_without_validation_there_is_no_gap_line_but_the_forecast_and_its_check(
 def test_the_check_uses_whole_groups_of_batches_and_says_how_many_they_hold():
     # Keras's steps_per_execution=2: rows cover batches 1-2, 3-4, 5-6; the forecast is for 3.
     out = io.StringIO()
-    obs = RunObserver(Progress(2, file=out), "last", FakeClock())
+    obs = Lens(Progress(2, file=out), "last", clock=FakeClock())
     groups = [(2, {"loss": 1.0}, 8), (4, {"loss": 0.5}, 8), (6, {"loss": 0.0}, 4)]
     _run(obs, FakeClock(), [groups, groups], {"val_loss": 0.1})
     text = out.getvalue()
@@ -110,12 +110,12 @@ def test_the_check_uses_whole_groups_of_batches_and_says_how_many_they_hold():
     assert "forecast check epoch 2: loss 0.7500 after 4 batches (jump +0.1500)" in text
 
 
-def test_observer_keeps_the_frameworks_value_for_a_metric_without_batch_values():
-    obs = RunObserver(Progress(0), "trend", FakeClock())
-    obs.begin_train(epochs=1, steps=2)
+def test_lens_keeps_the_frameworks_value_for_a_metric_without_batch_values():
+    obs = Lens(Progress(0), "trend", clock=FakeClock())
+    obs.begin_run(1, 2)
     obs.begin_epoch(0)
-    obs.batch_end(1, {"loss": 1.0}, {"loss": 8}, 8, reported={"auc": 0.7})
-    obs.batch_end(2, {"loss": 0.0}, {"loss": 0}, 0, reported={"auc": 0.8})
+    obs.step_done(1, {"loss": 1.0}, {"loss": 8}, 8, reported={"auc": 0.7})
+    obs.step_done(2, {"loss": 0.0}, {"loss": 0}, 0, reported={"auc": 0.8})
     logs = obs.end_epoch()
     assert logs["loss"] == 1.0  # the weightless batch counts for nothing
     assert logs["auc"] == 0.8 and math.isnan(logs["auc_now"])

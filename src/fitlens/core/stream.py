@@ -1,0 +1,200 @@
+"""A run's per-batch values, fed to each metric's estimators in fixed blocks of steps.
+
+`MetricStream` receives batch values already on the host (numpy), in chunks of any length: one
+chunk per display refresh. It appends them to ``History.batches`` and updates every metric's
+epoch mean and now estimate in blocks of `BLOCK` steps that start at the epoch's first step,
+whatever the chunk boundaries. Floating-point sums then round the same way however often the
+display refreshed (and in a resumed run), so a `History` depends only on the values. The steps
+of the last, partial block are added on a copy when a value is read; at the next epoch start
+they go to the now estimates, which run across epoch boundaries.
+
+Numpy only: no torch, no framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from fitlens.core.estimators import EpochMean, Estimator, make_estimator
+from fitlens.core.history import BatchLog
+
+#: Steps per estimator update. Larger blocks cost nothing in accuracy (a value read mid-block
+#: adds the partial block on a copy) and make the rounding independent of the refresh timing.
+BLOCK = 64
+
+
+class EpochValue(Protocol):
+    """A metric that computes its own epoch value (e.g. a torchmetrics ``Metric``)."""
+
+    def compute(self) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class MetricStream:
+    """The epoch means and now estimates of a run's metrics, fed from its batch values.
+
+    Args:
+        names: metric names, in the order of the value columns handed to `append`.
+        now: the now estimator (a name or a configured instance, cloned per metric).
+        batches: the batch log the rows go to.
+        epoch_values: metrics whose epoch value is not the mean of their batch values (a
+            torchmetrics metric's ``compute()``): name -> the metric, reset at epoch starts.
+
+    Attributes:
+        epoch: the 0-based epoch being recorded. rows: its rows in ``batches`` so far.
+        data_time, step_time: seconds of data wait and of steps in this epoch's rows.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        now: str | Estimator,
+        batches: BatchLog,
+        epoch_values: Mapping[str, EpochValue] | None = None,
+    ) -> None:
+        self.names = list(names)
+        self.means = {n: EpochMean() for n in self.names}
+        self.nows = {n: make_estimator(now) for n in self.names}
+        self.batches = batches
+        self.epoch_values = dict(epoch_values or {})
+        self.epoch = 0
+        self.rows = 0
+        self.data_time = self.step_time = 0.0
+        self._tail_values = np.empty((0, len(self.names)))  # rows not yet in a whole block
+        self._tail_weights = np.empty((0, len(self.names)))
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start 0-based ``epoch``: reset the epoch means; the now estimates go on."""
+        if len(self._tail_weights):  # the last epoch's partial block
+            self._update(self._tail_values, self._tail_weights, means=False)
+        self._tail_values = np.empty((0, len(self.names)))
+        self._tail_weights = np.empty((0, len(self.names)))
+        self.epoch, self.rows = epoch, 0
+        self.data_time = self.step_time = 0.0
+        for m in self.means.values():
+            m.reset()
+        for metric in self.epoch_values.values():
+            metric.reset()
+
+    def append(
+        self,
+        steps: np.ndarray,
+        values: np.ndarray,
+        weights: np.ndarray,
+        sizes: np.ndarray,
+        step_times: np.ndarray,
+        data_times: np.ndarray,
+    ) -> None:
+        """Add ``n`` batch rows of this epoch.
+
+        Args:
+            steps: (n,) each row's 1-based step in the epoch (a group's last batch).
+            values: (n, metrics) float64 values, columns in the order of ``names``.
+            weights: (n, metrics) the weight (samples) behind each value; 0 leaves it out.
+            sizes: (n,) samples per row. step_times, data_times: (n,) seconds.
+        """
+        row: dict[str, Any] = {
+            "epoch": np.full(len(steps), self.epoch + 1),  # 1-based in the log, as shown
+            "step": steps,
+            "size": sizes,
+            "step_time": step_times,
+            "data_time": data_times,
+        }
+        for i, name in enumerate(self.names):
+            row[name] = values[:, i]
+        self.batches.append(row)
+        self.rows += len(steps)
+        self.step_time += float(step_times.sum())
+        self.data_time += float(data_times.sum())
+        fed = np.where(weights > 0, values, 0.0)  # a weightless value must not turn sums NaN
+        tail_v = np.concatenate([self._tail_values, fed])
+        tail_w = np.concatenate([self._tail_weights, weights])
+        whole = len(tail_w) - len(tail_w) % BLOCK
+        for start in range(0, whole, BLOCK):
+            self._update(tail_v[start : start + BLOCK], tail_w[start : start + BLOCK])
+        self._tail_values, self._tail_weights = tail_v[whole:], tail_w[whole:]
+
+    def _update(self, values: np.ndarray, weights: np.ndarray, means: bool = True) -> None:
+        for i, name in enumerate(self.names):
+            if means:
+                self.means[name].update(values[:, i], weights[:, i])
+            self.nows[name].update(values[:, i], weights[:, i])
+
+    def _with_tail(self, est: Estimator, column: int) -> float:
+        if not len(self._tail_weights):
+            return est.value
+        copy = est.clone()
+        copy.load_state_dict(est.state_dict())
+        copy.update(self._tail_values[:, column], self._tail_weights[:, column])
+        return copy.value
+
+    def mean(self, name: str) -> float:
+        """The epoch value: the running mean, or the metric's own epoch value when it has one."""
+        own = self.epoch_values.get(name)
+        if own is not None and self.rows > 0:
+            return own.compute()
+        return self._with_tail(self.means[name], self.names.index(name))
+
+    def now(self, name: str) -> float:
+        """The now estimate of ``name`` over every row so far."""
+        return self._with_tail(self.nows[name], self.names.index(name))
+
+    def weight(self, name: str) -> float:
+        """The weight (samples) behind ``name``'s epoch mean so far."""
+        column = self.names.index(name)
+        return self.means[name].count + float(self._tail_weights[:, column].sum())
+
+    def snapshot(self) -> dict[str, tuple[float, float]]:
+        """``{name: (epoch mean, now estimate)}``."""
+        return {n: (self.mean(n), self.now(n)) for n in self.names}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Estimator states and epoch counters, for a checkpoint.
+
+        Own epoch values (torchmetrics) are not included: after a mid-epoch resume their epoch
+        value covers the batches trained since the resume.
+        """
+        return {
+            "epoch": self.epoch,
+            "rows": self.rows,
+            "data_time": self.data_time,
+            "step_time": self.step_time,
+            "means": {n: e.state_dict() for n, e in self.means.items()},
+            "nows": {n: e.state_dict() for n, e in self.nows.items()},
+            "tail_values": self._tail_values.copy(),
+            "tail_weights": self._tail_weights.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], epoch_means: bool = True) -> None:
+        """Restore a `state_dict` taken from a stream with the same metric names.
+
+        With ``epoch_means=False`` only the now estimates are restored (a run resumed at an
+        epoch boundary starts fresh epoch means but continues the now estimates).
+        """
+        if set(state["means"]) != set(self.names):
+            raise ValueError(
+                f"The checkpoint tracks metrics {sorted(state['means'])}, this run tracks "
+                f"{sorted(self.names)}. Resume with the same `metrics`."
+            )
+        for n in self.names:
+            self.nows[n].load_state_dict(state["nows"][n])
+        tail_values = np.array(state["tail_values"], dtype=np.float64)
+        tail_weights = np.array(state["tail_weights"], dtype=np.float64)
+        if not epoch_means:  # the saved epoch ended: its partial block goes to the now estimates
+            if len(tail_weights):
+                self._update(tail_values, tail_weights, means=False)
+            return
+        self._tail_values, self._tail_weights = tail_values, tail_weights
+        self.epoch = int(state["epoch"])
+        self.rows = int(state["rows"])
+        self.data_time = float(state["data_time"])
+        self.step_time = float(state["step_time"])
+        for n in self.names:
+            self.means[n].load_state_dict(state["means"][n])
+
+
+__all__ = ["BLOCK", "EpochValue", "MetricStream"]

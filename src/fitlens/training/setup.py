@@ -1,0 +1,251 @@
+"""What one `fitlens.fit` call sets up before its first step, and what it does per epoch.
+
+`check_arguments` rejects bad arguments before anything is built. `Training` resolves the rest
+(loss, metrics, optimizer, data sources, device) and holds the objects the loop drives: the
+`TrainStep`, the `Lens`, the run safety (`RunKeeper`) and the callbacks. Its two epoch-level
+methods keep the loop short: ``begin_epoch`` returns the epoch's batches on the device,
+``end_epoch`` runs validation and the ``train_eval`` passes and closes the epoch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fitlens.adapters.data import BatchSource, to_device, unpack
+from fitlens.adapters.evaluation import measure_batches, model_device
+from fitlens.adapters.losses import LossFn, resolve_loss
+from fitlens.adapters.metrics import resolve_metrics
+from fitlens.adapters.optimizers import resolve_optimizer
+from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
+from fitlens.core.estimators import Estimator
+from fitlens.core.history import History
+from fitlens.safety.checkpoint import Checkpointing
+from fitlens.safety.guard import NonFinitePolicy, RunKeeper
+from fitlens.training.callbacks import Callback, CallbackList, RunState
+from fitlens.training.epoch_truth import EpochTruth, measured
+from fitlens.training.step import TrainStep, tensors_to_host
+from fitlens.view.lens import Lens
+from fitlens.view.progress import Progress
+from fitlens.view.timing import Clock, default_clock
+
+
+def check_arguments(model: Any, epochs: Any, initial_epoch: Any, history: Any) -> tuple[int, int]:
+    """Validate `fit`'s run length; return the 0-based first epoch and the end (exclusive).
+
+    Without ``initial_epoch``, a ``history`` handed back from an earlier call is continued:
+    ``epochs`` more epochs, numbered on. With it, as in Keras, epochs ``initial_epoch`` to
+    ``epochs - 1`` run.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"Expected `epochs` to be an integer >= 1. Received: {epochs!r}.")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"Expected `model` to be a torch.nn.Module. Received: {type(model).__name__}."
+        )
+    if history is not None and not isinstance(history, History):
+        raise TypeError(
+            "Expected `history` to be the fitlens.History an earlier fit call returned. "
+            f"Received: {type(history).__name__}."
+        )
+    if initial_epoch is None:
+        done = history.epoch[-1] + 1 if history is not None and history.epoch else 0
+        return done, done + epochs
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int):
+        raise ValueError(f"Expected `initial_epoch` to be an integer. Received: {initial_epoch!r}.")
+    if not 0 <= initial_epoch < epochs:
+        raise ValueError(
+            f"Expected 0 <= initial_epoch < epochs (as in Keras, epochs initial_epoch to "
+            f"epochs - 1 run). Received: initial_epoch={initial_epoch}, epochs={epochs}."
+        )
+    return initial_epoch, epochs
+
+
+class Training:
+    """The objects of one `fit` call, set up before the first step.
+
+    Takes `fit`'s arguments as they are, and ``end``: the 0-based epoch after the last to run.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train: Any,
+        *,
+        loss: str | LossFn,
+        optimizer: str | torch.optim.Optimizer,
+        metrics: Sequence[Any] | Mapping[str, Any],
+        epochs: int,
+        steps_per_epoch: int | None,
+        batch_size: int | None,
+        validation_data: Any,
+        validation_steps: int | None,
+        callbacks: Sequence[Callback],
+        verbose: int | Progress,
+        device: torch.device | str | None,
+        now: str | Estimator,
+        train_eval: bool | float | int | None,
+        prefetch: int,
+        run_dir: str | Path | None,
+        resume: bool,
+        checkpointing: Checkpointing | None,
+        on_nonfinite: NonFinitePolicy,
+        initial_epoch: int | None,
+        history: History | None,
+        clock: Clock | None,
+        end: int,
+    ) -> None:
+        clock = clock or default_clock()
+        progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
+        _, self.loss_fn = resolve_loss(loss)
+        self.metrics = resolve_metrics(metrics, reserved=("loss",))
+        self.device = dev = torch.device(device) if device is not None else model_device(model)
+        self.model = model.to(dev)
+        for m in self.metrics:
+            m.to(dev)
+        self.optimizer = resolve_optimizer(optimizer, model)
+        self.source = BatchSource(train, name="train", steps=steps_per_epoch, batch_size=batch_size)
+        self.val_source = None
+        if validation_data is not None:
+            self.val_source = BatchSource(
+                validation_data, name="validation_data", steps=validation_steps, shuffle=False
+            )
+        self.val_metrics = [m.fresh().to(dev) for m in self.metrics]
+        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
+        self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
+        names = ["loss"] + [m.name for m in self.metrics]
+        params = {
+            "epochs": end,
+            "steps": self.source.steps,
+            "batch_size": batch_size,
+            "metrics": names,
+            "now": repr(now),
+            "device": str(dev),
+            "data": self.source.kind,
+            "prefetch": prefetch,
+        }
+        self.lens = _lens(history, progress, now, clock, prefetch)
+        self.lens.history.params.update(params)
+        self.lens.set_metrics(names, epoch_values={m.name: m for m in self.metrics if m.stateful})
+        self.lens.begin_run(end, self.source.steps)
+        self.history = self.lens.history
+        self.run = RunState(
+            model, self.optimizer, self.history, self.history.params, lens=self.lens
+        )
+        self.callbacks = CallbackList(callbacks, self.run)
+        # Run directory, checkpoints, resume, SIGINT/SIGTERM and the non-finite policy.
+        self.safety = RunKeeper(
+            run_dir,
+            resume=resume,
+            checkpointing=checkpointing,
+            on_nonfinite=on_nonfinite,
+            model=model,
+            optimizer=self.optimizer,
+            history=self.history,
+            lens=self.lens,
+            source=self.source,
+            callbacks=callbacks,
+            clock=clock,
+            parts={"train_eval": self.truth},
+        )
+        self.lens.after_refresh.append(self.safety.on_refresh)  # append history; "stop" check
+        lens, safety = self.lens, self.safety
+        skips = (lambda loss: safety.skips(lens.step + 1, loss)) if on_nonfinite == "skip" else None
+        self.step = TrainStep(model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
+        self.stop = False
+        self.logs: dict[str, float] = {}
+
+    def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
+        """Start 0-based ``epoch``; its ``(x, y)`` batches on the device, resumed mid-epoch when
+        a checkpoint says so."""
+        self.run.epoch = epoch
+        self.model.train()
+        self.callbacks.epoch_begin(epoch, {})
+        self.lens.begin_epoch(epoch)
+        batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch
+        self.lens.resume_at(done)
+        if self.feeder is not None:  # read ahead in a background thread
+            batches = self.feeder.epoch(batches)
+        return _on_device(self.truth.watch(batches, epoch, done), self.device)
+
+    def end_epoch(self, epoch: int, end: int) -> None:
+        """Validate, measure and record 0-based ``epoch`` (``end``: the loop's last + 1); sets
+        ``stop`` when training must end here."""
+        lens, source, run = self.lens, self.source, self.run
+        if lens.step == 0:
+            warnings.warn(
+                f"`train` yielded no batches in epoch {epoch + 1}; stopping training.",
+                stacklevel=3,
+            )
+            self.stop = True
+            return
+        ran_out = source.steps is not None and lens.step < source.steps and not run.stop_training
+        if source.steps is None:  # no len(): now we know
+            source.steps = lens.steps = self.history.params["steps"] = lens.step
+        validation = None
+        if self.val_source is not None:
+            self.model.eval()
+            values = measure_batches(  # means as `evaluate`, plus spreads for intervals
+                self.model,
+                self.val_source.epoch(),
+                "loss",
+                self.loss_fn,
+                [m.fresh() for m in self.val_metrics],
+                self.device,
+                name="validation_data",
+            )
+            self.model.train()
+            validation = {f"val_{k}": measured(v) for k, v in values.items()}
+        train_mode, eval_mode, train_eval_logs = self.truth.passes(self.model)
+        self.logs = lens.end_epoch(
+            validation,
+            train_mode=train_mode,
+            eval_mode=eval_mode,
+            extra_logs=train_eval_logs,
+            last=epoch == end - 1 or ran_out or run.stop_training,
+        )
+        self.callbacks.epoch_end(epoch, self.logs)
+        self.safety.on_epoch_end(epoch)  # history files, checkpoint
+        if ran_out:
+            warnings.warn(
+                f"`train` ran out of data after {lens.step} of {source.steps} steps in epoch "
+                f"{epoch + 1}; stopping training (the history so far is kept). A generator "
+                f"must yield steps_per_epoch * epochs = {source.steps * end} batches: "
+                "loop over your data inside it (`while True:`).",
+                stacklevel=3,
+            )
+        self.stop = ran_out or run.stop_training
+
+    def close(self) -> None:
+        """Stop the read-ahead thread (early stop, Ctrl-C, errors) and close the display."""
+        if self.feeder is not None:
+            self.feeder.close()
+        self.lens.end_run()
+        self.history.lens = self.lens  # a later fit(..., history=...) continues from here
+
+
+def _lens(
+    history: History | None, progress: Progress, now: str | Estimator, clock: Clock, prefetch: int
+) -> Lens:
+    """A new lens, or the one that recorded ``history`` (continued with this call's display)."""
+    carried = getattr(history, "lens", None)
+    if isinstance(carried, Lens):
+        carried.progress, carried.clock, carried.prefetch = progress, clock, prefetch
+        carried.after_refresh.clear()  # the earlier call's run safety is closed
+        return carried
+    return Lens(
+        progress, now, clock=clock, history=history, to_host=tensors_to_host, prefetch=prefetch
+    )
+
+
+def _on_device(batches: Iterator[Any], device: torch.device) -> Iterator[tuple[Any, Any]]:
+    for batch in batches:
+        x, y = unpack(batch, "train")
+        yield to_device(x, device), to_device(y, device)
+
+
+__all__ = ["Training", "check_arguments"]

@@ -1,0 +1,451 @@
+"""The lens: one view of a training run, whichever loop runs it.
+
+`fitlens.fit`, `fitlens.keras.FitlensCallback` and `fitlens.lightning.FitlensCallback` all drive
+one `Lens` with the same calls, so a number cannot mean two things:
+
+* ``begin_run(epochs, steps)``, then per epoch ``begin_epoch(epoch)`` (0-based);
+* per training step ``begin_step()`` (the wait for data ends), ``record(values, size)`` (the
+  step's values: 0-d device tensors from `fit`, floats from a framework), ``refresh_if_due()``
+  and ``end_step()`` (the wait for the next batch starts);
+* ``end_epoch(validation)`` after the epoch's validation, and ``end_run()``.
+
+The lens owns what every loop shares: the queue of per-step values, moved to the host in one
+transfer per display refresh and fed to the estimators in fixed blocks (`MetricStream`); the
+step timer and ETA; the display; the data-wait hint; and the end-of-epoch gap, forecast and
+forecast-check lines. It reads the clock three times per step and does no other per-step work
+than appending to lists, so the `History` it records depends on the values alone, not on when
+the display refreshed.
+
+A lens outlives a ``fit`` call: driven again (a callback reused across ``model.fit(epochs=1)``
+calls, or `fitlens.fit` handed the `History` back), it continues the same run: epochs are
+numbered on, rows accumulate, the estimators and the pending forecast carry across.
+
+Imports no torch: values reach the host through the ``to_host`` function it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
+from fitlens.core.gap import Measured
+from fitlens.core.history import BatchLog, History
+from fitlens.core.stream import EpochValue, MetricStream
+from fitlens.view.data_wait import DataWaitHint
+from fitlens.view.epoch_end import EpochEndLines
+from fitlens.view.progress import Progress, ProgressState
+from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
+
+#: Moves the queued per-step values (a flat list, metric after metric per step) to the host.
+ToHost = Callable[[list[Any]], np.ndarray]
+
+
+def floats_to_host(values: list[Any]) -> np.ndarray:
+    """`ToHost` for values that are already Python floats (what the frameworks hand over)."""
+    return np.asarray(values, dtype=np.float64)
+
+
+class Lens:
+    """Records, estimates and displays one training run from its per-step values.
+
+    Args:
+        progress: the display.
+        now: the now estimator, a name or a configured `Estimator` (cloned per metric).
+        clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        history: the `History` to record into; pass one from an earlier run to continue it.
+        to_host: moves queued values to the host (default: they are floats already).
+        prefetch: `fit`'s read-ahead depth, for the data-wait hint's advice (None: not `fit`).
+
+    Attributes:
+        history: the `History` being recorded.
+        epoch: the current 0-based epoch. step: steps done in it (1-based index of the last).
+    """
+
+    def __init__(
+        self,
+        progress: Progress,
+        now: str | Estimator = DEFAULT_NOW,
+        *,
+        clock: Clock | None = None,
+        history: History | None = None,
+        to_host: ToHost = floats_to_host,
+        prefetch: int | None = None,
+    ) -> None:
+        make_estimator(now)  # validates before training starts
+        self.progress = progress
+        self.now_spec = now
+        self.clock = clock or default_clock()
+        self.history = history if history is not None else History()
+        self.history.params.setdefault("now", repr(now))
+        self.to_host = to_host
+        self.prefetch = prefetch
+        self.stream: MetricStream | None = None
+        self.valued: list[str] = []  # metrics with per-batch values (and so a now estimate)
+        self.reported: dict[str, float] = {}  # a framework's own running value, no batch value
+        self.lines = EpochEndLines()
+        self.timer = StepTimer()
+        self.data_hint = DataWaitHint()
+        self.after_refresh: list[Callable[[], None]] = []  # e.g. run safety's history append
+        self.epochs = 1
+        self.steps: int | None = None
+        self.epoch = self.step = self.refreshed_step = 0
+        self.eval_seconds = math.nan
+        self._offset: int | None = None
+        self._first_in_epoch = True
+        self._done = 0  # steps the last record covered
+        self.epoch_start = self.last_refresh = self.next_refresh = 0.0
+        self.t_begin = self.t_record = self.t_ready = 0.0
+        self._steps: list[int] = []
+        self._values: list[Any] = []
+        self._weights: list[list[float]] = []
+        self._sizes: list[float] = []
+        self._step_times: list[float] = []
+        self._data_times: list[float] = []
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return self.stream.names if self.stream is not None else []
+
+    def set_metrics(
+        self,
+        names: Sequence[str],
+        valued: Sequence[str] | None = None,
+        epoch_values: Mapping[str, EpochValue] | None = None,
+    ) -> None:
+        """Name the metrics, in the order `record` receives their values (the loss first).
+
+        Args:
+            valued: the metrics with per-batch values (default: all).
+            epoch_values: metrics whose epoch value they compute themselves (torchmetrics).
+        """
+        names = list(dict.fromkeys(names))
+        batches = self.history.batches
+        if batches.metric_names != names:
+            if len(batches):
+                raise ValueError(
+                    f"This run records metrics {batches.metric_names}; the continuation "
+                    f"reports {names}. Continue a run with the same metrics."
+                )
+            batches = self.history.batches = BatchLog(names)
+        stream = MetricStream(names, self.now_spec, batches, epoch_values)
+        if self.stream is not None and self.stream.names == names:
+            stream.load_state_dict(self.stream.state_dict())  # a continued run: carry on
+        self.stream = stream
+        self.valued = list(valued) if valued is not None else names
+        self.history.params["metrics"] = names
+
+    # -- run and epoch ------------------------------------------------------------------------
+
+    def begin_run(self, epochs: int, steps: int | None) -> None:
+        """A loop starts: ``epochs`` it runs (>= 1), ``steps`` per epoch (None: unknown)."""
+        self._offset = None
+        self.epochs, self.steps = max(int(epochs), 1), steps
+        self.history.params.update(epochs=self.epochs, steps=steps)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start the loop's 0-based ``epoch``; numbered on after the run's recorded epochs."""
+        if self._offset is None:  # the first epoch of this loop: continue the run's numbering
+            done = self.history.epoch[-1] + 1 if self.history.epoch else 0
+            self._offset = max(done - epoch, 0)
+            self.epochs += self._offset
+            self.history.params["epochs"] = self.epochs
+        self.epoch = epoch + self._offset
+        self.epochs = max(self.epochs, self.epoch + 1)
+        if self.stream is not None:
+            self.stream.begin_epoch(self.epoch)
+        self.reported.clear()
+        self.step = self.refreshed_step = 0
+        self._first_in_epoch = True
+        self.epoch_start = self.last_refresh = self.t_ready = self.clock()
+        self.next_refresh = self.epoch_start + self.progress.refresh_interval
+        self.progress.begin_epoch(self.epoch + 1, self.epochs, self.steps)
+        held = self.lines.release()  # a forecast made at the end of the previous fit call
+        if held is not None:
+            self.progress.write(held)
+
+    def resume_at(self, step: int) -> None:
+        """Continue the epoch after its first ``step`` steps (a run resumed mid-epoch)."""
+        self.step = self.refreshed_step = step
+
+    # -- per step -----------------------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        """A batch is in hand: the wait for data ends."""
+        self.t_begin = self.clock()
+
+    def record(
+        self,
+        values: Sequence[Any],
+        size: float,
+        step: int | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        """The step's values, in the order of the metric names; nothing moves to the host.
+
+        Args:
+            values: one per metric: 0-d tensors (still on the device) or floats.
+            size: samples in the batch. step: its 1-based index in the epoch (default: the
+                next); for a group of batches, the group's last.
+            weights: the weight behind each value (default: ``size`` for every metric).
+        """
+        self.t_record = self.clock()
+        self._values.extend(values)
+        self._sizes.append(size)
+        self._step_times.append(self.t_record - self.t_begin)
+        self._data_times.append(self.t_begin - self.t_ready)
+        if weights is not None:
+            self._weights.append(list(weights))
+        self._done = (step if step is not None else self.step + 1) - self.step
+        self.step += self._done
+        self._steps.append(self.step)
+
+    def step_done(
+        self,
+        step: int,
+        values: Mapping[str, float],
+        weights: Mapping[str, float],
+        size: float,
+        reported: Mapping[str, float] | None = None,
+    ) -> None:
+        """A framework's step (or group of steps) is done: its values by metric name (the
+        names are set at the first), a refresh when due, then the wait for data starts.
+
+        Args:
+            step: 1-based index of the epoch's last batch done so far.
+            values: each metric's value over the batch (or group), as a float.
+            weights: the weight (samples) behind each value; a missing metric weighs 0.
+            size: samples in the batch (or group).
+            reported: metrics with no per-batch value (not a mean): shown as the framework's
+                own running value, with no now estimate.
+        """
+        if self.stream is None:
+            names = sorted(values, key=lambda n: n != "loss") + list(reported or {})
+            self.set_metrics(names, valued=[n for n in names if n in values])
+        names = self.names
+        self.record(
+            [float(values.get(n, math.nan)) for n in names],
+            size,
+            step,
+            [float(weights.get(n, 0.0)) if n in values else 0.0 for n in names],
+        )
+        if reported:
+            self.reported.update({k: float(v) for k, v in reported.items() if k in names})
+        self.refresh_if_due()
+        self.end_step()
+
+    def skip(self) -> None:
+        """The step ran but leaves no row (`fit`'s ``on_nonfinite="skip"``)."""
+        self.t_record = self.clock()
+        self._done = 1
+        self.step += 1
+
+    def refresh_if_due(self) -> None:
+        """Refresh the display at the epoch's first step, every refresh interval and every
+        ``log_every`` steps (in line mode)."""
+        every = self.progress.line_every
+        if (
+            self.t_record >= self.next_refresh
+            or self._first_in_epoch
+            or (every and self.step % every < self._done)
+        ):
+            self.refresh()
+
+    def end_step(self) -> None:
+        """The step is done (hooks and run safety included): the wait for data starts."""
+        self.t_ready = self.clock()
+
+    def refresh(self) -> None:
+        """Fold the queued steps in (one transfer to the host), show them, run the listeners."""
+        t = self.t_record
+        self._first_in_epoch = False
+        self.flush()
+        self.timer.observe(self.step - self.refreshed_step, t - self.last_refresh)
+        self.last_refresh, self.refreshed_step = t, self.step
+        self.next_refresh = t + self.progress.refresh_interval
+        self.progress.refresh(self._state(t - self.epoch_start))
+        self._check_forecast()
+        for listener in self.after_refresh:
+            listener()
+
+    def flush(self) -> None:
+        """Move the queued steps to the host in one transfer and feed them to the estimators."""
+        n = len(self._steps)
+        if n == 0 or self.stream is None:
+            return
+        k = len(self.stream.names)
+        values = self.to_host(self._values).reshape(n, k)
+        sizes = np.asarray(self._sizes, dtype=np.float64)
+        weights = (
+            np.asarray(self._weights, dtype=np.float64)
+            if self._weights
+            else np.repeat(sizes[:, None], k, axis=1)
+        )
+        self.stream.append(
+            np.asarray(self._steps),
+            values,
+            weights,
+            sizes,
+            np.asarray(self._step_times),
+            np.asarray(self._data_times),
+        )
+        for queue in (self._steps, self._values, self._weights, self._sizes):
+            queue.clear()
+        self._step_times.clear()
+        self._data_times.clear()
+
+    @property
+    def pending(self) -> int:
+        """Steps queued and not yet on the host."""
+        return len(self._steps)
+
+    # -- values -------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, tuple[float, float]]:
+        """``{name: (epoch mean, now estimate)}`` over the steps flushed so far."""
+        if self.stream is None:
+            return {}
+        out = self.stream.snapshot()
+        for name, value in self.reported.items():
+            out[name] = (value, math.nan)
+        return out
+
+    def logs(self) -> dict[str, float]:
+        """``{name: epoch mean, name_now: now estimate}``, flushing first."""
+        self.flush()
+        out: dict[str, float] = {}
+        for name, (mean, now) in self.snapshot().items():
+            out[name], out[f"{name}_now"] = mean, now
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The estimators' state, for a checkpoint (flushes first)."""
+        self.flush()
+        assert self.stream is not None
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any], epoch_means: bool = True) -> None:
+        """Restore a `state_dict` (``epoch_means=False``: only the now estimates)."""
+        assert self.stream is not None
+        self.stream.load_state_dict(state, epoch_means)
+
+    # -- epoch end ----------------------------------------------------------------------------
+
+    def end_epoch(
+        self,
+        validation: Mapping[str, float | Measured] | None = None,
+        *,
+        train_mode: Mapping[str, Measured] | None = None,
+        eval_mode: Mapping[str, Measured] | None = None,
+        extra_logs: Mapping[str, float] | None = None,
+        last: bool | None = None,
+    ) -> dict[str, float]:
+        """Close the epoch: record it, show its summary and lines; returns its logs.
+
+        Args:
+            validation: ``{"val_m": value}`` measured after the epoch (a `Measured` carries its
+                interval into the gap line).
+            train_mode, eval_mode: `fit`'s ``train_eval`` passes, per metric.
+            extra_logs: more values for ``History.history`` (after the validation ones).
+            last: True when no epoch follows in this loop (the forecast is held back); default:
+                whether this is the last of the epochs given to `begin_run`.
+        """
+        if last is None:
+            last = self.epoch + 1 >= self.epochs
+        self.flush()
+        self._check_forecast()
+        end = self.clock()
+        self.timer.observe(self.step - self.refreshed_step, self.t_ready - self.last_refresh)
+        measured = {
+            k: v if isinstance(v, Measured) else Measured(float(v))
+            for k, v in (validation or {}).items()
+        }
+        shown = {k: m.value for k, m in measured.items()}
+        if shown:
+            self.eval_seconds = end - self.t_ready
+        snapshot = self.snapshot()
+        logs: dict[str, float] = {}
+        for name, (mean, now) in snapshot.items():
+            logs[name], logs[f"{name}_now"] = mean, now
+        logs.update(shown)
+        logs.update(extra_logs or {})
+        timing = {
+            "time": end - self.epoch_start,
+            "data_wait": self.stream.data_time if self.stream is not None else 0.0,
+            "compute": self.stream.step_time if self.stream is not None else 0.0,
+            "eval": end - self.t_ready,
+        }
+        self.history.record_epoch(self.epoch, logs, timing)
+        self.progress.end_epoch(self._state(end - self.epoch_start, shown))
+        headline = self._headline(shown)
+        if headline is not None and self.stream is not None:
+            valued = {n: measured[f"val_{n}"] for n in self.valued if f"val_{n}" in measured}
+            end_lines = self.lines.end_epoch(
+                self.epoch,
+                headline,
+                {n: snapshot[n][0] for n in self.valued},
+                {n: snapshot[n][1] for n in self.valued},
+                valued or None,
+                self.history.batches,
+                self.stream.rows,
+                self.steps or self.step,  # unknown: this epoch's length
+                train_mode=train_mode,
+                eval_mode=eval_mode,
+                last=last,
+            )
+            self.history.gaps.append(end_lines.gaps)
+            for line in end_lines.lines:
+                self.progress.write(line)
+        hint = self.data_hint.check(self.epoch, timing, self.prefetch)
+        if hint:  # data wait > 30% of the epoch: said once per run
+            self.progress.write(hint)
+        return logs
+
+    def end_run(self) -> None:
+        self.progress.close()
+
+    def _headline(self, validation: Mapping[str, float]) -> str | None:
+        """The metric of the end-of-epoch lines: the first with per-batch values other than the
+        loss (else the loss), preferring one with a validation value."""
+        candidates = sorted(self.valued, key=lambda n: n == "loss")
+        validated = [n for n in candidates if f"val_{n}" in validation]
+        return (validated or candidates)[0] if candidates else None
+
+    def _check_forecast(self) -> None:
+        if self.stream is not None and self.lines.forecast is not None:
+            line = self.lines.check(self.history.batches, self.stream.rows)
+            if line is not None:
+                self.progress.write(line)
+
+    def _state(
+        self, elapsed: float, validation: Mapping[str, float] | None = None
+    ) -> ProgressState:
+        left = None if self.steps is None else max(self.steps - self.step, 0)
+        data_time = self.stream.data_time if self.stream is not None else 0.0
+        return ProgressState(
+            epoch=self.epoch + 1,
+            epochs=self.epochs,
+            step=self.step,
+            steps=self.steps,
+            elapsed=elapsed,
+            eta_epoch=math.nan if left is None else self.timer.remaining(left),
+            eta_run=run_remaining(
+                self.timer,
+                steps_left_in_epoch=left,
+                epochs_left_after=self.epochs - self.epoch - 1,
+                steps_per_epoch=self.steps,
+                eval_seconds=self.eval_seconds,
+                evals_left=self.epochs - self.epoch if math.isfinite(self.eval_seconds) else 0,
+            ),
+            data_share=data_time / elapsed if elapsed > 0 else math.nan,
+            metrics=self.snapshot(),
+            validation=validation or {},
+        )
+
+
+__all__ = ["Lens", "ToHost", "floats_to_host"]
