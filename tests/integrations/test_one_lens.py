@@ -191,7 +191,9 @@ def test_fit_keras_and_lightning_record_the_same_history_whatever_the_refresh_ti
     for entry in (_via_fit, _via_keras, _via_lightning):
         for tick, log_every in ((0.013, None), (0.0005, 7)):
             progress = RefreshLog(log_every=log_every)
-            runs.append((entry.__name__, tick, _recorded(entry(values, progress, TickingClock(tick)))))
+            runs.append(
+                (entry.__name__, tick, _recorded(entry(values, progress, TickingClock(tick))))
+            )
             refreshes.append(progress.steps)
     assert len({tuple(r) for r in refreshes}) > 1  # the refreshes did fall at different steps
     assert all(len(r) > EPOCHS for r in refreshes)  # and mid-epoch, not only at epoch starts
@@ -204,3 +206,119 @@ def test_fit_keras_and_lightning_record_the_same_history_whatever_the_refresh_ti
         for key, value in reference.items():
             assert recorded[key] == value, f"{key}: {other} (tick {other_tick}) vs {name}"
     assert len(json.loads(reference["gaps"])) == EPOCHS
+
+
+def _fit_in_a_loop(values: np.ndarray, progress: Progress, clock) -> fitlens.History:
+    batches = iter(
+        (torch.zeros(BATCH, 1), torch.tensor([[loss, accuracy]]).float().repeat(BATCH, 1))
+        for epoch in values
+        for loss, accuracy in epoch
+    )
+    model, history = torch.nn.Linear(1, 1), None
+    for _ in range(EPOCHS):  # the seed user's loop: one epoch per call, the history handed back
+        history = fitlens.fit(
+            model,
+            batches,
+            loss=lambda out, y: y[:, 0].mean() + 0.0 * out.sum(),
+            optimizer="sgd",
+            metrics={"accuracy": lambda out, y: y[:, 1].mean()},
+            epochs=1,
+            steps_per_epoch=STEPS,
+            verbose=progress,
+            clock=clock,
+            history=history,
+        )
+    assert history is not None
+    return history
+
+
+def _keras_in_a_loop(values: np.ndarray, progress: Progress, clock) -> fitlens.History:
+    model = Replay(values)
+    model.compile(optimizer="sgd")
+    lens = fitlens.keras.FitlensCallback(progress, clock=clock)
+    x = np.zeros((STEPS * BATCH, 1), dtype="float32")
+    for _ in range(EPOCHS):  # for i in range(epochs): model.fit(..., epochs=1)
+        model.fit(x, x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[lens])
+    return lens.history
+
+
+def _lightning_in_a_loop(values: np.ndarray, progress: Progress, clock) -> fitlens.History:
+    lens = fitlens.lightning.FitlensCallback(progress, clock=clock)
+    module = LightningReplay(values)
+    zeros = torch.zeros(STEPS * BATCH, 1)
+    for _ in range(EPOCHS):  # a new Trainer per call, the same callback
+        L.Trainer(
+            max_epochs=1,
+            callbacks=[lens],
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            accelerator="cpu",
+        ).fit(module, DataLoader(TensorDataset(zeros, zeros), batch_size=BATCH))
+    return lens.history
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("one_call", "in_a_loop"),
+    [
+        (_via_fit, _fit_in_a_loop),
+        (_via_keras, _keras_in_a_loop),
+        (_via_lightning, _lightning_in_a_loop),
+    ],
+    ids=["fit", "keras", "lightning"],
+)
+def test_one_epoch_per_call_in_a_loop_continues_one_run(one_call, in_a_loop):
+    values = _stream(seed=1)
+    whole = one_call(values, RefreshLog(), TickingClock(0.01))
+    looped_display = RefreshLog()
+    looped = in_a_loop(values, looped_display, TickingClock(0.01))
+    assert _recorded(looped) == _recorded(whole)  # numbered on, rows kept, estimators carried
+    assert looped.epoch == [0, 1, 2]
+    text = looped_display.out.getvalue()
+    assert [line.split(" - ")[0] for line in text.splitlines() if line.startswith("Epoch")] == [
+        "Epoch 1/1",
+        "Epoch 2/2",
+        "Epoch 3/3",
+    ]
+    # The forecast made at the end of one call is shown, and checked, in the next.
+    for epoch in (2, 3):
+        assert f"forecast epoch {epoch}: its first 3 batches should show accuracy" in text
+        assert f"forecast check epoch {epoch}: accuracy" in text
+
+
+def test_fit_with_initial_epoch_runs_the_epochs_keras_would():
+    values = _stream(seed=2)
+    whole = _via_fit(values, RefreshLog(), TickingClock(0.01))
+    batches = iter(
+        (torch.zeros(BATCH, 1), torch.tensor([[loss, accuracy]]).float().repeat(BATCH, 1))
+        for epoch in values
+        for loss, accuracy in epoch
+    )
+    model, history = torch.nn.Linear(1, 1), None
+    for first, end in ((0, 2), (2, 3)):  # Keras's fit(epochs=end, initial_epoch=first)
+        history = fitlens.fit(
+            model,
+            batches,
+            loss=lambda out, y: y[:, 0].mean() + 0.0 * out.sum(),
+            optimizer="sgd",
+            metrics={"accuracy": lambda out, y: y[:, 1].mean()},
+            epochs=end,
+            initial_epoch=first,
+            steps_per_epoch=STEPS,
+            verbose=0,
+            clock=TickingClock(0.01),
+            history=history,
+        )
+    assert history is not None and history.epoch == [0, 1, 2]
+    assert _recorded(history) == _recorded(whole)
+
+
+def test_bad_initial_epoch_or_history_is_refused_before_training():
+    model = torch.nn.Linear(1, 1)
+    data = (np.zeros((8, 1), "float32"), np.zeros((8, 1), "float32"))
+    with pytest.raises(ValueError, match=r"0 <= initial_epoch < epochs"):
+        fitlens.fit(model, data, loss="mse", optimizer="sgd", epochs=2, initial_epoch=2)
+    with pytest.raises(TypeError, match=r"Expected `history` to be the fitlens\.History"):
+        fitlens.fit(model, data, loss="mse", optimizer="sgd", history={"loss": [1.0]})
