@@ -58,14 +58,15 @@ def _leading_lengths(obj: Any) -> list[int]:
     return [n for v in values for n in _leading_lengths(v)]
 
 
-def _take(obj: Any, index: torch.Tensor) -> Any:
+def take(obj: Any, index: torch.Tensor) -> Any:
+    """The rows ``index`` of a tensor, an array, or a tuple/list/dict of them."""
     if isinstance(obj, torch.Tensor):
         return obj[index.to(obj.device)]
     if isinstance(obj, np.ndarray):
         return obj[index.numpy()]
     if isinstance(obj, Mapping):
-        return {k: _take(v, index) for k, v in obj.items()}
-    return type(obj)(_take(v, index) for v in obj)
+        return {k: take(v, index) for k, v in obj.items()}
+    return type(obj)(take(v, index) for v in obj)
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -111,7 +112,7 @@ class ArrayData:
         order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
         for start in range(0, self.n, self.batch_size):
             index = order[start : start + self.batch_size]
-            yield _take(self.x, index), _take(self.y, index)
+            yield take(self.x, index), take(self.y, index)
 
 
 class BatchSource:

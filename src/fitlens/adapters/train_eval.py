@@ -26,7 +26,6 @@ that the intervals of the gap decomposition need.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitlens.adapters.data import ArrayData, BatchSource, _take, batch_size_of, to_device, unpack
+from fitlens.adapters.data import ArrayData, BatchSource, batch_size_of, take, to_device, unpack
 from fitlens.adapters.evaluation import PassValue, measure_batches
 from fitlens.adapters.losses import LossFn
 from fitlens.adapters.metrics import TrackedMetric
+from fitlens.adapters.rng import capture_rng, restore_rng
 
 
 @contextmanager
@@ -45,10 +45,7 @@ def preserved_state(model: torch.nn.Module) -> Iterator[None]:
     """Restore the model's buffers and mode flags and the global random states on exit."""
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     flags = [(m, m.training) for m in model.modules()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    np_rng = np.random.get_state()
-    py_rng = random.getstate()
+    rng = capture_rng()
     try:
         yield
     finally:
@@ -57,11 +54,7 @@ def preserved_state(model: torch.nn.Module) -> Iterator[None]:
                 buf.copy_(saved)
         for module, training in flags:
             module.training = training
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        np.random.set_state(np_rng)
-        random.setstate(py_rng)
+        restore_rng(rng)
 
 
 def parse_train_eval(spec: Any) -> float | int | None:
@@ -200,7 +193,7 @@ class TrainSubset:
                 if self._indices is None:
                     self._subset = ArrayData(data.x, data.y, data.batch_size, shuffle=False)
                 else:
-                    x, y = _take(data.x, self._indices), _take(data.y, self._indices)
+                    x, y = take(data.x, self._indices), take(data.y, self._indices)
                     self._subset = ArrayData(x, y, data.batch_size, shuffle=False)
             return self._subset
         if self.replay:

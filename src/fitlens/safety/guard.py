@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from fitlens.adapters.data import BatchSource
+from fitlens.adapters.rng import capture_rng
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import (
     Checkpointing,
@@ -47,7 +48,7 @@ from fitlens.safety.checkpoint import (
     UnsafeCheckpointError,
     load_checkpoint,
 )
-from fitlens.safety.position import DataPosition, capture_rng
+from fitlens.safety.position import DataPosition
 from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
 from fitlens.view.lens import Lens

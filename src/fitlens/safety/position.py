@@ -30,37 +30,13 @@ private state of other kinds, and any RNG a model keeps outside those named abov
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from fitlens.adapters.data import BatchSource
-
-
-def capture_rng() -> dict[str, Any]:
-    """The current global random states (Python, NumPy, torch CPU, CUDA if initialised)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": list(np.random.get_state(legacy=True)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Restore states produced by `capture_rng` (CUDA ones only where CUDA is available)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+from fitlens.adapters.rng import restore_rng
 
 
 def data_generators(data: Any) -> list[torch.Generator]:
