@@ -1,14 +1,9 @@
 """fitlens: train PyTorch models in batches and see the truth about training progress.
 
-Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free of torch)::
-
-    fitlens.fit(model, train, loss=..., optimizer=..., metrics=[...], epochs=...) -> History
-    fitlens.evaluate(model, data, loss=..., metrics=[...]) -> dict
-    fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
-    fitlens.Checkpointing, fitlens.NonFiniteError, fitlens.TrainingInterrupted, fitlens.read_history
-    fitlens.EpochMean, fitlens.EMA, fitlens.EMATrend, fitlens.WindowMean, fitlens.TrendWindow,
-    fitlens.LastValue
-    fitlens.keras.FitlensCallback, fitlens.lightning.FitlensCallback (need the extras)
+The public names are those of ``__all__``, each imported lazily from the module named in
+``_EXPORTS`` (so `import fitlens` and `fitlens explain` stay free of torch), plus the
+``fitlens.keras`` and ``fitlens.lightning`` modules (they need the extras). The README's "API"
+section lists the same names; ``tests/test_public_api.py`` checks that the three agree.
 """
 
 from __future__ import annotations
@@ -22,8 +17,10 @@ _EXPORTS = {
     "fit": "fitlens.training.loop",
     "evaluate": "fitlens.adapters.evaluation",
     "History": "fitlens.core.history",
+    "BatchLog": "fitlens.core.history",
     "Callback": "fitlens.training.callbacks",
     "EarlyStopping": "fitlens.training.callbacks",
+    "RunState": "fitlens.training.callbacks",
     "Progress": "fitlens.view.progress",
     "Accuracy": "fitlens.adapters.metrics",
     "Estimator": "fitlens.core.estimators",
@@ -42,6 +39,7 @@ _EXPORTS = {
 __all__ = [
     "EMA",
     "Accuracy",
+    "BatchLog",
     "Callback",
     "Checkpointing",
     "EMATrend",
@@ -52,6 +50,7 @@ __all__ = [
     "LastValue",
     "NonFiniteError",
     "Progress",
+    "RunState",
     "TrainingInterrupted",
     "TrendWindow",
     "WindowMean",
@@ -73,12 +72,12 @@ if TYPE_CHECKING:
         TrendWindow,
         WindowMean,
     )
-    from fitlens.core.history import History
+    from fitlens.core.history import BatchLog, History
     from fitlens.safety.checkpoint import Checkpointing
     from fitlens.safety.guard import NonFiniteError
     from fitlens.safety.run_dir import read_history
     from fitlens.safety.signals import TrainingInterrupted
-    from fitlens.training.callbacks import Callback, EarlyStopping
+    from fitlens.training.callbacks import Callback, EarlyStopping, RunState
     from fitlens.training.loop import fit
     from fitlens.view.progress import Progress
 
