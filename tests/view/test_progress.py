@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from fitlens.core.numbers import format_value
 from fitlens.view.progress import (
     Progress,
     ProgressState,
@@ -14,7 +15,6 @@ from fitlens.view.progress import (
     format_epoch_line,
     format_metrics,
     format_step_line,
-    format_value,
 )
 
 

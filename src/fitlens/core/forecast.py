@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fitlens.core.gap import Z95
+from fitlens.core.numbers import format_value, signed_value
 
 #: batches at the start of the next epoch whose mean is forecast and checked.
 FORECAST_STEPS = 3
@@ -130,22 +131,14 @@ def check_forecast(
     return ForecastCheck(forecast, observed, steps)
 
 
-def _f(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.4f}"
-
-
-def _s(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:+.4f}"
-
-
 def format_forecast_line(f: Forecast) -> str:
     """``forecast epoch 3: its first 3 batches should show accuracy ~0.9210 ± 0.0250 (the now
     estimate), not 0.8740 (the mean): a jump of +0.0470`` (one line)."""
-    band = "" if math.isnan(f.tolerance) else f" ± {_f(f.tolerance)}"
+    band = "" if math.isnan(f.tolerance) else f" ± {format_value(f.tolerance)}"
     return (
         f"forecast epoch {f.epoch}: its first {f.steps} batches should show {f.metric} "
-        f"~{_f(f.expected)}{band} (the now estimate), not {_f(f.reported)} (the mean): "
-        f"a jump of {_s(f.jump)}"
+        f"~{format_value(f.expected)}{band} (the now estimate), not {format_value(f.reported)} (the mean): "
+        f"a jump of {signed_value(f.jump)}"
     )
 
 
@@ -153,10 +146,12 @@ def format_check_line(c: ForecastCheck) -> str:
     """``forecast check epoch 3: accuracy 0.9170 after 3 batches (jump +0.0430) vs forecast
     0.9210 ± 0.0250 (jump +0.0470): as forecast`` (one line)."""
     f = c.forecast
-    band = "" if math.isnan(f.tolerance) else f" ± {_f(f.tolerance)}"
-    verdict = "as forecast" if c.as_forecast else f"not as forecast (off by {_s(c.error)})"
+    band = "" if math.isnan(f.tolerance) else f" ± {format_value(f.tolerance)}"
+    verdict = (
+        "as forecast" if c.as_forecast else f"not as forecast (off by {signed_value(c.error)})"
+    )
     return (
-        f"forecast check epoch {f.epoch}: {f.metric} {_f(c.observed)} after {c.batches} batches "
-        f"(jump {_s(c.observed - f.reported)}) vs forecast {_f(f.expected)}{band} "
-        f"(jump {_s(f.jump)}): {verdict}"
+        f"forecast check epoch {f.epoch}: {f.metric} {format_value(c.observed)} after {c.batches} batches "
+        f"(jump {signed_value(c.observed - f.reported)}) vs forecast {format_value(f.expected)}{band} "
+        f"(jump {signed_value(f.jump)}): {verdict}"
     )

@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fitlens.core.numbers import format_value, signed_value
+
 #: two-sided 95% normal quantile.
 Z95 = 1.959963984540054
 
@@ -196,18 +198,10 @@ class GapDecomposition:
         return out
 
 
-def _num(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.4f}"
-
-
-def _signed(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:+.4f}"
-
-
 def _with_interval(m: Measured) -> str:
     if math.isnan(m.low) or math.isnan(m.high) or m.low == m.high:
-        return _num(m.value)  # unknown, or exact (the whole population was measured)
-    return f"{_num(m.value)} [{_num(m.low)}, {_num(m.high)}]"
+        return format_value(m.value)  # unknown, or exact (the whole population was measured)
+    return f"{format_value(m.value)} [{format_value(m.low)}, {format_value(m.high)}]"
 
 
 def format_gap_line(d: GapDecomposition) -> str:
@@ -228,22 +222,22 @@ def format_gap_line(d: GapDecomposition) -> str:
     """
     if d.estimated:
         parts = [
-            f"gap {d.metric} (estimated): mean {_num(d.reported)}",
-            f"now ~{_num(d.now)} (lag ~{_signed(d.averaging_lag)})",
+            f"gap {d.metric} (estimated): mean {format_value(d.reported)}",
+            f"now ~{format_value(d.now)} (lag ~{signed_value(d.averaging_lag)})",
         ]
         if d.validation is not None:
             parts.append(
-                f"val {_with_interval(d.validation)} (mode + generalisation ~{_signed(d.rest)})"
+                f"val {_with_interval(d.validation)} (mode + generalisation ~{signed_value(d.rest)})"
             )
         return " -> ".join(parts)
     assert d.train_mode is not None and d.eval_mode is not None
     parts = [
-        f"gap {d.metric}: mean {_num(d.reported)}",
-        f"train mode {_with_interval(d.train_mode)} (lag {_signed(d.averaging_lag)})",
-        f"eval mode {_with_interval(d.eval_mode)} (dropout/BN {_signed(d.mode_effect)})",
+        f"gap {d.metric}: mean {format_value(d.reported)}",
+        f"train mode {_with_interval(d.train_mode)} (lag {signed_value(d.averaging_lag)})",
+        f"eval mode {_with_interval(d.eval_mode)} (dropout/BN {signed_value(d.mode_effect)})",
     ]
     if d.validation is not None:
         parts.append(
-            f"val {_with_interval(d.validation)} (generalisation {_signed(d.generalisation)})"
+            f"val {_with_interval(d.validation)} (generalisation {signed_value(d.generalisation)})"
         )
     return " -> ".join(parts)

@@ -21,20 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from fitlens.core.numbers import format_value
 from fitlens.view.timing import format_seconds
-
-
-def format_value(x: float) -> str:
-    """A metric value as Keras prints it: ``%.4f``, or ``%.4e`` when ``0 < |x| < 1e-3``.
-
-    The same rule applies to negative values (Keras's verbose=1 and verbose=2 paths disagree
-    on them; here one function serves every mode).
-    """
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.4e}" if 0 < abs(x) < 1e-3 else f"{x:.4f}"
 
 
 @dataclass(frozen=True)
