@@ -1,6 +1,6 @@
 """Keeping a run safe: run directory, checkpoints, exact resume, interruptions, non-finite loss.
 
-`fit` drives one `RunKeeper` through a handful of calls (``begin``, ``epoch_batches``,
+`fit` drives one `RunGuard` through a handful of calls (``begin``, ``epoch_batches``,
 ``skips``, ``on_refresh``, ``after_step``, ``on_epoch_end``, ``close``). Everything about
 *what* is saved and *when* lives here; `fit` only says where it is.
 
@@ -72,7 +72,7 @@ class NonFiniteError(FloatingPointError):
         self.epoch, self.step, self.metric, self.checkpoint = epoch, step, metric, checkpoint
 
 
-class RunKeeper:
+class RunGuard:
     """The run directory, checkpoints, resume, interruption and non-finite policy of one `fit`.
 
     Raises (from the constructor, before training):
@@ -135,7 +135,6 @@ class RunKeeper:
         self.checkpoint_seconds = 0.0
         self.checkpoints_written = 0
         self.global_step = 0
-        self.epoch = self.step = 0
         self.checked_rows = 0
         self.skipped: list[list[int]] = []
         self.started = clock() if self.rundir is not None else 0.0  # no clock read without it
@@ -201,7 +200,7 @@ class RunKeeper:
 
     def epoch_batches(self, epoch: int) -> tuple[Iterator[Any], int]:
         """This epoch's batch iterator and the number of its steps already done (resume)."""
-        self.epoch, state = epoch, self.pending_resume
+        state = self.pending_resume
         self.pending_resume = None
         if state is not None:
             step = int(state["position"]["step"])
@@ -215,7 +214,7 @@ class RunKeeper:
         """True when ``on_nonfinite="skip"`` and this step's loss is not finite (1-based step)."""
         if self.policy != "skip" or math.isfinite(loss.item()):  # host sync: "skip" only
             return False
-        self.skipped.append([self.epoch + 1, step])
+        self.skipped.append([self.lens.epoch + 1, step])
         self.history.params["skipped_batches"] = self.skipped
         self.optimizer.zero_grad(set_to_none=True)
         return True
@@ -228,7 +227,6 @@ class RunKeeper:
 
     def after_step(self, step: int) -> None:
         """Checkpoint when one is due; stop here if SIGINT/SIGTERM arrived."""
-        self.step = step
         self.global_step += 1
         every, minutes = self.config.every_steps, self.config.every_minutes
         last_step = self.source.steps is not None and step >= self.source.steps
@@ -238,13 +236,12 @@ class RunKeeper:
             or (minutes and self.clock() - self.last_time >= 60.0 * minutes)
         )
         if due and not last_step:  # the epoch-end checkpoint follows right after validation
-            self.checkpoint(self.epoch, step)
+            self.checkpoint(self.lens.epoch, step)
         if self.guard.received:
-            self._interrupt(self.epoch, step)
+            self._interrupt(self.lens.epoch, step)
 
     def on_epoch_end(self, epoch: int) -> None:
         """After the epoch is recorded: append history, checkpoint the start of the next epoch."""
-        self.step = 0
         if self.rundir is not None:
             self.rundir.append(self.history)
         self._check_rows()  # the loop flushed at epoch end: the last steps are on the host
@@ -262,9 +259,9 @@ class RunKeeper:
         self._check_rows()
         if not _parameters_finite(self.model):
             raise NonFiniteError(
-                f"The model's parameters became NaN or infinite in epoch {self.epoch + 1} "
+                f"The model's parameters became NaN or infinite in epoch {self.lens.epoch + 1} "
                 f"(found before writing a checkpoint). {self._where_good()}",
-                self.epoch + 1,
+                self.lens.epoch + 1,
                 None,
                 "parameters",
                 self.last_checkpoint,

@@ -2,7 +2,7 @@
 
 `check_arguments` rejects bad arguments before anything is built. `Training` resolves the rest
 (loss, metrics, optimizer, data sources, device) and holds the objects the loop drives: the
-`TrainStep`, the `Lens`, the run safety (`RunKeeper`) and the callbacks. Its two epoch-level
+`TrainStep`, the `Lens`, the run safety (`RunGuard`) and the callbacks. Its two epoch-level
 methods keep the loop short: ``begin_epoch`` returns the epoch's batches on the device,
 ``end_epoch`` runs validation and the ``train_eval`` passes and closes the epoch.
 """
@@ -25,7 +25,7 @@ from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
 from fitlens.core.estimators import Estimator
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
-from fitlens.safety.guard import NonFinitePolicy, RunKeeper
+from fitlens.safety.guard import NonFinitePolicy, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
@@ -138,7 +138,7 @@ class Training:
         )
         self.callbacks = CallbackList(callbacks, self.run)
         # Run directory, checkpoints, resume, SIGINT/SIGTERM and the non-finite policy.
-        self.safety = RunKeeper(
+        self.safety = RunGuard(
             run_dir,
             resume=resume,
             checkpointing=checkpointing,

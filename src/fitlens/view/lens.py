@@ -360,14 +360,15 @@ class Lens:
         self.flush()
         self._check_forecast()
         end = self.clock()
-        self.timer.observe(self.step - self.refreshed_step, self.t_ready - self.last_refresh)
+        train_end = max(self.t_ready, self.t_record)  # a stop after a step skips its end_step
+        self.timer.observe(self.step - self.refreshed_step, train_end - self.last_refresh)
         measured = {
             k: v if isinstance(v, Measured) else Measured(float(v))
             for k, v in (validation or {}).items()
         }
         shown = {k: m.value for k, m in measured.items()}
         if shown:
-            self.eval_seconds = end - self.t_ready
+            self.eval_seconds = end - train_end
         snapshot = self.snapshot()
         logs: dict[str, float] = {}
         for name, (mean, now) in snapshot.items():
@@ -378,7 +379,7 @@ class Lens:
             "time": end - self.epoch_start,
             "data_wait": self.stream.data_time if self.stream is not None else 0.0,
             "compute": self.stream.step_time if self.stream is not None else 0.0,
-            "eval": end - self.t_ready,
+            "eval": end - train_end,
         }
         self.history.record_epoch(self.epoch, logs, timing)
         self.progress.end_epoch(self._state(end - self.epoch_start, shown))
