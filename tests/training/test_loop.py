@@ -501,3 +501,23 @@ def test_history_is_bitwise_identical_whatever_the_display_refresh_rate(blobs):
             ).history
         )
     assert histories[0] == histories[1] == histories[2]
+
+
+def test_the_returned_history_does_not_keep_the_model_or_optimizer_alive():
+    import gc
+    import weakref
+
+    model = torch.nn.Linear(4, 2)
+    history = fitlens.fit(
+        model,
+        (torch.randn(16, 4), torch.randint(0, 2, (16,))),
+        loss="cross_entropy",
+        optimizer="adam",
+        batch_size=8,
+        verbose=0,
+    )
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+    assert history.lens is not None  # what a later fit(..., history=history) continues from

@@ -225,6 +225,7 @@ class Training:
         if self.feeder is not None:
             self.feeder.close()
         self.lens.end_run()
+        self.lens.after_refresh.clear()  # the History must not keep the model alive through it
         self.history.lens = self.lens  # a later fit(..., history=...) continues from here
 
 

@@ -97,6 +97,7 @@ class Lens:
         self._offset: int | None = None
         self._first_in_epoch = True
         self._done = 0  # steps the last record covered
+        self._line_every: int | None = None
         self.epoch_start = self.last_refresh = self.next_refresh = 0.0
         self.t_begin = self.t_record = self.t_ready = 0.0
         self._steps: list[int] = []
@@ -165,6 +166,7 @@ class Lens:
         self.epoch_start = self.last_refresh = self.t_ready = self.clock()
         self.next_refresh = self.epoch_start + self.progress.refresh_interval
         self.progress.begin_epoch(self.epoch + 1, self.epochs, self.steps)
+        self._line_every = self.progress.line_every  # fixed for the epoch once its display opened
         held = self.lines.release()  # a forecast made at the end of the previous fit call
         if held is not None:
             self.progress.write(held)
@@ -248,7 +250,7 @@ class Lens:
     def refresh_if_due(self) -> None:
         """Refresh the display at the epoch's first step, every refresh interval and every
         ``log_every`` steps (in line mode)."""
-        every = self.progress.line_every
+        every = self._line_every
         if (
             self.t_record >= self.next_refresh
             or self._first_in_epoch
