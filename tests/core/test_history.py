@@ -87,3 +87,25 @@ def test_history_json_writes_nan_as_null():
     h.record_epoch(0, {"loss": math.nan}, {})
     data = json.loads(h.to_json())
     assert data["epochs"]["loss"] == [None] and data["params"] == {"epochs": 1}
+
+
+def test_state_dict_round_trips_the_records_a_checkpoint_keeps():
+    h = History(["loss"], params={"epochs": 2})
+    h.batches.append(
+        {
+            "epoch": np.array([1, 1]),
+            "step": np.array([1, 2]),
+            "size": np.array([8.0, 4.0]),
+            "step_time": np.array([0.5, 0.25]),
+            "data_time": np.array([0.125, 0.0625]),
+            "loss": np.array([0.75, 0.5]),
+        }
+    )
+    h.record_epoch(0, {"loss": 0.6666, "loss_now": 0.5}, {"time": 1.0})
+    copy = History(["loss"])
+    copy.load_state_dict(h.state_dict())
+    assert copy.history == h.history and copy.timing == h.timing and copy.epoch == [0]
+    for column in h.batches.columns:
+        np.testing.assert_array_equal(copy.batches[column], h.batches[column], strict=True)
+    copy.load_state_dict(History(["loss"]).state_dict())  # an empty record empties it
+    assert len(copy.batches) == 0 and copy.history == {} and copy.epoch == []

@@ -166,6 +166,28 @@ class History:
                     column.append(math.nan)
         self.epoch.append(epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything recorded, as plain containers and numpy arrays (for a checkpoint)."""
+        b = self.batches
+        return {
+            "history": self.history,
+            "epoch": self.epoch,
+            "timing": self.timing,
+            "batches": {c: np.array(b[c]) for c in b.columns},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace what is recorded with a `state_dict` (``params`` and ``gaps`` are kept)."""
+        self.history.clear()
+        self.history.update({k: [float(x) for x in v] for k, v in state["history"].items()})
+        self.timing.clear()
+        self.timing.update({k: [float(x) for x in v] for k, v in state["timing"].items()})
+        self.epoch[:] = [int(e) for e in state["epoch"]]
+        self.batches.truncate(0)
+        columns = state["batches"]
+        if len(next(iter(columns.values()))):
+            self.batches.append(columns)
+
     def epochs_table(self) -> dict[str, list[Any]]:
         """Per-epoch columns: ``epoch`` (1-based), every history key, every timing key."""
         table: dict[str, list[Any]] = {"epoch": [e + 1 for e in self.epoch]}

@@ -188,7 +188,7 @@ class RunGuard:
                 self.parts[name].load_state_dict(part_state)
         for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
             cb.load_state_dict(cb_state)
-        _load_history(self.history, state["history"])
+        self.history.load_state_dict(state["history"])
         self.skipped = [list(s) for s in state["skipped"]]
         self.history.params["skipped_batches"] = self.skipped
         pos = state["position"]
@@ -304,7 +304,7 @@ class RunGuard:
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "lens": self.lens.state_dict(),
-            "history": _history_state(self.history),
+            "history": self.history.state_dict(),
             "params": json.dumps(self.history.params, default=str),
             "skipped": self.skipped,
             "rng": capture_rng(),
@@ -424,25 +424,3 @@ class RunGuard:
 def _parameters_finite(model: torch.nn.Module) -> bool:
     flags = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True  # one host sync
-
-
-def _history_state(history: History) -> dict[str, Any]:
-    b = history.batches
-    return {
-        "history": history.history,
-        "epoch": history.epoch,
-        "timing": history.timing,
-        "batches": {c: np.array(b[c]) for c in b.columns},
-    }
-
-
-def _load_history(history: History, state: dict[str, Any]) -> None:
-    history.history.clear()
-    history.history.update({k: [float(x) for x in v] for k, v in state["history"].items()})
-    history.timing.clear()
-    history.timing.update({k: [float(x) for x in v] for k, v in state["timing"].items()})
-    history.epoch[:] = [int(e) for e in state["epoch"]]
-    history.batches.truncate(0)
-    columns = state["batches"]
-    if len(next(iter(columns.values()))):
-        history.batches.append(columns)
