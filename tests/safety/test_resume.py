@@ -156,6 +156,18 @@ def test_resume_with_other_metrics_is_refused(tmp_path: Path) -> None:
         )  # fmt: skip
 
 
+def test_a_checkpoint_from_before_the_lens_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    _fit("arrays", tmp_path)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    found = store.latest()
+    assert found is not None
+    state = found[1]
+    state["recorder"] = state.pop("lens")  # the key earlier versions wrote
+    store.save(state)
+    with pytest.raises(ValueError, match="written by an earlier fitlens version"):
+        _fit("arrays", tmp_path, resume=True)
+
+
 def test_sigint_finishes_the_step_checkpoints_and_prints_the_resume_call(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -164,6 +164,12 @@ class RunGuard:
         return start_epoch
 
     def _restore(self, state: dict[str, Any]) -> int:
+        if "lens" not in state:  # "recorder": before the estimators moved into the lens
+            raise ValueError(
+                f"{self.resume_hint()} found a checkpoint written by an earlier fitlens version, "
+                "whose estimator state this version cannot read. Finish that run with the "
+                "version that started it, or start a new `run_dir`."
+            )
         saved_params = json.loads(state["params"])
         if saved_params.get("metrics") != self.history.params.get("metrics"):
             raise ValueError(
