@@ -120,3 +120,22 @@ def test_lens_keeps_the_frameworks_value_for_a_metric_without_batch_values():
     assert logs["loss"] == 1.0  # the weightless batch counts for nothing
     assert logs["auc"] == 0.8 and math.isnan(logs["auc_now"])
     assert obs.history.batches["loss"].tolist()[0] == 1.0
+
+
+def test_a_framework_loop_gets_the_data_wait_hint_without_fits_prefetch_advice():
+    clock, out = FakeClock(), io.StringIO()
+    lens = Lens(Progress(2, file=out), "last", clock=clock)
+    lens.begin_run(1, 4)
+    lens.begin_epoch(0)
+    for step in range(1, 5):
+        clock.t += 0.75  # waiting for the batch
+        lens.begin_step()
+        clock.t += 0.25  # the step
+        lens.step_done(step, {"loss": 1.0}, {"loss": 8}, 8)
+    lens.end_epoch()
+    hint = [line for line in out.getvalue().splitlines() if line.startswith("Input pipeline")]
+    assert hint == [
+        "Input pipeline bottleneck: waiting for data took 75% of epoch 1 (3.0s of 4.0s); the "
+        "model was idle meanwhile. Try: for a torch DataLoader, num_workers=N (worker "
+        "processes) and pin_memory=True on CUDA; or precompute/cache the batches."
+    ]
