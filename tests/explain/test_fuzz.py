@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from fitlens.explain.analysis import Options, analyze
 from fitlens.explain.command import main
+from .seed import SEED
 from fitlens.explain.epochs import split_epochs
 from fitlens.explain.jumps import boundaries
 from fitlens.explain.parse import iter_records
 from fitlens.explain.report import Explained, render_text, to_json
 
-SEED = Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "seed-keras2.log"
 SAMPLE = (
     b"Epoch 1/2\n"
     b"\x08\x08\r\x1b[1m 1/10\x1b[0m \x1b[32m\xe2\x94\x81\x1b[0m 0s 5ms/step - accuracy: 0.5000"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from fitlens.explain.command import main
+from .seed import SEED
 
-SEED = Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "seed-keras2.log"
 
 pytestmark = pytest.mark.skipif(
     not SEED.exists(), reason=f"seed log not found at {SEED} (the shared/ folder beside the repo)"
