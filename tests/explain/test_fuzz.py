@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
+import math
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fitlens.explain.analysis import Options, analyze
-from fitlens.explain.command import main
-from .seed import SEED
-from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import boundaries
+from fitlens.explain.analysis import Options
+from fitlens.explain.command import UserError, explain_stream, main
 from fitlens.explain.parse import iter_records
 from fitlens.explain.report import Explained, render_text, to_json
+
+from .seed import SEED
 
 SAMPLE = (
     b"Epoch 1/2\n"
@@ -28,12 +30,35 @@ ALPHABET = b"0123456789/.:- [=>]\r\n\x08\x1beE+-abcdlossacc\xe2\x94\x81 \t\x00"
 
 
 def _pipeline(data: bytes) -> None:
-    results = list(analyze(split_epochs(iter_records([data])), Options()))
-    from fitlens.explain.parse import ParseStats
-
-    explained = Explained("fuzz", results, boundaries(results), ParseStats())
+    try:
+        explained = explain_stream(io.BytesIO(data), "fuzz", Options(), keep_results=True)
+    except UserError:
+        return
     render_text(explained)
-    to_json(explained)
+    json.dumps(to_json(explained), allow_nan=False)
+    assert_sound(explained)
+
+
+def assert_sound(explained: Explained) -> None:
+    """Every interval is ordered, inside the metric's range, and holds its own point value."""
+    for result in explained.results or []:
+        for m in result.metrics.values():
+            lo, hi = m.clip if m.clip is not None else (-math.inf, math.inf)
+            for w in m.windows:
+                assert lo <= w.low <= w.value <= w.high <= hi, (m.name, w)
+            if m.windows:
+                steps = m.series.arrays()[0]
+                # The windows tile the epoch: 1..last display, no gap, no overlap.
+                assert m.windows[0].first_batch == 1
+                assert m.windows[-1].last_batch == int(steps[-1])
+                for a, b in itertools.pairwise(m.windows):
+                    assert b.first_batch == a.last_batch + 1
+    for b in explained.boundaries:
+        assert 0.0 <= b.fraction_low <= b.fraction_high <= 1.0, b
+        assert b.lag_low <= b.lag_high, b
+        for w in (b.end_level, b.next_window, b.early, b.late):
+            if w is not None:
+                assert w.low <= w.value <= w.high, (b.metric, w)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fitlens.explain.analysis import Options, analyze
-from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import boundaries
-from fitlens.explain.parse import ParseStats, iter_records
+import io
+
+from fitlens.explain.analysis import Options
+from fitlens.explain.command import explain_stream
 from fitlens.explain.report import Explained, fmt, render_text, to_json
 
 LOG = (
@@ -22,9 +22,7 @@ LOG = (
 
 
 def _explained() -> Explained:
-    stats = ParseStats()
-    results = list(analyze(split_epochs(iter_records([LOG], stats)), Options()))
-    return Explained("seed.log", results, boundaries(results), stats)
+    return explain_stream(io.BytesIO(LOG), "seed.log", Options())
 
 
 def test_numbers_are_formatted_like_keras_prints_them():
@@ -41,13 +39,13 @@ def test_the_accuracy_boundary_reads_as_plain_words_with_numbers():
         "(first values: 0.9424 at 1): a jump of +0.0506.\n"
         "    Near the end of epoch 1, batches 405-406 averaged 0.9120 "
         "(between 0.8917 and 0.9323).\n"
-        "    Averaging lag explains -0.0001 to +0.0405 of it (0% to 80%).\n"
+        "    Averaging lag explains -0.0001 to +0.0405 of it (0.0%-80.1% of the jump).\n"
     ) in text
 
 
 def test_json_report_is_plain_data_with_the_schema_tag():
     report = to_json(_explained())
-    assert report["schema"] == "fitlens.explain/1"
+    assert report["schema"] == "fitlens.explain/2"
     assert report["input"]["progress_lines"] == 7
     (acc,) = [b for b in report["boundaries"] if b["metric"] == "acc"]
     assert acc["end_level"]["first_batch"] == 405
