@@ -10,11 +10,12 @@ complete epoch (Keras 3 prints no header for ``fit(epochs=1)``, so a loop of the
 
 Keras 3 runs batch-end callbacks in a thread pool when every callback allows it, so its
 progress bar sometimes prints an older update after a newer one (``156/200``, ``155/200``,
-``186/200``). A step that goes back within an unfinished bar, to a step past the first half of
-what the bar has reached and not below 2, with the same target, no header in between, and the
-same values wherever the step was already shown, is such an out-of-order update: it is merged
-in step order (:class:`Series` sorts). A bar that restarts goes back to step 1 (or a step or two
-later under the same asynchrony), far below where the previous bar got to.
+``186/200``; behind a slow callback, ``26/40``, ``5/40``, ``30/40``). A step that goes back
+to 2 or more, with the same target, no header in between, and the same values wherever that
+step was already shown, is such an out-of-order update: it is merged in step order
+(:class:`Series` sorts). A bar that restarts (``evaluate``, another ``fit`` call) prints step 1
+first: Keras's ``Progbar`` always draws its first update, and batch 1's callbacks are queued
+before any other.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class Epoch:
             return not (
                 self.complete and self.style in ("plain", "summary") and line > self.last_line
             )
-        if self.complete or step < 2 or 2 * step <= self.last_step:
+        if step < 2:
             return False
         for name, value, half in values:
             series = self.series.get(name)
