@@ -48,9 +48,13 @@ def _epoch_bytes(rng: random.Random, epoch: int, epochs: int, style: str) -> byt
             bar = "=" * max(done - 1, 0) + (">" if done < 30 else "=") + "." * (30 - done)
             line = f"{step:3d}/{STEPS} [{bar}] - ETA: 3s - loss: {loss:.4f} - acc: {acc:.4f}"
             width = len(line)
-        parts.append("\b" * prev + "\r" + line)
+        if style == "keras2-lines":
+            parts.append(line + "\n")
+        else:
+            parts.append("\b" * prev + "\r" + line)
         prev = width
-    parts.append("\n")
+    if style != "keras2-lines":
+        parts.append("\n")
     return "".join(parts).encode()
 
 

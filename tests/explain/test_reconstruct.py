@@ -21,7 +21,6 @@ from fitlens.explain.reconstruct import (
     window_mean,
 )
 
-
 #: Examples per property test. A mutation run sets FITLENS_EXPLAIN_EXAMPLES lower so that each of
 #: its hundreds of test runs stays short; the suite's own runs use the default.
 _EXAMPLES = int(os.environ.get("FITLENS_EXPLAIN_EXAMPLES", "200"))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fitlens.explain.epochs import Epoch, Series, Shown
-from fitlens.explain.reconstruct import Window, reconstruct_arrays
+from fitlens.explain.reconstruct import Window, WindowColumns, window_columns
 
 MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
@@ -112,7 +112,8 @@ class MetricResult:
         kind: ``running_mean``, ``cumulative`` (AUC, precision, ...: shown, not reconstructed)
             or ``end_of_epoch``.
         series: The displays, in step order (see :attr:`shown` for them as objects).
-        windows: Reconstructed windows tiling the epoch (empty for ``end_of_epoch``).
+        tolerance: Target half-width of its windows; ``None`` when it is not reconstructed
+            (``end_of_epoch``, ``cumulative``, a ``verbose=2`` line without counter).
         end_weight_low: Smallest weight behind the last display (partial last batch), if any.
         end_weight_high: Largest weight behind the last display, if not its counter.
         clip: Known range of the metric, if any.
@@ -121,11 +122,49 @@ class MetricResult:
     name: str
     kind: MetricKind
     series: Series
-    windows: list[Window]
+    tolerance: float | None
     end_weight_low: float | None = None
     end_weight_high: float | None = None
     clip: tuple[float, float] | None = None
     _shown: list[Shown] | None = field(default=None, repr=False)
+    _columns: WindowColumns | None = field(default=None, repr=False)
+    _windows: list[Window] | None = field(default=None, repr=False)
+
+    def _reconstruct(self, last_only: bool) -> WindowColumns:
+        steps, means, halves = self.series.arrays()
+        if self.tolerance is None:
+            steps = steps[:0]
+        return window_columns(
+            steps,
+            means,
+            halves,
+            self.tolerance or 1.0,
+            end_weight_low=self.end_weight_low,
+            end_weight_high=self.end_weight_high,
+            clip=self.clip,
+            last_only=last_only,
+        )
+
+    @property
+    def columns(self) -> WindowColumns:
+        """Reconstructed windows tiling the epoch, as columns (computed on first use; none
+        when the metric is not reconstructed)."""
+        if self._columns is None:
+            self._columns = self._reconstruct(last_only=False)
+        return self._columns
+
+    @property
+    def windows(self) -> list[Window]:
+        """The windows as objects (built on first use)."""
+        if self._windows is None:
+            self._windows = self.columns.rows()
+        return self._windows
+
+    @property
+    def last_window(self) -> Window | None:
+        """The window that ends the epoch, without reconstructing the others."""
+        columns = self._columns if self._columns is not None else self._reconstruct(True)
+        return columns.row(-1) if len(columns.first) else None
 
     @property
     def shown(self) -> list[Shown]:
@@ -204,7 +243,7 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     mismatch = options.samples is not None and last_batch == "any"
     result = EpochResult(epoch, weighting, last_batch, mismatch)
     for name, series in epoch.series.items():
-        steps, means, halves = series.arrays()
+        steps, _, halves = series.arrays()
         kind: MetricKind = "running_mean"
         if name.startswith("val_"):
             kind = "end_of_epoch"
@@ -218,21 +257,12 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
                 low = float(last_step - 1)
             else:
                 low = high = last_step - 1 + fraction
-        windows: list[Window] = []
+        tolerance = None
         if kind == "running_mean" and not epoch.summary_only:
             tolerance = options.tolerance
             if tolerance is None:
                 tolerance = DEFAULT_TOLERANCE_UNITS * float(halves.max())
-            windows = reconstruct_arrays(
-                steps,
-                means,
-                halves,
-                tolerance,
-                end_weight_low=low,
-                end_weight_high=high,
-                clip=clip,
-            )
-        result.metrics[name] = MetricResult(name, kind, series, windows, low, high, clip)
+        result.metrics[name] = MetricResult(name, kind, series, tolerance, low, high, clip)
     return result
 
 

@@ -64,6 +64,9 @@ _BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
 # First bytes of a line that may start with a counter (Keras pads it with spaces).
 _COUNTER_START = frozenset(b" \t0123456789")
+# A line that cannot start with a counter, or a blank one: the breaks between runs of progress
+# lines in text without carriage returns.
+_BREAK = re.compile(rb"\n(?:[^ \t0-9\n][^\n]*)?(?=\n)")
 # Regexes are anchored and free of nested quantifiers, so each runs in time linear in the segment.
 _HEAD = re.compile(rb"[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?")
 _EPOCH = re.compile(rb"[ \t]{0,64}Epoch (\d{1,12})/(\d{1,12})[ \t]{0,64}$")
@@ -145,13 +148,16 @@ class _Parser:
         """Parse a block of whole lines starting at input line ``line``."""
         # ANSI colours and backspace runs are left in place here: the redraw fast path reads
         # around them, and segment() removes them from any piece it parses.
+        if b"\r" not in block:
+            self._plain_block(block, line)
+            return
         group: list[bytes] = []  # consecutive plain lines that may be progress lines
         for text in block.split(b"\n"):
             if text and text[0] in _COUNTER_START and b"\r" not in text:
                 group.append(text)
             else:
                 if group:
-                    self.lines(group, line - len(group))
+                    self.lines(b"\n".join(group), line - len(group))
                     group = []
                 if b"\r" in text:
                     self.redraws(text, line)
@@ -159,31 +165,55 @@ class _Parser:
                     self.segment(text, line)
             line += 1
         if group:
-            self.lines(group, line - len(group))
+            self.lines(b"\n".join(group), line - len(group))
 
-    def lines(self, group: list[bytes], line: int) -> None:
+    def _plain_block(self, block: bytes, line: int) -> None:
+        """:meth:`block` for text without ``\\r`` (pipes, files, one line per step).
+
+        The lines that cannot start a progress record (headers, the user's prints, blank lines)
+        are found by one regex pass; the runs of lines between them go to :meth:`lines` whole.
+        """
+        data = b"\n" + block  # every line now follows a line break, which _BREAK starts with
+        pos = 1
+        for match in _BREAK.finditer(data):
+            start = match.start()
+            if start > pos:
+                self.lines(data[pos:start], line)
+                line += data.count(b"\n", pos, start) + 1
+            if match.end() > start + 1:
+                self.segment(data[start + 1 : match.end()], line)
+            pos = match.end() + 1
+            line += 1
+        # The last run of progress lines: no break line follows it, only the block's own end.
+        tail = data[pos:-1] if data.endswith(b"\n") else data[pos:]
+        if tail:
+            self.lines(tail, line)
+
+    def lines(self, group: bytes, line: int) -> None:
         """Parse consecutive one-redraw-per-line progress lines (pipes, files, ``verbose=2``).
 
         Same as :meth:`segment` on each line; runs of them take the bulk path like
         :meth:`redraws` does.
         """
-        if len(group) > 2:
-            head = group[0]
+        cut = group.rfind(b"\n")
+        if group.count(b"\n", 0, cut) > 0:
+            end = group.find(b"\n")
+            head = group[:end]
             style = "keras3" if _BAR3 in head else ""
             unit: CounterUnit = "unknown"
             if b"s/step" in head:
                 unit = "step"
             elif b"s/sample" in head:
                 unit = "sample"
-            run = _fast_run(b"\r".join(group[:-1]), unit, style, line)
+            run = _fast_run(group[:cut].replace(b"\n", b"\r"), unit, style, line)
             if run is not None:
                 self.flush()
                 self.after_header = False
                 self.out.append(run)
                 self.stats.progress += len(run.steps)
-                self.segment(group[-1], line + len(group) - 1)
+                self.segment(group[cut + 1 :], line + len(run.steps))
                 return
-        for offset, text in enumerate(group):
+        for offset, text in enumerate(group.split(b"\n")):
             self.segment(text, line + offset)
 
     def redraws(self, text: bytes, line: int) -> None:

@@ -113,19 +113,42 @@ def window_bounds(
         >>> round(w.value, 6), round(w.low, 6), round(w.high, 6)
         (1.0, 0.99985, 1.00015)
     """
-    steps = np.array([0 if start is None else start.step, end.step], dtype=np.float64)
-    means = np.array([0.0 if start is None else start.mean, end.mean])
-    halves = np.array([0.0 if start is None else start.half, end.half])
-    _, value, low, high = end_bounds(
-        steps,
-        means,
-        halves,
-        end_weight_low=end_weight_low,
-        end_weight_high=end_weight_high,
-        clip=clip,
-        with_start=False,
-    )
-    return Window(int(steps[0]) + 1, end.step, float(value[0]), float(low[0]), float(high[0]))
+    w_j = 0.0 if start is None else float(start.step)
+    m_j = 0.0 if start is None else start.mean
+    h_j = 0.0 if start is None else start.half
+    w_hi = float(end.step) if end_weight_high is None else float(end_weight_high)
+    w_lo = w_hi if end_weight_low is None else min(float(end_weight_low), w_hi)
+    value = window_mean(w_j, m_j, w_hi, end.mean)
+    if w_lo == w_hi:
+        half = (w_hi * end.half + w_j * h_j) / (w_hi - w_j)
+        low, high = value - half, value + half
+    elif w_lo <= w_j:
+        low, high = -math.inf, math.inf
+    else:
+        corners = [
+            window_mean(w_j, mj, w, mk)
+            for w in (w_lo, w_hi)
+            for mk in (end.mean - end.half, end.mean + end.half)
+            for mj in (m_j - h_j, m_j + h_j)
+        ]
+        low, high = min(corners), max(corners)
+    if math.isfinite(low) and math.isfinite(high):
+        slack = _SLACK * (abs(low) + abs(high) + 1.0)
+        low, high = low - slack, high + slack
+    if clip is not None:
+        value, low, high = _clip_one(value, low, high, clip)
+    return Window(int(w_j) + 1, end.step, value, low, high)
+
+
+def _clip_one(
+    value: float, low: float, high: float, clip: tuple[float, float]
+) -> tuple[float, float, float]:
+    """:func:`clip_bounds` for one window."""
+    lo, hi = clip
+    low, high = max(low, lo), min(high, hi)
+    if low > high:
+        low, high = lo, hi
+    return min(max(value, lo), hi), low, high
 
 
 def end_bounds(
@@ -255,7 +278,6 @@ def reconstruct(
             j -= 1
         windows.append(window)
         k = j
-    lo, hi = clip if clip is not None else (-math.inf, math.inf)
     while k >= 0:
         # Same bounds as window_bounds, inlined: this loop runs once per display.
         w_k, m_k, h_k = float(points[k].step), points[k].mean, points[k].half
@@ -275,13 +297,50 @@ def reconstruct(
         half += _SLACK * (abs(value) + half + 1.0)
         low, high = value - half, value + half
         if clip is not None:
-            low, high, value = max(low, lo), min(high, hi), min(max(value, lo), hi)
-            if low > high:
-                low, high = lo, hi
+            value, low, high = _clip_one(value, low, high, clip)
         windows.append(Window(int(w_j) + 1, int(w_k), value, low, high))
         k = j
     windows.reverse()
     return windows
+
+
+class WindowColumns(NamedTuple):
+    """Windows as columns, each of shape ``(n_windows,)``, in increasing batch order.
+
+    What :func:`window_columns` returns: building one :class:`Window` per row costs more than
+    the reconstruction itself, so callers that need only a few rows take them with :meth:`row`.
+    """
+
+    first: np.ndarray
+    last: np.ndarray
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def row(self, i: int) -> Window:
+        """Window ``i`` (negative counts from the end)."""
+        return Window(
+            int(self.first[i]),
+            int(self.last[i]),
+            float(self.value[i]),
+            float(self.low[i]),
+            float(self.high[i]),
+        )
+
+    def rows(self) -> list[Window]:
+        """Every window."""
+        columns = (c.tolist() for c in self)
+        return list(map(Window._make, zip(*columns, strict=True)))
+
+
+def _columns(windows: Sequence[Window]) -> WindowColumns:
+    return WindowColumns(
+        np.array([w.first_batch for w in windows], dtype=np.int64),
+        np.array([w.last_batch for w in windows], dtype=np.int64),
+        np.array([w.value for w in windows], dtype=np.float64),
+        np.array([w.low for w in windows], dtype=np.float64),
+        np.array([w.high for w in windows], dtype=np.float64),
+    )
 
 
 def reconstruct_arrays(
@@ -294,6 +353,29 @@ def reconstruct_arrays(
     end_weight_high: float | None = None,
     clip: tuple[float, float] | None = None,
 ) -> list[Window]:
+    """:func:`window_columns` as a list of :class:`Window` (same arguments)."""
+    return window_columns(
+        steps,
+        means,
+        halves,
+        tolerance,
+        end_weight_low=end_weight_low,
+        end_weight_high=end_weight_high,
+        clip=clip,
+    ).rows()
+
+
+def window_columns(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    tolerance: float,
+    *,
+    end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
+    clip: tuple[float, float] | None = None,
+    last_only: bool = False,
+) -> WindowColumns:
     """:func:`reconstruct` on columns; vectorized when every display has the same rounding.
 
     With a common half-width ``h`` the window ``(j, k]`` meets the tolerance exactly when
@@ -310,13 +392,14 @@ def reconstruct_arrays(
         end_weight_low: As in :func:`reconstruct`.
         end_weight_high: As in :func:`reconstruct`.
         clip: As in :func:`reconstruct`.
+        last_only: Give only the window that ends the epoch (the same one), skipping the rest.
 
     Returns:
         The same windows as :func:`reconstruct` on the equivalent :class:`Shown` list.
     """
     n = len(steps)
     if n == 0:
-        return []
+        return _columns([])
     tail: list[Window] = []
     if end_weight_low is not None or end_weight_high is not None:
         first, value_e, low_e, high_e = end_bounds(
@@ -336,15 +419,16 @@ def reconstruct_arrays(
         ]
         n -= i + 1
         steps, means, halves = steps[:n], means[:n], halves[:n]
-        if n == 0:
-            return tail
+        if n == 0 or last_only:
+            return _columns(tail)
     h = float(halves[0])
     if not bool((halves == h).all()):
         points = [
             Shown(s, m, e)
             for s, m, e in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
         ]
-        return reconstruct(points, tolerance, clip=clip) + tail
+        windows = reconstruct(points, tolerance, clip=clip) + tail
+        return _columns(windows[-1:] if last_only else windows)
     # Index 0 is the epoch start (weight 0). Its mean never matters: it is always multiplied by
     # its zero weight, so ``means[start - 1]`` may wrap around for it.
     w = np.empty(n + 1)
@@ -360,7 +444,7 @@ def reconstruct_arrays(
         j = best[k]
         ends.append(k)
         starts.append(j)
-        k = j
+        k = 0 if last_only else j
     ends_a = np.array(ends[::-1])
     starts_a = np.array(starts[::-1])
     w_k, w_j = w[ends_a], w[starts_a]
@@ -370,10 +454,12 @@ def reconstruct_arrays(
     half += _SLACK * (np.abs(value) + half + 1.0)
     low, high = value - half, value + half
     value, low, high = clip_bounds(value, low, high, clip)
-    firsts = (w_j + 1).astype(np.int64).tolist()
-    lasts = w_k.astype(np.int64).tolist()
-    rows = zip(firsts, lasts, value.tolist(), low.tolist(), high.tolist(), strict=True)
-    return [*map(Window._make, rows), *tail]
+    columns = WindowColumns((w_j + 1).astype(np.int64), w_k.astype(np.int64), value, low, high)
+    if tail:
+        columns = WindowColumns(
+            *(np.append(c, t) for c, t in zip(columns, _columns(tail), strict=True))
+        )
+    return columns
 
 
 def trailing_windows(

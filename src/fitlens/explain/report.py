@@ -58,7 +58,7 @@ class MetricSummary:
         first: The first display.
         last: The last display.
         last_window: The window that ends the epoch, if reconstructed.
-        windows: Number of windows tiling the epoch.
+        windows: Number of windows tiling the epoch (only counted with ``--windows``).
         first_batches: Single-batch windows over the epoch's first batches (steps 1, 2, ... while
             consecutive steps were displayed, at most :data:`FIRST_BATCHES`).
         full: With ``--windows``: every display and window, as JSON-ready lists.
@@ -70,7 +70,7 @@ class MetricSummary:
     first: Shown
     last: Shown
     last_window: Window | None
-    windows: int
+    windows: int | None
     first_batches: tuple[Window, ...]
     full: dict[str, Any] | None = None
 
@@ -135,8 +135,8 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
             len(steps),
             first,
             last,
-            m.windows[-1] if m.windows else None,
-            len(m.windows),
+            m.last_window,
+            len(m.columns.first) if keep_windows else None,
             _first_batches(m) if m.kind == "running_mean" else (),
             full,
         )
@@ -176,12 +176,17 @@ class Explained:
     stats: ParseStats
     options: Options = field(default_factory=Options)
     results: list[EpochResult] | None = None
+    _separate_fits: bool | None = field(default=None, repr=False)
 
     @property
     def separate_fits(self) -> bool:
         """True when the log repeats ``Epoch 1/1``: one ``fit`` call per epoch."""
-        training = [e for e in self.epochs if e.training]
-        return len(training) > 1 and all(e.header == "Epoch 1/1" for e in training)
+        if self._separate_fits is None:
+            training = [e for e in self.epochs if e.training]
+            self._separate_fits = len(training) > 1 and all(
+                e.header == "Epoch 1/1" for e in training
+            )
+        return self._separate_fits
 
 
 def fmt(x: float) -> str:
@@ -634,6 +639,4 @@ def _metric_line(m: MetricSummary) -> str:
         return f"{m.name}: {fmt(last.mean)} (the epoch's mean)"
     text = f"{m.name}: shown {fmt(first.mean)} at {first.step} -> {fmt(last.mean)} at {last.step}"
     text += f"; last window {_batches(m.last_window)}: {_interval(m.last_window)}"
-    if m.windows > 1:
-        text += f"; {m.windows} windows"
     return text
