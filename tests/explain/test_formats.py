@@ -10,7 +10,7 @@ from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream
 from fitlens.explain.epochs import split_epochs
 from fitlens.explain.parse import iter_records
-from fitlens.explain.report import render_text
+from fitlens.explain.writer import render_text
 
 from .seed import SEED
 from .test_fuzz import assert_sound

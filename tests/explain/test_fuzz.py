@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import UserError, explain_stream, main
 from fitlens.explain.parse import iter_records
-from fitlens.explain.report import Explained, render_text, to_json
+from fitlens.explain.writer import Explained, render_text, to_json
 
 from .seed import SEED
 

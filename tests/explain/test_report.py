@@ -6,7 +6,8 @@ import io
 
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream
-from fitlens.explain.report import Explained, fmt, render_text, to_json
+from fitlens.explain.report import fmt
+from fitlens.explain.writer import Explained, render_text, to_json
 
 LOG = (
     b"Epoch 1/1\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -16,9 +15,10 @@ from typing import BinaryIO
 
 from fitlens.explain.analysis import EpochResult, Options, analyze
 from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import explain_all, is_training
+from fitlens.explain.jumps import Boundary, explain_all, is_training
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
-from fitlens.explain.report import Explained, render_text, summarize, to_json
+from fitlens.explain.report import summarize
+from fitlens.explain.writer import Explained, ReportWriter
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -99,18 +99,21 @@ def explain_stream(
     name: str,
     options: Options,
     *,
+    writer: ReportWriter | None = None,
     keep_windows: bool = False,
     keep_results: bool = False,
 ) -> Explained:
     """Run the whole pipeline on a binary stream, one epoch at a time.
 
     Only the previous epoch's reconstruction is held (for its boundary with the next); every
-    epoch is reduced to a summary as soon as its boundary is explained.
+    epoch is reduced to a summary as soon as its boundary is explained, and handed to
+    ``writer`` if there is one (then the returned object holds no epochs: memory stays flat).
 
     Args:
         stream: The log's bytes.
         name: The input's name for messages.
         options: Tolerance and batch sizes.
+        writer: Takes each epoch's summary and boundaries as they come.
         keep_windows: Keep every display and window in the summaries (``--windows``).
         keep_results: Keep every full reconstruction too (``--plot``).
 
@@ -124,17 +127,25 @@ def explain_stream(
     previous_training = False
     headers_seen = False
     any_metric = False
+    epochs = 0
     for result in analyze(split_epochs(records), options):
+        epochs += 1
         training = is_training(result, headers_seen)
         headers_seen = headers_seen or result.epoch.header is not None
         any_metric = any_metric or bool(result.metrics)
+        new: list[Boundary] = []
         if previous is not None and previous_training and training:
-            explained.boundaries.extend(explain_all(previous, result))
-        explained.epochs.append(summarize(result, training, keep_windows))
+            new = explain_all(previous, result)
+        summary = summarize(result, training, keep_windows)
+        if writer is not None:
+            writer.add(summary, new)
+        else:
+            explained.boundaries.extend(new)
+            explained.epochs.append(summary)
         if explained.results is not None:
             explained.results.append(result)
         previous, previous_training = result, training
-    if not explained.epochs:
+    if not epochs:
         if stats.rejected:
             raise UserError(
                 f"{name}: every progress line was garbled or had absurd numbers "
@@ -168,12 +179,15 @@ def main(argv: Sequence[str]) -> int:
                 check_plot_path(args.plot)
             except PlotError as err:
                 raise UserError(str(err)) from None
+        name = "stdin" if args.log == "-" else args.log
+        writer = ReportWriter(name, options, as_json=args.json)
         stream = _open(args.log)
         try:
             explained = explain_stream(
                 stream,
-                "stdin" if args.log == "-" else args.log,
+                name,
                 options,
+                writer=writer,
                 keep_windows=args.windows,
                 keep_results=bool(args.plot),
             )
@@ -196,12 +210,8 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("fitlens explain: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.json:
-        text = json.dumps(to_json(explained), separators=(",", ":"), allow_nan=False) + "\n"
-    else:
-        text = render_text(explained)
     try:
-        sys.stdout.write(text)
+        writer.finish(explained.stats, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader left early (`fitlens explain log | head`): not an error. Point stdout at

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fitlens.explain.report import Explained
+from fitlens.explain.writer import Explained
 
 #: File types ``--plot`` writes (matplotlib's raster and vector backends without extras).
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")

@@ -1,8 +1,8 @@
-"""Render an explained log as text or as JSON; pure functions, no printing.
+"""What the report says about an epoch or a boundary: pure formatters, no printing.
 
-The command streams: each epoch is reduced to an :class:`EpochSummary` (first and last
-displays, the last window, the first batches) as soon as it is read, so a report's memory does
-not grow with the number of displays; ``--windows`` keeps every window as well.
+Each epoch is reduced to an :class:`EpochSummary` (first and last displays, the last window,
+the first batches) as soon as it is read; :mod:`fitlens.explain.writer` puts the pieces
+together while the log streams.
 
 The JSON schema (``"schema": "fitlens.explain/2"``) is documented field by field in the README;
 any change to it bumps the schema version.
@@ -11,18 +11,17 @@ any change to it bumps the schema version.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult, Options
+from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
 from fitlens.explain.epochs import Shown
 from fitlens.explain.jumps import LITTLE, MOSTLY, Boundary
 from fitlens.explain.reconstruct import Window, window_bounds
-from fitlens.explain.records import ParseStats
 
 SCHEMA = "fitlens.explain/2"
 
-_WEIGHTING_TEXT = {
+WEIGHTING_TEXT = {
     "counter": "each display is weighted by the counter's increment (Keras 1/2 Progbar: steps "
     "in fit_generator, samples in fit)",
     "samples": "means are weighted by samples and the counter counts steps (Keras 3 Mean metrics)",
@@ -157,38 +156,6 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
     )
 
 
-@dataclass
-class Explained:
-    """Everything the report needs.
-
-    Attributes:
-        source: The input's name (a path, or ``-`` for stdin).
-        epochs: Per-epoch summaries, in log order.
-        boundaries: Jump explanations, in log order.
-        stats: Parser counts.
-        options: The options the log was read with.
-        results: The full per-epoch reconstructions, kept only for ``--plot``.
-    """
-
-    source: str
-    epochs: list[EpochSummary]
-    boundaries: list[Boundary]
-    stats: ParseStats
-    options: Options = field(default_factory=Options)
-    results: list[EpochResult] | None = None
-    _separate_fits: bool | None = field(default=None, repr=False)
-
-    @property
-    def separate_fits(self) -> bool:
-        """True when the log repeats ``Epoch 1/1``: one ``fit`` call per epoch."""
-        if self._separate_fits is None:
-            training = [e for e in self.epochs if e.training]
-            self._separate_fits = len(training) > 1 and all(
-                e.header == "Epoch 1/1" for e in training
-            )
-        return self._separate_fits
-
-
 def fmt(x: float) -> str:
     """Format like Keras does: ``%.4f``, or ``%.4e`` for magnitudes at or below 1e-3."""
     if not math.isfinite(x):
@@ -240,50 +207,6 @@ def pct(fraction: float, up: bool) -> str:
     """
     tenths = (math.ceil if up else math.floor)(round(fraction * 1000, 6))
     return f"{tenths / 10:.1f}%"
-
-
-def assumptions(explained: Explained) -> list[str]:
-    """The assumptions behind every bound, in plain words."""
-    out = [
-        "each shown value is the running mean since the epoch start, rounded to the digits shown"
-    ]
-    for weighting in sorted({e.weighting for e in explained.epochs}):
-        out.append(_WEIGHTING_TEXT[weighting])
-    if any(e.weighting == "counter" and e.style == "bracket" for e in explained.epochs):
-        out.append(
-            "Keras 2.0-2.3 mix the epoch mean into an epoch's last line; with equal batch "
-            "sizes that changes nothing"
-        )
-    return out
-
-
-def last_batch_text(explained: Explained) -> str:
-    """One line naming the assumption about each epoch's last batch."""
-    kinds = {e.last_batch for e in explained.epochs}
-    options = explained.options
-    if "any" in kinds:
-        text = (
-            "Last batch: the log does not show batch sizes, so every window that ends an epoch "
-            "holds for any last batch from 1 sample to a full batch"
-        )
-        if any(e.sizes_mismatch for e in explained.epochs):
-            return text + (
-                f" (--samples {options.samples} --batch-size {options.batch_size} do not give "
-                "the steps the log shows, so they were not used)."
-            )
-        return text + " (give --samples N --batch-size B to narrow them)."
-    if "known" in kinds and options.samples is not None and options.batch_size is not None:
-        size = options.samples - (options.samples - 1) // options.batch_size * options.batch_size
-        return (
-            f"Last batch: {size} of {options.batch_size} samples (from --samples "
-            f"{options.samples} --batch-size {options.batch_size})."
-        )
-    if options.samples is not None:
-        return "Last batch: full (from --samples and --batch-size)."
-    return (
-        "Last batch: no assumption needed (the counter is the weight, or no epoch finished its "
-        "bar)."
-    )
 
 
 def rules_text() -> str:
@@ -367,35 +290,6 @@ def boundary_json(b: Boundary) -> dict[str, Any]:
         "end_level": _window_json(b.end_level),
         "next_start_window": _window_json(b.next_window),
         "trend": b.trend,
-    }
-
-
-def to_json(explained: Explained) -> dict[str, Any]:
-    """The whole report as a JSON-ready dict with a stable schema."""
-    stats = explained.stats
-    options = explained.options
-    return {
-        "schema": SCHEMA,
-        "source": explained.source,
-        "options": {
-            "tolerance": options.tolerance,
-            "samples": options.samples,
-            "batch_size": options.batch_size,
-        },
-        "assumptions": assumptions(explained),
-        "last_batch": last_batch_text(explained),
-        "rules": rules_text(),
-        "input": {
-            "bytes": stats.bytes_read,
-            "lines": stats.lines,
-            "progress_lines": stats.progress,
-            "other_lines": stats.other,
-            "rejected_lines": stats.rejected,
-        },
-        "bottom_line": [bottom_line(b) for b in explained.boundaries],
-        "same_first_batches": same_first_batches(explained),
-        "epochs": [epoch_json(e) for e in explained.epochs],
-        "boundaries": [boundary_json(b) for b in explained.boundaries],
     }
 
 
@@ -518,114 +412,33 @@ def _verdict_text(b: Boundary, separate_fits: bool) -> str:
     )
 
 
-def same_first_batches(explained: Explained) -> dict[str, list[list[dict[str, Any]]]] | None:
-    """For a loop of ``fit`` calls: each metric's first batches, epoch by epoch.
-
-    Returns:
-        ``{metric: [[window per first batch] per training epoch]}``, or ``None`` when the log
-        is not one ``fit`` call per epoch.
-    """
-    if not explained.separate_fits:
-        return None
-    out: dict[str, list[list[dict[str, Any]]]] = {}
-    for e in explained.epochs:
-        if not e.training:
-            continue
-        for name, m in e.metrics.items():
-            if m.kind == "running_mean":
-                out.setdefault(name, []).append([_window_json(w) for w in m.first_batches])
+def epoch_lines(e: EpochSummary) -> list[str]:
+    """The report's lines for one epoch: a heading, then one line per metric."""
+    head = f"Epoch {e.index}" + (f" ({e.header})" if e.header else "")
+    if not e.training:
+        head += " (no 'Epoch' header: evaluate/predict or another fit call; not compared)"
+    if e.style == "summary":
+        out = [f"{head}: one line of epoch means (verbose=2, no step counter)"]
+    else:
+        span = f"{e.last_step}/{e.target}" if e.target else f"{e.last_step}"
+        out = [f"{head}: reached {span}" + ("" if e.complete else " (incomplete)")]
+    out.extend("  " + metric_line(m) for m in e.metrics.values())
     return out
 
 
-def _same_first_batches_text(explained: Explained) -> list[str]:
-    table = same_first_batches(explained)
-    if table is None:
-        return []
-    lines = [
-        "Same data at every epoch start: the log repeats 'Epoch 1/1' (one fit call per epoch), "
-        "so each epoch begins with the same first batches. The same batches across epochs:"
-    ]
-    for name, per_epoch in table.items():
-        depth = min(len(windows) for windows in per_epoch)
-        for i in range(depth):
-            values = [windows[i]["value"] for windows in per_epoch]
-            width = max(
-                (w[i]["high"] - w[i]["low"]) / 2
-                for w in per_epoch
-                if w[i]["high"] is not None and w[i]["low"] is not None
-            )
-            moves = " -> ".join(fmt(v) for v in values)
-            lines.append(f"  {name} batch {i + 1}: {moves} (each within ±{round(width, 8):g})")
-    lines.append(
-        "  A batch that changes between visits measures how much the model improved on the same "
-        "data; comparing it with the previous epoch's end level shows whether the first "
-        "batches are simply easier."
-    )
-    return lines
+def boundary_lines(b: Boundary, before: EpochSummary, after: EpochSummary) -> list[str]:
+    """The report's paragraph for one metric across one boundary."""
+    m = after.metrics.get(b.metric)
+    firsts = ""
+    if m is not None:
+        firsts = ", ".join(f"{fmt(w.value)} at {w.last_batch}" for w in m.first_batches)
+    firsts = firsts or f"{fmt(b.next_start)} at {b.next_window.last_batch}"
+    separate_fits = before.header == after.header == "Epoch 1/1"
+    return _boundary_text(b, firsts, separate_fits)
 
 
-def render_text(explained: Explained) -> str:
-    """The human-readable report: the bottom line first, then the details."""
-    epochs = explained.epochs
-    stats = explained.stats
-    out = [f"fitlens explain: {explained.source}"]
-    out.append(
-        f"Read {len(epochs)} epoch(s) from {stats.progress} progress line(s); "
-        f"{stats.other} other line(s) ignored"
-        + (f", {stats.rejected} garbled line(s) skipped" if stats.rejected else "")
-        + "."
-    )
-    out.append("")
-    if explained.boundaries:
-        out.append("Bottom line:")
-        out.extend("  " + bottom_line(b) for b in explained.boundaries)
-    else:
-        out.append("No epoch boundary to explain (the log holds fewer than two training epochs).")
-    same = _same_first_batches_text(explained)
-    if same:
-        out.append("")
-        out.extend(same)
-    out.append("")
-    out.append(last_batch_text(explained))
-    out.append("Assumptions: " + "; ".join(assumptions(explained)) + ".")
-    out.append(rules_text())
-    for e in epochs:
-        head = f"Epoch {e.index}" + (f" ({e.header})" if e.header else "")
-        if not e.training:
-            head += " (no 'Epoch' header: evaluate/predict or another fit call; not compared)"
-        out.append("")
-        if e.style == "summary":
-            out.append(f"{head}: one line of epoch means (verbose=2, no step counter)")
-        else:
-            span = f"{e.last_step}/{e.target}" if e.target else f"{e.last_step}"
-            out.append(f"{head}: reached {span}" + ("" if e.complete else " (incomplete)"))
-        for m in e.metrics.values():
-            out.append("  " + _metric_line(m))
-    details = [b for b in explained.boundaries if b.reason != "within_rounding"]
-    if details:
-        out.append("")
-        out.append("Jumps at epoch boundaries:")
-        by_index = {e.index: e for e in epochs}
-        last = None
-        for b in details:
-            if b.from_epoch != last:
-                out.append(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}")
-                last = b.from_epoch
-            after = by_index.get(b.from_epoch + 1)
-            firsts = ""
-            if after is not None and b.metric in after.metrics:
-                firsts = (
-                    ", ".join(
-                        f"{fmt(w.value)} at {w.last_batch}"
-                        for w in after.metrics[b.metric].first_batches
-                    )
-                    or f"{fmt(b.next_start)} at {b.next_window.last_batch}"
-                )
-            out.extend(_boundary_text(b, firsts, explained.separate_fits))
-    return "\n".join(out) + "\n"
-
-
-def _metric_line(m: MetricSummary) -> str:
+def metric_line(m: MetricSummary) -> str:
+    """One metric of one epoch in a line: first and last display, and the last window."""
     first, last = m.first, m.last
     if m.kind == "end_of_epoch":
         return f"{m.name}: {fmt(last.mean)} (evaluated at epoch end; not a running mean)"
