@@ -128,3 +128,60 @@ def test_pathological_lines_parse_in_bounded_time(line):
     start = time.perf_counter()
     list(iter_records([line + b"\n"]))
     assert time.perf_counter() - start < 2.0
+
+
+def _piece(draw: st.DrawFn, step: int, target: int, acc: float, loss: float) -> bytes:
+    style = draw(st.sampled_from(["bracket", "keras3", "plain"]))
+    values = f" - loss: {loss:.4f} - acc: {acc:.4f}"
+    if style == "bracket":
+        return f"{step}/{target} [====>...] - ETA: 1s{values}\n".encode()
+    if style == "keras3":
+        return f"{step}/{target} ━━━━━━━━━━ 1s 5ms/step{values}\n".encode()
+    return f"{step}/{target} - 1s - 5ms/step{values}\n".encode()
+
+
+@st.composite
+def real_shaped_logs(draw: st.DrawFn) -> bytes:
+    """Logs built from the shapes users paste: headers, verbose=2 lines, user prints, fit loops,
+    out-of-order updates and repeated final steps, with running means that may be inconsistent."""
+    out = []
+    for epoch in range(draw(st.integers(1, 4))):
+        header = draw(st.sampled_from(["Epoch 1/1", f"Epoch {epoch + 1}/4", None]))
+        if header:
+            out.append(header.encode() + b"\n")
+        if header and draw(st.booleans()):
+            out.append(b" - 12s - loss: %.4f - acc: %.4f\n" % (draw(st.floats(0, 2)), 0.5))
+            continue
+        target = draw(st.integers(1, 30))
+        steps = sorted(draw(st.sets(st.integers(1, target), min_size=1, max_size=8)))
+        if len(steps) > 2 and draw(st.booleans()):
+            steps[-2], steps[-3] = steps[-3], steps[-2]  # an out-of-order update
+        for step in steps:
+            acc = draw(st.floats(0.0, 1.0))
+            loss = draw(st.floats(0.0, 3.0))
+            out.append(_piece(draw, step, target, acc, loss))
+            if draw(st.integers(0, 9)) == 0:
+                out.append(b"holdout - loss: 0.2000 - acc: 0.9600\n")
+    return b"".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(real_shaped_logs(), st.sampled_from([{}, {"samples": 650, "batch_size": 16}]))
+def test_real_shaped_logs_give_sound_intervals_in_text_and_json(data, options):
+    try:
+        explained = explain_stream(
+            io.BytesIO(data), "fuzz", Options(**options), keep_results=True, keep_windows=True
+        )
+    except UserError:
+        return
+    assert_sound(explained)
+    text = render_text(explained)
+    assert text.startswith("fitlens explain: fuzz\n")
+    report = to_json(explained)
+    assert len(report["bottom_line"]) == len(report["boundaries"])
+    for b in explained.boundaries:
+        assert b.verdict in {"averaging_lag", "not_averaging_lag", "mixed", "unknown"}
+        if b.verdict == "averaging_lag":
+            assert b.fraction_low >= 0.75
+        if b.verdict == "mixed":
+            assert b.fraction_low >= 0.25 and b.fraction_high <= 0.75

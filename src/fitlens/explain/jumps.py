@@ -157,7 +157,7 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
     sees_end = bool((a_steps[:-1] >= end.step / 2).any())
     sees_start = first.step < int(b_steps[-1]) or not after.epoch.complete
-    if not (sees_end and sees_start):
+    if not (sees_end and sees_start) and reason != "within_rounding":
         # One display per epoch (verbose=2): the log has no view inside the epochs at all.
         verdict, reason = "unknown", "no_view_inside"
     return Boundary(

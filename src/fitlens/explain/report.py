@@ -166,19 +166,24 @@ def fmt(x: float) -> str:
 def fmt_bound(x: float, up: bool) -> str:
     """Format a bound rounded outwards (down for a low, up for a high), so it still holds.
 
-    Float noise below a millionth of the last digit is ignored first (the bounds already carry
-    a float-rounding slack of that size).
+    Four decimals, or four after the point of ``%.4e`` for magnitudes at or below 1e-3 (as
+    :func:`fmt`). Float noise below a millionth of the last digit is ignored first (the bounds
+    already carry a float-rounding slack of that size).
 
     Example:
         >>> fmt_bound(0.74996, up=False), fmt_bound(0.74996, up=True)
         ('0.7499', '0.7500')
     """
+    direction = math.ceil if up else math.floor
     if not math.isfinite(x) or x == 0:
         return fmt(x)
-    digits = 4 if abs(x) > 1e-3 else 4 - math.floor(math.log10(abs(x)))
-    units = (math.ceil if up else math.floor)(round(x * 10.0**digits, 6))
-    q = units / 10.0**digits
-    return f"{q:.4f}" if digits == 4 else f"{q:.4e}"
+    if abs(x) > 1e-3:
+        return f"{direction(round(x * 1e4, 6)) / 1e4:.4f}"
+    exponent = math.floor(math.log10(abs(x)))
+    units = direction(round(x / 10.0**exponent * 1e4, 6))
+    if abs(units) >= 100_000:  # 9.99996e-05 rounded up is 1.0000e-04
+        units, exponent = units // 10, exponent + 1
+    return f"{units / 1e4:.4f}e{exponent:+03d}"
 
 
 def _signed(x: float) -> str:
