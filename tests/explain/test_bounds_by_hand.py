@@ -14,12 +14,14 @@ import pytest
 
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
+    Window,
     end_bounds,
     reconstruct,
     reconstruct_arrays,
     trailing_windows,
     window_bounds,
     window_columns,
+    window_mean,
 )
 
 # Hand-worked cases. Displays at steps 2 and 4 of 0.5000 and 0.7500 (each ± 0.00005):
@@ -198,3 +200,24 @@ def test_a_rising_epoch_is_cut_into_the_windows_worked_by_hand():
     # Clipped to [0, 1], batch 4's 1.1 ± 0.00035 is impossible: it gets the whole range.
     clipped = reconstruct_arrays(steps, means, np.full(4, _H), 0.0004, clip=(0.0, 1.0))
     assert (clipped[-1].low, clipped[-1].value, clipped[-1].high) == (0.0, 1.0, 1.0)
+
+
+def test_a_window_knows_its_batch_count_and_half_width():
+    w = window_bounds(Shown(2, 0.5, _H), Shown(4, 0.75, _H))
+    assert w.batches == 2
+    assert w.half_width == pytest.approx(0.00015, abs=_EPS)
+    assert Window(7, 7, 0.0, 0.0, 0.0).batches == 1
+
+
+def test_the_float_slack_is_one_part_in_a_trillion_of_the_bounds():
+    # Large means make the slack visible: 1e-12 · (|low| + |high| + 1) on each side.
+    w = window_bounds(Shown(1, 1e6, _H), Shown(2, 1e6, _H))
+    exact = 3 * _H  # (2·h + 1·h)/1
+    slack = 1e-12 * (2 * 1e6 + 1.0)
+    assert w.high - 1e6 == pytest.approx(exact + slack, rel=1e-3)
+    assert 1e6 - w.low == pytest.approx(exact + slack, rel=1e-3)
+
+
+def test_an_empty_window_is_refused_with_the_weights_in_the_message():
+    with pytest.raises(ValueError, match=r"^Expected w_k > w_j for a non-empty window\. "):
+        window_mean(3, 0.5, 3, 0.5)
