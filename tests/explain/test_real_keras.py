@@ -210,3 +210,15 @@ def test_a_verbose2_loop_of_single_epoch_fits_gives_one_epoch_per_call(tmp_path)
     results = _check_intervals(log, truth, Options())
     assert len(results) == 3
     assert [b.from_epoch for b in boundaries(results)] == [1, 1, 2, 2]
+
+
+@pytest.mark.timeout(120)
+def test_a_verbose1_loop_of_single_epoch_fits_restarts_the_bar_at_each_call(tmp_path):
+    # No headers again; each call's bar starts back at step 1: a new bar, not an out-of-order
+    # update of the previous one.
+    log, truth = _train(
+        tmp_path, samples=640, batch=16, epochs=3, verbose=1, tty=False, mode="loop"
+    )
+    results = _check_intervals(log, truth, Options())
+    assert len(results) == 3 and all(r.epoch.complete for r in results)
+    assert [b.from_epoch for b in boundaries(results)] == [1, 1, 2, 2]
