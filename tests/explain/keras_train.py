@@ -3,9 +3,13 @@
 Run by ``test_real_keras.py`` in a subprocess, so its progress bar goes wherever the test points
 stdout (a pseudo-terminal, a pipe). Usage:
 
-    python keras_train.py SAMPLES BATCH EPOCHS VERBOSE TRUTH.json [extras]
+    python keras_train.py SAMPLES BATCH EPOCHS VERBOSE TRUTH.json [extras|slow|loop]
 
-``extras`` adds an AUC metric and holds out 20% for validation (``val_*`` values).
+``extras`` adds an AUC metric and holds out 20% for validation (``val_*`` values). ``slow`` adds
+a batch-end callback that sleeps 0.12 s after every fifth batch and lets Keras run batch-end
+callbacks in its thread pool (all callbacks ``async_safe``): the progress bar then prints those
+batches' updates after later ones, as real Keras 3 logs do. ``loop`` calls ``fit(epochs=1)``
+once per epoch with the user's own line before each call, as the seed user's script does.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -21,20 +26,34 @@ import numpy as np
 
 
 class Truth(keras.callbacks.Callback):
-    """Keeps the logs Keras hands to callbacks: the running means, unrounded."""
+    """Keeps the logs Keras hands to callbacks: the running means, unrounded, by batch index."""
+
+    async_safe = True  # batch-end calls may run in Keras's thread pool, in any order
 
     def __init__(self) -> None:
         super().__init__()
         self.epochs: list[dict] = []
+        self._batches: dict[int, dict] = {}
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append({"batches": [], "end": None})
+        self._batches = {}
 
     def on_train_batch_end(self, batch, logs=None):
-        self.epochs[-1]["batches"].append({k: float(v) for k, v in (logs or {}).items()})
+        self._batches[batch] = {k: float(v) for k, v in (logs or {}).items()}
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs[-1]["end"] = {k: float(v) for k, v in (logs or {}).items()}
+        batches = [self._batches[i] for i in sorted(self._batches)]
+        self.epochs.append({"batches": batches, "end": {k: float(v) for k, v in logs.items()}})
+
+
+class Slow(keras.callbacks.Callback):
+    """Delays every fifth batch's callbacks, so the progress bar prints them late."""
+
+    async_safe = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch % 5 == 4:
+            time.sleep(0.12)
 
 
 def main() -> None:
@@ -50,20 +69,26 @@ def main() -> None:
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    extras = sys.argv[6:] == ["extras"]
+    mode = sys.argv[6] if len(sys.argv) > 6 else ""
+    extras = mode == "extras"
     metrics: list = ["accuracy", keras.metrics.AUC(name="auc")] if extras else ["accuracy"]
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=metrics)
     truth = Truth()
     split = 0.2 if extras else 0.0
-    model.fit(
-        x,
-        y,
-        batch_size=batch,
-        epochs=epochs,
-        verbose=verbose,
-        callbacks=[truth],
-        validation_split=split,
-    )
+    callbacks: list = [Slow(), truth] if mode == "slow" else [truth]
+    calls = epochs if mode == "loop" else 1
+    for call in range(calls):
+        if mode == "loop":
+            print(f"train_model:: starting epoch {call + 1}/{calls}", flush=True)
+        model.fit(
+            x,
+            y,
+            batch_size=batch,
+            epochs=1 if mode == "loop" else epochs,
+            verbose=verbose,
+            callbacks=callbacks,
+            validation_split=split,
+        )
     trained = samples - int(samples * split)  # Keras holds out the last int(n * split) samples
     with open(sys.argv[5], "w") as f:
         json.dump({"samples": trained, "batch": batch, "epochs": truth.epochs}, f)

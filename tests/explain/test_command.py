@@ -42,9 +42,9 @@ def _error(capsys) -> str:
 
 
 def test_json_output_has_the_documented_schema(log, capsys):
-    assert main([str(log), "--json"]) == 0
+    assert main([str(log), "--json", "--windows"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["schema"] == "fitlens.explain/1"
+    assert report["schema"] == "fitlens.explain/2"
     epoch = report["epochs"][0]
     assert epoch["metrics"]["val_acc"]["kind"] == "end_of_epoch"
     window = epoch["metrics"]["acc"]["windows"][0]
@@ -89,6 +89,7 @@ def test_plot_writes_a_png(log, tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main([str(log), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().err == f"fitlens explain: plot written to {out}\n"
 
 
 def test_plot_without_matplotlib_says_what_to_install(log, tmp_path, monkeypatch, capsys):
@@ -136,9 +137,31 @@ def test_a_directory_gets_one_line_and_exit_code_2(tmp_path, capsys):
     assert "directory" in _error(capsys)
 
 
-def test_bad_options_exit_with_code_2(log, capsys):
-    assert main([str(log), "--min-last-batch", "0"]) == 2
-    assert "min_last_batch" in _error(capsys)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--tolerance", "inf"], "positive, finite tolerance"),
+        (["--tolerance", "nan"], "positive, finite tolerance"),
+        (["--tolerance", "0"], "positive, finite tolerance"),
+        (["--samples", "650"], "--samples and --batch-size together"),
+        (["--samples", "0", "--batch-size", "16"], "positive samples"),
+        (["--plot", "out.weird"], "expected a file ending in one of .png"),
+        (["--plot", "no-such-folder/out.png"], "does not exist"),
+    ],
+    ids=["inf", "nan", "zero", "samples-alone", "zero-samples", "weird-ext", "no-folder"],
+)
+def test_bad_options_get_one_line_and_exit_code_2(log, capsys, options, message):
+    assert main([str(log), *options]) == 2
+    assert message in _error(capsys)
+
+
+def test_a_plot_path_that_is_a_directory_gets_one_line(log, tmp_path, capsys):
+    assert main([str(log), "--plot", str(tmp_path)]) == 2
+    assert "is a directory" in _error(capsys)
+    assert list(tmp_path.iterdir()) == [log]  # nothing written, nothing renamed
+
+
+def test_missing_arguments_exit_with_code_2(capsys):
     assert main([]) == 2
     capsys.readouterr()
 
@@ -171,7 +194,7 @@ def test_the_module_entry_point_runs_main(log):
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["schema"] == "fitlens.explain/1"
+    assert json.loads(result.stdout)["schema"] == "fitlens.explain/2"
 
 
 def test_tf_keras_2_0_sample_counting_logs_reconstruct_loss_as_a_running_mean(tmp_path, capsys):
@@ -184,7 +207,7 @@ def test_tf_keras_2_0_sample_counting_logs_reconstruct_loss_as_a_running_mean(tm
         b"3200/6400 [==..] - ETA: 5s - loss: 0.7000 - accuracy: 0.6000\r"
         b"6400/6400 [====] - 3s 50us/sample - loss: 0.6000 - accuracy: 0.7000\n"
     )
-    assert main([str(path), "--json"]) == 0
+    assert main([str(path), "--json", "--windows"]) == 0
     (epoch,) = json.loads(capsys.readouterr().out)["epochs"]
     assert (epoch["counter_unit"], epoch["weighting"]) == ("sample", "counter")
     loss = epoch["metrics"]["loss"]

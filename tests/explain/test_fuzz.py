@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
+import math
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fitlens.explain.analysis import Options, analyze
-from fitlens.explain.command import main
-from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import boundaries
+from fitlens.explain.analysis import Options
+from fitlens.explain.command import UserError, explain_stream, main
 from fitlens.explain.parse import iter_records
-from fitlens.explain.report import Explained, render_text, to_json
+from fitlens.explain.writer import Explained, render_text, to_json
 
-SEED = Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "seed-keras2.log"
+from .seed import SEED
+
 SAMPLE = (
     b"Epoch 1/2\n"
     b"\x08\x08\r\x1b[1m 1/10\x1b[0m \x1b[32m\xe2\x94\x81\x1b[0m 0s 5ms/step - accuracy: 0.5000"
@@ -28,12 +30,35 @@ ALPHABET = b"0123456789/.:- [=>]\r\n\x08\x1beE+-abcdlossacc\xe2\x94\x81 \t\x00"
 
 
 def _pipeline(data: bytes) -> None:
-    results = list(analyze(split_epochs(iter_records([data])), Options()))
-    from fitlens.explain.parse import ParseStats
-
-    explained = Explained("fuzz", results, boundaries(results), ParseStats())
+    try:
+        explained = explain_stream(io.BytesIO(data), "fuzz", Options(), keep_results=True)
+    except UserError:
+        return
     render_text(explained)
-    to_json(explained)
+    json.dumps(to_json(explained), allow_nan=False)
+    assert_sound(explained)
+
+
+def assert_sound(explained: Explained) -> None:
+    """Every interval is ordered, inside the metric's range, and holds its own point value."""
+    for result in explained.results or []:
+        for m in result.metrics.values():
+            lo, hi = m.clip if m.clip is not None else (-math.inf, math.inf)
+            for w in m.windows:
+                assert lo <= w.low <= w.value <= w.high <= hi, (m.name, w)
+            if m.windows:
+                steps = m.series.arrays()[0]
+                # The windows tile the epoch: 1..last display, no gap, no overlap.
+                assert m.windows[0].first_batch == 1
+                assert m.windows[-1].last_batch == int(steps[-1])
+                for a, b in itertools.pairwise(m.windows):
+                    assert b.first_batch == a.last_batch + 1
+    for b in explained.boundaries:
+        assert 0.0 <= b.fraction_low <= b.fraction_high <= 1.0, b
+        assert b.lag_low <= b.lag_high, b
+        for w in (b.end_level, b.next_window, b.early, b.late):
+            if w is not None:
+                assert w.low <= w.value <= w.high, (b.metric, w)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,3 +128,60 @@ def test_pathological_lines_parse_in_bounded_time(line):
     start = time.perf_counter()
     list(iter_records([line + b"\n"]))
     assert time.perf_counter() - start < 2.0
+
+
+def _piece(draw: st.DrawFn, step: int, target: int, acc: float, loss: float) -> bytes:
+    style = draw(st.sampled_from(["bracket", "keras3", "plain"]))
+    values = f" - loss: {loss:.4f} - acc: {acc:.4f}"
+    if style == "bracket":
+        return f"{step}/{target} [====>...] - ETA: 1s{values}\n".encode()
+    if style == "keras3":
+        return f"{step}/{target} ━━━━━━━━━━ 1s 5ms/step{values}\n".encode()
+    return f"{step}/{target} - 1s - 5ms/step{values}\n".encode()
+
+
+@st.composite
+def real_shaped_logs(draw: st.DrawFn) -> bytes:
+    """Logs built from the shapes users paste: headers, verbose=2 lines, user prints, fit loops,
+    out-of-order updates and repeated final steps, with running means that may be inconsistent."""
+    out = []
+    for epoch in range(draw(st.integers(1, 4))):
+        header = draw(st.sampled_from(["Epoch 1/1", f"Epoch {epoch + 1}/4", None]))
+        if header:
+            out.append(header.encode() + b"\n")
+        if header and draw(st.booleans()):
+            out.append(b" - 12s - loss: %.4f - acc: %.4f\n" % (draw(st.floats(0, 2)), 0.5))
+            continue
+        target = draw(st.integers(1, 30))
+        steps = sorted(draw(st.sets(st.integers(1, target), min_size=1, max_size=8)))
+        if len(steps) > 2 and draw(st.booleans()):
+            steps[-2], steps[-3] = steps[-3], steps[-2]  # an out-of-order update
+        for step in steps:
+            acc = draw(st.floats(0.0, 1.0))
+            loss = draw(st.floats(0.0, 3.0))
+            out.append(_piece(draw, step, target, acc, loss))
+            if draw(st.integers(0, 9)) == 0:
+                out.append(b"holdout - loss: 0.2000 - acc: 0.9600\n")
+    return b"".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(real_shaped_logs(), st.sampled_from([{}, {"samples": 650, "batch_size": 16}]))
+def test_real_shaped_logs_give_sound_intervals_in_text_and_json(data, options):
+    try:
+        explained = explain_stream(
+            io.BytesIO(data), "fuzz", Options(**options), keep_results=True, keep_windows=True
+        )
+    except UserError:
+        return
+    assert_sound(explained)
+    text = render_text(explained)
+    assert text.startswith("fitlens explain: fuzz\n")
+    report = to_json(explained)
+    assert len(report["bottom_line"]) == len(report["boundaries"])
+    for b in explained.boundaries:
+        assert b.verdict in {"averaging_lag", "not_averaging_lag", "mixed", "unknown"}
+        if b.verdict == "averaging_lag":
+            assert b.fraction_low >= 0.75
+        if b.verdict == "mixed":
+            assert b.fraction_low >= 0.25 and b.fraction_high <= 0.75

@@ -9,7 +9,9 @@ samples seen (Keras 3 weights its ``Mean`` metrics by batch size).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +22,8 @@ import pytest
 from fitlens.explain.analysis import Options, analyze
 from fitlens.explain.epochs import split_epochs
 from fitlens.explain.jumps import boundaries
-from fitlens.explain.parse import ParseStats, iter_records
+from fitlens.explain.parse import ParseStats, Progress, iter_records
+from fitlens.explain.reconstruct import _SLACK, trailing_windows
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None,
@@ -40,11 +43,11 @@ def _env() -> dict[str, str]:
 
 
 def _train(
-    tmp: Path, samples: int, batch: int, epochs: int, verbose: int, tty: bool, extras: bool = False
+    tmp: Path, samples: int, batch: int, epochs: int, verbose: int, tty: bool, mode: str = ""
 ):
     truth_path = tmp / "truth.json"
     cmd = [sys.executable, str(SCRIPT), str(samples), str(batch), str(epochs), str(verbose)]
-    cmd += [str(truth_path), *(["extras"] if extras else [])]
+    cmd += [str(truth_path), *([mode] if mode else [])]
     if tty:
         master, slave = os.openpty()
         proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL, env=_env())
@@ -133,17 +136,44 @@ def test_verbose2_intervals_contain_the_truth_and_boundaries_are_unknown(tmp_pat
 
 
 @pytest.mark.timeout(120)
-def test_a_partial_last_batch_is_covered_by_min_last_batch(tmp_path):
+def test_a_partial_last_batch_is_covered_without_knowing_its_size_and_narrowed_by_the_sizes(
+    tmp_path,
+):
     # 650 samples in batches of 16: the last batch holds 10 (0.625 of a full one).
     log, truth = _train(tmp_path, samples=650, batch=16, epochs=2, verbose=1, tty=False)
-    _check_intervals(log, truth, Options(min_last_batch=0.5))
+    unknown = _check_intervals(log, truth, Options())
+    known = _check_intervals(log, truth, Options(samples=650, batch_size=16))
+    assert unknown[0].last_batch == "any" and known[0].last_batch == "known"
+    for name in ("loss", "accuracy"):
+        wide, narrow = unknown[0].metrics[name], known[0].metrics[name]
+        # Every window that ends the epoch: knowing the size picks one weight of the range, so
+        # its bounds lie inside the unknown-size ones (up to the float slack both carry).
+        for w, n in zip(
+            trailing_windows(wide.shown, end_weight_low=wide.end_weight_low, clip=wide.clip),
+            trailing_windows(
+                narrow.shown,
+                end_weight_low=narrow.end_weight_low,
+                end_weight_high=narrow.end_weight_high,
+                clip=narrow.clip,
+            ),
+            strict=True,
+        ):
+            slack = 2 * _SLACK * (abs(w.low) + abs(w.high) + 1.0) if math.isfinite(w.low) else 0
+            assert w.low - slack <= n.low and n.high <= w.high + slack, (name, w, n)
+        # The last batch alone: any size allows anything; the known size bounds it.
+        alone = trailing_windows(
+            narrow.shown,
+            end_weight_low=narrow.end_weight_low,
+            end_weight_high=narrow.end_weight_high,
+        )[0]
+        assert math.isfinite(alone.low) and math.isfinite(alone.high)
 
 
 @pytest.mark.timeout(120)
 def test_validation_and_auc_values_are_shown_but_not_reconstructed(tmp_path):
     # 800 samples, 20% held out: 640 trained in 40 full batches of 16.
     log, truth = _train(
-        tmp_path, samples=800, batch=16, epochs=2, verbose=1, tty=False, extras=True
+        tmp_path, samples=800, batch=16, epochs=2, verbose=1, tty=False, mode="extras"
     )
     results = _check_intervals(log, truth, Options())
     kinds = {name: m.kind for name, m in results[0].metrics.items()}
@@ -153,3 +183,42 @@ def test_validation_and_auc_values_are_shown_but_not_reconstructed(tmp_path):
         abs(results[0].metrics["val_loss"].shown[-1].mean - truth["epochs"][0]["end"]["val_loss"])
         <= 0.5e-4 + 1e-9
     )
+
+
+@pytest.mark.timeout(120)
+def test_out_of_order_updates_behind_a_slow_callback_are_merged_into_their_epoch(tmp_path):
+    log, truth = _train(
+        tmp_path, samples=640, batch=16, epochs=2, verbose=1, tty=False, mode="slow"
+    )
+    steps = [r.step for r in iter_records([log]) if isinstance(r, Progress)]
+    went_back = [(a, b) for a, b in itertools.pairwise(steps) if 1 < b < a]
+    assert went_back, "the log has no out-of-order update to test"
+    results = _check_intervals(log, truth, Options())
+    assert [r.epoch.header for r in results] == ["Epoch 1/2", "Epoch 2/2"]
+    assert all(r.epoch.complete for r in results)
+    assert {b.metric for b in boundaries(results)} == {"loss", "accuracy"}
+
+
+@pytest.mark.timeout(120)
+def test_a_verbose2_loop_of_single_epoch_fits_gives_one_epoch_per_call(tmp_path):
+    # Keras 3 prints no 'Epoch' header for fit(epochs=1): the user's line between the calls and
+    # the counter back at its full count are all that separate the epochs.
+    log, truth = _train(
+        tmp_path, samples=640, batch=16, epochs=3, verbose=2, tty=False, mode="loop"
+    )
+    assert b"Epoch" not in log
+    results = _check_intervals(log, truth, Options())
+    assert len(results) == 3
+    assert [b.from_epoch for b in boundaries(results)] == [1, 1, 2, 2]
+
+
+@pytest.mark.timeout(120)
+def test_a_verbose1_loop_of_single_epoch_fits_restarts_the_bar_at_each_call(tmp_path):
+    # No headers again; each call's bar starts back at step 1: a new bar, not an out-of-order
+    # update of the previous one.
+    log, truth = _train(
+        tmp_path, samples=640, batch=16, epochs=3, verbose=1, tty=False, mode="loop"
+    )
+    results = _check_intervals(log, truth, Options())
+    assert len(results) == 3 and all(r.epoch.complete for r in results)
+    assert [b.from_epoch for b in boundaries(results)] == [1, 1, 2, 2]

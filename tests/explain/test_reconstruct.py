@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -18,6 +19,10 @@ from fitlens.explain.reconstruct import (
     window_bounds,
     window_mean,
 )
+
+#: Examples per property test. A mutation run sets FITLENS_EXPLAIN_EXAMPLES lower so that each of
+#: its hundreds of test runs stays short; the suite's own runs use the default.
+_EXAMPLES = int(os.environ.get("FITLENS_EXPLAIN_EXAMPLES", "200"))
 
 
 def test_window_mean_recovers_the_items_between_two_running_means():
@@ -48,7 +53,7 @@ def _displays(values: list[float], weights: list[int], shown: list[int]) -> tupl
 batch_values = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=300)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=_EXAMPLES, deadline=None)
 @given(batch_values, st.data())
 def test_every_window_contains_the_true_mean_of_its_batches(values, data):
     n = len(values)
@@ -60,7 +65,7 @@ def test_every_window_contains_the_true_mean_of_its_batches(values, data):
         assert window.low <= truth <= window.high
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=_EXAMPLES, deadline=None)
 @given(batch_values, st.data())
 def test_sample_weighted_windows_contain_the_truth_with_a_partial_last_batch(values, data):
     n = len(values)
@@ -80,7 +85,7 @@ def test_sample_weighted_windows_contain_the_truth_with_a_partial_last_batch(val
         assert window.low <= truth + 1e-12 and truth - 1e-12 <= window.high
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=_EXAMPLES // 2, deadline=None)
 @given(batch_values, st.data())
 def test_vectorized_reconstruction_matches_the_reference_loop(values, data):
     n = len(values)
@@ -142,7 +147,7 @@ def test_trailing_windows_go_from_shortest_to_whole_epoch():
     assert [w.first_batch for w in windows] == [406, 405, 4, 3, 2, 1]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=_EXAMPLES, deadline=None)
 @given(
     st.lists(
         st.tuples(st.floats(-1e3, 1e3, allow_nan=False), st.integers(1, 512).map(float)),
@@ -166,3 +171,30 @@ def test_window_mean_batch_by_batch_gives_back_each_batch_from_float64_running_m
 def test_window_mean_over_a_group_of_batches_is_their_weighted_mean():
     # batches 0.5 (32 samples), 1.0 (16), 2.0 (16); the last two arrive together
     assert window_mean(32, 0.5, 64, (16 + 16 + 32) / 64) == pytest.approx(1.5)
+
+
+@settings(max_examples=_EXAMPLES // 2, deadline=None)
+@given(batch_values, st.data())
+def test_windows_with_a_last_batch_range_tile_the_epoch_and_match_the_reference(values, data):
+    n = len(values)
+    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)) | {n - 1})
+    points, _ = _displays(values, [1] * n, shown)
+    low_weight = data.draw(st.sampled_from([n - 1, n - 0.5]))
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0)]))
+    tol = data.draw(st.sampled_from([1e-4, 5e-3, 0.05]))
+    steps = np.array([p.step for p in points])
+    means = np.array([p.mean for p in points])
+    halves = np.full(len(points), 0.5e-4)
+    fast = reconstruct_arrays(steps, means, halves, tol, end_weight_low=low_weight, clip=clip)
+    slow = reconstruct(points, tol, end_weight_low=low_weight, clip=clip)
+    assert [(w.first_batch, w.last_batch) for w in fast] == [
+        (w.first_batch, w.last_batch) for w in slow
+    ]
+    assert fast[0].first_batch == 1 and fast[-1].last_batch == n
+    for a, b in itertools.pairwise(fast):
+        assert b.first_batch == a.last_batch + 1
+    for a, b in zip(fast, slow, strict=True):
+        assert a.low <= a.value <= a.high
+        if clip is not None:
+            assert clip[0] <= a.low and a.high <= clip[1]
+        assert (a.low, a.value, a.high) == pytest.approx((b.low, b.value, b.high), abs=1e-12)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from fitlens.explain.analysis import Options, analyze
-from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import boundaries
-from fitlens.explain.parse import ParseStats, iter_records
-from fitlens.explain.report import Explained, fmt, render_text, to_json
+import io
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fitlens.explain.analysis import Options
+from fitlens.explain.command import explain_stream
+from fitlens.explain.report import fmt, fmt_bound, pct
+from fitlens.explain.writer import Explained, render_text, to_json
 
 LOG = (
     b"Epoch 1/1\n"
@@ -22,9 +26,7 @@ LOG = (
 
 
 def _explained() -> Explained:
-    stats = ParseStats()
-    results = list(analyze(split_epochs(iter_records([LOG], stats)), Options()))
-    return Explained("seed.log", results, boundaries(results), stats)
+    return explain_stream(io.BytesIO(LOG), "seed.log", Options())
 
 
 def test_numbers_are_formatted_like_keras_prints_them():
@@ -41,13 +43,50 @@ def test_the_accuracy_boundary_reads_as_plain_words_with_numbers():
         "(first values: 0.9424 at 1): a jump of +0.0506.\n"
         "    Near the end of epoch 1, batches 405-406 averaged 0.9120 "
         "(between 0.8917 and 0.9323).\n"
-        "    Averaging lag explains -0.0001 to +0.0405 of it (0% to 80%).\n"
+        "    Averaging lag explains -0.0001 to +0.0405 of it (0.0%-80.1% of the jump).\n"
     ) in text
 
 
 def test_json_report_is_plain_data_with_the_schema_tag():
     report = to_json(_explained())
-    assert report["schema"] == "fitlens.explain/1"
+    assert report["schema"] == "fitlens.explain/2"
     assert report["input"]["progress_lines"] == 7
     (acc,) = [b for b in report["boundaries"] if b["metric"] == "acc"]
     assert acc["end_level"]["first_batch"] == 405
+
+
+@given(st.floats(0.0, 1.0))
+def test_a_shown_percentage_is_on_the_same_side_of_each_rule_as_the_fraction(fraction):
+    low, high = float(pct(fraction, up=False)[:-1]), float(pct(fraction, up=True)[:-1])
+    assert low <= fraction * 100 + 1e-9 and fraction * 100 - 1e-9 <= high
+    for rule in (25.0, 75.0):
+        # Rounding the low end down never claims a rule the fraction misses, and the reader
+        # sees the fraction's side of it unless it is within float noise of the rule.
+        if abs(fraction * 100 - rule) > 1e-6:
+            assert (low >= rule) == (fraction * 100 >= rule)
+            assert (high <= rule) == (fraction * 100 <= rule)
+
+
+@given(st.floats(-1e6, 1e6, allow_nan=False))
+def test_a_shown_bound_rounded_outwards_still_holds(x):
+    assert float(fmt_bound(x, up=False)) <= x + abs(x) * 1e-9 + 1e-12
+    assert float(fmt_bound(x, up=True)) >= x - abs(x) * 1e-9 - 1e-12
+
+
+def test_the_verdict_rules_are_checkable_at_the_digits_shown():
+    assert pct(0.748, up=False) == "74.8%"  # the case: just under the 75% rule
+    assert pct(0.7499999, up=False) == "74.9%"
+    assert pct(0.75, up=False) == "75.0%"
+    assert pct(0.2500001, up=True) == "25.1%"
+
+
+def test_a_metric_that_does_not_jump_gets_a_bottom_line_but_no_paragraph():
+    log = (
+        b"Epoch 1/2\n 1/4 [..] - ETA: 1s - loss: 0.5000 - acc: 0.5000\n"
+        b" 4/4 [==] - 1s - loss: 0.5000 - acc: 0.6000\n"
+        b"Epoch 2/2\n 1/4 [..] - ETA: 1s - loss: 0.5000 - acc: 0.9000\n"
+    )
+    text = render_text(explain_stream(io.BytesIO(log), "x", Options()))
+    assert "  epoch 1 -> 2, loss +0.0000: no jump beyond the display's rounding\n" in text
+    assert "  acc: epoch 1 ended" in text
+    assert "  loss: epoch 1 ended" not in text

@@ -15,19 +15,21 @@ This is where the Keras-version rules meet the numeric core in :mod:`.reconstruc
   too; that is the safe side.
 * Everything else is a running mean (``kind="running_mean"``). Its weight is the counter
   (Keras 2 ``Progbar``), or the sample count with a step counter (Keras 3, tf.keras >= 2.2): the
-  two agree under equal batch sizes except for a partial last batch, which the caller may allow
-  for with ``min_last_batch``.
+  two agree under equal batch sizes except for a partial last batch. Its size is not in the log,
+  so windows that end at the last display hold for every size from one sample to a full batch
+  (weight ``n - 1`` to ``n`` in steps) unless the caller gives the dataset and batch sizes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fitlens.explain.epochs import Epoch, Series, Shown
-from fitlens.explain.reconstruct import Window, reconstruct_arrays
+from fitlens.explain.reconstruct import Window, WindowColumns, window_columns
 
 MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
@@ -50,6 +52,12 @@ _CUMULATIVE = re.compile(
 DEFAULT_TOLERANCE_UNITS = 100.0
 
 
+#: How an epoch's last batch is treated: ``"exact"`` (the counter is the weight, or the sizes
+#: given make every batch full), ``"known"`` (``--samples``/``--batch-size`` give its size),
+#: ``"any"`` (the log does not say: every size from one sample to a full batch is allowed).
+LastBatch = Literal["exact", "known", "any"]
+
+
 @dataclass(frozen=True)
 class Options:
     """How to reconstruct.
@@ -57,20 +65,42 @@ class Options:
     Attributes:
         tolerance: Target half-width of each window in the metric's units; ``None`` means
             ``DEFAULT_TOLERANCE_UNITS`` × the display's rounding half-width.
-        min_last_batch: Smallest possible size of an epoch's last batch, as a fraction of a full
-            batch, for logs that weight by samples but count steps. 1.0 assumes full batches.
+        samples: Training samples per epoch, if the user knows them (with ``batch_size``).
+        batch_size: Samples per full batch, if the user knows it (with ``samples``).
     """
 
     tolerance: float | None = None
-    min_last_batch: float = 1.0
+    samples: int | None = None
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.min_last_batch <= 1.0:
+        if self.tolerance is not None and not (
+            self.tolerance > 0 and math.isfinite(self.tolerance)
+        ):
             raise ValueError(
-                f"Expected min_last_batch in (0, 1]. Received: {self.min_last_batch!r}."
+                f"Expected a positive, finite tolerance. Received: {self.tolerance!r}. "
+                "Give a half-width in the metric's units, e.g. 0.005."
             )
-        if self.tolerance is not None and not self.tolerance > 0:
-            raise ValueError(f"Expected a positive tolerance. Received: {self.tolerance!r}.")
+        if (self.samples is None) != (self.batch_size is None):
+            raise ValueError(
+                "Expected --samples and --batch-size together (the last batch's size is their "
+                f"remainder). Received: samples={self.samples!r}, batch_size={self.batch_size!r}."
+            )
+        for name, value in (("samples", self.samples), ("batch_size", self.batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"Expected a positive {name}. Received: {value!r}.")
+
+    def last_batch(self, target: int) -> float | None:
+        """The last batch's size as a fraction of a full batch, when the sizes given fit.
+
+        Returns:
+            ``None`` when no sizes were given or they do not give ``target`` steps.
+        """
+        if self.samples is None or self.batch_size is None:
+            return None
+        if -(-self.samples // self.batch_size) != target:
+            return None
+        return (self.samples - (target - 1) * self.batch_size) / self.batch_size
 
 
 @dataclass
@@ -82,18 +112,59 @@ class MetricResult:
         kind: ``running_mean``, ``cumulative`` (AUC, precision, ...: shown, not reconstructed)
             or ``end_of_epoch``.
         series: The displays, in step order (see :attr:`shown` for them as objects).
-        windows: Reconstructed windows tiling the epoch (empty for ``end_of_epoch``).
+        tolerance: Target half-width of its windows; ``None`` when it is not reconstructed
+            (``end_of_epoch``, ``cumulative``, a ``verbose=2`` line without counter).
         end_weight_low: Smallest weight behind the last display (partial last batch), if any.
+        end_weight_high: Largest weight behind the last display, if not its counter.
         clip: Known range of the metric, if any.
     """
 
     name: str
     kind: MetricKind
     series: Series
-    windows: list[Window]
+    tolerance: float | None
     end_weight_low: float | None = None
+    end_weight_high: float | None = None
     clip: tuple[float, float] | None = None
     _shown: list[Shown] | None = field(default=None, repr=False)
+    _columns: WindowColumns | None = field(default=None, repr=False)
+    _windows: list[Window] | None = field(default=None, repr=False)
+
+    def _reconstruct(self, last_only: bool) -> WindowColumns:
+        steps, means, halves = self.series.arrays()
+        if self.tolerance is None:
+            steps = steps[:0]
+        return window_columns(
+            steps,
+            means,
+            halves,
+            self.tolerance or 1.0,
+            end_weight_low=self.end_weight_low,
+            end_weight_high=self.end_weight_high,
+            clip=self.clip,
+            last_only=last_only,
+        )
+
+    @property
+    def columns(self) -> WindowColumns:
+        """Reconstructed windows tiling the epoch, as columns (computed on first use; none
+        when the metric is not reconstructed)."""
+        if self._columns is None:
+            self._columns = self._reconstruct(last_only=False)
+        return self._columns
+
+    @property
+    def windows(self) -> list[Window]:
+        """The windows as objects (built on first use)."""
+        if self._windows is None:
+            self._windows = self.columns.rows()
+        return self._windows
+
+    @property
+    def last_window(self) -> Window | None:
+        """The window that ends the epoch, without reconstructing the others."""
+        columns = self._columns if self._columns is not None else self._reconstruct(True)
+        return columns.row(-1) if len(columns.first) else None
 
     @property
     def shown(self) -> list[Shown]:
@@ -111,11 +182,16 @@ class EpochResult:
         epoch: The parsed epoch.
         weighting: ``"counter"`` (Keras 1/2 ``Progbar``), ``"samples"`` (Keras 3, tf.keras >= 2.2)
             or ``"counter_or_samples"`` when the format does not say.
+        last_batch: How the last batch was treated (see :data:`LastBatch`).
+        sizes_mismatch: True when ``--samples``/``--batch-size`` were given but do not give this
+            epoch's step count (they were not used for it).
         metrics: Per metric, in display order.
     """
 
     epoch: Epoch
     weighting: str
+    last_batch: LastBatch = "exact"
+    sizes_mismatch: bool = False
     metrics: dict[str, MetricResult] = field(default_factory=dict)
 
 
@@ -136,44 +212,57 @@ def clip_for(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if _UNIT_RANGE.search(name) else None
 
 
+def end_weights(epoch: Epoch, weighting: str, options: Options) -> tuple[LastBatch, float | None]:
+    """How much weight the last display of a finished epoch may carry beyond the step before it.
+
+    Returns:
+        ``(last_batch, fraction)``: ``fraction`` is the last batch's size as a fraction of a full
+        one when known (``"known"``), ``None`` otherwise.
+    """
+    target = epoch.target
+    if weighting == "counter" or target is None or not epoch.complete or epoch.summary_only:
+        return "exact", None
+    fraction = options.last_batch(target)
+    if fraction is None:
+        return "any", None
+    return ("exact", None) if fraction == 1.0 else ("known", fraction)
+
+
 def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     """Reconstruct every metric of one epoch.
 
     Args:
         epoch: A parsed epoch.
-        options: Tolerance and last-batch assumption.
+        options: Tolerance and batch sizes.
 
     Returns:
-        The epoch's metrics with their windows.
+        The epoch's metrics with their windows (none for a ``verbose=2`` line without counter).
     """
     weighting = weighting_of(epoch)
-    result = EpochResult(epoch, weighting)
+    last_batch, fraction = end_weights(epoch, weighting, options)
+    mismatch = options.samples is not None and last_batch == "any"
+    result = EpochResult(epoch, weighting, last_batch, mismatch)
     for name, series in epoch.series.items():
-        steps, means, halves = series.arrays()
+        steps, _, halves = series.arrays()
         kind: MetricKind = "running_mean"
         if name.startswith("val_"):
             kind = "end_of_epoch"
         elif _CUMULATIVE.search(name):
             kind = "cumulative"
         clip = clip_for(name)
-        end_weight_low = None
+        low = high = None
         last_step = int(steps[-1])
-        if (
-            weighting != "counter"
-            and options.min_last_batch < 1.0
-            and epoch.target is not None
-            and last_step == epoch.target
-        ):
-            end_weight_low = last_step - 1 + options.min_last_batch
-        windows: list[Window] = []
-        if kind == "running_mean":
+        if last_batch != "exact" and last_step == epoch.target:
+            if fraction is None:
+                low = float(last_step - 1)
+            else:
+                low = high = last_step - 1 + fraction
+        tolerance = None
+        if kind == "running_mean" and not epoch.summary_only:
             tolerance = options.tolerance
             if tolerance is None:
                 tolerance = DEFAULT_TOLERANCE_UNITS * float(halves.max())
-            windows = reconstruct_arrays(
-                steps, means, halves, tolerance, end_weight_low=end_weight_low, clip=clip
-            )
-        result.metrics[name] = MetricResult(name, kind, series, windows, end_weight_low, clip)
+        result.metrics[name] = MetricResult(name, kind, series, tolerance, low, high, clip)
     return result
 
 

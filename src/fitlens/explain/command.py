@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from fitlens.explain.analysis import Options, analyze
+from fitlens.explain.analysis import EpochResult, Options, analyze
 from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import boundaries
+from fitlens.explain.jumps import Boundary, explain_all, is_training
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
-from fitlens.explain.report import Explained, render_text, to_json
+from fitlens.explain.report import summarize
+from fitlens.explain.writer import Explained, ReportWriter
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -36,7 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("log", help="the log file, or - for standard input")
     parser.add_argument("--json", action="store_true", help="print JSON (fitlens.explain/1)")
-    parser.add_argument("--plot", metavar="OUT.png", help="also draw a plot (needs fitlens[plot])")
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="also draw a plot (.png, .pdf, .svg; needs fitlens[plot])",
+    )
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="put every display and reconstructed window in the JSON (default: per-epoch "
+        "summaries)",
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -45,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 100 x the display's rounding, i.e. 0.005 for 4 decimals)",
     )
     parser.add_argument(
-        "--min-last-batch",
-        type=float,
-        default=1.0,
-        metavar="FRACTION",
-        help="smallest possible last batch of an epoch, as a fraction of a full batch, for logs "
-        "weighted by samples (Keras 3, tf.keras); default 1 (all batches full)",
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training samples per epoch; with --batch-size gives the last batch's size, which "
+        "Keras 3 and tf.keras logs do not show (default: allow any size)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, metavar="B", help="samples per full batch"
     )
     return parser
 
@@ -81,16 +94,58 @@ def _checked_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
     return itertools.chain([first], chunks)
 
 
-def explain_stream(stream: BinaryIO, name: str, options: Options) -> Explained:
-    """Run the whole pipeline on a binary stream.
+def explain_stream(
+    stream: BinaryIO,
+    name: str,
+    options: Options,
+    *,
+    writer: ReportWriter | None = None,
+    keep_windows: bool = False,
+    keep_results: bool = False,
+) -> Explained:
+    """Run the whole pipeline on a binary stream, one epoch at a time.
+
+    Only the previous epoch's reconstruction is held (for its boundary with the next); every
+    epoch is reduced to a summary as soon as its boundary is explained, and handed to
+    ``writer`` if there is one (then the returned object holds no epochs: memory stays flat).
+
+    Args:
+        stream: The log's bytes.
+        name: The input's name for messages.
+        options: Tolerance and batch sizes.
+        writer: Takes each epoch's summary and boundaries as they come.
+        keep_windows: Keep every display and window in the summaries (``--windows``).
+        keep_results: Keep every full reconstruction too (``--plot``).
 
     Raises:
         UserError: When the input holds no usable Keras progress output.
     """
     stats = ParseStats()
     records = iter_records(_checked_chunks(stream, name), stats)
-    results = list(analyze(split_epochs(records), options))
-    if not results:
+    explained = Explained(name, [], [], stats, options, [] if keep_results else None)
+    previous: EpochResult | None = None
+    previous_training = False
+    headers_seen = False
+    any_metric = False
+    epochs = 0
+    for result in analyze(split_epochs(records), options):
+        epochs += 1
+        training = is_training(result, headers_seen)
+        headers_seen = headers_seen or result.epoch.header is not None
+        any_metric = any_metric or bool(result.metrics)
+        new: list[Boundary] = []
+        if previous is not None and previous_training and training:
+            new = explain_all(previous, result)
+        summary = summarize(result, training, keep_windows)
+        if writer is not None:
+            writer.add(summary, new)
+        else:
+            explained.boundaries.extend(new)
+            explained.epochs.append(summary)
+        if explained.results is not None:
+            explained.results.append(result)
+        previous, previous_training = result, training
+    if not epochs:
         if stats.rejected:
             raise UserError(
                 f"{name}: every progress line was garbled or had absurd numbers "
@@ -100,9 +155,9 @@ def explain_stream(stream: BinaryIO, name: str, options: Options) -> Explained:
             f"{name}: no Keras progress lines found (expected lines like "
             "'12/406 [====>...] - ETA: 5s - loss: 0.3539')"
         )
-    if not any(r.metrics for r in results):
+    if not any_metric:
         raise UserError(f"{name}: progress lines found but none shows a metric value")
-    return Explained(name, results, boundaries(results), stats, options.min_last_batch)
+    return explained
 
 
 def main(argv: Sequence[str]) -> int:
@@ -114,36 +169,49 @@ def main(argv: Sequence[str]) -> int:
         return int(exit_.code or 0) if exit_.code in (0, None) else EXIT_USAGE
     try:
         try:
-            options = Options(tolerance=args.tolerance, min_last_batch=args.min_last_batch)
+            options = Options(args.tolerance, args.samples, args.batch_size)
         except ValueError as err:
             raise UserError(str(err)) from None
+        if args.plot:
+            from fitlens.explain.plot import PlotError, check_plot_path
+
+            try:
+                check_plot_path(args.plot)
+            except PlotError as err:
+                raise UserError(str(err)) from None
+        name = "stdin" if args.log == "-" else args.log
+        writer = ReportWriter(name, options, as_json=args.json)
         stream = _open(args.log)
         try:
-            explained = explain_stream(stream, "stdin" if args.log == "-" else args.log, options)
+            explained = explain_stream(
+                stream,
+                name,
+                options,
+                writer=writer,
+                keep_windows=args.windows,
+                keep_results=bool(args.plot),
+            )
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
         if args.plot:
-            from fitlens.explain.plot import PlotUnavailable, save_plot
+            from fitlens.explain.plot import PlotError, save_plot
 
             try:
                 save_plot(explained, args.plot)
-            except PlotUnavailable as err:
+            except PlotError as err:
                 raise UserError(str(err)) from None
             except OSError as err:
                 raise UserError(f"cannot write {args.plot}: {err.strerror}") from None
+            print(f"fitlens explain: plot written to {args.plot}", file=sys.stderr)
     except UserError as err:
         print(f"fitlens explain: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("fitlens explain: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.json:
-        text = json.dumps(to_json(explained), indent=1, allow_nan=False) + "\n"
-    else:
-        text = render_text(explained)
     try:
-        sys.stdout.write(text)
+        writer.finish(explained.stats, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader left early (`fitlens explain log | head`): not an error. Point stdout at

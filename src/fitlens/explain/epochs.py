@@ -2,8 +2,20 @@
 
 An epoch here is one run of the progress bar from its first step to its last, whatever the
 ``Epoch k/N`` header says: a loop of ``fit(..., epochs=1)`` calls prints ``Epoch 1/1`` every time
-and each call is its own epoch. A new epoch starts at an ``Epoch`` header, when the counter goes
-backwards (a new bar without a header), or when the target changes.
+and each call is its own epoch. A new epoch starts at an ``Epoch`` header, when the target
+changes, when the counter goes back to the start (a new bar without a header: ``evaluate``,
+another ``fit`` call), or when a ``verbose=2`` line (no bar) shows the full count again after a
+complete epoch (Keras 3 prints no header for ``fit(epochs=1)``, so a loop of them is a run of
+``406/406 - 1s ...`` lines).
+
+Keras 3 runs batch-end callbacks in a thread pool when every callback allows it, so its
+progress bar sometimes prints an older update after a newer one (``156/200``, ``155/200``,
+``186/200``; behind a slow callback, ``26/40``, ``5/40``, ``30/40``). A step that goes back
+to 2 or more, with the same target, no header in between, and the same values wherever that
+step was already shown, is such an out-of-order update: it is merged in step order
+(:class:`Series` sorts). A bar that restarts (``evaluate``, another ``fit`` call) prints step 1
+first: Keras's ``Progbar`` always draws its first update, and batch 1's callbacks are queued
+before any other.
 """
 
 from __future__ import annotations
@@ -14,7 +26,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fitlens.explain.records import CounterUnit, EpochHeader, Progress, ProgressRun, Record
+from fitlens.explain.records import (
+    CounterUnit,
+    EpochHeader,
+    Progress,
+    ProgressRun,
+    Record,
+    Value,
+)
 
 
 class Shown(NamedTuple):
@@ -35,7 +54,8 @@ class Series:
     """One metric's displays within one epoch, stored as columns.
 
     Single records append to plain lists; bulk runs append NumPy chunks. :meth:`arrays`
-    concatenates them once and drops repeated steps, keeping the last display of each (Keras 3
+    concatenates them once, puts out-of-order displays in step order (stable, so arrival order
+    is kept among equal steps) and drops repeated steps, keeping the last display of each (Keras 3
     redraws the final step once more at epoch end).
     """
 
@@ -78,6 +98,9 @@ class Series:
                 steps, means, halves = self._chunks[0]
             else:
                 steps, means, halves = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+            if len(steps) > 1 and bool((steps[1:] < steps[:-1]).any()):
+                order = np.argsort(steps, kind="stable")
+                steps, means, halves = steps[order], means[order], halves[order]
             keep = np.ones(len(steps), dtype=bool)
             keep[:-1] = steps[1:] != steps[:-1]
             if not keep.all():
@@ -97,6 +120,14 @@ class Series:
     def __len__(self) -> int:
         return len(self.arrays()[0])
 
+    def shown_at(self, step: int) -> Shown | None:
+        """The display at ``step``, if there is one."""
+        steps, means, halves = self.arrays()
+        i = int(np.searchsorted(steps, step))
+        if i < len(steps) and int(steps[i]) == step:
+            return Shown(step, float(means[i]), float(halves[i]))
+        return None
+
 
 @dataclass
 class Epoch:
@@ -113,6 +144,7 @@ class Epoch:
             its last display (Keras 3 redraws the final step once more at epoch end).
         final: Values on the line that reached the target (includes ``val_*``), if any.
         first_line: Input line where the epoch starts.
+        last_line: Input line of its latest record.
     """
 
     index: int
@@ -124,14 +156,50 @@ class Epoch:
     series: dict[str, Series] = field(default_factory=dict)
     final: dict[str, Shown] = field(default_factory=dict)
     first_line: int = 0
+    last_line: int = 0
 
     @property
     def complete(self) -> bool:
         """True when a line reached the target (the bar finished)."""
         return self.target is not None and self.last_step >= self.target
 
+    @property
+    def summary_only(self) -> bool:
+        """True for a Keras 1/2 ``verbose=2`` epoch: one counter-less line of epoch means."""
+        return self.style == "summary"
+
+    def continues_with(
+        self, step: int, target: int | None, values: Iterable[Value], line: int
+    ) -> bool:
+        """Whether a record at ``step`` belongs to this bar (see the module docs).
+
+        Args:
+            step: The record's first counter.
+            target: Its target.
+            values: Its displayed values (for the out-of-order consistency check).
+            line: Its input line (a redraw on the same line continues the bar).
+        """
+        if self.target is not None and target != self.target:
+            return False
+        if step > self.last_step:
+            return True
+        if step == self.last_step:
+            # Keras 3 redraws the last step once more at epoch end; a bar-less verbose=2 line
+            # prints once per epoch, so a second one at the full count is the next epoch.
+            return not (
+                self.complete and self.style in ("plain", "summary") and line > self.last_line
+            )
+        if step < 2:
+            return False
+        for name, value, half in values:
+            series = self.series.get(name)
+            seen = series.shown_at(step) if series is not None else None
+            if seen is not None and abs(seen.mean - value) > seen.half + half:
+                return False
+        return True
+
     def add(self, record: Progress) -> None:
-        """Record one redraw; steps must not go backwards (the caller splits epochs there)."""
+        """Record one redraw (an out-of-order one is sorted into place by :class:`Series`)."""
         self.target = record.target
         self.style = record.style
         if record.unit != "unknown":
@@ -183,10 +251,16 @@ def split_epochs(records: Iterable[Record]) -> Iterator[Epoch]:
                 current = None
             header = f"Epoch {record.number}/{record.total}"
             continue
-        first_step = int(record.steps[0]) if isinstance(record, ProgressRun) else record.step
-        if current is not None and (
-            first_step < current.last_step
-            or (current.target is not None and record.target != current.target)
+        if isinstance(record, ProgressRun):
+            first_step = int(record.steps[0])
+            first_values: Iterable[Value] = (
+                Value(n, float(v), record.half)
+                for n, v in zip(record.names, record.means[0].tolist(), strict=True)
+            )
+        else:
+            first_step, first_values = record.step, record.values
+        if current is not None and not current.continues_with(
+            first_step, record.target, first_values, record.line
         ):
             yield current
             current = None
@@ -198,5 +272,6 @@ def split_epochs(records: Iterable[Record]) -> Iterator[Epoch]:
             current.add_run(record)
         else:
             current.add(record)
+        current.last_line = record.line
     if current is not None:
         yield current

@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from fitlens.explain.analysis import EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
-from fitlens.explain.reconstruct import Window, window_bounds
+from fitlens.explain.reconstruct import Window, end_bounds, window_bounds
 
 Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
 #: Why the verdict: the lag bounds decided it, the epoch's flat level did, the jump is within
@@ -79,6 +81,10 @@ class Boundary:
     reason: Reason
 
 
+def _display(steps: np.ndarray, means: np.ndarray, halves: np.ndarray, i: int) -> Shown:
+    return Shown(int(steps[i]), float(means[i]), float(halves[i]))
+
+
 def choose_end_window(metric: MetricResult, jump: float) -> Window:
     """The level near the end of an epoch: the shortest trailing window that is precise enough.
 
@@ -87,23 +93,22 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
     is, the narrowest candidate (precision beats recency once no candidate is precise enough).
     Without displays in the second half, the window since the previous display is all there is.
     """
-    shown = metric.shown
-    end = shown[-1]
-    best: Window | None = None
-    for start in reversed(shown[:-1]):  # shortest window first
-        if start.step < end.step / 2:
-            break
-        window = window_bounds(start, end, end_weight_low=metric.end_weight_low, clip=metric.clip)
-        if window.half_width <= abs(jump) / 4:
-            return window
-        if best is None or window.half_width < best.half_width:
-            best = window
-    if best is None:
-        start_or_none = shown[-2] if len(shown) > 1 else None
-        best = window_bounds(
-            start_or_none, end, end_weight_low=metric.end_weight_low, clip=metric.clip
-        )
-    return best
+    steps, means, halves_ = metric.series.arrays()
+    end = int(steps[-1])
+    weights = {"end_weight_low": metric.end_weight_low, "end_weight_high": metric.end_weight_high}
+    if len(steps) == 1:
+        return window_bounds(None, _display(steps, means, halves_, 0), clip=metric.clip, **weights)
+    first, value, low, high = end_bounds(
+        steps, means, halves_, clip=metric.clip, with_start=False, **weights
+    )
+    # Shortest first: candidate i starts after display n-2-i; keep those in the second half.
+    candidates = int(np.count_nonzero(steps[:-1] >= end / 2))
+    if candidates == 0:
+        return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
+    width = (high[:candidates] - low[:candidates]) / 2
+    precise = np.flatnonzero(width <= abs(jump) / 4)
+    i = int(precise[0]) if len(precise) else int(np.argmin(width))
+    return Window(int(first[i]), end, float(value[i]), float(low[i]), float(high[i]))
 
 
 def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
@@ -112,13 +117,19 @@ def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
     Returns:
         ``(early, late)``, or ``(None, None)`` when the epoch has no display strictly inside it.
     """
-    shown = metric.shown
-    if len(shown) < 2:
+    steps, means, halves_ = metric.series.arrays()
+    if len(steps) < 2:
         return None, None
-    end = shown[-1]
-    middle = min(shown[:-1], key=lambda p: abs(p.step - end.step / 2))
+    end = _display(steps, means, halves_, len(steps) - 1)
+    middle = _display(steps, means, halves_, int(np.argmin(np.abs(steps[:-1] - end.step / 2))))
     early = window_bounds(None, middle, clip=metric.clip)
-    late = window_bounds(middle, end, end_weight_low=metric.end_weight_low, clip=metric.clip)
+    late = window_bounds(
+        middle,
+        end,
+        end_weight_low=metric.end_weight_low,
+        end_weight_high=metric.end_weight_high,
+        clip=metric.clip,
+    )
     return early, late
 
 
@@ -131,8 +142,10 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     a, b = before.metrics.get(name), after.metrics.get(name)
     if a is None or b is None or a.kind != "running_mean" or b.kind != "running_mean":
         return None
-    end = a.shown[-1]
-    first = b.shown[0]
+    a_steps, a_means, a_halves = a.series.arrays()
+    b_steps, b_means, b_halves = b.series.arrays()
+    end = _display(a_steps, a_means, a_halves, len(a_steps) - 1)
+    first = _display(b_steps, b_means, b_halves, 0)
     jump = first.mean - end.mean
     end_level = choose_end_window(a, jump)
     next_window = window_bounds(None, first, clip=b.clip)
@@ -142,9 +155,9 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     early, late = halves(a)
     trend = _trend(early, late, jump)
     verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
-    sees_end = any(p.step >= end.step / 2 for p in a.shown[:-1])
-    sees_start = first.step < b.shown[-1].step or not after.epoch.complete
-    if not (sees_end and sees_start):
+    sees_end = bool((a_steps[:-1] >= end.step / 2).any())
+    sees_start = first.step < int(b_steps[-1]) or not after.epoch.complete
+    if not (sees_end and sees_start) and reason != "within_rounding":
         # One display per epoch (verbose=2): the log has no view inside the epochs at all.
         verdict, reason = "unknown", "no_view_inside"
     return Boundary(

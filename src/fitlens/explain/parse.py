@@ -5,7 +5,10 @@ Handles what Keras writes in every version we know of:
 * Keras 1.x/2.x standalone: ``  1/406 [.....] - ETA: 11726s - loss: 0.7993 - acc: 0.5996``;
 * tf.keras 2.x: ``406/406 [=====] - 12s 30ms/step - loss: 0.3539 - accuracy: 0.8918``;
 * Keras 3: ``406/406 ━━━━━━━━ 12s 30ms/step - accuracy: 0.8918 - loss: 0.3539``;
-* ``verbose=2`` (one line per epoch): ``406/406 - 12s - 30ms/step - loss: 0.3539``.
+* ``verbose=2`` (one line per epoch): ``406/406 - 12s - 30ms/step - loss: 0.3539`` (tf.keras,
+  Keras 3), `` - 120s - loss: 0.3539 - acc: 0.8918`` (Keras 2.x) or ``120s - loss: 0.3539``
+  (Keras 1.x): the last two have no counter and are read only right after an ``Epoch k/N``
+  header (``style="summary"``), so a user's own Keras-like print is never taken for one.
 
 Terminal captures mix in ``\\b`` runs, ``\\r`` redraws and ANSI colour codes; Keras 3 writes them
 even into files on Linux (its ``Progbar`` treats ``"posix" in sys.modules`` as a dynamic
@@ -61,9 +64,15 @@ _BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
 # First bytes of a line that may start with a counter (Keras pads it with spaces).
 _COUNTER_START = frozenset(b" \t0123456789")
+# A line that cannot start with a counter, or a blank one: the breaks between runs of progress
+# lines in text without carriage returns.
+_BREAK = re.compile(rb"\n(?:[^ \t0-9\n][^\n]*)?(?=\n)")
 # Regexes are anchored and free of nested quantifiers, so each runs in time linear in the segment.
 _HEAD = re.compile(rb"[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?")
 _EPOCH = re.compile(rb"[ \t]{0,64}Epoch (\d{1,12})/(\d{1,12})[ \t]{0,64}$")
+# Keras 1.x/2.x ``verbose=2`` epoch line: elapsed seconds (optionally a time per step or sample),
+# then the metrics; no counter.
+_SUMMARY = re.compile(rb"[ \t]{0,8}(?:- )?\d{1,12}s(?: \d{1,12}[mu]?s/(?:step|sample))?(?= - )")
 _METRIC = re.compile(
     rb" - ([A-Za-z_][A-Za-z0-9_.\-/]{0,127}): ?"
     rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t\x08]|$)"
@@ -131,18 +140,24 @@ class _Parser:
         self.out: list[Record] = []
         self.pending: Progress | None = None
         self.pending_seg = b""
+        # True between an ``Epoch k/N`` header and the next progress record: the only place a
+        # counter-less Keras 1/2 ``verbose=2`` line is read as one.
+        self.after_header = False
 
     def block(self, block: bytes, line: int) -> None:
         """Parse a block of whole lines starting at input line ``line``."""
         # ANSI colours and backspace runs are left in place here: the redraw fast path reads
         # around them, and segment() removes them from any piece it parses.
+        if b"\r" not in block:
+            self._plain_block(block, line)
+            return
         group: list[bytes] = []  # consecutive plain lines that may be progress lines
         for text in block.split(b"\n"):
             if text and text[0] in _COUNTER_START and b"\r" not in text:
                 group.append(text)
             else:
                 if group:
-                    self.lines(group, line - len(group))
+                    self.lines(b"\n".join(group), line - len(group))
                     group = []
                 if b"\r" in text:
                     self.redraws(text, line)
@@ -150,30 +165,55 @@ class _Parser:
                     self.segment(text, line)
             line += 1
         if group:
-            self.lines(group, line - len(group))
+            self.lines(b"\n".join(group), line - len(group))
 
-    def lines(self, group: list[bytes], line: int) -> None:
+    def _plain_block(self, block: bytes, line: int) -> None:
+        """:meth:`block` for text without ``\\r`` (pipes, files, one line per step).
+
+        The lines that cannot start a progress record (headers, the user's prints, blank lines)
+        are found by one regex pass; the runs of lines between them go to :meth:`lines` whole.
+        """
+        data = b"\n" + block  # every line now follows a line break, which _BREAK starts with
+        pos = 1
+        for match in _BREAK.finditer(data):
+            start = match.start()
+            if start > pos:
+                self.lines(data[pos:start], line)
+                line += data.count(b"\n", pos, start) + 1
+            if match.end() > start + 1:
+                self.segment(data[start + 1 : match.end()], line)
+            pos = match.end() + 1
+            line += 1
+        # The last run of progress lines: no break line follows it, only the block's own end.
+        tail = data[pos:-1] if data.endswith(b"\n") else data[pos:]
+        if tail:
+            self.lines(tail, line)
+
+    def lines(self, group: bytes, line: int) -> None:
         """Parse consecutive one-redraw-per-line progress lines (pipes, files, ``verbose=2``).
 
         Same as :meth:`segment` on each line; runs of them take the bulk path like
         :meth:`redraws` does.
         """
-        if len(group) > 2:
-            head = group[0]
+        cut = group.rfind(b"\n")
+        if group.count(b"\n", 0, cut) > 0:
+            end = group.find(b"\n")
+            head = group[:end]
             style = "keras3" if _BAR3 in head else ""
             unit: CounterUnit = "unknown"
             if b"s/step" in head:
                 unit = "step"
             elif b"s/sample" in head:
                 unit = "sample"
-            run = _fast_run(b"\r".join(group[:-1]), unit, style, line)
+            run = _fast_run(group[:cut].replace(b"\n", b"\r"), unit, style, line)
             if run is not None:
                 self.flush()
+                self.after_header = False
                 self.out.append(run)
                 self.stats.progress += len(run.steps)
-                self.segment(group[-1], line + len(group) - 1)
+                self.segment(group[cut + 1 :], line + len(run.steps))
                 return
-        for offset, text in enumerate(group):
+        for offset, text in enumerate(group.split(b"\n")):
             self.segment(text, line + offset)
 
     def redraws(self, text: bytes, line: int) -> None:
@@ -203,6 +243,7 @@ class _Parser:
             run = _fast_run(body, unit, style, line)
             if run is not None:
                 self.flush()
+                self.after_header = False
                 self.out.append(run)
                 self.stats.progress += len(run.steps)
             else:
@@ -267,6 +308,7 @@ class _Parser:
         return Progress(step, target, values, unit, style, line)  # type: ignore[arg-type]
 
     def _hold(self, record: Progress, seg: bytes) -> None:
+        self.after_header = False
         if self.pending is not None:
             self.stats.progress += 1
             self.out.append(self.pending)
@@ -285,22 +327,55 @@ class _Parser:
         if not seg:
             return
         prev = self.pending
-        if prev is not None:
-            # A paste wrapped at the terminal width: rejoin the pieces, but only when that reveals
-            # more values (a user's own print after a progress line would instead corrupt it).
-            joined = self.pending_seg + seg
-            if len(joined) <= MAX_SEGMENT:
-                values = parse_values(joined)
-                if len(values) > len(prev.values):
-                    self.pending = prev._replace(values=values)
-                    self.pending_seg = joined
-                    return
+        if prev is not None and self._continues(prev, seg):
+            return
         self.flush()
         epoch = _EPOCH.match(seg)
         if epoch is not None:
             self.out.append(EpochHeader(int(epoch.group(1)), int(epoch.group(2)), line))
-        else:
-            self.stats.other += 1
+            self.after_header = True
+            return
+        if self.after_header:
+            summary = _SUMMARY.match(seg)
+            if summary is not None:
+                values = parse_values(seg, summary.end())
+                if values:
+                    unit: CounterUnit = "unknown"
+                    if b"s/step" in seg:
+                        unit = "step"
+                    elif b"s/sample" in seg:
+                        unit = "sample"
+                    self._hold(Progress(1, 1, values, unit, "summary", line), seg)
+                    return
+        self.stats.other += 1
+
+    def _continues(self, prev: Progress, seg: bytes) -> bool:
+        """Rejoin a progress line wrapped at the terminal width with its continuation ``seg``.
+
+        Only a true wrap is rejoined: a value must straddle the cut, the pieces must keep every
+        value already read, and no name may repeat. A user's own print after a progress line
+        (``holdout - loss: 0.2000``) fails these tests and stays a line of its own.
+        """
+        head = self.pending_seg
+        joined = head + seg
+        if len(joined) > MAX_SEGMENT:
+            return False
+        cut = len(head)
+        if not any(m.start() < cut < m.end() for m in _METRIC.finditer(joined)):
+            return False
+        values = parse_values(joined)
+        names = [v.name for v in values]
+        kept = len(prev.values)
+        if len(set(names)) != len(names) or len(values) < kept:
+            return False
+        # The head's last value may itself have been cut (``5.0000`` of ``5.0000e-04``).
+        if kept and (
+            values[: kept - 1] != prev.values[: kept - 1] or names[kept - 1] != prev.values[-1].name
+        ):
+            return False
+        self.pending = prev._replace(values=values)
+        self.pending_seg = joined
+        return True
 
     def _reject(self, line: int) -> None:
         self.stats.rejected += 1

@@ -5,13 +5,41 @@ matplotlib is imported only here, only when a plot is asked for (the ``fitlens[p
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from fitlens.explain.report import Explained
+from fitlens.explain.writer import Explained
+
+#: File types ``--plot`` writes (matplotlib's raster and vector backends without extras).
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
-class PlotUnavailable(RuntimeError):
-    """matplotlib is not installed."""
+class PlotError(ValueError):
+    """The plot cannot be drawn: matplotlib is missing or the path is unusable."""
+
+
+#: Kept for callers that caught the old name.
+PlotUnavailable = PlotError
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a path ``--plot`` cannot write, before any work starts.
+
+    Raises:
+        PlotError: For a directory, a missing parent folder, or an extension outside
+            :data:`FORMATS` (matplotlib would otherwise raise deep inside, or add a suffix).
+    """
+    if os.path.isdir(path):
+        raise PlotError(f"--plot {path} is a directory; expected a file name such as out.png")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise PlotError(f"--plot {path}: folder {parent} does not exist")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in FORMATS:
+        raise PlotError(
+            f"--plot {path}: expected a file ending in one of "
+            f"{', '.join('.' + f for f in FORMATS)}; received {('.' + ext) if ext else 'none'}"
+        )
 
 
 def _pyplot() -> Any:
@@ -21,7 +49,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotUnavailable(
+        raise PlotError(
             "--plot needs matplotlib; install fitlens[plot] (pip install 'fitlens[plot]')"
         ) from None
     return plt
@@ -34,23 +62,25 @@ def save_plot(explained: Explained, path: str) -> None:
     ``offset(e) + s``, with offsets the cumulative epoch lengths, so epochs line up end to end.
 
     Raises:
-        PlotUnavailable: If matplotlib is missing.
+        PlotError: If matplotlib is missing or the path is unusable.
         OSError: If the file cannot be written.
     """
+    check_plot_path(path)
     plt = _pyplot()
+    results = explained.results or []
     names: list[str] = []
-    for e in explained.epochs:
+    for e in results:
         for name, m in e.metrics.items():
             if m.kind == "running_mean" and name not in names:
                 names.append(name)
     names = names or ["loss"]
     fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
     offsets, total = [], 0
-    for e in explained.epochs:
+    for e in results:
         offsets.append(total)
         total += max(e.epoch.target or 0, e.epoch.last_step)
     for ax, name in zip(axes[:, 0], names, strict=True):
-        for e, offset in zip(explained.epochs, offsets, strict=True):
+        for e, offset in zip(results, offsets, strict=True):
             if name not in e.metrics:
                 continue
             m = e.metrics[name]
@@ -91,6 +121,6 @@ def save_plot(explained: Explained, path: str) -> None:
     fig.suptitle(f"fitlens explain: {explained.source}")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format=os.path.splitext(path)[1].lower().lstrip("."))
     finally:
         plt.close(fig)

@@ -19,7 +19,7 @@ Which weight ``W`` Keras uses (read from its sources):
 * tf.keras >= 2.2 and Keras 3 show ``Mean`` metrics whose ``count`` grows by the batch's sample
   count (``keras/src/backend/torch/trainer.py`` passes the batch size as ``sample_weight``), while
   the counter counts steps. With equal batch sizes ``W = counter × batch size``; only a partial
-  last batch breaks proportionality, which ``last_batch_low`` accounts for.
+  last batch breaks proportionality, which ``end_weight_low``/``end_weight_high`` account for.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def window_bounds(
     end: Shown,
     *,
     end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
     clip: tuple[float, float] | None = None,
 ) -> Window:
     """Bound the mean over the batches between two displayed running means.
@@ -74,44 +75,139 @@ def window_bounds(
         start: The display that opens the window, or ``None`` for the epoch start (weight 0).
         end: The display that closes it; ``end.step > start.step``.
         end_weight_low: Smallest possible weight behind ``end`` when the last batch may be
-            partial (in counter units, e.g. ``n - 1 + 0.5``); ``None`` means exactly ``end.step``.
+            partial, in counter units (``n - 1`` when it may hold anything down to one sample of
+            an unknown batch size); ``None`` means exactly ``end.step``.
+        end_weight_high: Largest possible weight behind ``end``; ``None`` means ``end.step``.
+            Give both equal for a known partial batch (``n - 1 + 6/16``).
         clip: Known range of the metric (``(0, 1)`` for accuracies), applied to the bounds.
 
     Returns:
-        The window with its point value (from the displayed numbers) and provable bounds.
+        The window with its point value (from the displayed numbers, at the largest end weight)
+        and provable bounds; a side that no finite number bounds is infinite.
+
+    Example:
+        >>> w = window_bounds(Shown(2, 0.5, 0.5e-4), Shown(4, 0.75, 0.5e-4))
+        >>> round(w.value, 6), round(w.low, 6), round(w.high, 6)
+        (1.0, 0.99985, 1.00015)
     """
     w_j = 0.0 if start is None else float(start.step)
     m_j = 0.0 if start is None else start.mean
     h_j = 0.0 if start is None else start.half
-    w_k_hi = float(end.step)
-    value = window_mean(w_j, m_j, w_k_hi, end.mean)
-    if end_weight_low is None:
-        # The corners' extremes in closed form: m_k ± h_k against m_j ∓ h_j.
-        half = (w_k_hi * end.half + w_j * h_j) / (w_k_hi - w_j)
+    w_hi = float(end.step) if end_weight_high is None else float(end_weight_high)
+    w_lo = w_hi if end_weight_low is None else min(float(end_weight_low), w_hi)
+    value = window_mean(w_j, m_j, w_hi, end.mean)
+    if w_lo == w_hi:
+        half = (w_hi * end.half + w_j * h_j) / (w_hi - w_j)
         low, high = value - half, value + half
+    elif w_lo <= w_j:
+        low, high = -math.inf, math.inf
     else:
-        low, high = _corner_bounds(w_j, m_j, h_j, max(end_weight_low, w_j), w_k_hi, end)
+        corners = [
+            window_mean(w_j, mj, w, mk)
+            for w in (w_lo, w_hi)
+            for mk in (end.mean - end.half, end.mean + end.half)
+            for mj in (m_j - h_j, m_j + h_j)
+        ]
+        low, high = min(corners), max(corners)
     if math.isfinite(low) and math.isfinite(high):
         slack = _SLACK * (abs(low) + abs(high) + 1.0)
         low, high = low - slack, high + slack
     if clip is not None:
-        low, high = max(low, clip[0]), min(high, clip[1])
-        value = min(max(value, clip[0]), clip[1])
+        value, low, high = _clip_one(value, low, high, clip)
     return Window(int(w_j) + 1, end.step, value, low, high)
 
 
-def _corner_bounds(
-    w_j: float, m_j: float, h_j: float, w_k_lo: float, w_k_hi: float, end: Shown
-) -> tuple[float, float]:
-    low, high = math.inf, -math.inf
-    for w_k in (w_k_lo, w_k_hi):
-        if w_k <= w_j:
-            return -math.inf, math.inf
-        for m_k in (end.mean - end.half, end.mean + end.half):
-            for m in (m_j - h_j, m_j + h_j):
-                v = window_mean(w_j, m, w_k, m_k)
-                low, high = min(low, v), max(high, v)
-    return low, high
+def _clip_one(
+    value: float, low: float, high: float, clip: tuple[float, float]
+) -> tuple[float, float, float]:
+    """:func:`clip_bounds` for one window."""
+    lo, hi = clip
+    low, high = max(low, lo), min(high, hi)
+    if low > high:
+        low, high = lo, hi
+    return min(max(value, lo), hi), low, high
+
+
+def end_bounds(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    *,
+    end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
+    clip: tuple[float, float] | None = None,
+    with_start: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds of every window that ends at the last display, all at once.
+
+    The window ``(W_j, W_k]`` has mean ``(W_k m_k - W_j m_j) / (W_k - W_j)``: linear in ``m_j``
+    and ``m_k`` and monotone in ``W_k`` for each of them, so its extremes over the box of
+    possible inputs are at the box's corners. With an exact end weight the corners' extremes
+    have the closed form ``value ± (W_k h_k + W_j h_j) / (W_k - W_j)``; with a range of end
+    weights all eight corners are evaluated, and a window whose smallest end weight does not
+    exceed its start is unbounded (the last batch may be arbitrarily small).
+
+    Args:
+        steps: Counters of the displays, strictly increasing, shape ``(n,)``; the last one ends
+            every window.
+        means: Displayed values, shape ``(n,)``.
+        halves: Rounding half-widths, shape ``(n,)``.
+        end_weight_low: As in :func:`window_bounds`.
+        end_weight_high: As in :func:`window_bounds`.
+        clip: Known range of the metric.
+        with_start: Also give the window from the epoch start (weight 0) after the others.
+
+    Returns:
+        ``(first_batch, value, low, high)``, shortest window first: one per earlier display,
+        then (with ``with_start``) the whole epoch.
+    """
+    w_hi = float(steps[-1]) if end_weight_high is None else float(end_weight_high)
+    w_lo = w_hi if end_weight_low is None else min(float(end_weight_low), w_hi)
+    m_k, h_k = float(means[-1]), float(halves[-1])
+    w_j, m_j, h_j = steps[-2::-1].astype(np.float64), means[-2::-1], halves[-2::-1]
+    if with_start:
+        w_j, m_j, h_j = (np.append(a, 0.0) for a in (w_j, m_j, h_j))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = (w_hi * m_k - w_j * m_j) / (w_hi - w_j)
+        if w_lo == w_hi:
+            half = (w_hi * h_k + w_j * h_j) / (w_hi - w_j)
+            low, high = value - half, value + half
+        else:
+            corners = [
+                (w * mk - w_j * mj) / (w - w_j)
+                for w in (w_lo, w_hi)
+                for mk in (m_k - h_k, m_k + h_k)
+                for mj in (m_j - h_j, m_j + h_j)
+            ]
+            low, high = np.minimum.reduce(corners), np.maximum.reduce(corners)
+            empty = w_lo <= w_j
+            low, high = np.where(empty, -math.inf, low), np.where(empty, math.inf, high)
+    slack = _SLACK * (np.abs(low) + np.abs(high) + 1.0)
+    finite = np.isfinite(slack)
+    low, high = np.where(finite, low - slack, low), np.where(finite, high + slack, high)
+    value, low, high = clip_bounds(value, low, high, clip)
+    return (w_j + 1).astype(np.int64), value, low, high
+
+
+def clip_bounds(
+    value: np.ndarray, low: np.ndarray, high: np.ndarray, clip: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip windows to the metric's known range.
+
+    An interval entirely outside the range means the displays contradict the assumptions (a
+    garbled or edited line): the truth is then only known to lie in the range itself, which is
+    what such a window gets, never an interval with ``low > high``.
+
+    Returns:
+        ``(value, low, high)`` clipped; unchanged without ``clip``.
+    """
+    if clip is None:
+        return value, low, high
+    lo, hi = clip
+    low, high = np.maximum(low, lo), np.minimum(high, hi)
+    empty = low > high
+    low, high = np.where(empty, lo, low), np.where(empty, hi, high)
+    return np.minimum(np.maximum(value, lo), hi), low, high
 
 
 def reconstruct(
@@ -119,6 +215,7 @@ def reconstruct(
     tolerance: float,
     *,
     end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
     clip: tuple[float, float] | None = None,
 ) -> list[Window]:
     """Cut an epoch's displays into consecutive windows whose bounds are useful.
@@ -133,6 +230,7 @@ def reconstruct(
         points: Displays of one metric within one epoch, in increasing ``step`` order.
         tolerance: Target half-width, in the metric's units.
         end_weight_low: Passed to :func:`window_bounds` for windows that end at the last display.
+        end_weight_high: Likewise.
         clip: Known range of the metric.
 
     Returns:
@@ -140,20 +238,23 @@ def reconstruct(
     """
     windows: list[Window] = []
     k = len(points) - 1
-    if end_weight_low is not None and k >= 0:
+    if (end_weight_low is not None or end_weight_high is not None) and k >= 0:
         # The last window carries the partial-batch uncertainty: the general (corner) path.
         end = points[k]
         j = k - 1
         while True:
             window = window_bounds(
-                points[j] if j >= 0 else None, end, end_weight_low=end_weight_low, clip=clip
+                points[j] if j >= 0 else None,
+                end,
+                end_weight_low=end_weight_low,
+                end_weight_high=end_weight_high,
+                clip=clip,
             )
             if window.half_width <= tolerance or j < 0:
                 break
             j -= 1
         windows.append(window)
         k = j
-    lo, hi = clip if clip is not None else (-math.inf, math.inf)
     while k >= 0:
         # Same bounds as window_bounds, inlined: this loop runs once per display.
         w_k, m_k, h_k = float(points[k].step), points[k].mean, points[k].half
@@ -173,11 +274,50 @@ def reconstruct(
         half += _SLACK * (abs(value) + half + 1.0)
         low, high = value - half, value + half
         if clip is not None:
-            low, high, value = max(low, lo), min(high, hi), min(max(value, lo), hi)
+            value, low, high = _clip_one(value, low, high, clip)
         windows.append(Window(int(w_j) + 1, int(w_k), value, low, high))
         k = j
     windows.reverse()
     return windows
+
+
+class WindowColumns(NamedTuple):
+    """Windows as columns, each of shape ``(n_windows,)``, in increasing batch order.
+
+    What :func:`window_columns` returns: building one :class:`Window` per row costs more than
+    the reconstruction itself, so callers that need only a few rows take them with :meth:`row`.
+    """
+
+    first: np.ndarray
+    last: np.ndarray
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def row(self, i: int) -> Window:
+        """Window ``i`` (negative counts from the end)."""
+        return Window(
+            int(self.first[i]),
+            int(self.last[i]),
+            float(self.value[i]),
+            float(self.low[i]),
+            float(self.high[i]),
+        )
+
+    def rows(self) -> list[Window]:
+        """Every window."""
+        columns = (c.tolist() for c in self)
+        return list(map(Window._make, zip(*columns, strict=True)))
+
+
+def _columns(windows: Sequence[Window]) -> WindowColumns:
+    return WindowColumns(
+        np.array([w.first_batch for w in windows], dtype=np.int64),
+        np.array([w.last_batch for w in windows], dtype=np.int64),
+        np.array([w.value for w in windows], dtype=np.float64),
+        np.array([w.low for w in windows], dtype=np.float64),
+        np.array([w.high for w in windows], dtype=np.float64),
+    )
 
 
 def reconstruct_arrays(
@@ -187,15 +327,39 @@ def reconstruct_arrays(
     tolerance: float,
     *,
     end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
     clip: tuple[float, float] | None = None,
 ) -> list[Window]:
+    """:func:`window_columns` as a list of :class:`Window` (same arguments)."""
+    return window_columns(
+        steps,
+        means,
+        halves,
+        tolerance,
+        end_weight_low=end_weight_low,
+        end_weight_high=end_weight_high,
+        clip=clip,
+    ).rows()
+
+
+def window_columns(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    tolerance: float,
+    *,
+    end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
+    clip: tuple[float, float] | None = None,
+    last_only: bool = False,
+) -> WindowColumns:
     """:func:`reconstruct` on columns; vectorized when every display has the same rounding.
 
     With a common half-width ``h`` the window ``(j, k]`` meets the tolerance exactly when
     ``W_j (h + tol) <= W_k (tol - h)``; the left side grows with ``j``, so the greedy choice
     (the largest such ``j``) is one binary search per window end, done for all ends at once.
-    Any other case (mixed ``%.4e`` roundings, a partial last batch) goes through
-    :func:`reconstruct` unchanged.
+    The last window, when the last batch's weight is a range, comes from :func:`end_bounds`.
+    Mixed roundings (``%.4e`` values) go through :func:`reconstruct`.
 
     Args:
         steps: Strictly increasing counters, shape ``(n,)``.
@@ -203,21 +367,45 @@ def reconstruct_arrays(
         halves: Rounding half-widths, shape ``(n,)``.
         tolerance: Target half-width, in the metric's units.
         end_weight_low: As in :func:`reconstruct`.
+        end_weight_high: As in :func:`reconstruct`.
         clip: As in :func:`reconstruct`.
+        last_only: Give only the window that ends the epoch (the same one), skipping the rest.
 
     Returns:
         The same windows as :func:`reconstruct` on the equivalent :class:`Shown` list.
     """
     n = len(steps)
     if n == 0:
-        return []
+        return _columns([])
+    tail: list[Window] = []
+    if end_weight_low is not None or end_weight_high is not None:
+        first, value_e, low_e, high_e = end_bounds(
+            steps,
+            means,
+            halves,
+            end_weight_low=end_weight_low,
+            end_weight_high=end_weight_high,
+            clip=clip,
+        )
+        fits = np.flatnonzero((high_e - low_e) / 2 <= tolerance)
+        i = int(fits[0]) if len(fits) else n - 1
+        tail = [
+            Window(
+                int(first[i]), int(steps[-1]), float(value_e[i]), float(low_e[i]), float(high_e[i])
+            )
+        ]
+        n -= i + 1
+        steps, means, halves = steps[:n], means[:n], halves[:n]
+        if n == 0 or last_only:
+            return _columns(tail)
     h = float(halves[0])
-    if end_weight_low is not None or not bool((halves == h).all()):
+    if not bool((halves == h).all()):
         points = [
             Shown(s, m, e)
             for s, m, e in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
         ]
-        return reconstruct(points, tolerance, end_weight_low=end_weight_low, clip=clip)
+        windows = reconstruct(points, tolerance, clip=clip) + tail
+        return _columns(windows[-1:] if last_only else windows)
     # Index 0 is the epoch start (weight 0). Its mean never matters: it is always multiplied by
     # its zero weight, so ``means[start - 1]`` may wrap around for it.
     w = np.empty(n + 1)
@@ -233,7 +421,7 @@ def reconstruct_arrays(
         j = best[k]
         ends.append(k)
         starts.append(j)
-        k = j
+        k = 0 if last_only else j
     ends_a = np.array(ends[::-1])
     starts_a = np.array(starts[::-1])
     w_k, w_j = w[ends_a], w[starts_a]
@@ -242,20 +430,20 @@ def reconstruct_arrays(
     half = h * (w_k + w_j) / span
     half += _SLACK * (np.abs(value) + half + 1.0)
     low, high = value - half, value + half
-    if clip is not None:
-        low = np.maximum(low, clip[0])
-        high = np.minimum(high, clip[1])
-        value = np.minimum(np.maximum(value, clip[0]), clip[1])
-    firsts = (w_j + 1).astype(np.int64).tolist()
-    lasts = w_k.astype(np.int64).tolist()
-    rows = zip(firsts, lasts, value.tolist(), low.tolist(), high.tolist(), strict=True)
-    return list(map(Window._make, rows))
+    value, low, high = clip_bounds(value, low, high, clip)
+    columns = WindowColumns((w_j + 1).astype(np.int64), w_k.astype(np.int64), value, low, high)
+    if tail:
+        columns = WindowColumns(
+            *(np.append(c, t) for c, t in zip(columns, _columns(tail), strict=True))
+        )
+    return columns
 
 
 def trailing_windows(
     points: Sequence[Shown],
     *,
     end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
     clip: tuple[float, float] | None = None,
 ) -> list[Window]:
     """All windows that end at the last display, from the shortest to the whole epoch.
@@ -263,6 +451,7 @@ def trailing_windows(
     Args:
         points: Displays of one metric within one epoch, in increasing ``step`` order.
         end_weight_low: As in :func:`window_bounds`.
+        end_weight_high: As in :func:`window_bounds`.
         clip: Known range of the metric.
 
     Returns:
@@ -270,6 +459,14 @@ def trailing_windows(
     """
     if not points:
         return []
-    end = points[-1]
-    starts: list[Shown | None] = [*reversed(points[:-1]), None]
-    return [window_bounds(s, end, end_weight_low=end_weight_low, clip=clip) for s in starts]
+    first, value, low, high = end_bounds(
+        np.array([p.step for p in points], dtype=np.int64),
+        np.array([p.mean for p in points]),
+        np.array([p.half for p in points]),
+        end_weight_low=end_weight_low,
+        end_weight_high=end_weight_high,
+        clip=clip,
+    )
+    last = points[-1].step
+    rows = zip(first.tolist(), value.tolist(), low.tolist(), high.tolist(), strict=True)
+    return [Window(f, last, v, lo, hi) for f, v, lo, hi in rows]

@@ -38,7 +38,8 @@ class Progress(NamedTuple):
         values: Metric values in display order; non-finite values are left out.
         unit: Counter unit when the line says (``ms/step``, ``us/sample``), else ``"unknown"``.
         style: ``"keras3"`` for the ``━`` bar, ``"bracket"`` for ``[===>..]``, ``"plain"`` for
-            ``verbose=2`` lines without a bar.
+            ``verbose=2`` lines without a bar, ``"summary"`` for a Keras 1/2 ``verbose=2`` line
+            with no counter at all (read as step 1 of 1: one display of the epoch's means).
         line: 1-based line number in the input (counting ``\\n`` only).
     """
 

@@ -1,24 +1,27 @@
-"""Render an explained log as text or as JSON; pure functions, no printing.
+"""What the report says about an epoch or a boundary: pure formatters, no printing.
 
-The JSON schema (``"schema": "fitlens.explain/1"``) is documented field by field in the README;
+Each epoch is reduced to an :class:`EpochSummary` (first and last displays, the last window,
+the first batches) as soon as it is read; :mod:`fitlens.explain.writer` puts the pieces
+together while the log streams.
+
+The JSON schema (``"schema": "fitlens.explain/2"``) is documented field by field in the README;
 any change to it bumps the schema version.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fitlens.explain.analysis import EpochResult, MetricResult
-from fitlens.explain.jumps import Boundary, is_training
-from fitlens.explain.reconstruct import Window
-from fitlens.explain.records import ParseStats
+from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
+from fitlens.explain.epochs import Shown
+from fitlens.explain.jumps import LITTLE, MOSTLY, Boundary
+from fitlens.explain.reconstruct import Window, window_bounds
 
-SCHEMA = "fitlens.explain/1"
+SCHEMA = "fitlens.explain/2"
 
-_WEIGHTING_TEXT = {
+WEIGHTING_TEXT = {
     "counter": "each display is weighted by the counter's increment (Keras 1/2 Progbar: steps "
     "in fit_generator, samples in fit)",
     "samples": "means are weighted by samples and the counter counts steps (Keras 3 Mean metrics)",
@@ -39,23 +42,118 @@ _OTHER_CAUSES = (
 )
 
 
+#: How many first batches of each epoch are compared across epochs of a loop of ``fit`` calls.
+FIRST_BATCHES = 3
+
+
 @dataclass(frozen=True)
-class Explained:
-    """Everything the report needs.
+class MetricSummary:
+    """What the report keeps of one metric in one epoch.
 
     Attributes:
-        source: The input's name (a path, or ``-`` for stdin).
-        epochs: Per-epoch reconstructions, in log order.
-        boundaries: Jump explanations, in log order.
-        stats: Parser counts.
-        min_last_batch: The assumed smallest last batch (fraction of a full batch).
+        name: Metric name.
+        kind: As in :class:`fitlens.explain.analysis.MetricResult`.
+        displays: Number of displays read.
+        first: The first display.
+        last: The last display.
+        last_window: The window that ends the epoch, if reconstructed.
+        windows: Number of windows tiling the epoch (only counted with ``--windows``).
+        first_batches: Single-batch windows over the epoch's first batches (steps 1, 2, ... while
+            consecutive steps were displayed, at most :data:`FIRST_BATCHES`).
+        full: With ``--windows``: every display and window, as JSON-ready lists.
     """
 
-    source: str
-    epochs: Sequence[EpochResult]
-    boundaries: Sequence[Boundary]
-    stats: ParseStats
-    min_last_batch: float = 1.0
+    name: str
+    kind: MetricKind
+    displays: int
+    first: Shown
+    last: Shown
+    last_window: Window | None
+    windows: int | None
+    first_batches: tuple[Window, ...]
+    full: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    """What the report keeps of one epoch (see :class:`fitlens.explain.epochs.Epoch`)."""
+
+    index: int
+    header: str | None
+    training: bool
+    target: int | None
+    last_step: int
+    complete: bool
+    unit: str
+    style: str
+    weighting: str
+    last_batch: LastBatch
+    sizes_mismatch: bool
+    metrics: dict[str, MetricSummary]
+
+
+def _first_batches(m: MetricResult) -> tuple[Window, ...]:
+    steps, means, halves = m.series.arrays()
+    out: list[Window] = []
+    previous: Shown | None = None
+    for i in range(min(FIRST_BATCHES, len(steps))):
+        if int(steps[i]) != i + 1:
+            break
+        shown = Shown(i + 1, float(means[i]), float(halves[i]))
+        out.append(window_bounds(previous, shown, clip=m.clip))
+        previous = shown
+    return tuple(out)
+
+
+def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -> EpochSummary:
+    """Reduce an analysed epoch to what the report prints.
+
+    Args:
+        result: The epoch.
+        training: Whether it is a training epoch of the same run (see
+            :func:`fitlens.explain.jumps.is_training`).
+        keep_windows: Keep every display and window (``--windows``).
+    """
+    metrics = {}
+    for name, m in result.metrics.items():
+        steps, means, halves = m.series.arrays()
+        first = Shown(int(steps[0]), float(means[0]), float(halves[0]))
+        last = Shown(int(steps[-1]), float(means[-1]), float(halves[-1]))
+        full = None
+        if keep_windows:
+            full = {
+                "shown": [
+                    {"step": s, "value": v, "rounding": h}
+                    for s, v, h in zip(steps.tolist(), means.tolist(), halves.tolist(), strict=True)
+                ],
+                "windows": [_window_json(w) for w in m.windows],
+            }
+        metrics[name] = MetricSummary(
+            name,
+            m.kind,
+            len(steps),
+            first,
+            last,
+            m.last_window,
+            len(m.columns.first) if keep_windows else None,
+            _first_batches(m) if m.kind == "running_mean" else (),
+            full,
+        )
+    ep = result.epoch
+    return EpochSummary(
+        ep.index,
+        ep.header,
+        training,
+        ep.target,
+        ep.last_step,
+        ep.complete or ep.summary_only,
+        ep.unit,
+        ep.style,
+        result.weighting,
+        result.last_batch,
+        result.sizes_mismatch,
+        metrics,
+    )
 
 
 def fmt(x: float) -> str:
@@ -65,35 +163,65 @@ def fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) > 1e-3 or x == 0 else f"{x:.4e}"
 
 
+def fmt_bound(x: float, up: bool) -> str:
+    """Format a bound rounded outwards (down for a low, up for a high), so it still holds.
+
+    Four decimals, or four after the point of ``%.4e`` for magnitudes at or below 1e-3 (as
+    :func:`fmt`). Float noise below a millionth of the last digit is ignored first (the bounds
+    already carry a float-rounding slack of that size).
+
+    Example:
+        >>> fmt_bound(0.74996, up=False), fmt_bound(0.74996, up=True)
+        ('0.7499', '0.7500')
+    """
+    direction = math.ceil if up else math.floor
+    if not math.isfinite(x) or x == 0:
+        return fmt(x)
+    if abs(x) > 1e-3:
+        return f"{direction(round(x * 1e4, 6)) / 1e4:.4f}"
+    exponent = math.floor(math.log10(abs(x)))
+    units = direction(round(x / 10.0**exponent * 1e4, 6))
+    if abs(units) >= 100_000:  # 9.99996e-05 rounded up is 1.0000e-04
+        units, exponent = units // 10, exponent + 1
+    return f"{units / 1e4:.4f}e{exponent:+03d}"
+
+
 def _signed(x: float) -> str:
     if not math.isfinite(x):
         return str(x)
     return f"{x:+.4f}" if abs(x) >= 5e-5 or x == 0 else f"{x:+.4e}"
 
 
-def assumptions(explained: Explained) -> list[str]:
-    """The assumptions behind every bound, in plain words."""
-    out = [
-        "each shown value is the running mean since the epoch start, rounded to the digits shown"
-    ]
-    for weighting in sorted({e.weighting for e in explained.epochs}):
-        out.append(_WEIGHTING_TEXT[weighting])
-    if explained.min_last_batch < 1.0:
-        out.append(
-            f"the last batch of an epoch may be partial, down to {explained.min_last_batch:g} "
-            "of a full batch"
-        )
-    else:
-        out.append(
-            "every batch in an epoch has the same size (a partial last batch would need "
-            "--min-last-batch)"
-        )
-    if any(e.weighting == "counter" and e.epoch.style == "bracket" for e in explained.epochs):
-        out.append(
-            "Keras 2.0-2.3 mix the epoch mean into an epoch's last line; with equal batch "
-            "sizes that changes nothing"
-        )
-    return out
+def _signed_bound(x: float, up: bool) -> str:
+    """A signed bound in four decimals, rounded outwards."""
+    if not math.isfinite(x):
+        return str(x)
+    units = (math.ceil if up else math.floor)(round(x * 1e4, 6))
+    return f"{units / 1e4:+.4f}"
+
+
+def pct(fraction: float, up: bool) -> str:
+    """A fraction of the jump as a percentage with one decimal, rounded outwards.
+
+    Rounding the low bound down and the high bound up keeps a shown range on the same side of
+    the 25% and 75% rules as the numbers behind it.
+
+    Example:
+        >>> pct(0.7484, up=False), pct(0.7484, up=True)
+        ('74.8%', '74.9%')
+    """
+    tenths = (math.ceil if up else math.floor)(round(fraction * 1000, 6))
+    return f"{tenths / 10:.1f}%"
+
+
+def rules_text() -> str:
+    """The verdict rules, as the report states them."""
+    return (
+        f"Rules: averaging lag when the lag provably explains at least {MOSTLY:.0%} of a jump; "
+        f"not averaging lag when it explains at most {LITTLE:.0%}, or when the epoch's own "
+        "level did not move towards the new value; mixed when it provably explains between "
+        f"{LITTLE:.0%} and {MOSTLY:.0%}; unknown when the bounds allow more than one of these."
+    )
 
 
 def _num(x: float) -> float | None:
@@ -111,11 +239,39 @@ def _window_json(w: Window) -> dict[str, Any]:
     }
 
 
-def _metric_json(m: MetricResult) -> dict[str, Any]:
-    return {
+def _shown_json(p: Shown) -> dict[str, Any]:
+    return {"step": p.step, "value": p.mean, "rounding": p.half}
+
+
+def _metric_json(m: MetricSummary) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "kind": m.kind,
-        "shown": [{"step": p.step, "value": p.mean, "rounding": p.half} for p in m.shown],
-        "windows": [_window_json(w) for w in m.windows],
+        "displays": m.displays,
+        "first_shown": _shown_json(m.first),
+        "last_shown": _shown_json(m.last),
+        "windows_count": m.windows,
+        "last_window": None if m.last_window is None else _window_json(m.last_window),
+        "first_batches": [_window_json(w) for w in m.first_batches],
+    }
+    if m.full is not None:
+        out.update(m.full)
+    return out
+
+
+def epoch_json(e: EpochSummary) -> dict[str, Any]:
+    """One epoch as its JSON object (see the README for each field)."""
+    return {
+        "index": e.index,
+        "header": e.header,
+        "training": e.training,
+        "target": e.target,
+        "last_step": e.last_step,
+        "complete": e.complete,
+        "counter_unit": e.unit,
+        "style": e.style,
+        "weighting": e.weighting,
+        "last_batch": e.last_batch,
+        "metrics": {name: _metric_json(m) for name, m in e.metrics.items()},
     }
 
 
@@ -135,48 +291,10 @@ def boundary_json(b: Boundary) -> dict[str, Any]:
         },
         "verdict": b.verdict,
         "reason": b.reason,
+        "bottom_line": bottom_line(b),
         "end_level": _window_json(b.end_level),
         "next_start_window": _window_json(b.next_window),
         "trend": b.trend,
-    }
-
-
-def to_json(explained: Explained) -> dict[str, Any]:
-    """The whole report as a JSON-ready dict with a stable schema."""
-    epochs = []
-    headers_seen = False
-    for e in explained.epochs:
-        ep = e.epoch
-        training = is_training(e, headers_seen)
-        headers_seen = headers_seen or ep.header is not None
-        epochs.append(
-            {
-                "index": ep.index,
-                "header": ep.header,
-                "training": training,
-                "target": ep.target,
-                "last_step": ep.last_step,
-                "complete": ep.complete,
-                "counter_unit": ep.unit,
-                "style": ep.style,
-                "weighting": e.weighting,
-                "metrics": {name: _metric_json(m) for name, m in e.metrics.items()},
-            }
-        )
-    stats = explained.stats
-    return {
-        "schema": SCHEMA,
-        "source": explained.source,
-        "assumptions": assumptions(explained),
-        "input": {
-            "bytes": stats.bytes_read,
-            "lines": stats.lines,
-            "progress_lines": stats.progress,
-            "other_lines": stats.other,
-            "rejected_lines": stats.rejected,
-        },
-        "epochs": epochs,
-        "boundaries": [boundary_json(b) for b in explained.boundaries],
     }
 
 
@@ -187,31 +305,51 @@ def _batches(w: Window) -> str:
 
 
 def _interval(w: Window) -> str:
-    return f"{fmt(w.value)} (between {fmt(w.low)} and {fmt(w.high)})"
+    return f"{fmt(w.value)} (between {fmt_bound(w.low, False)} and {fmt_bound(w.high, True)})"
 
 
-def _boundary_text(b: Boundary, epochs: Sequence[EpochResult]) -> list[str]:
+def _share(b: Boundary) -> str:
+    return f"{pct(b.fraction_low, False)}-{pct(b.fraction_high, True)}"
+
+
+def bottom_line(b: Boundary) -> str:
+    """One line: the boundary, the jump, and what the numbers allow."""
+    head = f"epoch {b.from_epoch} -> {b.from_epoch + 1}, {b.metric} {_signed(b.jump)}: "
+    if b.reason == "within_rounding":
+        return head + "no jump beyond the display's rounding"
+    if b.reason == "no_view_inside":
+        return head + "one line per epoch (verbose=2): the log cannot tell whether it is lag"
+    share = _share(b)
+    if b.verdict == "averaging_lag":
+        return head + f"averaging lag: it explains {share} of the jump (at least {MOSTLY:.0%})"
+    if b.verdict == "mixed":
+        return head + f"mixed: averaging lag explains {share}, the rest happened at the boundary"
+    if b.verdict == "not_averaging_lag":
+        if b.reason == "flat_level":
+            return head + (
+                f"not averaging lag: epoch {b.from_epoch}'s own level did not move towards the "
+                f"new value (lag bounds allow {share})"
+            )
+        return head + f"not averaging lag: it explains at most {pct(b.fraction_high, True)}"
+    return head + f"averaging lag explains {share}; the log cannot tell more"
+
+
+def _boundary_text(b: Boundary, firsts: str, separate_fits: bool) -> list[str]:
     k = b.from_epoch
-    after = epochs[k] if k < len(epochs) else None
-    firsts = ""
-    if after is not None and b.metric in after.metrics:
-        shown = after.metrics[b.metric].shown[:3]
-        firsts = ", ".join(f"{fmt(p.mean)} at {p.step}" for p in shown)
-    pct = f"{b.fraction_low:.0%} to {b.fraction_high:.0%}"
     lines = [
         f"  {b.metric}: epoch {k} ended at a shown mean of {fmt(b.shown_end_mean)}; "
         f"epoch {k + 1} starts at {fmt(b.next_start)} (first values: {firsts}): "
         f"a jump of {_signed(b.jump)}.",
         f"    Near the end of epoch {k}, {_batches(b.end_level)} averaged "
         f"{_interval(b.end_level)}.",
-        f"    Averaging lag explains {_signed(b.lag_low)} to {_signed(b.lag_high)} of it ({pct}).",
+        f"    Averaging lag explains {_signed_bound(b.lag_low, False)} to "
+        f"{_signed_bound(b.lag_high, True)} of it ({_share(b)} of the jump).",
     ]
     if b.early is not None and b.late is not None:
         lines.append(
-            f"    Within epoch {k}: {_batches(b.early)} averaged {fmt(b.early.value)}, "
+            f"    Within epoch {k}: {_batches(b.early)} averaged {_interval(b.early)}, "
             f"{_batches(b.late)} averaged {_interval(b.late)}."
         )
-    separate_fits = all(e.epoch.header == "Epoch 1/1" for e in epochs)
     lines.append("    " + _verdict_text(b, separate_fits))
     return lines
 
@@ -220,9 +358,9 @@ def _needed(b: Boundary) -> str:
     """What the end of the epoch would have to show for lag to explain the whole jump."""
     w = b.end_level
     if b.jump > 0 and b.next_start > w.high:
-        bound = f"at most {fmt(w.high)}"
+        bound = f"at most {fmt_bound(w.high, True)}"
     elif b.jump < 0 and b.next_start < w.low:
-        bound = f"at least {fmt(w.low)}"
+        bound = f"at least {fmt_bound(w.low, False)}"
     else:
         return ""
     return (
@@ -233,10 +371,11 @@ def _needed(b: Boundary) -> str:
 
 def _verdict_text(b: Boundary, separate_fits: bool) -> str:
     k = b.from_epoch
+    share = _share(b)
     noise = ""
     if b.next_window.batches <= 3:
         noise = (
-            f"; and sampling noise: {b.next_start:.4f} covers only "
+            f"; and sampling noise: {fmt(b.next_start)} covers only "
             f"{_batches(b.next_window)} of epoch {k + 1}"
         )
     causes = (
@@ -244,32 +383,25 @@ def _verdict_text(b: Boundary, separate_fits: bool) -> str:
     )
     if b.verdict == "averaging_lag":
         return (
-            f"Verdict: averaging lag. The model was already near {fmt(b.end_level.value)} at the "
-            f"end of epoch {k}; the shown mean trailed because it averages the whole epoch."
+            f"Verdict: averaging lag ({share} is at least {MOSTLY:.0%}). The model was already "
+            f"near {fmt(b.end_level.value)} at the end of epoch {k}; the shown mean trailed "
+            "because it averages the whole epoch."
         )
     if b.verdict == "not_averaging_lag":
         if b.reason == "flat_level" and b.early is not None and b.late is not None:
             why = (
-                f"epoch {k}'s own level did not move towards {fmt(b.next_start)} (its "
-                f"{_batches(b.late)} at {fmt(b.late.value)} are no further along than its "
-                f"{_batches(b.early)} at {fmt(b.early.value)}), so there was no lag to catch up"
+                f"epoch {k}'s own level did not move towards {fmt(b.next_start)} by more than a "
+                f"tenth of the jump (its {_batches(b.late)} at {_interval(b.late)} against its "
+                f"{_batches(b.early)} at {_interval(b.early)}), so there was no lag to catch up"
             )
         else:
-            why = f"even the most favourable bound leaves lag at most {b.fraction_high:.0%}"
+            why = f"lag explains at most {pct(b.fraction_high, True)} (at most {LITTLE:.0%})"
         return f"Verdict: not averaging lag: {why}. The change happened at the boundary. {causes}"
     if b.verdict == "mixed":
         return (
-            f"Verdict: mixed. Averaging lag explains part of the jump ({b.fraction_low:.0%} to "
-            f"{b.fraction_high:.0%}); the rest happened at the boundary. {causes}"
+            f"Verdict: mixed. Averaging lag explains {share} of the jump (between {LITTLE:.0%} "
+            f"and {MOSTLY:.0%}); the rest happened at the boundary. {causes}"
         )
-    if b.reason == "inconclusive":
-        return (
-            "Verdict: unknown. The log cannot tell: the bounds allow anything from no lag to most "
-            f"of the jump.{_needed(b)} More progress lines near the end of epoch {k} (a terminal "
-            "capture or a pipe keeps them) would narrow them."
-        )
-    if b.reason == "within_rounding":
-        return "Verdict: unknown: the jump is within the display's rounding."
     if b.reason == "no_view_inside":
         return (
             "Verdict: unknown. The log shows one line per epoch (verbose=2), so nothing inside "
@@ -277,52 +409,42 @@ def _verdict_text(b: Boundary, separate_fits: bool) -> str:
             "every redraw Keras prints)."
         )
     return (
-        "Verdict: unknown. The log cannot tell: the bounds allow anything from no lag to most "
-        f"of the jump. More progress lines near the end of epoch {k} (a terminal capture or a "
-        "pipe keeps them) would narrow them."
+        f"Verdict: unknown. Lag explains {share} of the jump: not provably at least "
+        f"{MOSTLY:.0%} (averaging lag), nor at most {LITTLE:.0%} (not averaging lag), nor "
+        f"within {LITTLE:.0%}-{MOSTLY:.0%} (mixed), so the log cannot tell.{_needed(b)} More "
+        f"progress lines near the end of epoch {k} (a terminal capture or a pipe keeps them) "
+        "would narrow the bounds."
     )
 
 
-def render_text(explained: Explained) -> str:
-    """The human-readable report."""
-    epochs = explained.epochs
-    stats = explained.stats
-    out = [f"fitlens explain: {explained.source}"]
-    out.append(
-        f"Read {len(epochs)} epoch(s) from {stats.progress} progress line(s); "
-        f"{stats.other} other line(s) ignored"
-        + (f", {stats.rejected} garbled line(s) skipped" if stats.rejected else "")
-        + "."
-    )
-    out.append("Assumptions: " + "; ".join(assumptions(explained)) + ".")
-    headers_seen = False
-    for e in epochs:
-        ep = e.epoch
-        head = f"Epoch {ep.index}" + (f" ({ep.header})" if ep.header else "")
-        if not is_training(e, headers_seen):
-            head += " (no 'Epoch' header: evaluate/predict or another fit call; not compared)"
-        headers_seen = headers_seen or ep.header is not None
-        span = f"{ep.last_step}/{ep.target}" if ep.target else f"{ep.last_step}"
-        out.append("")
-        out.append(f"{head}: reached {span}" + ("" if ep.complete else " (incomplete)"))
-        for m in e.metrics.values():
-            out.append("  " + _metric_line(m))
-    out.append("")
-    if explained.boundaries:
-        out.append("Jumps at epoch boundaries:")
-        last = None
-        for b in explained.boundaries:
-            if b.from_epoch != last:
-                out.append(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}")
-                last = b.from_epoch
-            out.extend(_boundary_text(b, epochs))
+def epoch_lines(e: EpochSummary) -> list[str]:
+    """The report's lines for one epoch: a heading, then one line per metric."""
+    head = f"Epoch {e.index}" + (f" ({e.header})" if e.header else "")
+    if not e.training:
+        head += " (no 'Epoch' header: evaluate/predict or another fit call; not compared)"
+    if e.style == "summary":
+        out = [f"{head}: one line of epoch means (verbose=2, no step counter)"]
     else:
-        out.append("No epoch boundary to explain (the log holds fewer than two epochs).")
-    return "\n".join(out) + "\n"
+        span = f"{e.last_step}/{e.target}" if e.target else f"{e.last_step}"
+        out = [f"{head}: reached {span}" + ("" if e.complete else " (incomplete)")]
+    out.extend("  " + metric_line(m) for m in e.metrics.values())
+    return out
 
 
-def _metric_line(m: MetricResult) -> str:
-    first, last = m.shown[0], m.shown[-1]
+def boundary_lines(b: Boundary, before: EpochSummary, after: EpochSummary) -> list[str]:
+    """The report's paragraph for one metric across one boundary."""
+    m = after.metrics.get(b.metric)
+    firsts = ""
+    if m is not None:
+        firsts = ", ".join(f"{fmt(w.value)} at {w.last_batch}" for w in m.first_batches)
+    firsts = firsts or f"{fmt(b.next_start)} at {b.next_window.last_batch}"
+    separate_fits = before.header == after.header == "Epoch 1/1"
+    return _boundary_text(b, firsts, separate_fits)
+
+
+def metric_line(m: MetricSummary) -> str:
+    """One metric of one epoch in a line: first and last display, and the last window."""
+    first, last = m.first, m.last
     if m.kind == "end_of_epoch":
         return f"{m.name}: {fmt(last.mean)} (evaluated at epoch end; not a running mean)"
     if m.kind == "cumulative":
@@ -331,11 +453,8 @@ def _metric_line(m: MetricResult) -> str:
             f"{last.step} (computed from counts over the epoch, not a mean of batches: "
             "no window can be isolated)"
         )
+    if m.last_window is None:
+        return f"{m.name}: {fmt(last.mean)} (the epoch's mean)"
     text = f"{m.name}: shown {fmt(first.mean)} at {first.step} -> {fmt(last.mean)} at {last.step}"
-    tight = [w for w in m.windows if w.first_batch > 1 or w.last_batch > 1]
-    if m.windows:
-        w = m.windows[-1]
-        text += f"; last window {_batches(w)}: {_interval(w)}"
-    if len(tight) > 1:
-        text += f"; {len(m.windows)} windows"
+    text += f"; last window {_batches(m.last_window)}: {_interval(m.last_window)}"
     return text

@@ -1,0 +1,299 @@
+"""Assemble the report while the log streams: memory stays flat however long the log is.
+
+The bottom line comes first in the report but is known only at the end, so every piece (bottom
+lines, epoch lines, boundary paragraphs, JSON objects) is written to a temporary file as its
+epoch arrives and the files are copied out in report order at the end. What stays in memory is
+a few counters and, for a loop of ``fit`` calls, the first batches' values of each epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, TextIO
+
+from fitlens.explain.analysis import EpochResult, Options
+from fitlens.explain.jumps import Boundary
+from fitlens.explain.records import ParseStats
+from fitlens.explain.report import (
+    SCHEMA,
+    WEIGHTING_TEXT,
+    EpochSummary,
+    bottom_line,
+    boundary_json,
+    boundary_lines,
+    epoch_json,
+    epoch_lines,
+    fmt,
+    rules_text,
+)
+
+
+@dataclass
+class Explained:
+    """A whole explained log held in memory (tests, ``--plot``, library use).
+
+    Attributes:
+        source: The input's name (a path, or ``stdin``).
+        epochs: Per-epoch summaries, in log order.
+        boundaries: Jump explanations, in log order.
+        stats: Parser counts.
+        options: The options the log was read with.
+        results: The full per-epoch reconstructions, kept only when asked for (``--plot``).
+    """
+
+    source: str
+    epochs: list[EpochSummary]
+    boundaries: list[Boundary]
+    stats: ParseStats
+    options: Options = field(default_factory=Options)
+    results: list[EpochResult] | None = None
+
+
+class ReportWriter:
+    """Builds the text or JSON report one epoch at a time.
+
+    Args:
+        source: The input's name.
+        options: The options the log was read with.
+        as_json: Write the JSON report instead of text.
+    """
+
+    def __init__(self, source: str, options: Options, *, as_json: bool = False) -> None:
+        self.source = source
+        self.options = options
+        self.as_json = as_json
+        self.epochs = 0
+        self.boundaries = 0
+        self._bottom = _spool()
+        self._epochs = _spool()
+        self._details = _spool()
+        self._weightings: set[str] = set()
+        self._mixes_epoch_mean = False
+        self._last_batches: set[str] = set()
+        self._mismatch = False
+        self._fit_loop = True  # every training epoch so far printed 'Epoch 1/1'
+        self._training = 0
+        self._firsts: dict[str, list[list[tuple[float, float]]]] = {}
+        self._previous: EpochSummary | None = None
+        self._detail_from = 0
+
+    def add(self, epoch: EpochSummary, boundaries: Sequence[Boundary]) -> None:
+        """Take the next epoch and the boundaries that end at it (from the previous epoch)."""
+        self.epochs += 1
+        self._weightings.add(epoch.weighting)
+        self._mixes_epoch_mean |= epoch.weighting == "counter" and epoch.style == "bracket"
+        self._last_batches.add(epoch.last_batch)
+        self._mismatch |= epoch.sizes_mismatch
+        if epoch.training:
+            self._training += 1
+            self._fit_loop &= epoch.header == "Epoch 1/1"
+            for name, m in epoch.metrics.items():
+                if m.kind == "running_mean":
+                    rows = [(w.value, (w.high - w.low) / 2) for w in m.first_batches]
+                    self._firsts.setdefault(name, []).append(rows)
+        before = self._previous
+        if self.as_json:
+            self._item(self._epochs, epoch_json(epoch))
+            for b in boundaries:
+                self._item(self._details, boundary_json(b))
+                self._item(self._bottom, bottom_line(b))
+        else:
+            self._epochs.write("\n" + "\n".join(epoch_lines(epoch)) + "\n")
+            for b in boundaries:
+                self._bottom.write("  " + bottom_line(b) + "\n")
+                if b.reason == "within_rounding" or before is None:
+                    continue
+                if self._detail_from != b.from_epoch:
+                    self._detail_from = b.from_epoch
+                    self._details.write(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
+                self._details.write("\n".join(boundary_lines(b, before, epoch)) + "\n")
+        self.boundaries += len(boundaries)
+        self._previous = epoch
+
+    def _item(self, spool: IO[str], obj: Any) -> None:
+        if spool.tell():
+            spool.write(",")
+        spool.write(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+
+    def assumptions(self) -> list[str]:
+        """The assumptions behind every bound, in plain words."""
+        out = [
+            "each shown value is the running mean since the epoch start, rounded to the digits "
+            "shown"
+        ]
+        out.extend(WEIGHTING_TEXT[w] for w in sorted(self._weightings))
+        if self._mixes_epoch_mean:
+            out.append(
+                "Keras 2.0-2.3 mix the epoch mean into an epoch's last line; with equal batch "
+                "sizes that changes nothing"
+            )
+        return out
+
+    def last_batch_text(self) -> str:
+        """One line naming the assumption about each epoch's last batch."""
+        options = self.options
+        if "any" in self._last_batches:
+            text = (
+                "Last batch: the log does not show batch sizes, so every window that ends an "
+                "epoch holds for any last batch from 1 sample to a full batch"
+            )
+            if self._mismatch:
+                return text + (
+                    f" (--samples {options.samples} --batch-size {options.batch_size} do not "
+                    "give the steps the log shows, so they were not used)."
+                )
+            return text + " (give --samples N --batch-size B to narrow them)."
+        if options.samples is not None and options.batch_size is not None:
+            size = (
+                options.samples - (options.samples - 1) // options.batch_size * options.batch_size
+            )
+            return (
+                f"Last batch: {size} of {options.batch_size} samples (from --samples "
+                f"{options.samples} --batch-size {options.batch_size})."
+            )
+        return (
+            "Last batch: no assumption needed (the counter is the weight, or no epoch finished "
+            "its bar)."
+        )
+
+    def same_first_batches(self) -> dict[str, list[list[dict[str, float]]]] | None:
+        """For a loop of ``fit`` calls: each metric's first batches, epoch by epoch.
+
+        Returns:
+            ``{metric: [[{"value", "half_width"} per first batch] per training epoch]}``, or
+            ``None`` unless the log repeats ``Epoch 1/1`` (one ``fit`` call per epoch).
+        """
+        if not (self._fit_loop and self._training > 1):
+            return None
+        return {
+            name: [[{"value": v, "half_width": h} for v, h in rows] for rows in per_epoch]
+            for name, per_epoch in self._firsts.items()
+        }
+
+    def _same_first_batches_text(self) -> list[str]:
+        table = self.same_first_batches()
+        if table is None:
+            return []
+        lines = [
+            "Same data at every epoch start: the log repeats 'Epoch 1/1' (one fit call per "
+            "epoch), so each epoch begins with the same first batches. The same batches across "
+            "epochs:"
+        ]
+        for name, per_epoch in table.items():
+            for i in range(min(len(rows) for rows in per_epoch)):
+                moves = " -> ".join(fmt(rows[i]["value"]) for rows in per_epoch)
+                width = max(rows[i]["half_width"] for rows in per_epoch)
+                lines.append(f"  {name} batch {i + 1}: {moves} (each within ±{round(width, 8):g})")
+        lines.append(
+            "  A batch that changes between visits measures how much the model improved on the "
+            "same data; comparing it with the previous epoch's end level shows whether the first "
+            "batches are simply easier."
+        )
+        return lines
+
+    def finish(self, stats: ParseStats, out: TextIO) -> None:
+        """Write the whole report to ``out`` and release the temporary files."""
+        try:
+            if self.as_json:
+                self._finish_json(stats, out)
+            else:
+                self._finish_text(stats, out)
+        finally:
+            for spool in (self._bottom, self._epochs, self._details):
+                spool.close()
+
+    def _finish_text(self, stats: ParseStats, out: TextIO) -> None:
+        out.write(
+            f"fitlens explain: {self.source}\nRead {self.epochs} epoch(s) from {stats.progress} "
+            f"progress line(s); {stats.other} other line(s) ignored"
+            + (f", {stats.rejected} garbled line(s) skipped" if stats.rejected else "")
+            + ".\n\n"
+        )
+        if self.boundaries:
+            out.write("Bottom line:\n")
+            _copy(self._bottom, out)
+        else:
+            out.write(
+                "No epoch boundary to explain (the log holds fewer than two training epochs).\n"
+            )
+        same = self._same_first_batches_text()
+        if same:
+            out.write("\n" + "\n".join(same) + "\n")
+        out.write("\n" + self.last_batch_text() + "\n")
+        out.write("Assumptions: " + "; ".join(self.assumptions()) + ".\n")
+        out.write(rules_text() + "\n")
+        _copy(self._epochs, out)
+        if self._details.tell():
+            out.write("\nJumps at epoch boundaries:\n")
+            _copy(self._details, out)
+
+    def _finish_json(self, stats: ParseStats, out: TextIO) -> None:
+        options = self.options
+        head = {
+            "schema": SCHEMA,
+            "source": self.source,
+            "options": {
+                "tolerance": options.tolerance,
+                "samples": options.samples,
+                "batch_size": options.batch_size,
+            },
+            "assumptions": self.assumptions(),
+            "last_batch": self.last_batch_text(),
+            "rules": rules_text(),
+            "input": {
+                "bytes": stats.bytes_read,
+                "lines": stats.lines,
+                "progress_lines": stats.progress,
+                "other_lines": stats.other,
+                "rejected_lines": stats.rejected,
+            },
+            "same_first_batches": self.same_first_batches(),
+        }
+        out.write(json.dumps(head, separators=(",", ":"), allow_nan=False)[:-1])
+        for key, spool in (
+            ("bottom_line", self._bottom),
+            ("epochs", self._epochs),
+            ("boundaries", self._details),
+        ):
+            out.write(f',"{key}":[')
+            _copy(spool, out)
+            out.write("]")
+        out.write("}\n")
+
+
+def _spool() -> IO[str]:
+    # Up to 4 MiB in memory, then a temporary file: flat memory for any log size.
+    return tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", encoding="utf-8")
+
+
+def _copy(spool: IO[str], out: TextIO) -> None:
+    spool.seek(0)
+    shutil.copyfileobj(spool, out, 1 << 20)
+
+
+def _write(explained: Explained, as_json: bool) -> str:
+    writer = ReportWriter(explained.source, explained.options, as_json=as_json)
+    by_end: dict[int, list[Boundary]] = {}
+    for b in explained.boundaries:
+        by_end.setdefault(b.from_epoch + 1, []).append(b)
+    for e in explained.epochs:
+        writer.add(e, by_end.get(e.index, []))
+    out = io.StringIO()
+    writer.finish(explained.stats, out)
+    return out.getvalue()
+
+
+def render_text(explained: Explained) -> str:
+    """The human-readable report: the bottom line first, then the details."""
+    return _write(explained, as_json=False)
+
+
+def to_json(explained: Explained) -> dict[str, Any]:
+    """The whole report as a JSON-ready dict with a stable schema."""
+    report: dict[str, Any] = json.loads(_write(explained, as_json=True))
+    return report
