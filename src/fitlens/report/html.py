@@ -114,7 +114,7 @@ def _status(run: Run) -> str:
             f"epoch {progress.epoch} in progress: {progress.steps_done}{of} steps flushed "
             f"(running means {means})"
         )
-    lines = "<br>".join(p for p in parts + [", ".join(w for w in when if w)] if p)
+    lines = "<br>".join(p for p in [*parts, ", ".join(w for w in when if w)] if p)
     return f'<p class="status{" bad" if bad else ""}">{lines}</p>'
 
 
