@@ -6,6 +6,7 @@ Public API (imported lazily, so `import fitlens` and `fitlens explain` stay free
     fitlens.evaluate(model, data, loss=..., metrics=[...]) -> dict
     fitlens.History, fitlens.Callback, fitlens.EarlyStopping, fitlens.Progress
     fitlens.Checkpointing, fitlens.NonFiniteError, fitlens.TrainingInterrupted, fitlens.read_history
+    fitlens.TensorBoard (needs fitlens[tensorboard])
     fitlens.EpochMean, fitlens.EMA, fitlens.EMATrend, fitlens.WindowMean, fitlens.TrendWindow,
     fitlens.LastValue
     fitlens.keras.FitlensCallback, fitlens.lightning.FitlensCallback (need the extras)
@@ -37,6 +38,7 @@ _EXPORTS = {
     "NonFiniteError": "fitlens.keeper",
     "TrainingInterrupted": "fitlens.interrupt",
     "read_history": "fitlens.rundir",
+    "TensorBoard": "fitlens.integrations.tensorboard",
 }
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "LastValue",
     "NonFiniteError",
     "Progress",
+    "TensorBoard",
     "TrainingInterrupted",
     "TrendWindow",
     "WindowMean",
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
     )
     from fitlens.evaluation import evaluate
     from fitlens.history import History
+    from fitlens.integrations.tensorboard import TensorBoard
     from fitlens.interrupt import TrainingInterrupted
     from fitlens.keeper import NonFiniteError
     from fitlens.loop import fit

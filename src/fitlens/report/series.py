@@ -235,12 +235,13 @@ def replay_now(
     return np.asarray(rows, dtype=np.int64), np.asarray(out).reshape(len(rows), v.shape[1])
 
 
-def metric_table(batches: Any) -> np.ndarray:
-    """The batch log's metric columns as one ``(batches, metrics)`` float64 array, in order."""
+def metric_table(batches: Any, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of the batch log's metric columns as one ``(rows, metrics)`` array."""
     names = batches.metric_names
-    table = np.empty((len(batches), len(names)))
+    stop = len(batches) if stop is None else stop
+    table = np.empty((max(0, stop - start), len(names)))
     for i, name in enumerate(names):
-        table[:, i] = batches[name]
+        table[:, i] = batches[name][start:stop]
     return table
 
 
