@@ -69,6 +69,10 @@ def read_run(path: str | Path) -> Run:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             summary = None
+    if summary is not None and isinstance(summary.get("config"), dict):
+        # history.jsonl keeps no settings; the summary's config holds fit's params (steps per
+        # epoch, the now estimator, ...), which the curves and the forecasts need.
+        history.params.update(summary["config"])
     stat = jsonl.stat()
     facts = run_facts(history, summary, str(root))
     if summary is not None and summary_path.exists() and summary.get("status") is None:
