@@ -39,7 +39,7 @@ def test_show_prints_the_epochs_and_the_last_lines_fit_printed(finished_run, cap
     assert "status: completed" in out
     for e in (1, 2, 3):
         assert f"\n    {e}  " in out
-    f"{history.history['val_accuracy'][-1]:.4f}" in out
+    assert f"{history.history['val_accuracy'][-1]:.4f}" in out
     # A run directory has no intervals, so the gap line is fit's without them.
     last_check = format_check_line(forecasts(history)[-1].check)
     assert last_check in out and last_check in printed
@@ -59,7 +59,7 @@ def test_show_json_is_strict_json_with_every_epoch(finished_run, capsys):
 def test_a_run_still_writing_shows_its_running_epoch_and_ignores_a_torn_line(
     finished_run, tmp_path, capsys
 ):
-    path, history, _ = finished_run
+    path, _history, _ = finished_run
     copy = tmp_path / "live"
     shutil.copytree(path, copy)
     lines = (copy / JSONL).read_text().splitlines(keepends=True)
