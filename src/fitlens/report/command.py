@@ -63,11 +63,22 @@ def report_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "-o", "--output", metavar="OUT.html", help="where to write (default: RUN_DIR/report.html)"
     )
+    parser.add_argument(
+        "--chart",
+        metavar="OUT.png",
+        help="also write the chart alone to this file (.png or .svg)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
     prog = "fitlens report"
+    if args.chart and Path(args.chart).suffix.lower() not in (".png", ".svg"):
+        print(
+            f"{prog}: --chart {args.chart}: expected a file name ending in .png or .svg",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     say = _stage_printer(args.quiet)
     out = Path(args.output) if args.output else Path(args.run_dir) / "report.html"
     if out.is_dir():
@@ -79,21 +90,30 @@ def report_main(argv: Sequence[str]) -> int:
     run = _read(args.run_dir, prog, say)
     if isinstance(run, int):
         return run
-    from fitlens.report.html import chart_svgs, render_page
-    from fitlens.report.plot import PlotUnavailable
+    from fitlens.report.html import CHART_CAPTION, chart_figure, render_page
+    from fitlens.report.plot import PlotUnavailable, close, render, save
 
     try:
-        charts = chart_svgs(run, say)
+        fig = chart_figure(run, say)
     except PlotUnavailable as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    say("writing the page")
-    page = render_page(run, charts)
+    charts = []
     try:
+        if fig is not None:
+            charts.append((CHART_CAPTION, render(fig, "svg")))
+            if args.chart:
+                save(fig, args.chart)
+                say(f"wrote {args.chart}")
+        say("writing the page")
+        page = render_page(run, charts)
         out.write_text(page, encoding="utf-8")
     except OSError as e:
-        print(f"{prog}: cannot write {out}: {e.strerror}", file=sys.stderr)
+        print(f"{prog}: cannot write {e.filename or out}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if fig is not None:
+            close(fig)
     say(f"wrote {out} ({len(page.encode()) / 1e3:.0f} kB)")
     if not args.quiet:
         print(out)

@@ -368,36 +368,32 @@ def render_page(run: Run, charts: Sequence[tuple[str, bytes]], title: str | None
     )
 
 
-def chart_svgs(
-    run: Run, progress: Callable[[str], None] | None = None, bins: int = 1000
-) -> list[tuple[str, bytes]]:
-    """The run's charts as SVG: one figure with a panel per metric.
+#: The caption under the chart.
+CHART_CAPTION = (
+    "Per metric: each batch's value (grey), the epoch's running mean as Keras shows it "
+    "(solid), the now estimate (dashed), validation (circles) and train_eval passes "
+    "(triangles) at epoch ends, the forecast of the next epoch's first batches (diamond) "
+    "and what they showed (cross). x: epochs."
+)
+
+
+def chart_figure(run: Run, progress: Callable[[str], None] | None = None, bins: int = 1000) -> Any:
+    """The run's chart (a matplotlib figure, one panel per metric), or None without batches.
 
     Raises:
         fitlens.report.plot.PlotUnavailable: Without matplotlib.
     """
     from fitlens.report.charts import history_panels
-    from fitlens.report.plot import close, figure, render
+    from fitlens.report.plot import figure
 
     if not len(run.history.batches):
-        return []
+        return None
     if progress:
         progress(f"computing curves over {len(run.history.batches)} batches")
     panels = history_panels(run.history, bins=bins)
     if progress:
         progress(f"drawing {len(panels)} panels")
-    fig = figure(panels, title="")
-    try:
-        svg = render(fig, "svg")
-    finally:
-        close(fig)
-    caption = (
-        "Per metric: each batch's value (grey), the epoch's running mean as Keras shows it "
-        "(solid), the now estimate (dashed), validation (circles) and train_eval passes "
-        "(triangles) at epoch ends, the forecast of the next epoch's first batches (diamond) "
-        "and what they showed (cross). x: epochs."
-    )
-    return [(caption, svg)]
+    return figure(panels, bins=bins)
 
 
-__all__ = ["chart_svgs", "esc", "json_block", "render_page"]
+__all__ = ["CHART_CAPTION", "chart_figure", "esc", "json_block", "render_page"]

@@ -259,12 +259,20 @@ def _draw_series(ax: Any, s: Series, bins: int, few_epochs: bool) -> None:
                 ls=ls,
                 lw=style.linewidth,
                 marker=style.marker,
-                ms=5,
+                ms=7 if s.role == "observed" else 5,
                 capsize=2.5,
                 **common,
             )
         else:
-            ax.plot(x, y, ls=ls, lw=style.linewidth, marker=style.marker, ms=5, **common)
+            ax.plot(
+                x,
+                y,
+                ls=ls,
+                lw=style.linewidth,
+                marker=style.marker,
+                ms=7 if s.role == "observed" else 5,
+                **common,
+            )
         return
     xd, yd = minmax_downsample(x, y, bins)
     ls = style.linestyle if style.linestyle != "none" else "-"
