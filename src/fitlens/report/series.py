@@ -197,9 +197,10 @@ def replay_now(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The now estimates after selected batches, replayed as the run computed them.
 
-    Evaluated after every ``stride``-th batch (``stride = ceil(n / points)``) and after the last
-    batch of every epoch, so the cost is bounded: ``n / BLOCK`` block updates plus at most
-    ``points + epochs`` reads, each adding at most ``BLOCK - 1`` batches to a copy.
+    Evaluated after every ``stride``-th batch (``stride = ceil(n / points)``) and, unless there
+    are more than ``points / 4`` epochs, after the last batch of every epoch, so the cost is
+    bounded: ``n / BLOCK`` block updates plus at most ``1.25 * points`` reads, each adding at
+    most ``BLOCK - 1`` batches to a copy.
 
     Args:
         table: ``(batches, metrics)``: every metric column of the batch log, in its order.
@@ -219,7 +220,9 @@ def replay_now(
     ends = np.append(starts[1:], n)
     wanted = np.zeros(n, dtype=bool)
     wanted[stride - 1 :: stride] = True
-    wanted[ends - 1] = True
+    if 4 * len(starts) <= points:
+        wanted[ends - 1] = True
+    wanted[n - 1] = True
     replay = NowReplay(v.shape[1], spec)
     rows: list[int] = []
     out: list[list[float]] = []
