@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -149,3 +152,23 @@ def test_a_report_from_the_history_in_memory_shows_the_intervals(finished_run):
     val = history.gaps[0]["metrics"]["accuracy"]["validation"]
     assert f"[{val['low']:.4f}, {val['high']:.4f}]" in page
     assert "not recorded in a run directory" not in page
+
+
+def test_report_without_matplotlib_names_the_extra_and_show_still_works(finished_run):
+    path, _, _ = finished_run
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["matplotlib"] = None
+        from fitlens.cli import main
+        print("report", main(["report", {str(path)!r}, "-o", "/dev/null", "--quiet"]))
+        print("show", main(["show", {str(path)!r}, "--quiet"]) )
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "report 2" in result.stdout and "show 0" in result.stdout, result.stderr
+    assert result.stderr.startswith("fitlens report: ")
+    assert "pip install 'fitlens[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr

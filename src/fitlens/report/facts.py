@@ -321,6 +321,17 @@ def run_warnings(history: Any, summary: Mapping[str, Any] | None) -> list[str]:
     return out
 
 
+def json_ready(x: Any) -> Any:
+    """``x`` with NaN and infinities as None and tuples as lists, for strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_ready(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 __all__ = [
     "ForecastRow",
     "Progress",
@@ -331,6 +342,7 @@ __all__ = [
     "has_intervals",
     "headline",
     "in_progress",
+    "json_ready",
     "metric_names",
     "run_facts",
     "run_warnings",

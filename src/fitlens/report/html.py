@@ -27,6 +27,7 @@ from fitlens.report.facts import (
     has_intervals,
     headline,
     in_progress,
+    json_ready,
     time_table,
 )
 from fitlens.report.reader import Run
@@ -310,16 +311,6 @@ def json_block(data: Any) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def render_page(run: Run, charts: Sequence[tuple[str, bytes]], title: str | None = None) -> str:
     """The whole page as text.
 
@@ -342,7 +333,7 @@ def render_page(run: Run, charts: Sequence[tuple[str, bytes]], title: str | None
         else "<p class=note>None.</p>"
     )
     metric = headline(run.history)
-    data = _clean({"epochs": run.history.epochs_table(), "params": run.history.params})
+    data = json_ready({"epochs": run.history.epochs_table(), "params": run.history.params})
     sections = [
         ("How the run ended", _status(run)),
         ("Warnings", warnings),

@@ -16,21 +16,12 @@ from fitlens.report.facts import (
     gap_table,
     headline,
     in_progress,
+    json_ready,
     time_table,
 )
 from fitlens.report.reader import Run
 
 SCHEMA = "fitlens.show/1"
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def last_lines(run: Run) -> list[str]:
@@ -82,7 +73,7 @@ def show_data(run: Run) -> dict[str, Any]:
             }
         )
     progress = in_progress(h)
-    return _clean(
+    return json_ready(
         {
             "schema": SCHEMA,
             "source": f.source,
