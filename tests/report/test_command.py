@@ -172,3 +172,20 @@ def test_report_without_matplotlib_names_the_extra_and_show_still_works(finished
     assert result.stderr.startswith("fitlens report: ")
     assert "pip install 'fitlens[plot]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_chunked_reader_gives_read_historys_history(finished_run, monkeypatch):
+    import fitlens.report.reader as reader
+
+    path, _, _ = finished_run
+    monkeypatch.setattr(reader, "CHUNK", 7)  # many chunks, one partly filled
+    seen: list[float] = []
+    got = reader.stream_history(path, seen.append)
+    want = fitlens.read_history(path)
+    assert got.history == want.history and got.timing == want.timing
+    assert got.epoch == want.epoch
+    assert got.batches.columns == want.batches.columns
+    for c in want.batches.columns:
+        assert got.batches[c].tolist() == want.batches[c].tolist()
+        assert got.batches[c].dtype == want.batches[c].dtype
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1

@@ -39,8 +39,15 @@ def _stage_printer(quiet: bool) -> Callable[[str], None]:
 
 def _read(path: str, prog: str, say: Callable[[str], None]) -> Run | int:
     say(f"reading {path}")
+    shown = [0]
+
+    def read_progress(done: float) -> None:  # one line per tenth of the file
+        if int(done * 10) > shown[0]:
+            shown[0] = int(done * 10)
+            say(f"read {done:.0%} of the history")
+
     try:
-        run = read_run(path)
+        run = read_run(path, read_progress)
     except RunDirError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
