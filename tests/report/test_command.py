@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import fitlens
@@ -189,3 +190,29 @@ def test_the_chunked_reader_gives_read_historys_history(finished_run, monkeypatc
         assert got.batches[c].tolist() == want.batches[c].tolist()
         assert got.batches[c].dtype == want.batches[c].dtype
     assert seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1
+
+
+class StopAt(fitlens.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, step, logs):
+        if step == self.step:
+            self.run.stop_training = True
+
+
+def test_a_short_epoch_and_non_finite_batches_are_warned_about(tmp_path):
+    from fitlens.report.facts import run_warnings
+
+    history, _ = train(tmp_path / "run", epochs=3, callbacks=[StopAt(5)])
+    warnings = run_warnings(history, None)
+    assert warnings == [
+        "Epoch 1 ended after 5 of 12 steps (the data ran out, or a callback stopped training)."
+    ]
+    rows = {c: np.array(history.batches[c]) for c in history.batches.columns}
+    rows["loss"][3] = np.nan
+    history.batches.truncate(0)
+    history.batches.append(rows)
+    assert "loss is NaN or infinite in 1 batches, first at epoch 1 step 4." in run_warnings(
+        history, None
+    )

@@ -281,7 +281,7 @@ def run_facts(
 def run_warnings(history: Any, summary: Mapping[str, Any] | None) -> list[str]:
     """The things a reader should look at, each in one sentence."""
     out: list[str] = []
-    if summary is not None and summary.get("error"):
+    if summary is not None and summary.get("error") and summary.get("status") != "interrupted":
         out.append(f"The run ended with an error: {summary['error']}")
     skipped = (summary or {}).get("skipped_batches") or history.params.get("skipped_batches")
     if skipped:
