@@ -216,3 +216,19 @@ def test_a_short_epoch_and_non_finite_batches_are_warned_about(tmp_path):
     assert "loss is NaN or infinite in 1 batches, first at epoch 1 step 4." in run_warnings(
         history, None
     )
+
+
+def test_report_chart_writes_the_chart_alone_and_refuses_other_formats(
+    finished_run, tmp_path, capsys
+):
+    path, _, _ = finished_run
+    chart = tmp_path / "chart.png"
+    assert (
+        main(
+            ["report", str(path), "-o", str(tmp_path / "r.html"), "--chart", str(chart), "--quiet"]
+        )
+        == 0
+    )
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(path), "--chart", str(tmp_path / "c.jpg"), "--quiet"]) == 2
+    assert "expected a file name ending in .png or .svg" in capsys.readouterr().err
