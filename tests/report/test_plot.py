@@ -193,3 +193,16 @@ def test_without_matplotlib_plot_names_the_extra_and_fitlens_still_imports():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert "pip install 'fitlens[plot]'" in result.stdout, result.stderr
+
+
+def test_importing_fitlens_and_the_report_modules_loads_neither_matplotlib_nor_tensorboard():
+    code = (
+        "import sys, fitlens, fitlens.report.series, fitlens.report.facts, fitlens.report.html, "
+        "fitlens.report.show, fitlens.report.plot, fitlens.integrations.tensorboard; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tensorboard')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
