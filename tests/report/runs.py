@@ -33,6 +33,7 @@ def train(
     callbacks: Any = (),
     resume: bool = False,
     n: int = 240,
+    clock: Any = None,
 ) -> tuple[fitlens.History, str]:
     """Train the seeded MLP; returns the history and everything the display printed."""
     torch.manual_seed(0)
@@ -53,6 +54,7 @@ def train(
         run_dir=run_dir,
         resume=resume,
         callbacks=list(callbacks),
+        clock=clock,
     )
     return history, out.getvalue()
 

@@ -101,3 +101,25 @@ def test_without_tensorboard_the_callback_names_the_extra():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert "pip install 'fitlens[tensorboard]'" in result.stdout, result.stderr
+
+
+def test_the_callback_adds_not_one_device_to_host_read(tmp_path, monkeypatch):
+    import functools
+
+    import torch
+
+    counts = {"reads": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counts["reads"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, functools.wraps(original)(counted))
+    # A frozen clock: refreshes (and so transfers) come at the same steps in both runs.
+    train(epochs=2, clock=lambda: 0.0)
+    without = counts["reads"]
+    counts["reads"] = 0
+    train(epochs=2, callbacks=[fitlens.TensorBoard(tmp_path)], clock=lambda: 0.0)
+    assert counts["reads"] == without
