@@ -34,6 +34,7 @@ _EXPORTS = {
     "NonFiniteError": "fitlens.safety.guard",
     "TrainingInterrupted": "fitlens.safety.signals",
     "read_history": "fitlens.safety.run_dir",
+    "TensorBoard": "fitlens.integrations.tensorboard",
 }
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "NonFiniteError",
     "Progress",
     "RunState",
+    "TensorBoard",
     "TrainingInterrupted",
     "TrendWindow",
     "WindowMean",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
         WindowMean,
     )
     from fitlens.core.history import BatchLog, History
+    from fitlens.integrations.tensorboard import TensorBoard
     from fitlens.safety.checkpoint import Checkpointing
     from fitlens.safety.guard import NonFiniteError
     from fitlens.safety.run_dir import read_history

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -122,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5, help="epochs to train (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="also keep the run in DIR (history, checkpoints, summary) for `fitlens report DIR` "
+        "and `fitlens show DIR`; DIR must not hold an earlier run",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f"--epochs must be at least 2 to show an epoch boundary; got {args.epochs}")
@@ -155,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Each metric shows its epoch mean (what Keras shows) and, in brackets, the now estimate.\n"
     )
     now = "ema_trend"
+    if args.run_dir and (Path(args.run_dir) / "checkpoints").exists():
+        print(
+            f"fitlens demo: {args.run_dir} already holds a run; choose a new --run-dir "
+            "(or delete that directory)",
+            file=sys.stderr,
+        )
+        return 2
     history = fitlens.fit(
         model,
         (x[train], y[train]),
@@ -167,10 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=fitlens.Progress(1, log_every=max(1, steps // 4), mode="lines"),
         now=now,
         train_eval=True,  # measure the current model on the training data at each epoch end
+        run_dir=args.run_dir,
     )
     bounds = boundaries(history, "accuracy", now)
     best = max(bounds, key=lambda b: abs(b.mean_jump)) if bounds else None
     val_acc = history.history["val_accuracy"][best.epoch - 1] if best else None
     for line in explain_lines(bounds, "accuracy", val_acc):
         print(line)
+    if args.run_dir:
+        print(f"\nThe run is kept in {args.run_dir}: see it with `fitlens report {args.run_dir}`.")
     return 0

@@ -1,7 +1,7 @@
 """The `fitlens` command: a thin dispatcher to one module per subcommand.
 
-Each subcommand lives in its own module with a ``main(argv) -> int`` and is imported only when
-chosen, so `fitlens explain` never pays for torch.
+Each subcommand lives in its own module with a ``main(argv) -> int`` (or the function named after
+a colon) and is imported only when chosen, so `fitlens explain` never pays for torch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ _COMMANDS = {
         "train a small network on real data and watch the epoch-start jump",
     ),
     "explain": ("fitlens.explain.command", "read a Keras training log and explain every jump"),
+    "report": ("fitlens.report.command:report_main", "write a run directory as one HTML page"),
+    "show": ("fitlens.report.command:show_main", "show a run directory in the terminal"),
 }
 
 
@@ -43,5 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fitlens: unknown command {name!r}; expected one of: {known}.", file=sys.stderr)
         print("Run `fitlens --help` for usage.", file=sys.stderr)
         return 2
-    module = importlib.import_module(_COMMANDS[name][0])
-    return int(module.main(rest))
+    module_name, _, function = _COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(rest))

@@ -220,6 +220,34 @@ class History:
             {"epochs": table, "params": self.params, "gaps": clean(self.gaps)}, default=str
         )
 
+    def plot(
+        self,
+        path: str | Path | None = None,
+        *,
+        metrics: Sequence[str] | None = None,
+        title: str | None = None,
+    ) -> Any:
+        """Draw every metric: batch values, running mean, now estimate, epoch-end values.
+
+        One panel per training metric (loss first); the x axis is in epochs. See
+        `fitlens.report.plot` for what each line is and how large runs are reduced.
+
+        Args:
+            path: also save the chart there (format from the suffix: ``.png``, ``.svg``...).
+            metrics: the metrics to draw (default: all with per-batch values).
+            title: the figure's title.
+
+        Returns:
+            The ``matplotlib.figure.Figure`` (close it with ``matplotlib.pyplot.close``).
+
+        Raises:
+            ImportError: Without matplotlib (``pip install 'fitlens[plot]'``).
+            ValueError: If no batch was recorded yet.
+        """
+        from fitlens.report.charts import plot_history
+
+        return plot_history(self, path, metrics=metrics, title=title)
+
     def __repr__(self) -> str:
         keys = ", ".join(self.history)
         return f"History(epochs={len(self.epoch)}, batches={len(self.batches)}, keys=[{keys}])"

@@ -1,0 +1,234 @@
+"""fitlens show / fitlens report on real run directories: finished, running, interrupted, resumed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fitlens
+from fitlens.cli.main import main
+from fitlens.core.forecast import format_check_line, format_forecast_line
+from fitlens.report.facts import forecasts, gap_table
+from fitlens.safety.run_dir import JSONL, SUMMARY
+
+from .runs import InterruptAt, train
+
+
+def test_forecast_and_check_lines_are_the_ones_fit_printed(finished_run):
+    _, history, printed = finished_run
+    rows = forecasts(history)
+    assert len(rows) == 2
+    for r in rows:
+        assert format_forecast_line(r.forecast) in printed
+        assert r.check is not None and format_check_line(r.check) in printed
+
+
+def test_the_gap_table_rebuilt_from_the_history_equals_fits_decompositions(finished_run):
+    _, history, _ = finished_run
+    for rebuilt, recorded in zip(gap_table(history), history.gaps, strict=True):
+        for name, d in rebuilt.items():
+            assert d.to_dict() == recorded["metrics"][name]
+
+
+def test_show_prints_the_epochs_and_the_last_lines_fit_printed(finished_run, capsys):
+    path, history, printed = finished_run
+    assert main(["show", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "status: completed" in out
+    for e in (1, 2, 3):
+        assert f"\n    {e}  " in out
+    assert f"{history.history['val_accuracy'][-1]:.4f}" in out
+    # A run directory has no intervals, so the gap line is fit's without them.
+    last_check = format_check_line(forecasts(history)[-1].check)
+    assert last_check in out and last_check in printed
+
+
+def test_show_json_is_strict_json_with_every_epoch(finished_run, capsys):
+    path, history, _ = finished_run
+    assert main(["show", str(path), "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == "fitlens.show/1"
+    assert data["status"] == "completed"
+    assert [e["epoch"] for e in data["epochs"]] == [1, 2, 3]
+    assert data["epochs"][-1]["logs"]["accuracy_now"] == history.history["accuracy_now"][-1]
+    assert data["in_progress"] is None
+
+
+def test_a_run_still_writing_shows_its_running_epoch_and_ignores_a_torn_line(
+    finished_run, tmp_path, capsys
+):
+    path, _history, _ = finished_run
+    copy = tmp_path / "live"
+    shutil.copytree(path, copy)
+    lines = (copy / JSONL).read_text().splitlines(keepends=True)
+    # Keep epoch 1 and the first 5 batches of epoch 2, then half a line, as a writer mid-append.
+    kept, batches_of_2 = [], 0
+    for line in lines:
+        record = json.loads(line)
+        if record["type"] == "epoch" and record["epoch"] > 1:
+            continue
+        if record["type"] == "batch" and record["epoch"] > 1:
+            if record["epoch"] > 2 or batches_of_2 == 5:
+                continue
+            batches_of_2 += 1
+        kept.append(line)
+    (copy / JSONL).write_text("".join(kept) + '{"type": "batch", "epo')
+    summary = json.loads((copy / SUMMARY).read_text())
+    summary["status"] = "running"
+    (copy / SUMMARY).write_text(json.dumps(summary))
+    assert main(["show", str(copy), "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "running"
+    assert len(data["epochs"]) == 1
+    assert data["in_progress"]["epoch"] == 2 and data["in_progress"]["steps_done"] == 5
+    assert main(["report", str(copy), "-o", str(tmp_path / "r.html"), "--quiet"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "epoch 2 in progress: 5 of 12 steps flushed" in page
+
+
+def test_an_interrupted_then_resumed_run_says_so(tmp_path, capsys):
+    path = tmp_path / "run"
+    with pytest.raises(fitlens.TrainingInterrupted):
+        train(path, epochs=3, callbacks=[InterruptAt(epoch=1, step=4)])
+    assert main(["show", str(path), "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "interrupted"
+    assert data["in_progress"] == {
+        "epoch": 2,
+        "steps_done": 4,
+        "steps": 12,
+        "means": data["in_progress"]["means"],
+    }
+    checkpoint = data["latest_checkpoint"]
+    train(path, epochs=3, resume=True)
+    assert main(["show", str(path), "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "completed"
+    assert data["resumed_from"] == checkpoint
+    assert main(["report", str(path), "--quiet"]) == 0
+    assert (
+        f"resumed from checkpoint <code>{checkpoint}</code>" in (path / "report.html").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing", "no such directory"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file"),
+        (lambda p: p, "holds no history.jsonl"),
+    ],
+)
+@pytest.mark.parametrize("command", ["show", "report"])
+def test_a_wrong_path_is_one_line_without_traceback(tmp_path, capsys, make, message, command):
+    assert main([command, str(make(tmp_path)), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fitlens {command}: ") and message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_report_says_what_it_does_unless_quiet(finished_run, tmp_path, capsys):
+    path, _, _ = finished_run
+    out = tmp_path / "r.html"
+    assert main(["report", str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "reading" in err and "drawing 2 panels" in err and "wrote" in err
+    assert main(["report", str(path), "-o", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_a_report_from_the_history_in_memory_shows_the_intervals(finished_run):
+    from fitlens.report.html import render_page
+    from fitlens.report.reader import history_run
+
+    _, history, _ = finished_run
+    page = render_page(history_run(history), [])
+    val = history.gaps[0]["metrics"]["accuracy"]["validation"]
+    assert f"[{val['low']:.4f}, {val['high']:.4f}]" in page
+    assert "not recorded in a run directory" not in page
+
+
+def test_report_without_matplotlib_names_the_extra_and_show_still_works(finished_run):
+    path, _, _ = finished_run
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["matplotlib"] = None
+        from fitlens.cli.main import main
+        print("report", main(["report", {str(path)!r}, "-o", "/dev/null", "--quiet"]))
+        print("show", main(["show", {str(path)!r}, "--quiet"]) )
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "report 2" in result.stdout and "show 0" in result.stdout, result.stderr
+    assert result.stderr.startswith("fitlens report: ")
+    assert "pip install 'fitlens[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_chunked_reader_gives_read_historys_history(finished_run, monkeypatch):
+    import fitlens.report.reader as reader
+
+    path, _, _ = finished_run
+    monkeypatch.setattr(reader, "CHUNK", 7)  # many chunks, one partly filled
+    seen: list[float] = []
+    got = reader.stream_history(path, seen.append)
+    want = fitlens.read_history(path)
+    assert got.history == want.history and got.timing == want.timing
+    assert got.epoch == want.epoch
+    assert got.batches.columns == want.batches.columns
+    for c in want.batches.columns:
+        assert got.batches[c].tolist() == want.batches[c].tolist()
+        assert got.batches[c].dtype == want.batches[c].dtype
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1
+
+
+class StopAt(fitlens.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, step, logs):
+        if step == self.step:
+            self.run.stop_training = True
+
+
+def test_a_short_epoch_and_non_finite_batches_are_warned_about(tmp_path):
+    from fitlens.report.facts import run_warnings
+
+    history, _ = train(tmp_path / "run", epochs=3, callbacks=[StopAt(5)])
+    warnings = run_warnings(history, None)
+    assert warnings == [
+        "Epoch 1 ended after 5 of 12 steps (the data ran out, or a callback stopped training)."
+    ]
+    rows = {c: np.array(history.batches[c]) for c in history.batches.columns}
+    rows["loss"][3] = np.nan
+    history.batches.truncate(0)
+    history.batches.append(rows)
+    assert "loss is NaN or infinite in 1 batches, first at epoch 1 step 4." in run_warnings(
+        history, None
+    )
+
+
+def test_report_chart_writes_the_chart_alone_and_refuses_other_formats(
+    finished_run, tmp_path, capsys
+):
+    path, _, _ = finished_run
+    chart = tmp_path / "chart.png"
+    assert (
+        main(
+            ["report", str(path), "-o", str(tmp_path / "r.html"), "--chart", str(chart), "--quiet"]
+        )
+        == 0
+    )
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(path), "--chart", str(tmp_path / "c.jpg"), "--quiet"]) == 2
+    assert "expected a file name ending in .png or .svg" in capsys.readouterr().err
