@@ -2,8 +2,8 @@
 
 `TrainStep.run(x, y)` is the step. Its first call checks what only the first batch can show
 (the model runs on the inputs, the loss pairs outputs and targets, the loss is a scalar with a
-gradient; each failure names the shapes) and configures the metrics from the outputs; then it
-replaces itself with the plain step, so the loop has no first-batch branch.
+gradient; each failure names the shapes) and configures the metrics from the outputs; then the
+checked forward and loss replace themselves with the plain ones, so no step branches on it.
 
 The step's values (the loss, then each metric) go to the `Lens` as 0-d tensors still on the
 device: no host synchronisation, except with ``on_nonfinite="skip"``, where the loss is read on
@@ -45,20 +45,20 @@ class TrainStep:
     ) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.metrics, self.lens, self.skips = list(metrics), lens, skips
-        self.run: Callable[[Any, Any], None] = self._first
+        # The first call checks what only the first batch can show, then swaps in the plain ones.
+        self._forward: Callable[[torch.nn.Module, Any], Any] = _first_forward
+        self._loss: Callable[[Any, Any], torch.Tensor] = self._first_loss
 
-    def _first(self, x: Any, y: Any) -> None:
-        outputs = _first_forward(self.model, x)
-        loss_value = _first_loss(self.loss_fn, outputs, y)
+    def _first_loss(self, outputs: Any, y: Any) -> torch.Tensor:
+        value = _first_loss(self.loss_fn, outputs, y)
         configure_from_outputs(self.metrics, outputs)
-        self.run = self._step
-        self._update(outputs, loss_value, y)
+        self._forward, self._loss = forward, self.loss_fn
+        return value
 
-    def _step(self, x: Any, y: Any) -> None:
-        outputs = forward(self.model, x)
-        self._update(outputs, self.loss_fn(outputs, y), y)
-
-    def _update(self, outputs: Any, loss_value: torch.Tensor, y: Any) -> None:
+    def run(self, x: Any, y: Any) -> None:
+        """One step on the batch ``(x, y)``, already on the device."""
+        outputs = self._forward(self.model, x)
+        loss_value = self._loss(outputs, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
