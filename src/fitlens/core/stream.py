@@ -26,6 +26,45 @@ from fitlens.core.history import BatchLog
 BLOCK = 64
 
 
+class Blocks:
+    """The rows not yet in a whole block of `BLOCK` steps, and the cut into blocks.
+
+    Every reader of batch values that feeds estimators (`MetricStream` during training, the
+    report's replay of the now estimate) cuts the rows with this one class, so their sums round
+    alike, bit for bit.
+
+    Args:
+        columns: values per row (one per metric).
+    """
+
+    def __init__(self, columns: int) -> None:
+        self.values = np.empty((0, columns))
+        self.weights = np.empty((0, columns))
+
+    def push(self, values: np.ndarray, weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Append ``(rows, columns)`` values and weights; return the blocks now whole, in order."""
+        v = np.concatenate([self.values, values])
+        w = np.concatenate([self.weights, weights])
+        whole = len(w) - len(w) % BLOCK
+        self.values, self.weights = v[whole:], w[whole:]
+        return [(v[i : i + BLOCK], w[i : i + BLOCK]) for i in range(0, whole, BLOCK)]
+
+    def pop(self) -> tuple[np.ndarray, np.ndarray]:
+        """The partial block (possibly empty), removed."""
+        out = self.values, self.weights
+        self.values, self.weights = out[0][:0], out[1][:0]
+        return out
+
+    def read(self, est: Estimator, column: int) -> float:
+        """``est``'s value with the partial block's ``column`` added (on a copy)."""
+        if not len(self.weights):
+            return est.value
+        copy = est.clone()
+        copy.load_state_dict(est.state_dict())
+        copy.update(self.values[:, column], self.weights[:, column])
+        return copy.value
+
+
 class EpochValue(Protocol):
     """A metric that computes its own epoch value (e.g. a torchmetrics ``Metric``)."""
 
@@ -64,15 +103,13 @@ class MetricStream:
         self.epoch = 0
         self.rows = 0
         self.data_time = self.step_time = 0.0
-        self._tail_values = np.empty((0, len(self.names)))  # rows not yet in a whole block
-        self._tail_weights = np.empty((0, len(self.names)))
+        self._tail = Blocks(len(self.names))
 
     def begin_epoch(self, epoch: int) -> None:
         """Start 0-based ``epoch``: reset the epoch means; the now estimates go on."""
-        if len(self._tail_weights):  # the last epoch's partial block
-            self._update(self._tail_values, self._tail_weights, means=False)
-        self._tail_values = np.empty((0, len(self.names)))
-        self._tail_weights = np.empty((0, len(self.names)))
+        values, weights = self._tail.pop()
+        if len(weights):  # the last epoch's partial block
+            self._update(values, weights, means=False)
         self.epoch, self.rows = epoch, 0
         self.data_time = self.step_time = 0.0
         for m in self.means.values():
@@ -111,12 +148,8 @@ class MetricStream:
         self.step_time += float(step_times.sum())
         self.data_time += float(data_times.sum())
         fed = np.where(weights > 0, values, 0.0)  # a weightless value must not turn sums NaN
-        tail_v = np.concatenate([self._tail_values, fed])
-        tail_w = np.concatenate([self._tail_weights, weights])
-        whole = len(tail_w) - len(tail_w) % BLOCK
-        for start in range(0, whole, BLOCK):
-            self._update(tail_v[start : start + BLOCK], tail_w[start : start + BLOCK])
-        self._tail_values, self._tail_weights = tail_v[whole:], tail_w[whole:]
+        for block_values, block_weights in self._tail.push(fed, weights):
+            self._update(block_values, block_weights)
 
     def _update(self, values: np.ndarray, weights: np.ndarray, means: bool = True) -> None:
         for i, name in enumerate(self.names):
@@ -124,29 +157,21 @@ class MetricStream:
                 self.means[name].update(values[:, i], weights[:, i])
             self.nows[name].update(values[:, i], weights[:, i])
 
-    def _with_tail(self, est: Estimator, column: int) -> float:
-        if not len(self._tail_weights):
-            return est.value
-        copy = est.clone()
-        copy.load_state_dict(est.state_dict())
-        copy.update(self._tail_values[:, column], self._tail_weights[:, column])
-        return copy.value
-
     def mean(self, name: str) -> float:
         """The epoch value: the running mean, or the metric's own epoch value when it has one."""
         own = self.epoch_values.get(name)
         if own is not None and self.rows > 0:
             return own.compute()
-        return self._with_tail(self.means[name], self.names.index(name))
+        return self._tail.read(self.means[name], self.names.index(name))
 
     def now(self, name: str) -> float:
         """The now estimate of ``name`` over every row so far."""
-        return self._with_tail(self.nows[name], self.names.index(name))
+        return self._tail.read(self.nows[name], self.names.index(name))
 
     def weight(self, name: str) -> float:
         """The weight (samples) behind ``name``'s epoch mean so far."""
         column = self.names.index(name)
-        return self.means[name].count + float(self._tail_weights[:, column].sum())
+        return self.means[name].count + float(self._tail.weights[:, column].sum())
 
     def snapshot(self) -> dict[str, tuple[float, float]]:
         """``{name: (epoch mean, now estimate)}``."""
@@ -165,8 +190,8 @@ class MetricStream:
             "step_time": self.step_time,
             "means": {n: e.state_dict() for n, e in self.means.items()},
             "nows": {n: e.state_dict() for n, e in self.nows.items()},
-            "tail_values": self._tail_values.copy(),
-            "tail_weights": self._tail_weights.copy(),
+            "tail_values": self._tail.values.copy(),
+            "tail_weights": self._tail.weights.copy(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], epoch_means: bool = True) -> None:
@@ -188,7 +213,7 @@ class MetricStream:
             if len(tail_weights):
                 self._update(tail_values, tail_weights, means=False)
             return
-        self._tail_values, self._tail_weights = tail_values, tail_weights
+        self._tail.values, self._tail.weights = tail_values, tail_weights
         self.epoch = int(state["epoch"])
         self.rows = int(state["rows"])
         self.data_time = float(state["data_time"])
@@ -197,4 +222,4 @@ class MetricStream:
             self.means[n].load_state_dict(state["means"][n])
 
 
-__all__ = ["BLOCK", "EpochValue", "MetricStream"]
+__all__ = ["BLOCK", "Blocks", "EpochValue", "MetricStream"]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
-from fitlens.core.stream import BLOCK
+from fitlens.core.stream import BLOCK, Blocks
 
 _ESTIMATORS = {"EpochMean", "EMA", "WindowMean", "LastValue", "TrendWindow", "EMATrend"}
 
@@ -128,9 +128,9 @@ def running_mean(values: np.ndarray, sizes: np.ndarray, epochs: np.ndarray) -> n
 class NowReplay:
     """Feeds batch values to now estimators exactly as `fitlens.core.stream.MetricStream` does.
 
-    One estimator per column of a ``(rows, metrics)`` table, fed in the blocks of `fitlens.core.stream.MetricStream` and
-    memory layout (a block's column is a strided view of the table, as in the stream, so
-    numpy sums in the same order and the results match bit for bit). Call `add` with rows in
+    One estimator per column of a ``(rows, metrics)`` table, cut into blocks by the stream's own
+    `fitlens.core.stream.Blocks` (same blocks, same memory layout: numpy sums in the same order
+    and the results match bit for bit). Call `add` with rows in
     training order, any number at a time; `values` are the estimates after the last row added,
     the partial block included (on a copy).
 
@@ -142,8 +142,7 @@ class NowReplay:
     def __init__(self, columns: int, spec: Any = DEFAULT_NOW) -> None:
         self.estimators = [now_estimator(spec) for _ in range(columns)]
         self.epoch: int | None = None
-        self._tail_v = np.empty((0, columns))
-        self._tail_w = np.empty(0)
+        self._tail = Blocks(columns)
         self._cached: list[float] | None = None
 
     def add(self, values: np.ndarray, sizes: np.ndarray, epoch: int) -> None:
@@ -152,36 +151,24 @@ class NowReplay:
         A new epoch first hands the previous epoch's partial block to the estimators.
         """
         if epoch != self.epoch:
-            if self._tail_w.size:
-                self._update(self._tail_v, self._tail_w)
-            self._tail_v, self._tail_w = self._tail_v[:0], np.empty(0)
+            self._update(*self._tail.pop())
             self.epoch = epoch
-        tail_v = np.concatenate([self._tail_v, np.asarray(values, dtype=np.float64)])
-        tail_w = np.concatenate([self._tail_w, np.asarray(sizes, dtype=np.float64)])
-        whole = tail_w.size - tail_w.size % BLOCK
-        for start in range(0, whole, BLOCK):
-            self._update(tail_v[start : start + BLOCK], tail_w[start : start + BLOCK])
-        self._tail_v, self._tail_w = tail_v[whole:], tail_w[whole:]
+        v = np.asarray(values, dtype=np.float64)
+        w = np.repeat(np.asarray(sizes, dtype=np.float64)[:, None], v.shape[1], axis=1)
+        for block in self._tail.push(v, w):
+            self._update(*block)
         self._cached = None
 
-    def _update(self, values: np.ndarray, sizes: np.ndarray) -> None:
-        for i, est in enumerate(self.estimators):
-            est.update(values[:, i], sizes)
+    def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
+        if len(weights):
+            for i, est in enumerate(self.estimators):
+                est.update(values[:, i], weights[:, i])
 
     @property
     def values(self) -> list[float]:
         """Each column's estimate after every row added so far (NaN before any)."""
         if self._cached is None:
-            out = []
-            for i, est in enumerate(self.estimators):
-                if self._tail_w.size:
-                    copy = est.clone()
-                    copy.load_state_dict(est.state_dict())
-                    copy.update(self._tail_v[:, i], self._tail_w)
-                    out.append(copy.value)
-                else:
-                    out.append(est.value)
-            self._cached = out
+            self._cached = [self._tail.read(est, i) for i, est in enumerate(self.estimators)]
         return self._cached
 
 
