@@ -91,13 +91,13 @@ FAMILIES = [
     Family(
         "dropout",
         _digits,
-        lambda o: nn.Sequential(
-            nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, o)
-        ),
+        lambda o: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, o)),
         "cross_entropy",
     ),
     Family("batchnorm", _digits, lambda o: _mlp(64, 64, o, nn.BatchNorm1d(64)), "cross_entropy"),
-    Family("binary", lambda: _digits(binary=True), lambda o: _mlp(64, 32, o), "binary_cross_entropy"),
+    Family(
+        "binary", lambda: _digits(binary=True), lambda o: _mlp(64, 32, o), "binary_cross_entropy"
+    ),
     Family(
         "tabular bn+drop",
         _tabular,
@@ -107,7 +107,9 @@ FAMILIES = [
         "cross_entropy",
     ),
     Family("cnn", _images, _cnn, "cross_entropy"),
-    Family("label noise", lambda: _digits(label_noise=0.2), lambda o: _mlp(64, 128, o), "cross_entropy"),
+    Family(
+        "label noise", lambda: _digits(label_noise=0.2), lambda o: _mlp(64, 128, o), "cross_entropy"
+    ),
     Family("regression", _regression, lambda o: _mlp(10, 64, 1), "mse"),
 ]
 
@@ -203,10 +205,7 @@ def all_traces(seeds: range, epochs: int, cache: Path | None) -> list[Trace]:
     """Every family at every batch size for ``seeds``, in a fixed order."""
     torch.set_num_threads(1)
     return [
-        trace(f, bs, seed, epochs, cache)
-        for seed in seeds
-        for f in FAMILIES
-        for bs in BATCH_SIZES
+        trace(f, bs, seed, epochs, cache) for seed in seeds for f in FAMILIES for bs in BATCH_SIZES
     ]
 
 

@@ -186,9 +186,11 @@ class Estimator:
                 np.array(val, dtype=np.float64) if isinstance(val, np.ndarray | list) else val,
             )
 
-    def clone(self) -> Estimator:
-        """A fresh (reset) estimator with the same settings."""
-        return type(self)(**self._config(), nan_policy=self.nan_policy, bounds=self.bounds)
+    def clone(self, bounds: MetricRange | None = None) -> Estimator:
+        """A fresh (reset) estimator with the same settings (and ``bounds`` if given)."""
+        return type(self)(
+            **self._config(), nan_policy=self.nan_policy, bounds=bounds or self.bounds
+        )
 
     def __repr__(self) -> str:
         config = self._config()
@@ -206,10 +208,28 @@ def _check_same_steps(kind: str, steps: int, other_steps: int) -> None:
         )
 
 
-def fit_interval(fit: LocalFit, bounds: MetricRange, level: float = 0.9) -> tuple[float, float]:
+def _spread(fit: LocalFit, bounds: MetricRange) -> float:
+    """Per-sample variance: binomial for a rate (``p`` kept off 0 and 1), else the residuals'."""
+    if bounds.rate:
+        n = fit.effective_samples
+        p = (bounds.clip(fit.value) * n + 1.0) / (n + 2.0)
+        return p * (1.0 - p)
+    return fit.spread
+
+
+def _bias2(fit: LocalFit, spread: float) -> float:
+    """The squared bend beyond what its own noise explains (0 when it cannot be measured)."""
+    if math.isnan(fit.bend):
+        return 0.0
+    return max(fit.bend**2 - spread * fit.bend_noise, 0.0)
+
+
+def fit_interval(
+    fit: LocalFit, bounds: MetricRange, level: float = 0.9, bend_weight: float = BEND_WEIGHT
+) -> tuple[float, float]:
     """A ``level`` interval around a fit's value, from its noise model, inside ``bounds``.
 
-    The half-width is ``z * sqrt(s2 * noise + BEND_WEIGHT * bias2)``: ``s2`` is the per-sample
+    The half-width is ``z * sqrt(s2 * noise + bend_weight * bias2)``: ``s2`` is the per-sample
     variance (binomial ``p (1 - p)`` for a rate, with ``p`` pulled off 0 and 1 by one success and
     one failure in ``effective_samples``; else the residual spread), ``bias2`` the squared bend
     beyond its own noise. When the raw fit lies outside ``bounds``, the value is clipped and
@@ -229,19 +249,11 @@ def fit_interval(fit: LocalFit, bounds: MetricRange, level: float = 0.9) -> tupl
     if math.isnan(fit.value):
         return math.nan, math.nan
     value = bounds.clip(fit.value)
-    if bounds.rate:
-        n = fit.effective_samples
-        p = (value * n + 1.0) / (n + 2.0)
-        spread = p * (1.0 - p)
-    else:
-        spread = fit.spread
+    spread = _spread(fit, bounds)
     if math.isnan(spread):
         return bounds.low, bounds.high
-    bias2 = 0.0
-    if not math.isnan(fit.bend):
-        bias2 = max(fit.bend**2 - spread * fit.bend_noise, 0.0)
     half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(
-        spread * fit.noise + BEND_WEIGHT * bias2
+        spread * fit.noise + bend_weight * _bias2(fit, spread)
     )
     half += abs(fit.value - value)
     return bounds.clip(value - half), bounds.clip(value + half)
@@ -614,8 +626,95 @@ class EMATrend(_Discounted):
         return math.exp(-max(first_size, 1.0) / self.memory)
 
 
+class AdaptiveTrend(Estimator):
+    """`EMATrend` at several memories, read from the one with the smallest estimated error.
+
+    A short memory follows a bending curve but is noisy; a long one is quiet but lags and
+    overshoots where the curve bends. Each memory's squared error is estimated as its noise
+    (``s2 * noise``, binomial for a rate) plus its squared bend beyond that bend's own noise,
+    and the estimate (with its interval) is that of the memory where the sum is smallest. Every
+    memory keeps its own sums, so updates stay O(1) and states merge and extend exactly.
+
+    State: each memory's `EMATrend` state, keys prefixed ``"<index>."``.
+
+    Args:
+        memories: samples of memory of each line (each > 0, at least one), shortest first.
+    """
+
+    name = "adaptive_trend"
+
+    def __init__(
+        self,
+        memories: tuple[float, ...] = (400.0, 1600.0, 6400.0),
+        nan_policy: NanPolicy = "propagate",
+        bounds: MetricRange = UNBOUNDED,
+    ) -> None:
+        memories = tuple(float(m) for m in memories)
+        if not memories:
+            raise ValueError("Expected at least one memory (samples). Received: ().")
+        self.memories = memories
+        self.lines = [EMATrend(m, nan_policy=nan_policy, bounds=bounds) for m in memories]
+        super().__init__(nan_policy, bounds)
+
+    def _config(self) -> dict[str, Any]:
+        return {"memories": self.memories}
+
+    def reset(self) -> None:
+        for line in self.lines:
+            line.reset()
+
+    def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
+        for line in self.lines:
+            line._update(values, weights)
+
+    @property
+    def steps(self) -> int:
+        return self.lines[0].steps
+
+    @property
+    def weight(self) -> float:
+        return self.lines[0].weight
+
+    def fit(self) -> LocalFit:
+        best, best_err = self.lines[0].fit(), math.inf
+        for line in self.lines:
+            f = line.fit()
+            spread = _spread(f, self.bounds)
+            err = spread * f.noise + _bias2(f, spread)
+            if math.isnan(f.bend) and f is not best:
+                continue  # a bend that cannot be measured is no evidence of a small error
+            if err < best_err:
+                best, best_err = f, err
+        return best
+
+    def merge(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, AdaptiveTrend)
+        for mine, theirs in zip(self.lines, other.lines, strict=True):
+            mine.merge(theirs)
+
+    def extend(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, AdaptiveTrend)
+        for mine, theirs in zip(self.lines, other.lines, strict=True):
+            mine.extend(theirs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            f"{i}.{k}": v for i, line in enumerate(self.lines) for k, v in line.state_dict().items()
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, line in enumerate(self.lines):
+            prefix = f"{i}."
+            line.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
+
+
 _BY_NAME: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (EpochMean, EMA, WindowMean, LastValue, TrendWindow, EMATrend)
+    cls.name: cls
+    for cls in (EpochMean, EMA, WindowMean, LastValue, TrendWindow, EMATrend, AdaptiveTrend)
 }
 
 
@@ -624,14 +723,19 @@ _BY_NAME: dict[str, type[Estimator]] = {
 DEFAULT_NOW = "ema_trend"
 
 
-def make_estimator(spec: str | Estimator) -> Estimator:
+def make_estimator(spec: str | Estimator, bounds: MetricRange | None = None) -> Estimator:
     """An estimator from a name (``"ema"``, ``"window"``, ``"trend"``, ``"ema_trend"``,
-    ``"last"``, ``"mean"``)
-    with default settings, or a fresh clone of a configured instance."""
+    ``"adaptive_trend"``, ``"last"``, ``"mean"``) with default settings, or a fresh clone of a
+    configured instance.
+
+    Args:
+        spec: the name or instance.
+        bounds: the metric's range; None keeps the instance's (a name: unbounded).
+    """
     if isinstance(spec, Estimator):
-        return spec.clone()
+        return spec.clone(bounds)
     if isinstance(spec, str) and spec in _BY_NAME:
-        return _BY_NAME[spec]()
+        return _BY_NAME[spec](bounds=bounds or UNBOUNDED)
     raise ValueError(
         f"Expected an estimator name, one of {sorted(_BY_NAME)}, or an Estimator instance. "
         f"Received: {spec!r}."
