@@ -141,7 +141,7 @@ def test_without_a_measurable_spread_the_interval_is_the_whole_range():
 def test_bad_levels_and_bounds_are_refused():
     with pytest.raises(ValueError, match=r"`level` in \(0, 1\).*Received: 90"):
         EMATrend().interval(90)
-    with pytest.raises(TypeError, match="MetricRange.*Received: \\(0, 1\\)"):
+    with pytest.raises(TypeError, match=r"MetricRange.*Received: \(0, 1\)"):
         EMATrend(bounds=(0, 1))  # type: ignore[arg-type]
 
 

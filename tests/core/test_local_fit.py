@@ -72,7 +72,10 @@ def test_too_few_batches_for_the_line_fall_back_to_the_weighted_mean():
     est = EMATrend(beta=0.9)
     est.update([0.2, 0.6], [10, 30])
     fit = est.fit()
-    assert (fit.degree, fit.value) == (0, pytest.approx((0.9 * 10 * 0.2 + 30 * 0.6) / (0.9 * 10 + 30)))
+    assert (fit.degree, fit.value) == (
+        0,
+        pytest.approx((0.9 * 10 * 0.2 + 30 * 0.6) / (0.9 * 10 + 30)),
+    )
     assert np.isnan(fit.bend) and np.isnan(fit.spread)
 
 

@@ -16,7 +16,7 @@ The *bend* is how much a fit one degree higher disagrees at the newest batch: th
 lower-degree fit if the curve bends within the memory. ``bend_noise`` is that difference's own
 variance per unit ``s2``, so ``bend**2 - s2 * bend_noise`` estimates the squared bias.
 
-x is rescaled by its weighted RMS before solving so that the Hankel matrices stay well
+x is rescaled by its weighted RMS (when above one batch) before solving so that the Hankel matrices stay well
 conditioned whatever the memory.
 """
 
@@ -103,7 +103,7 @@ def local_fit(
     nan = math.nan
     if not m[0] > 0:
         return LocalFit(nan, 0, nan, 0.0, nan, nan, nan)
-    scale = math.sqrt(m[2] / m[0]) if m.size > 2 and m[2] > 0 else 1.0
+    scale = max(math.sqrt(m[2] / m[0]), 1.0) if m.size > 2 else 1.0  # x spans >= 1 batch
     powers = scale ** -np.arange(max(m.size, t.size))
     m, t, my = m * powers[: m.size], t * powers[: t.size], my * powers[: my.size]
     fit = None
