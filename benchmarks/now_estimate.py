@@ -66,7 +66,7 @@ CANDIDATES: dict[str, Candidate] = {
     **{
         f"adaptive{m} bend x{k:g}": Candidate(lambda r, m=m: AdaptiveTrend(m, bounds=r), k)
         for m in ((300, 600, 1200, 2400, 4800), (400, 800, 1600, 3200, 6400, 12800))
-        for k in (1.0, 2.0, 4.0)
+        for k in (1.0, 2.0)
     },
 }
 
