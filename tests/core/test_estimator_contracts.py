@@ -212,7 +212,7 @@ def test_the_tuned_defaults_are_the_ones_the_benchmark_chose():
     assert AdaptiveTrend().memories == (300.0, 600.0, 1200.0, 2400.0, 4800.0)
     assert BEND_WEIGHT == 1.0 and EMATrend().bend_weight == 1.0
     assert AdaptiveTrend().bend_weight == 2.0
-    assert DEFAULT_NOW == "ema_trend"
+    assert DEFAULT_NOW == "adaptive_trend"
     assert make_estimator(DEFAULT_NOW).name == DEFAULT_NOW
 
 
