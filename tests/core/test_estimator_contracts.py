@@ -125,7 +125,10 @@ def test_merging_states_over_different_step_counts_is_refused_and_points_to_exte
     a, b = STEPPED[name](), STEPPED[name]()
     a.update([0.5, 0.6, 0.7], 16)
     b.update([0.5, 0.6], 16)
-    with pytest.raises(ValueError, match=r"Received 3 and 2 steps; use `extend`"):
+    kind = type(a).__name__ if name != "adaptive" else "EMATrend"
+    with pytest.raises(
+        ValueError, match=rf"merge {kind} states.*Received 3 and 2 steps; use `extend`"
+    ):
         a.merge(b)
 
 
@@ -139,20 +142,23 @@ def test_steps_after_extend_count_both_parts(name, first, later):
     assert a.steps == first + later  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("bounds", [RATE, NONNEGATIVE])
 @pytest.mark.parametrize("name", ALL)
-@given(split=st.integers(0, 40), seed=st.integers(0, 3))
+@given(split=st.integers(0, 35), seed=st.integers(0, 3))
 def test_extend_gives_the_same_value_and_interval_as_one_estimator_over_everything(
-    name, split, seed
+    name, bounds, split, seed
 ):
     rng = np.random.default_rng(seed)
     n = rng.integers(1, 64, size=40).astype(float)
-    n[min(split, 39)] = n[0]  # both parts size a memory in samples alike
+    n[min(split, 34)] = n[0]  # both parts size a memory in samples alike
     v = rng.binomial(n.astype(int), 0.3 + 0.01 * np.arange(40)) / n
-    whole, a, b = (ALL[name]().clone(RATE) for _ in range(3))
-    whole.update(v, n)
+    whole, a, b = (ALL[name]().clone(bounds) for _ in range(3))
+    whole.update(v[:-5], n[:-5])
     a.update(v[:split], n[:split])
-    b.update(v[split:], n[split:])
+    b.update(v[split:-5], n[split:-5])
     a.extend(b)
+    for est in (a, whole):  # and both go on alike (an empty one took the other's decay)
+        est.update(v[-5:], n[-5:])
     assert a.value == pytest.approx(whole.value, rel=1e-9, abs=1e-9)
     assert a.interval() == pytest.approx(whole.interval(), rel=1e-7, abs=1e-9)
 
@@ -201,7 +207,8 @@ def test_a_state_with_a_missing_key_is_refused_with_the_missing_name(name):
     state = est.state_dict()
     dropped = sorted(state)[-1]
     del state[dropped]
-    with pytest.raises(ValueError, match=rf"missing \['{dropped.split('.')[-1]}'\]"):
+    kind = type(est).__name__
+    with pytest.raises(ValueError, match=rf"missing \['{dropped}'\].* of a {kind} "):
         ALL[name]().load_state_dict(state)
 
 
@@ -246,3 +253,78 @@ def test_adaptive_trend_merges_and_extends_each_memory_as_its_own_ema_trend():
     ]
     a.extend(b)
     assert a.steps == 40 and a.weight == a.lines[0].weight
+
+
+def test_batches_must_be_one_value_each_with_finite_nonnegative_weights():
+    with pytest.raises(ValueError, match=r"one value per batch.*shape \(1, 2\)"):
+        EMATrend().update([[0.1, 0.2]])
+    with pytest.raises(ValueError, match=r"finite and >= 0.*inf"):
+        EMA().update([0.1, 0.2], [1.0, math.inf])
+    with pytest.raises(ValueError, match=r"finite and >= 0.*-1\.0"):
+        WindowMean().update([0.1], -1.0)
+    est = EpochMean()
+    est.update([0.2, 0.4], 8)  # one scalar weight for every batch
+    assert (est.value, est.weight) == (pytest.approx(0.3), 16.0)
+
+
+def test_reset_forgets_everything_and_keeps_the_settings():
+    for name, make in ALL.items():
+        est = make()
+        est.update([0.3, 0.5, 0.7, 0.9], 16)
+        est.reset()
+        fresh = make()
+        assert math.isnan(est.value) and est.weight == 0.0, name
+        assert repr(est) == repr(fresh), name
+        est.update([0.3, 0.5, 0.7, 0.9], 16)
+        fresh.update([0.3, 0.5, 0.7, 0.9], 16)
+        assert est.value == fresh.value, name
+
+
+def test_merged_windows_of_a_loss_give_the_interval_of_one_window_over_the_global_batches():
+    rng = np.random.default_rng(4)
+    shards = [rng.integers(1, 16, size=30).astype(float) for _ in range(3)]
+    values = [1.0 - 0.01 * np.arange(30) + rng.normal(0, 0.3, size=30) for _ in range(3)]
+    ranks = []
+    for v, w in zip(values, shards, strict=True):
+        est = TrendWindow(12, bounds=NONNEGATIVE)
+        est.update(v, w)
+        ranks.append(est)
+    n = sum(shards)
+    whole = TrendWindow(12, bounds=NONNEGATIVE)
+    whole.update(sum(v * w for v, w in zip(values, shards, strict=True)) / n, n)
+    for est in ranks[1:]:
+        ranks[0].merge(est)
+    assert ranks[0].interval() == pytest.approx(whole.interval(), rel=1e-9)
+
+
+def test_a_state_dict_is_a_copy_and_a_state_read_back_as_lists_of_ints_restores():
+    est = EMATrend(beta=0.8)
+    est.update([0.3, 0.5, 0.6], 16)
+    state = est.state_dict()
+    before = state["m"].copy()
+    est.update([0.9], 16)
+    assert np.array_equal(state["m"], before)  # the checkpoint did not move with the estimator
+    fresh = EMA(0.9).state_dict()
+    as_json = {k: [int(x) for x in v] if isinstance(v, np.ndarray) else v for k, v in fresh.items()}
+    restored = EMA(0.9)
+    restored.load_state_dict(as_json)
+    restored.update([0.25, 0.75], 2.5)
+    assert restored.value == pytest.approx(0.5 * (0.25 * 0.9 + 0.75) / 0.95)
+
+
+def test_a_clone_keeps_the_nan_policy_and_the_bounds():
+    est = EMATrend(400, nan_policy="ignore", bounds=RATE).clone()
+    est.update([0.5, math.nan, 0.7], 8)
+    assert (est.nan_policy, est.bounds, est.memory) == ("ignore", RATE, 400.0)
+    decay = math.exp(-8 / 400)  # two batches: their discounted mean, the NaN left out
+    assert est.value == pytest.approx((decay * 0.5 + 0.7) / (decay + 1))
+
+
+def test_merging_memories_sized_from_different_batches_is_refused_with_the_fix():
+    a, b = EMATrend(800), EMATrend(800)
+    a.update([0.5, 0.6], 16)
+    b.update([0.5, 0.6], 32)
+    with pytest.raises(
+        ValueError, match=r"first batches of different sizes\); pass a fixed `beta`"
+    ):
+        a.merge(b)

@@ -181,3 +181,53 @@ def test_unbounded_estimators_keep_their_old_repr_and_bounded_ones_show_the_rang
     assert make_estimator("ema_trend").bounds == UNBOUNDED
     assert make_estimator(EMA(0.5, bounds=RATE)).bounds == RATE
     assert make_estimator(EMA(0.5, bounds=RATE), NONNEGATIVE).bounds == NONNEGATIVE
+
+
+def _loss_batches(seed: int = 2, steps: int = 40):
+    rng = np.random.default_rng(seed)
+    n = rng.integers(4, 64, size=steps).astype(float)
+    v = 2.0 - 0.01 * np.arange(steps) + rng.normal(0, 0.5, size=steps) / np.sqrt(n)
+    return v, n
+
+
+def test_a_mean_of_a_loss_has_the_interval_of_its_sample_variance_over_the_samples():
+    """EpochMean: spread = sum n (y - mean)^2 / (batches - 1), variance of the mean spread / N."""
+    v, n = _loss_batches()
+    est = EpochMean(bounds=NONNEGATIVE)
+    est.update(v[:25], n[:25])
+    est.update(v[25:], n[25:])
+    mean = np.sum(n * v) / n.sum()
+    spread = np.sum(n * (v - mean) ** 2) / (len(v) - 1)
+    half = Z90 * math.sqrt(spread / n.sum())
+    assert est.interval(0.9) == (pytest.approx(mean - half), pytest.approx(mean + half))
+
+
+def test_a_window_of_a_loss_uses_the_scatter_around_a_line_over_the_window():
+    """WindowMean: value = the window's mean; spread from residuals of a line over the window."""
+    v, n = _loss_batches()
+    est = WindowMean(20, bounds=NONNEGATIVE)
+    est.update(v, n)
+    y, w = v[-20:], n[-20:]
+    x = np.arange(20.0) - 19
+    mean = np.sum(w * y) / w.sum()
+    X = np.vander(x, 2, increasing=True)
+    hat = X @ np.linalg.solve(X.T @ (w[:, None] * X), X.T * w)
+    rss = np.sum(w * (y - hat @ y) ** 2)
+    spread = rss / (20 - np.trace(hat))
+    bend = mean - (hat @ y)[-1]
+    c0, c1 = w / w.sum(), hat[-1]
+    bias2 = max(bend**2 - spread * np.sum((c0 - c1) ** 2 / w), 0.0)
+    half = Z90 * math.sqrt(spread / w.sum() + bias2)
+    low, high = est.interval(0.9)
+    assert (low, high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+
+
+def test_ignored_nans_leave_the_interval_of_the_finite_batches():
+    v, n = _loss_batches()
+    a, b = EMATrend(bounds=NONNEGATIVE, nan_policy="ignore"), EMATrend(bounds=NONNEGATIVE)
+    a.update(np.insert(v, 5, math.nan), np.insert(n, 5, 32.0))
+    b.update(v, n)
+    assert a.interval() == b.interval() and a.value == b.value
+    c = EMATrend(bounds=NONNEGATIVE)
+    c.update(np.insert(v, 5, math.nan), np.insert(n, 5, 32.0))
+    assert math.isnan(c.value) and all(math.isnan(x) for x in c.interval())

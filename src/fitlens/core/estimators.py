@@ -173,12 +173,15 @@ class Estimator:
         Raises:
             ValueError: a key is missing (e.g. a checkpoint from an older fitlens).
         """
-        missing = set(self._state_names) - set(state)
+        missing = set(self.state_dict()) - set(state)
         if missing:
             raise ValueError(
                 f"Estimator state is missing {sorted(missing)}; got {sorted(state)}. Pass the "
                 f"`state_dict()` of a {type(self).__name__} with the same settings."
             )
+        self._load(state)
+
+    def _load(self, state: dict[str, Any]) -> None:
         for key in self._state_names:
             val = state[key]
             setattr(
@@ -291,7 +294,7 @@ class EpochMean(Estimator):
 
     def fit(self) -> LocalFit:
         one = np.array([self.count])
-        return local_fit(one, np.array([self.total]), one, self.total_sq, self.batches, 1, 0)
+        return local_fit(one, np.array([self.total]), one, self.total_sq, self.batches)
 
     @property
     def weight(self) -> float:
@@ -434,15 +437,16 @@ class EMA(_Discounted):
 class WindowMean(Estimator):
     """Sample-weighted mean over the last ``window`` batches.
 
-    State: a ring buffer of per-batch sums (``value * weight``), weights and sums of squares
-    (``value**2 * weight``, for the spread of a non-rate metric), plus the number of batches
-    seen (``steps``) which fixes the ring's write position.
+    State: a ring buffer of per-batch sums (``value * weight``) and weights, plus the number of
+    batches seen (``steps``) which fixes the ring's write position. Each slot is one batch (the
+    global batch after a merge), so its value is ``sum / weight`` and the scatter of a non-rate
+    metric comes from those values.
 
     Args:
         window: number of most recent batches averaged (>= 1).
     """
 
-    _state_names = ("sums", "weights", "squares", "steps")
+    _state_names = ("sums", "weights", "steps")
     name = "window"
     degree = 0
 
@@ -463,7 +467,6 @@ class WindowMean(Estimator):
     def reset(self) -> None:
         self.sums = np.zeros(self.window)
         self.weights = np.zeros(self.window)
-        self.squares = np.zeros(self.window)
         self.steps = 0
 
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
@@ -474,28 +477,28 @@ class WindowMean(Estimator):
         slots = (self.steps + np.arange(values.size)) % self.window
         self.sums[slots] = values * weights
         self.weights[slots] = weights
-        self.squares[slots] = values * values * weights
         self.steps += values.size
 
     @property
     def weight(self) -> float:
         return float(self.weights.sum())
 
-    def _ordered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-batch sums, weights and squares in the order trained, oldest first."""
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-batch sums and weights in the order trained, oldest first."""
         n = min(self.steps, self.window)
         slots = (self.steps - n + np.arange(n)) % self.window
-        return self.sums[slots], self.weights[slots], self.squares[slots]
+        return self.sums[slots], self.weights[slots]
 
     def fit(self) -> LocalFit:
-        sums, weights, squares = self._ordered()
+        sums, weights = self._ordered()
         keep = weights > 0
-        x = (np.arange(sums.size, dtype=np.float64) - (sums.size - 1))[keep]
+        sums, weights = sums[keep], weights[keep]
+        x = (np.arange(keep.size) - (keep.size - 1.0))[keep]
         powers = x[None, :] ** np.arange(2 * self.degree + 3)[:, None]
-        m = powers @ weights[keep]
-        my = powers[: self.degree + 2] @ sums[keep]
-        batches = int(keep.sum())
-        return local_fit(m, my, m, float(squares.sum()), batches, batches, self.degree)
+        m = powers @ weights
+        my = powers[: self.degree + 2] @ sums
+        syy = float(np.sum(sums * sums / weights))
+        return local_fit(m, my, m, syy, sums.size, sums.size, self.degree)
 
     def merge(self, other: Estimator) -> None:
         self._check_compatible(other)
@@ -503,15 +506,14 @@ class WindowMean(Estimator):
         _check_same_steps(type(self).__name__, self.steps, other.steps)
         self.sums = self.sums + other.sums
         self.weights = self.weights + other.weights
-        self.squares = self.squares + other.squares
 
     def extend(self, other: Estimator) -> None:
         self._check_compatible(other)
         assert isinstance(other, WindowMean)
-        sums, weights, squares = other._ordered()
+        sums, weights = other._ordered()
         self.steps += other.steps - sums.size
         slots = (self.steps + np.arange(sums.size)) % self.window
-        self.sums[slots], self.weights[slots], self.squares[slots] = sums, weights, squares
+        self.sums[slots], self.weights[slots] = sums, weights
         self.steps += sums.size
 
 
@@ -535,7 +537,7 @@ class LastValue(Estimator):
 
     def fit(self) -> LocalFit:
         one = np.array([self.last_weight])
-        return local_fit(one, np.array([self.last_sum]), one, 0.0, 1.0, 1, 0)
+        return local_fit(one, np.array([self.last_sum]), one, 0.0, 1.0)
 
     @property
     def weight(self) -> float:
@@ -696,21 +698,21 @@ class AdaptiveTrend(Estimator):
     def merge(self, other: Estimator) -> None:
         self._check_compatible(other)
         assert isinstance(other, AdaptiveTrend)
-        for mine, theirs in zip(self.lines, other.lines, strict=True):
-            mine.merge(theirs)
+        for i, line in enumerate(self.lines):  # same memories: `_check_compatible`
+            line.merge(other.lines[i])
 
     def extend(self, other: Estimator) -> None:
         self._check_compatible(other)
         assert isinstance(other, AdaptiveTrend)
-        for mine, theirs in zip(self.lines, other.lines, strict=True):
-            mine.extend(theirs)
+        for i, line in enumerate(self.lines):
+            line.extend(other.lines[i])
 
     def state_dict(self) -> dict[str, Any]:
         return {
             f"{i}.{k}": v for i, line in enumerate(self.lines) for k, v in line.state_dict().items()
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load(self, state: dict[str, Any]) -> None:
         for i, line in enumerate(self.lines):
             prefix = f"{i}."
             line.load_state_dict(

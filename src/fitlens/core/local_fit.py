@@ -85,8 +85,8 @@ def local_fit(
     t: np.ndarray,
     syy: float,
     batches: float,
-    steps: int,
-    degree: int,
+    steps: int = 0,
+    degree: int = 0,
 ) -> LocalFit:
     """Fit ``degree`` (falling back to lower degrees) and measure its noise and bend.
 
@@ -94,7 +94,7 @@ def local_fit(
         m, my, t: the moment sums above, ``m`` and ``t`` up to ``x^(2 degree + 2)`` and ``my`` up
             to ``x^(degree + 1)`` (shorter arrays just leave the bend or spread unknown).
         syy, batches: ``sum w y^2`` and ``sum d``.
-        steps: batches seen; a fit of degree ``k`` needs at least ``k + 2``.
+        steps: batches seen; a fit of degree ``k >= 1`` needs at least ``k + 2``.
         degree: the degree wanted (0: a weighted mean, 1: a line).
 
     Returns:
