@@ -224,7 +224,7 @@ def test_the_tuned_defaults_are_the_ones_the_benchmark_chose():
 
 
 def test_adaptive_trend_needs_a_memory_and_reads_the_line_with_the_least_estimated_error():
-    with pytest.raises(ValueError, match="at least one memory"):
+    with pytest.raises(ValueError, match=r"^Expected at least one memory \(samples\)"):
         AdaptiveTrend(())
     flat = AdaptiveTrend((100.0, 3200.0), bounds=RATE)
     rng = np.random.default_rng(0)
@@ -328,3 +328,46 @@ def test_merging_memories_sized_from_different_batches_is_refused_with_the_fix()
         ValueError, match=r"first batches of different sizes\); pass a fixed `beta`"
     ):
         a.merge(b)
+
+
+def test_a_window_state_dict_does_not_move_with_later_batches():
+    est = WindowMean(3)
+    est.update([0.1, 0.2], 4)
+    state = est.state_dict()
+    est.update([0.9, 0.9], 4)
+    assert state["sums"].tolist() == [0.4, 0.8, 0.0] and state["steps"] == 2
+
+
+def test_a_block_longer_than_the_window_keeps_counting_steps_and_order():
+    est, one_by_one = TrendWindow(3), TrendWindow(3)
+    est.update([0.1, 0.2], 4)
+    est.update([0.3, 0.5, 0.4, 0.8, 0.6], 4)
+    for v in [0.1, 0.2, 0.3, 0.5, 0.4, 0.8, 0.6]:
+        one_by_one.update(v, 4)
+    assert est.steps == 7 and est.value == pytest.approx(one_by_one.value)
+
+
+def test_a_zero_weight_batch_in_a_window_leaves_a_finite_loss_interval():
+    est = WindowMean(6, bounds=NONNEGATIVE)
+    est.update([1.0, 0.9, 0.85, 0.8, 0.7], [16, 16, 0, 16, 16])
+    low, high = est.interval()
+    assert 0.0 < low < est.value < high < math.inf
+
+
+def test_decays_and_memories_at_the_edges_of_their_ranges():
+    with pytest.raises(ValueError, match=r"`beta` in \(0, 1\)"):
+        EMATrend(beta=0.0)
+    assert EMATrend(beta=1e-9).beta == 1e-9
+    small = EMATrend(0.5)  # half a sample of memory is allowed: the last batch dominates
+    small.update([0.2, 0.4, 0.9], 1)
+    assert small.decay == pytest.approx(math.exp(-2.0))
+
+
+def test_adaptive_trend_reads_the_shortest_memory_while_no_bend_can_be_measured():
+    est = AdaptiveTrend((100.0, 3200.0), bounds=RATE)
+    est.update([0.5, 0.7, 0.8], 32)  # three batches: a line, but no parabola to compare
+    assert np.isnan(est.lines[1].fit().bend)
+    assert est.fit() == est.lines[0].fit()
+    loss = AdaptiveTrend((100.0, 3200.0), bounds=NONNEGATIVE)
+    loss.update([0.5, 0.4, 0.35], 32)  # a loss whose spread cannot be measured yet
+    assert loss.fit() == loss.lines[0].fit() and loss.interval() == (0.0, math.inf)

@@ -231,3 +231,25 @@ def test_ignored_nans_leave_the_interval_of_the_finite_batches():
     c = EMATrend(bounds=NONNEGATIVE)
     c.update(np.insert(v, 5, math.nan), np.insert(n, 5, 32.0))
     assert math.isnan(c.value) and all(math.isnan(x) for x in c.interval())
+
+
+def test_levels_outside_0_1_are_refused_and_the_default_level_is_90_percent():
+    est = EMATrend(bounds=RATE)
+    est.update([0.5, 0.6, 0.7, 0.75], 32)
+    for level in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="`level` in"):
+            est.interval(level)
+    assert fit_interval(est.fit(), RATE) == fit_interval(est.fit(), RATE, 0.9) == est.interval()
+
+
+def test_adaptive_trend_counts_the_bend_twice_in_its_interval():
+    est = AdaptiveTrend((3200.0,), bounds=RATE)  # one long memory through a sharp bend
+    est.update(0.95 - 0.5 * np.exp(-np.arange(60) / 8.0), 32)
+    fit = est.fit()
+    assert est.interval() == fit_interval(fit, RATE, 0.9, 2.0) != fit_interval(fit, RATE, 0.9, 1.0)
+
+
+def test_batches_without_weights_count_one_sample_each():
+    est = EpochMean()
+    est.update([0.5, 0.7])
+    assert est.weight == 2.0

@@ -90,3 +90,23 @@ def test_all_weight_on_one_batch_is_a_flat_fit_that_returns_that_batch():
 def test_no_weight_yet_gives_nan():
     fit = local_fit(np.zeros(5), np.zeros(3), np.zeros(5), 0.0, 0.0, 3, 1)
     assert np.isnan(fit.value) and fit.effective_samples == 0.0
+
+
+@given(batches(min_size=6), st.floats(0.6, 0.95), st.lists(st.integers(1, 40), max_size=3))
+def test_chunked_updates_give_the_same_noise_spread_and_bend_as_one_block(data, decay, cuts):
+    v, n = data
+    whole, chunked = EMATrend(beta=decay), EMATrend(beta=decay)
+    whole.update(v, n)
+    for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(v)], strict=True):
+        chunked.update(v[a:b], n[a:b])
+    f, g = whole.fit(), chunked.fit()
+    for field in ("value", "noise", "spread", "bend", "bend_noise", "effective_samples"):
+        assert getattr(g, field) == pytest.approx(getattr(f, field), rel=1e-6, abs=1e-9), field
+
+
+def test_a_leading_batch_without_samples_does_not_count_as_an_observation():
+    v, n = np.linspace(0.2, 0.8, 12) ** 2, np.full(12, 16.0)
+    plain, padded = EMATrend(beta=0.9), EMATrend(beta=0.9)
+    plain.update(v, n)
+    padded.update(np.r_[0.5, v], np.r_[0.0, n])
+    assert padded.fit().spread == pytest.approx(plain.fit().spread, rel=1e-9)

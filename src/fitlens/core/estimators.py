@@ -661,7 +661,7 @@ class AdaptiveTrend(Estimator):
         if not memories:
             raise ValueError("Expected at least one memory (samples). Received: ().")
         self.memories = memories
-        self.lines = [EMATrend(m, nan_policy=nan_policy, bounds=bounds) for m in memories]
+        self.lines = [EMATrend(m) for m in memories]  # fed only finite batches, read raw
         super().__init__(nan_policy, bounds)
 
     def _config(self) -> dict[str, Any]:
@@ -684,16 +684,17 @@ class AdaptiveTrend(Estimator):
         return self.lines[0].weight
 
     def fit(self) -> LocalFit:
-        best, best_err = self.lines[0].fit(), math.inf
-        for line in self.lines:
-            f = line.fit()
-            spread = _spread(f, self.bounds)
-            err = spread * f.noise + _bias2(f, spread)
-            if math.isnan(f.bend) and f is not best:
-                continue  # a bend that cannot be measured is no evidence of a small error
-            if err < best_err:
-                best, best_err = f, err
-        return best
+        fits = [line.fit() for line in self.lines]
+        # a bend that cannot be measured is no evidence of a small error: only the shortest
+        # memory may be read without one
+        usable = [fits[0], *(f for f in fits[1:] if not math.isnan(f.bend))]
+        return min(usable, key=self._error)
+
+    def _error(self, fit: LocalFit) -> float:
+        """Estimated squared error of a line: noise plus squared bend beyond its noise."""
+        spread = _spread(fit, self.bounds)
+        error = spread * fit.noise + _bias2(fit, spread)
+        return math.inf if math.isnan(error) else error
 
     def merge(self, other: Estimator) -> None:
         self._check_compatible(other)
