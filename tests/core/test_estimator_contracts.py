@@ -371,3 +371,12 @@ def test_adaptive_trend_reads_the_shortest_memory_while_no_bend_can_be_measured(
     loss = AdaptiveTrend((100.0, 3200.0), bounds=NONNEGATIVE)
     loss.update([0.5, 0.4, 0.35], 32)  # a loss whose spread cannot be measured yet
     assert loss.fit() == loss.lines[0].fit() and loss.interval() == (0.0, math.inf)
+
+
+def test_adaptive_trend_prefers_a_memory_whose_error_it_can_estimate():
+    """A loss over 6 batches of 32: 20 samples of memory leave under one batch of residual
+    freedom (no spread, so an unknown error); 3200 samples leave about three."""
+    est = AdaptiveTrend((20.0, 3200.0), bounds=NONNEGATIVE)
+    est.update([1.0, 0.93, 0.9, 0.82, 0.8, 0.71], 32)
+    assert np.isnan(est.lines[0].fit().spread) and not np.isnan(est.lines[1].fit().spread)
+    assert est.fit() == est.lines[1].fit()

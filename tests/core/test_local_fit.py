@@ -105,7 +105,8 @@ def test_chunked_updates_give_the_same_noise_spread_and_bend_as_one_block(data, 
 
 
 def test_a_leading_batch_without_samples_does_not_count_as_an_observation():
-    v, n = np.linspace(0.2, 0.8, 12) ** 2, np.full(12, 16.0)
+    v = np.linspace(0.2, 0.8, 12) + 0.05 * np.sin(1.7 * np.arange(12))  # some scatter
+    n = np.full(12, 16.0)
     plain, padded = EMATrend(beta=0.9), EMATrend(beta=0.9)
     plain.update(v, n)
     padded.update(np.r_[0.5, v], np.r_[0.0, n])
