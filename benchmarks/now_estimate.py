@@ -1,281 +1,240 @@
-"""How close is each now estimator to the truth, and what does the truth cost?
+"""How close is each now estimator to the truth, and does its interval know how close?
 
-Trains small real models (with and without dropout and batch-norm, binary and multiclass, two
-batch sizes, several epochs and seeds) with ``fit(train_eval=True)``, which measures at every
-epoch end the current model on *all* the training data in train mode (the truth the training
-accuracy should report). Each run's per-batch accuracies are then replayed through every
-candidate estimator (the batch values do not depend on the estimator), and the script prints,
-per epoch, |estimate - full pass| and |running mean - full pass| in percentage points, plus what
-each costs in extra compute (a now estimate: no forward pass; the full pass: measured seconds).
+Trains small real models (`now_traces.FAMILIES`: an MLP, dropout, batch-norm, binary, tabular,
+a CNN on 8x8 digit images, 20% label noise, and an MSE regression whose metric is its loss) at
+batch sizes 16 to 256 for 10 epochs with ``fit(train_eval=True)``, which measures at every epoch
+end the current model on *all* the training data in train mode (the truth). Each run's batch
+values are replayed through every candidate estimator, which reports a value and a 90% interval
+at every epoch end. Candidates are tuned on seeds 0-4 (``--seeds 0-4``) and reported on seeds
+5-9, the default. ``--cache DIR`` keeps each run's trace, so a second table trains nothing.
 
-Run:  PYTHONPATH=src python benchmarks/now_estimate.py [--seeds 3] [--epochs 5]
+Per estimator and family it prints the mean |estimate - truth| (points of accuracy; percent of
+the truth for the regression loss), the coverage of the 90% interval, its median width, and the
+share of epoch boundaries where the forecast check says "as forecast" (the forecast's tolerance
+combining the now interval with the noise of the next epoch's first 3 batches).
+
+Run:  PYTHONPATH=src nice python benchmarks/now_estimate.py [--seeds 5-9] [--cache DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
+from _machine import describe_machine
+from now_traces import BATCH_SIZES, FAMILIES, Trace, all_traces
 
-import fitlens
 from fitlens.core.estimators import (
+    BEND_WEIGHT,
+    DEFAULT_NOW,
     EMA,
+    AdaptiveTrend,
     EMATrend,
     Estimator,
-    LastValue,
     TrendWindow,
     WindowMean,
+    fit_interval,
+    make_estimator,
 )
+from fitlens.core.forecast import FORECAST_STEPS, Forecast, check_forecast, make_forecast
+from fitlens.core.gap import Z95
+from fitlens.core.metric_range import NONNEGATIVE, RATE, MetricRange
 
-CANDIDATES: dict[str, Callable[[], Estimator]] = {
-    "last": LastValue,
-    "window(10)": lambda: WindowMean(10),
-    "window(20)": lambda: WindowMean(20),
-    "window(50)": lambda: WindowMean(50),
-    "ema(0.9)": lambda: EMA(0.9),
-    "ema(0.95)": lambda: EMA(0.95),
-    "ema(0.98)": lambda: EMA(0.98),
-    "trend(20)": lambda: TrendWindow(20),
-    "trend(30)": lambda: TrendWindow(30),
-    "trend(50)": lambda: TrendWindow(50),
-    "trend(100)": lambda: TrendWindow(100),
-    "ema_trend(beta 0.9)": lambda: EMATrend(beta=0.9),
-    "ema_trend(beta 0.95)": lambda: EMATrend(beta=0.95),
-    "ema_trend(400)": lambda: EMATrend(400),
-    "ema_trend(800)": lambda: EMATrend(800),
-    "ema_trend(1200)": lambda: EMATrend(1200),
+LEVEL = 0.9
+EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An estimator and how its interval weighs the bend."""
+
+    make: Callable[[MetricRange], Estimator]
+    bend_weight: float = BEND_WEIGHT
+
+
+CANDIDATES: dict[str, Candidate] = {
+    "window(20)": Candidate(lambda r: WindowMean(20, bounds=r)),
+    "ema(0.95)": Candidate(lambda r: EMA(0.95, bounds=r)),
+    "trend(30)": Candidate(lambda r: TrendWindow(30, bounds=r)),
+    **{
+        f"ema_trend({m}) bend x{k:g}": Candidate(lambda r, m=m: EMATrend(m, bounds=r), k)
+        for m in (400, 800, 1200)
+        for k in (0.0, 1.0)
+    },
+    **{
+        f"adaptive{m} bend x{k:g}": Candidate(lambda r, m=m: AdaptiveTrend(m, bounds=r), k)
+        for m in ((300, 600, 1200, 2400, 4800), (400, 800, 1600, 3200, 6400, 12800))
+        for k in (1.0, 2.0)
+    },
 }
 
 
 @dataclass
-class Task:
-    name: str
-    x: np.ndarray
-    y: np.ndarray
-    build: Callable[[int], torch.nn.Module]
-    loss: str
+class Scored:
+    """One trace replayed through one candidate: per epoch value, interval, forecast hit."""
+
+    trace: Trace
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    as_forecast: np.ndarray  # per boundary (epochs - 1)
+    as_forecast_old: np.ndarray  # the same with the tolerance of batch noise alone
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Errors in points of accuracy, or percent of the truth for a loss."""
+        return 100 / self.trace.full if self._loss else np.full(self.trace.full.size, 100.0)
+
+    @property
+    def _loss(self) -> bool:
+        return self.trace.family == "regression"
+
+    @property
+    def error(self) -> np.ndarray:
+        return np.abs(self.value - self.trace.full) * self.scale
+
+    @property
+    def mean_error(self) -> np.ndarray:
+        return np.abs(self.trace.mean - self.trace.full) * self.scale
+
+    @property
+    def covered(self) -> np.ndarray:
+        return (self.low <= self.trace.full) & (self.trace.full <= self.high)
+
+    @property
+    def width(self) -> np.ndarray:
+        return (self.high - self.low) * self.scale
 
 
-def _digits(binary: bool) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+def replay(t: Trace, cand: Candidate) -> Scored:
+    bounds = NONNEGATIVE if t.family == "regression" else RATE
+    est = cand.make(bounds)
+    n = t.full.size
+    value, low, high = np.empty(n), np.empty(n), np.empty(n)
+    hits = np.zeros((2, n - 1), dtype=bool)  # with the now interval; batch noise alone
+    forecasts: list[Forecast] = []
+    for e in range(n):
+        rows = np.flatnonzero(t.epoch == e + 1)
+        first = rows[:FORECAST_STEPS]  # the previous epoch end's forecasts, checked here
+        for i, forecast in enumerate(forecasts):
+            hits[i, e - 1] = check_forecast(forecast, t.metric[first], t.size[first]).as_forecast
+        est.update(t.metric[rows], t.size[rows])
+        fit = est.fit()
+        value[e] = est.value
+        low[e], high[e] = fit_interval(fit, bounds, LEVEL, cand.bend_weight)
+        band = fit_interval(fit, bounds, 0.95, cand.bend_weight)
+        recent = t.metric[rows]
+        forecasts = [
+            make_forecast("m", e + 2, t.mean[e], value[e], recent, now_interval=band),
+            make_forecast("m", e + 2, t.mean[e], value[e], recent),
+        ]
+    return Scored(t, value, low, high, hits[0], hits[1])
 
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(x))[:1437]  # the demo's training split
-    x, y = x[order], y[order]
-    return (x, (y >= 5).astype(np.float32)) if binary else (x, y)
+
+def parse_seeds(text: str) -> range:
+    first, _, last = text.partition("-")
+    return range(int(first), int(last or first) + 1)
 
 
-def _tabular() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(
-        n_samples=6000, n_features=20, n_informative=10, n_classes=3, random_state=0
+def summary(scored: list[Scored]) -> tuple[float, float, float, float, float, int]:
+    """Mean error, coverage, median width, as-forecast share, demo ratio, epochs worse."""
+    err = np.concatenate([s.error for s in scored])
+    cov = np.concatenate([s.covered for s in scored])
+    width = np.concatenate([s.width for s in scored])
+    hits = np.concatenate([s.as_forecast for s in scored])
+    demo = [s for s in scored if s.trace.family == "demo mlp" and s.trace.batch_size == 32]
+    ratio = sum(s.mean_error.sum() for s in demo) / max(sum(s.error.sum() for s in demo), 1e-12)
+    worse = 0
+    for fam in {s.trace.family for s in scored}:
+        group = [s for s in scored if s.trace.family == fam]
+        now = np.mean([s.error for s in group], axis=0)
+        mean = np.mean([s.mean_error for s in group], axis=0)
+        worse += int(np.sum(now > mean))
+    return (
+        float(err.mean()),
+        float(cov.mean()),
+        float(np.median(width)),
+        float(hits.mean()),
+        ratio,
+        worse,
     )
-    return x.astype(np.float32), y
-
-
-def tasks() -> list[Task]:
-    nn = torch.nn
-    dx, dy = _digits(False)
-    bx, by = _digits(True)
-    tx, ty = _tabular()
-    return [
-        Task(
-            "demo mlp",
-            dx,
-            dy,
-            lambda o: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, o)),
-            "cross_entropy",
-        ),
-        Task(
-            "dropout",
-            dx,
-            dy,
-            lambda o: nn.Sequential(
-                nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, o)
-            ),
-            "cross_entropy",
-        ),
-        Task(
-            "batchnorm",
-            dx,
-            dy,
-            lambda o: nn.Sequential(
-                nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, o)
-            ),
-            "cross_entropy",
-        ),
-        Task(
-            "binary",
-            bx,
-            by,
-            lambda o: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)),
-            "binary_cross_entropy",
-        ),
-        Task(
-            "tabular bn+drop",
-            tx,
-            ty,
-            lambda o: nn.Sequential(
-                nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, o)
-            ),
-            "cross_entropy",
-        ),
-    ]
-
-
-@dataclass
-class Run:
-    task: str
-    batch_size: int
-    seed: int
-    full: np.ndarray  # train-mode full-pass accuracy per epoch
-    mean: np.ndarray  # reported running mean per epoch
-    estimates: dict[str, np.ndarray]  # candidate -> value per epoch
-    train_seconds: float
-    pass_seconds: float  # both train_eval passes, all epochs
-
-
-def replay(history: fitlens.History, make: Callable[[], Estimator]) -> np.ndarray:
-    """The estimator's value at each epoch end, fed the run's batch accuracies in order."""
-    b = history.batches
-    est = make()
-    out = []
-    epochs = b["epoch"]
-    for e in np.unique(epochs):
-        rows = epochs == e
-        est.update(b["accuracy"][rows], b["size"][rows])
-        out.append(est.value)
-    return np.array(out)
-
-
-def run_one(task: Task, batch_size: int, seed: int, epochs: int) -> Run:
-    torch.manual_seed(seed)
-    outputs = 1 if task.loss == "binary_cross_entropy" else int(task.y.max()) + 1
-    model = task.build(outputs)
-    t0 = time.perf_counter()
-    h = fitlens.fit(
-        model,
-        (task.x, task.y),
-        loss=task.loss,
-        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-        metrics=["accuracy"],
-        epochs=epochs,
-        batch_size=batch_size,
-        train_eval=True,
-        verbose=0,
-    )
-    total = time.perf_counter() - t0
-    passes = float(np.sum(h.timing["eval"]))
-    return Run(
-        task.name,
-        batch_size,
-        seed,
-        np.array(h.history["train_eval_train_mode_accuracy"]),
-        np.array(h.history["accuracy"]),
-        {name: replay(h, make) for name, make in CANDIDATES.items()},
-        total - passes,
-        passes,
-    )
-
-
-def pp(x: float) -> str:
-    return f"{100 * x:6.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--default", default="ema_trend(800)", help="estimator of table 1")
+    parser.add_argument("--seeds", default="5-9", help="seeds to report, e.g. 5-9 (held out)")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of cached traces")
+    parser.add_argument("--families", default="", help="comma-separated subset (development)")
+    parser.add_argument("--default", default=None, help="candidate of the per-family table")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    runs = [
-        run_one(task, bs, seed, args.epochs)
-        for task in tasks()
-        for bs in (32, 128)
-        for seed in range(args.seeds)
-    ]
-    chosen = args.default
+    seeds = parse_seeds(args.seeds)
+    traces = all_traces(seeds, EPOCHS, args.cache)
+    if args.families:
+        keep = set(args.families.split(","))
+        traces = [t for t in traces if t.family in keep]
+    print(describe_machine())
+    print(
+        f"seeds {seeds.start}-{seeds.stop - 1}, {EPOCHS} epochs, batch sizes {BATCH_SIZES}, "
+        f"{len(traces)} runs, interval level {LEVEL}, forecast over {FORECAST_STEPS} batches"
+    )
+    scored = {name: [replay(t, c) for t in traces] for name, c in CANDIDATES.items()}
 
     print(
-        f"\n1. Per epoch, mean over {args.seeds} seeds: |x - full train-mode pass| in points of accuracy"
+        "\n1. Every candidate over all families (error: points of accuracy; regression: % of loss)"
     )
     print(
-        f"{'task':<16}{'batch':>6}{'epoch':>6}{'full':>8}{'|mean|':>8}{f'|{chosen}|':>18}{'ratio':>7}"
+        f"{'estimator':<30}{'mean err':>9}{'acc err':>9}{'cover90':>9}{'width':>8}"
+        f"{'as fcst':>9}{'demo ratio':>11}{'ep worse':>9}"
     )
-    for key in sorted(
-        {(r.task, r.batch_size) for r in runs}, key=lambda k: (tasks_order(k[0]), k[1])
-    ):
-        group = [r for r in runs if (r.task, r.batch_size) == key]
-        full = np.mean([r.full for r in group], axis=0)
-        mean_err = np.mean([np.abs(r.mean - r.full) for r in group], axis=0)
-        now_err = np.mean([np.abs(r.estimates[chosen] - r.full) for r in group], axis=0)
-        for e in range(args.epochs):
-            ratio = mean_err[e] / now_err[e] if now_err[e] > 0 else float("inf")
-            print(
-                f"{key[0]:<16}{key[1]:>6}{e + 1:>6}{100 * full[e]:>8.2f}{pp(mean_err[e]):>8}"
-                f"{pp(now_err[e]):>18}{ratio:>7.1f}"
-            )
-
-    print("\n2. Every candidate over all tasks, batch sizes, seeds (points of accuracy)")
-    print(
-        f"{'estimator':<22}{'mean err':>9}{'ep>=2':>8}{'max':>8}{'<=1pt':>7}"
-        f"{'demo ratio':>11}{'demo ep>=2':>11}"
-    )
-    demo = [r for r in runs if r.task == "demo mlp" and r.batch_size == 32]
-    demo_mean_err = np.mean([np.abs(r.mean - r.full) for r in demo], axis=0)
-    rows = []
-    for name in ["mean (reported)", *CANDIDATES]:
-        errs = np.array(
-            [
-                np.abs((r.mean if name == "mean (reported)" else r.estimates[name]) - r.full)
-                for r in runs
-            ]
-        )
-        demo_err = np.mean(
-            [
-                np.abs((r.mean if name == "mean (reported)" else r.estimates[name]) - r.full)
-                for r in demo
-            ],
-            axis=0,
-        )
-        rows.append(
-            (
-                name,
-                errs.mean(),
-                errs[:, 1:].mean(),
-                errs.max(),
-                float(np.mean(errs <= 0.01)),
-                demo_mean_err.sum() / demo_err.sum(),
-                demo_mean_err[1:].sum() / demo_err[1:].sum(),
-            )
-        )
-    for name, m, m2, mx, hit, ratio, ratio2 in rows:
+    for name, runs in scored.items():
+        m, cov, width, hits, ratio, worse = summary(runs)
+        acc = np.concatenate([s.error for s in runs if s.trace.family != "regression"]).mean()
         print(
-            f"{name:<22}{pp(m):>9}{pp(m2):>8}{pp(mx):>8}{100 * hit:>6.0f}%{ratio:>11.1f}{ratio2:>11.1f}"
+            f"{name:<30}{m:>9.2f}{acc:>9.2f}{100 * cov:>8.0f}%{width:>8.2f}{100 * hits:>8.0f}%"
+            f"{ratio:>11.1f}{worse:>9}"
         )
 
-    train_s = sum(r.train_seconds for r in runs)
-    pass_s = sum(r.pass_seconds for r in runs)
+    chosen = args.default or next(iter(CANDIDATES))
+    print(f"\n2. {chosen} per family (running mean's error beside it)")
     print(
-        "\n3. Extra compute: a now estimate needs no forward pass (it reuses the training batches'"
-        "\n   values; replaying all candidates here costs microseconds per batch). The full pass"
-        f"\n   (train_eval=True: train mode + eval mode over all training data) took {pass_s:.1f}s"
-        f"\n   against {train_s:.1f}s of training: {100 * pass_s / train_s:.0f}% extra."
+        f"{'family':<16}{'mean err':>9}{'|mean|':>8}{'cover90':>9}{'width':>8}{'as fcst':>9}"
+        f"{'ep worse':>9}{'fcst old':>9}"
     )
-
-
-def tasks_order(name: str) -> int:
-    return [t for t in ("demo mlp", "dropout", "batchnorm", "binary", "tabular bn+drop")].index(
-        name
-    )
+    runs = scored[chosen]
+    for fam in [f.name for f in FAMILIES]:
+        group = [s for s in runs if s.trace.family == fam]
+        if not group:
+            continue
+        m, cov, width, hits, _, worse = summary(group)
+        base = float(np.concatenate([s.mean_error for s in group]).mean())
+        old_hits = float(np.concatenate([s.as_forecast_old for s in group]).mean())
+        print(
+            f"{fam:<16}{m:>9.2f}{base:>8.2f}{100 * cov:>8.0f}%{width:>8.2f}{100 * hits:>8.0f}%"
+            f"{worse:>9}{100 * old_hits:>8.0f}%"
+        )
+    print("\n3. Epochs where it is further from the full pass than the running mean (now, mean)")
+    for fam in [f.name for f in FAMILIES]:
+        group = [s for s in runs if s.trace.family == fam]
+        if group:
+            now = np.mean([s.error for s in group], axis=0)
+            mean = np.mean([s.mean_error for s in group], axis=0)
+            cells = [
+                f"ep {e + 1}: {now[e]:.2f} vs {mean[e]:.2f}" for e in np.flatnonzero(now > mean)
+            ]
+            print(f"{fam:<16}{', '.join(cells) or '-'}")
+    demo = [s for s in runs if s.trace.family == "demo mlp" and s.trace.batch_size == 32]
+    if demo:
+        print(
+            "demo (batch 32) per epoch, now:  ", np.mean([s.error for s in demo], axis=0).round(2)
+        )
+        print(
+            "demo (batch 32) per epoch, mean: ",
+            np.mean([s.mean_error for s in demo], axis=0).round(2),
+        )
+    print(f"\nDEFAULT_NOW = {DEFAULT_NOW!r} ({make_estimator(DEFAULT_NOW)!r}); z95 = {Z95}")
 
 
 if __name__ == "__main__":

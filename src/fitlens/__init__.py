@@ -30,6 +30,7 @@ _EXPORTS = {
     "WindowMean": "fitlens.core.estimators",
     "TrendWindow": "fitlens.core.estimators",
     "LastValue": "fitlens.core.estimators",
+    "AdaptiveTrend": "fitlens.core.estimators",
     "Checkpointing": "fitlens.safety.checkpoint",
     "NonFiniteError": "fitlens.safety.guard",
     "TrainingInterrupted": "fitlens.safety.signals",
@@ -40,6 +41,7 @@ _EXPORTS = {
 __all__ = [
     "EMA",
     "Accuracy",
+    "AdaptiveTrend",
     "BatchLog",
     "Callback",
     "Checkpointing",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from fitlens.adapters.metrics import Accuracy
     from fitlens.core.estimators import (
         EMA,
+        AdaptiveTrend,
         EMATrend,
         EpochMean,
         Estimator,

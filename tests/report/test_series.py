@@ -6,7 +6,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fitlens.core.estimators import EMA, EMATrend, EpochMean, WindowMean, make_estimator
+from fitlens.core.estimators import (
+    DEFAULT_NOW,
+    EMA,
+    AdaptiveTrend,
+    EMATrend,
+    EpochMean,
+    WindowMean,
+    make_estimator,
+)
 from fitlens.report.series import (
     history_curves,
     now_estimator,
@@ -57,11 +65,19 @@ def test_positions_put_each_epoch_in_its_unit_interval_and_a_running_epoch_in_pa
 
 
 def test_now_estimator_reads_back_what_fit_stores_in_params():
-    for est in (EMATrend(memory=400.0), EMA(beta=0.9), WindowMean(window=7), EMATrend(beta=0.5)):
+    for est in (
+        EMATrend(memory=400.0),
+        EMA(beta=0.9),
+        WindowMean(window=7),
+        EMATrend(beta=0.5),
+        AdaptiveTrend(memories=(200.0, 900.0)),
+    ):
         assert repr(now_estimator(repr(est))) == repr(est)
     assert repr(now_estimator(repr("ema"))) == repr(make_estimator("ema"))
     # Something fit cannot have written falls back to the default rather than running code.
-    assert repr(now_estimator("__import__('os').system('true')")) == repr(EMATrend())
+    assert repr(now_estimator("__import__('os').system('true')")) == repr(
+        make_estimator(DEFAULT_NOW)
+    )
 
 
 def test_the_replayed_now_and_mean_equal_fits_values_at_every_epoch_end_bit_for_bit():

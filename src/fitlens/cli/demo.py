@@ -161,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(val)} validation images, {steps} batches of {args.batch_size} per epoch).\n"
         "Each metric shows its epoch mean (what Keras shows) and, in brackets, the now estimate.\n"
     )
-    now = "ema_trend"
+    from fitlens.core.estimators import DEFAULT_NOW
+
+    now = DEFAULT_NOW  # what a user gets
     if args.run_dir and (Path(args.run_dir) / "checkpoints").exists():
         print(
             f"fitlens demo: {args.run_dir} already holds a run; choose a new --run-dir "

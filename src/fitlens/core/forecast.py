@@ -100,6 +100,7 @@ def make_forecast(
     now: float,
     recent: np.ndarray,
     steps: int = FORECAST_STEPS,
+    now_interval: tuple[float, float] | None = None,
 ) -> Forecast:
     """The forecast for 1-based ``epoch`` from the previous epoch's end.
 
@@ -108,8 +109,14 @@ def make_forecast(
         reported: the mean at the previous epoch's end. now: the now estimate there.
         recent: the last batch values of the previous epoch (for the noise).
         steps: how many first batches the forecast covers.
+        now_interval: the now estimate's own 95% interval (``Estimator.interval(0.95)``): its
+            larger half-width is added in quadrature to the noise of the first batches' mean,
+            since the forecast is only as sure as the now estimate. None: batch noise alone.
     """
     tolerance = Z95 * batch_noise(recent[-NOISE_WINDOW:]) / math.sqrt(steps)
+    if now_interval is not None:
+        half = max(now - now_interval[0], now_interval[1] - now)
+        tolerance = math.hypot(tolerance, half)
     return Forecast(metric, epoch, steps, reported, now, tolerance)
 
 

@@ -71,7 +71,7 @@ class FitlensCallback(pl.Callback):
     Args:
         verbose: 0 silent, 1 bar (lines when not a terminal), 2 one line per epoch; or a
             configured `fitlens.Progress` (``log_every=``, ``file=``, ...).
-        now: the now estimator, as in `fitlens.fit` (default ``"ema_trend"``; ``"trend"``,
+        now: the now estimator, as in `fitlens.fit` (default ``"adaptive_trend"``; ``"ema_trend"``, ``"trend"``,
             ``"ema"``, ``"window"``, ``"last"`` or a configured `fitlens.Estimator`).
         file: where to write (default ``sys.stdout``), when ``verbose`` is an int.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).

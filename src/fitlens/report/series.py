@@ -31,7 +31,15 @@ import numpy as np
 from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
 from fitlens.core.stream import BLOCK, Blocks
 
-_ESTIMATORS = {"EpochMean", "EMA", "WindowMean", "LastValue", "TrendWindow", "EMATrend"}
+_ESTIMATORS = {
+    "EpochMean",
+    "EMA",
+    "WindowMean",
+    "LastValue",
+    "TrendWindow",
+    "EMATrend",
+    "AdaptiveTrend",
+}
 
 
 def now_estimator(spec: Any) -> Estimator:

@@ -81,9 +81,10 @@ def fit(
         callbacks: `Callback` instances.
         verbose: 0, 1 or 2, or a configured `Progress`.
         device: where to train; default: where the model's parameters are.
-        now: the now estimator: ``"ema_trend"`` (default: `EMATrend` with 800 samples of memory,
-            tuned on ``benchmarks/now_estimate.py``), ``"trend"``, ``"ema"``, ``"window"``,
-            ``"last"`` or a configured `Estimator`.
+        now: the now estimator: ``"adaptive_trend"`` (default: `AdaptiveTrend`, straight-line
+            fits over 300 to 4800 samples read from the one with the smallest estimated error,
+            chosen on held-out seeds of ``benchmarks/now_estimate.py``), ``"ema_trend"``,
+            ``"trend"``, ``"ema"``, ``"window"``, ``"last"`` or a configured `Estimator`.
         train_eval: at every epoch end, also evaluate the current model on training data, in
             train mode and in eval mode, without side effects (see `fitlens.adapters.train_eval`):
             ``True`` for all of it, a fraction in (0, 1] or a sample count for a fixed random
