@@ -221,3 +221,48 @@ def test_the_float_slack_is_one_part_in_a_trillion_of_the_bounds():
 def test_an_empty_window_is_refused_with_the_weights_in_the_message():
     with pytest.raises(ValueError, match=r"^Expected w_k > w_j for a non-empty window\. "):
         window_mean(3, 0.5, 3, 0.5)
+
+
+def test_trailing_windows_all_end_at_the_last_display():
+    points = [Shown(s, 0.5, _H) for s in (1, 2, 3, 404, 405, 406)]
+    assert {w.last_batch for w in trailing_windows(points)} == {406}
+
+
+def test_a_last_window_exactly_at_the_tolerance_is_short_enough():
+    points = [Shown(1, 0.5, _H), Shown(5, 0.6, _H), Shown(6, 0.61, _H)]
+    weights = {"end_weight_low": 5.5, "end_weight_high": 5.5}
+    shortest = window_bounds(points[1], points[2], **weights)
+    tolerance = shortest.half_width  # exactly: the window meets it with no margin
+    assert reconstruct(points, tolerance, **weights)[-1] == shortest
+    steps = np.array([p.step for p in points])
+    means = np.array([p.mean for p in points])
+    columns = window_columns(steps, means, np.full(3, _H), tolerance, **weights)
+    assert columns.row(-1).first_batch == shortest.first_batch
+
+
+def test_a_last_window_just_wider_than_the_tolerance_is_not_short_enough():
+    points = [Shown(1, 0.5, _H), Shown(5, 0.6, _H), Shown(6, 0.61, _H)]
+    weights = {"end_weight_low": 5.5, "end_weight_high": 5.5}
+    shortest = window_bounds(points[1], points[2], **weights)
+    tolerance = 0.9 * shortest.half_width
+    # The next candidate starts after the display at step 1: batches 2-6.
+    assert reconstruct(points, tolerance, **weights)[-1].first_batch == 2
+    steps = np.array([p.step for p in points])
+    means = np.array([p.mean for p in points])
+    columns = window_columns(steps, means, np.full(3, _H), tolerance, **weights)
+    assert columns.row(-1).first_batch == 2
+
+
+def test_the_reference_loop_cuts_the_rising_epoch_as_worked_by_hand():
+    points = [Shown(k, m, _H) for k, m in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8))]
+    assert [(w.first_batch, w.last_batch) for w in reconstruct(points, 0.0004)] == [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (4, 4),
+    ]
+    assert [(w.first_batch, w.last_batch) for w in reconstruct(points, 0.0003)] == [
+        (1, 1),
+        (2, 2),
+        (3, 4),
+    ]

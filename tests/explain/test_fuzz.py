@@ -61,19 +61,21 @@ def assert_sound(explained: Explained) -> None:
                 assert w.low <= w.value <= w.high, (b.metric, w)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.binary(max_size=2000))
 def test_random_bytes_never_crash_the_pipeline(data):
     _pipeline(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(derandomize=True, max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([bytes([c]) for c in ALPHABET]), max_size=600))
 def test_log_like_noise_never_crashes_the_pipeline(chars):
     _pipeline(b"".join(chars))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(derandomize=True, max_examples=300, deadline=None)
 @given(st.data())
 def test_mutated_logs_never_crash_the_pipeline(data):
     base = bytearray(SAMPLE + (SEED.read_bytes() if SEED.exists() else b""))
@@ -91,7 +93,7 @@ def test_mutated_logs_never_crash_the_pipeline(data):
     _pipeline(bytes(base))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(derandomize=True, max_examples=100, deadline=None)
 @given(st.binary(max_size=500))
 def test_the_command_exits_cleanly_on_any_file(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fuzz") / "log"
@@ -165,7 +167,7 @@ def real_shaped_logs(draw: st.DrawFn) -> bytes:
     return b"".join(out)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(derandomize=True, max_examples=300, deadline=None)
 @given(real_shaped_logs(), st.sampled_from([{}, {"samples": 650, "batch_size": 16}]))
 def test_real_shaped_logs_give_sound_intervals_in_text_and_json(data, options):
     try:

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bounds that provably contain the true values.",
     )
     parser.add_argument("log", help="the log file, or - for standard input")
-    parser.add_argument("--json", action="store_true", help="print JSON (fitlens.explain/1)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (schema fitlens.explain/2; per-epoch summaries)",
+    )
     parser.add_argument(
         "--plot",
         metavar="OUT.png",

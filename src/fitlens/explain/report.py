@@ -179,8 +179,11 @@ def fmt_bound(x: float, up: bool) -> str:
         return fmt(x)
     if abs(x) > 1e-3:
         return f"{direction(round(x * 1e4, 6)) / 1e4:.4f}"
-    exponent = math.floor(math.log10(abs(x)))
-    units = direction(round(x / 10.0**exponent * 1e4, 6))
+    # The decimal mantissa and exponent from the repr, not from powers of ten (which
+    # underflow to 0 or overflow for subnormal x).
+    mantissa, exponent_text = f"{x:.12e}".split("e")
+    exponent = int(exponent_text)
+    units = direction(round(float(mantissa) * 1e4, 6))
     if abs(units) >= 100_000:  # 9.99996e-05 rounded up is 1.0000e-04
         units, exponent = units // 10, exponent + 1
     return f"{units / 1e4:.4f}e{exponent:+03d}"
