@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import io
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fitlens.safety import checkpoint
 from fitlens.safety.checkpoint import (
     CheckpointStore,
     CorruptCheckpointError,
+    NoLoadableCheckpointError,
     UnsafeCheckpointError,
     decode,
     encode,
@@ -147,14 +149,44 @@ def test_store_keeps_the_newest_checkpoints(tmp_path: Path) -> None:
     assert found is not None and found[1]["i"] == 4
 
 
-def test_store_falls_back_to_the_previous_checkpoint_with_a_warning(tmp_path: Path) -> None:
+def test_resume_falls_back_naming_the_checkpoint_used_and_keeps_the_bad_one(
+    tmp_path: Path,
+) -> None:
     store = CheckpointStore(tmp_path)
-    store.save({"i": 0})
+    first = store.save({"i": 0})
     newest = store.save({"i": 1})
+    damaged = newest.read_bytes()[:30]
+    newest.write_bytes(damaged)
+    with pytest.warns(RuntimeWarning, match=f"resuming from {re.escape(str(first))}"):
+        found = store.resume_from()
+    assert found is not None and found[0] == first and found[1]["i"] == 0
+    aside = tmp_path / "ckpt-00000002.pt.unreadable"
+    assert aside.read_bytes() == damaged
+    for i in (2, 3):  # later saves never delete the file set aside
+        store.save({"i": i})
+    assert aside.read_bytes() == damaged
+
+
+def test_resume_with_no_loadable_checkpoint_stops_listing_each_file_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore(tmp_path)
+    older, newest = store.save({"i": 0}), store.save({"i": 1})
     newest.write_bytes(newest.read_bytes()[:30])
-    with pytest.warns(RuntimeWarning, match="Using the previous checkpoint"):
-        found = store.latest()
-    assert found is not None and found[1]["i"] == 0
+    data = bytearray(older.read_bytes())
+    data[-5] ^= 0xFF
+    older.write_bytes(bytes(data))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(NoLoadableCheckpointError, match='resume="allow_fresh"') as caught:
+        store.resume_from()
+    message = str(caught.value)
+    assert str(older) in message and str(newest) in message
+    assert [p for p, _ in caught.value.failures] == [newest, older]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.warns(RuntimeWarning, match="starting afresh"):
+        assert store.resume_from(allow_fresh=True) is None
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert kept == {f"{name}.unreadable": data for name, data in before.items()}
 
 
 def test_store_refuses_an_unsafe_newest_checkpoint_instead_of_skipping_it(

@@ -16,7 +16,7 @@ import torch
 
 import fitlens
 from fitlens import Checkpointing, TrainingInterrupted
-from fitlens.safety.checkpoint import CheckpointStore
+from fitlens.safety.checkpoint import CheckpointStore, NoLoadableCheckpointError
 
 
 class Crash(RuntimeError):
@@ -134,6 +134,45 @@ def test_resume_keeps_the_train_eval_sample_of_data_that_cannot_be_indexed(
 
 def test_resume_without_checkpoints_starts_afresh(tmp_path: Path) -> None:
     _assert_same(_fit("arrays", tmp_path / "new", resume=True), _fit("arrays"))
+
+
+def _damage_every_checkpoint(run_dir: Path) -> dict[str, bytes]:
+    """Truncate the newest checkpoint and flip a byte in the others; their bytes by name."""
+    *older, newest = CheckpointStore(run_dir / "checkpoints").paths()
+    newest.write_bytes(newest.read_bytes()[:100])
+    for path in older:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    return {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+
+
+def test_resume_with_every_checkpoint_damaged_stops_and_keeps_them(tmp_path: Path) -> None:
+    with pytest.raises(Crash):
+        _fit("arrays", tmp_path, callbacks=[CrashAt(2, 3)])
+    damaged = _damage_every_checkpoint(tmp_path)
+    summary = (tmp_path / "summary.json").read_text()
+    with pytest.raises(NoLoadableCheckpointError, match="none of its 2 checkpoint") as caught:
+        _fit("arrays", tmp_path, resume=True)
+    assert all(name in str(caught.value) for name in damaged)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == damaged
+    assert (tmp_path / "summary.json").read_text() == summary  # refused before anything ran
+
+
+def test_resume_allow_fresh_starts_over_keeping_the_damaged_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(Crash):
+        _fit("arrays", tmp_path, callbacks=[CrashAt(2, 3)])
+    damaged = _damage_every_checkpoint(tmp_path)
+    with pytest.warns(RuntimeWarning, match="starting afresh"):
+        resumed = _fit("arrays", tmp_path, resume="allow_fresh")
+    _assert_same(resumed, _fit("arrays"))
+    for name, data in damaged.items():
+        assert (tmp_path / "checkpoints" / f"{name}.unreadable").read_bytes() == data
+
+
+def test_resume_rejects_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match='False, True or "allow_fresh"'):
+        _fit("arrays", None, resume="yes")
 
 
 def test_resume_needs_a_run_dir() -> None:

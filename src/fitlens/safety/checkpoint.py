@@ -59,6 +59,18 @@ class UnsafeCheckpointError(CheckpointError):
     """The payload holds pickled objects other than tensors and plain containers."""
 
 
+class NoLoadableCheckpointError(CheckpointError):
+    """A run directory holds checkpoints, but none of them can be loaded.
+
+    Attributes:
+        failures: ``(path, why)`` for each checkpoint file, newest first.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[Path, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 def _pack(obj: Any) -> Any:
     """Replace NumPy arrays by tensors (tagged) so that ``weights_only`` loading accepts them."""
     if isinstance(obj, np.ndarray):
@@ -225,25 +237,75 @@ class CheckpointStore:
             old.unlink(missing_ok=True)
         return path
 
-    def latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that verifies, or None when there is none.
+    def scan(self) -> tuple[tuple[Path, dict[str, Any]] | None, list[tuple[Path, str]]]:
+        """The newest checkpoint that verifies (or None), and why each newer one failed.
 
-        A damaged newest file is skipped with a warning and the previous good one is used.
-        `UnsafeCheckpointError` is raised, not skipped: a file that carries code is not an
-        accident to work around.
+        Nothing is changed on disk and nothing is warned. `UnsafeCheckpointError` is raised,
+        not skipped: a file that carries code is not an accident to work around.
         """
+        failures: list[tuple[Path, str]] = []
         for path in reversed(self.paths()):
             try:
-                return path, load_checkpoint(path)
-            except CorruptCheckpointError as e:
-                warnings.warn(f"{e} Using the previous checkpoint.", RuntimeWarning, stacklevel=2)
-            except OSError as e:
-                warnings.warn(
-                    f"Cannot read checkpoint {path}: {e}. Using the previous checkpoint.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        return None
+                return (path, load_checkpoint(path)), failures
+            except UnsafeCheckpointError:
+                raise
+            except (CorruptCheckpointError, OSError) as e:
+                failures.append((path, str(e)))
+        return None, failures
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that verifies, or None when there is none (see `scan`)."""
+        return self.scan()[0]
+
+    def resume_from(self, allow_fresh: bool = False) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint a resumed run continues from, or None to start afresh.
+
+        Checkpoint files that cannot be loaded are never deleted: once the run moves past them
+        (an older checkpoint is used, or ``allow_fresh``) they are renamed to
+        ``<name>.unreadable`` (numbered if taken), where no later save deletes them, and a
+        warning names each one and the checkpoint actually used.
+
+        Args:
+            allow_fresh: when checkpoint files exist but none loads, start afresh (with a
+                warning) instead of raising.
+
+        Raises:
+            NoLoadableCheckpointError: checkpoint files exist, none loads, and not
+                ``allow_fresh``. The files are left untouched.
+            UnsafeCheckpointError: see `scan`.
+        """
+        found, failures = self.scan()
+        if not failures:
+            return found
+        listing = "".join(f"\n  {path}: {why}" for path, why in failures)
+        if found is None and not allow_fresh:
+            raise NoLoadableCheckpointError(
+                f"Cannot resume from {self.directory}: none of its {len(failures)} checkpoint "
+                f"file(s) can be loaded:{listing}\nThe files are left as they are. To start "
+                'this run over deliberately, pass resume="allow_fresh" (the unreadable files '
+                "are kept, renamed to *.unreadable), or choose a new run_dir.",
+                failures,
+            )
+        kept = "".join(f"\n  {_set_aside(path)}" for path, _ in failures)
+        used = f"resuming from {found[0]}" if found else 'starting afresh (resume="allow_fresh")'
+        warnings.warn(
+            f"{len(failures)} checkpoint file(s) in {self.directory} cannot be loaded; "
+            f"{used}.{listing}\nThey are kept, renamed to:{kept}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return found
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to a free ``<name>.unreadable[-N]``, which no save lists or deletes."""
+    n = 1
+    while True:
+        aside = path.with_name(f"{path.name}.unreadable" + (f"-{n}" if n > 1 else ""))
+        if not aside.exists() and not aside.is_symlink():
+            path.rename(aside)
+            return aside
+        n += 1
 
 
 @dataclass(frozen=True)

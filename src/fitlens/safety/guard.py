@@ -56,6 +56,7 @@ from fitlens.view.timing import Clock
 
 NonFinitePolicy = Literal["stop", "skip"]
 _POLICIES = ("stop", "skip")
+Resume = bool | Literal["allow_fresh"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -84,7 +85,7 @@ class RunGuard:
         self,
         run_dir: str | Path | None,
         *,
-        resume: bool,
+        resume: Resume,
         checkpointing: Checkpointing | None,
         on_nonfinite: NonFinitePolicy,
         model: torch.nn.Module,
@@ -99,6 +100,10 @@ class RunGuard:
         if on_nonfinite not in _POLICIES:
             raise ValueError(
                 f"Expected `on_nonfinite` to be one of {_POLICIES}. Received: {on_nonfinite!r}."
+            )
+        if not (isinstance(resume, bool) or resume == "allow_fresh"):
+            raise ValueError(
+                f'Expected `resume` to be False, True or "allow_fresh". Received: {resume!r}.'
             )
         if resume and run_dir is None:
             raise ValueError(
@@ -148,7 +153,7 @@ class RunGuard:
         start_epoch = first_epoch
         if self.store is not None and self.resume:
             self.store.remove_temporaries()
-            found = self.store.latest()
+            found = self.store.resume_from(allow_fresh=self.resume == "allow_fresh")
             if found is not None:
                 path, state = found
                 start_epoch = self._restore(state)

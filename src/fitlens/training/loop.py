@@ -26,7 +26,7 @@ from fitlens.adapters.losses import LossFn
 from fitlens.core.estimators import DEFAULT_NOW, Estimator
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
-from fitlens.safety.guard import NonFinitePolicy
+from fitlens.safety.guard import NonFinitePolicy, Resume
 from fitlens.training.callbacks import Callback
 from fitlens.training.setup import Training, check_arguments
 from fitlens.view.progress import Progress
@@ -52,7 +52,7 @@ def fit(
     train_eval: bool | float | int | None = None,
     prefetch: int = 0,
     run_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: Resume = False,
     checkpointing: Checkpointing | None = None,
     on_nonfinite: NonFinitePolicy = "stop",
     initial_epoch: int | None = None,
@@ -95,7 +95,9 @@ def fit(
         run_dir: a directory for the history files, checkpoints and a summary (see
             `fitlens.safety.run_dir`); nothing is written without it.
         resume: continue the run in ``run_dir`` from its last good checkpoint, mid-epoch
-            included (starts afresh when there is none yet).
+            included (starts afresh when there is no checkpoint yet). When checkpoint files
+            exist but none loads, resume stops with an error listing each file and why;
+            ``"allow_fresh"`` starts over instead (the unreadable files are kept, renamed).
         checkpointing: a `Checkpointing` (when to write checkpoints; an LR scheduler to keep);
             default: every 10 minutes and at every epoch end.
         on_nonfinite: ``"stop"`` (raise `NonFiniteError`) or ``"skip"`` the batch (one host

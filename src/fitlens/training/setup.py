@@ -25,7 +25,7 @@ from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
 from fitlens.core.estimators import Estimator
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
-from fitlens.safety.guard import NonFinitePolicy, RunGuard
+from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
@@ -91,7 +91,7 @@ class Training:
         train_eval: bool | float | int | None,
         prefetch: int,
         run_dir: str | Path | None,
-        resume: bool,
+        resume: Resume,
         checkpointing: Checkpointing | None,
         on_nonfinite: NonFinitePolicy,
         initial_epoch: int | None,
