@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import fitlens
-from fitlens.safety import checkpoint as ckpt_module
+from fitlens.core import files as ckpt_module
 from fitlens.safety import run_dir as rundir_module
 
 EPOCHS = 3

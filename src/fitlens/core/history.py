@@ -13,6 +13,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fitlens.core.files import write_atomic
 
 _BASE_COLUMNS: dict[str, Any] = {
     "epoch": np.int32,  # 1-based, as displayed
@@ -115,12 +118,11 @@ class BatchLog:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the rows to ``path`` as CSV with a header line; returns the path."""
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.columns)
-            writer.writerows(self.rows())
-        return path
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(self.columns)
+        writer.writerows(self.rows())
+        return write_atomic(path, buffer.getvalue().encode())
 
 
 class History:
@@ -197,13 +199,12 @@ class History:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write one row per epoch (see `epochs_table`) to ``path``; returns the path."""
-        path = Path(path)
         table = self.epochs_table()
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(table)
-            writer.writerows(zip(*table.values(), strict=True))
-        return path
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(table)
+        writer.writerows(zip(*table.values(), strict=True))
+        return write_atomic(path, buffer.getvalue().encode())
 
     def to_json(self) -> str:
         """The per-epoch table, params and gap decompositions as JSON (NaN written as null)."""

@@ -7,12 +7,13 @@ A checkpoint file is a fixed header followed by a ``torch.save`` payload::
     len(payload)           (8 bytes, little-endian)
     payload                (torch.save of a dict of tensors, numbers, strings, lists, dicts)
 
-Writes are atomic: the bytes go to a temporary file in the same directory, which is flushed and
-fsync'ed, renamed over the final name (``os.replace``), and then the directory itself is
-fsync'ed so that the rename survives a power cut. A reader therefore sees either the old set of
-files or the new one, never a half-written checkpoint under a final name.
+Writes go through `fitlens.core.files.write_atomic`, like every file fitlens writes: a new
+temporary file in the same directory (unpredictable name, created exclusively, never through a
+link), flushed and fsync'ed, renamed over the final name, then the directory fsync'ed. A reader
+sees either the old set of files or the new one, never a half-written checkpoint.
 
-Loads are safe: the checksum is verified first (a truncated or corrupted file raises
+Loads are safe: only regular files are opened (no links, FIFOs or devices), no more bytes are
+read than the header announces, the checksum is verified first (a truncated or corrupted file raises
 `CorruptCheckpointError`), then the payload is read with ``torch.load(weights_only=True)``, which
 only rebuilds tensors and plain containers. A payload that carries any other pickled object is
 refused with `UnsafeCheckpointError`, and nothing in it is executed.
@@ -32,14 +33,17 @@ import io
 import os
 import pickle
 import re
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
+
+from fitlens.core.files import NOFOLLOW, remove_temporaries, write_atomic
 
 MAGIC = b"FITLENS-CKPT-v1\n"
 _HEADER = len(MAGIC) + 32 + 8
@@ -144,44 +148,6 @@ def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
     return _unpack(state)
 
 
-def _write_bytes(f: BinaryIO, data: bytes) -> None:
-    f.write(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return  # directories cannot be opened for fsync on Windows; rename is atomic there
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir).
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` as a checksummed checkpoint, atomically.
 
@@ -194,9 +160,35 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint written by `save_checkpoint` (see `decode` for errors)."""
+    """Read and verify a checkpoint written by `save_checkpoint` (see `decode` for errors).
+
+    Only a regular file is read, and no more of it than its header announces: a symbolic link,
+    a FIFO or a device (``/dev/zero``) is refused with `CorruptCheckpointError` before anything
+    is read, and a file whose size differs from its header's is refused unread.
+    """
     path = Path(path)
-    return decode(path.read_bytes(), source=str(path))
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if path.is_symlink():
+            raise CorruptCheckpointError(
+                f"{path} is a symbolic link; fitlens writes checkpoints as regular files and "
+                "does not follow links."
+            ) from e
+        raise
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptCheckpointError(f"{path} is not a regular file; not a checkpoint.")
+        header = f.read(_HEADER)
+        length = struct.unpack("<Q", header[-8:])[0] if len(header) == _HEADER else -1
+        if header.startswith(MAGIC) and info.st_size != _HEADER + length:
+            raise CorruptCheckpointError(
+                f"{path} is truncated or corrupted: {info.st_size} bytes, its header says "
+                f"{_HEADER + length}."
+            )
+        data = header + f.read(length) if header.startswith(MAGIC) else header
+    return decode(data, source=str(path))
 
 
 class CheckpointStore:
@@ -224,7 +216,8 @@ class CheckpointStore:
     def remove_temporaries(self) -> None:
         """Delete temporary files left by a write that was killed."""
         if self.directory.is_dir():
-            for p in self.directory.glob(".ckpt-*.tmp-*"):
+            remove_temporaries(self.directory)
+            for p in self.directory.glob(".ckpt-*.tmp-*"):  # names written by earlier versions
                 p.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any]) -> Path:

@@ -31,8 +31,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from fitlens.core.files import open_append, write_atomic
 from fitlens.core.history import History
-from fitlens.safety.checkpoint import write_atomic
 
 BATCHES_CSV = "batches.csv"
 EPOCHS_CSV = "epochs.csv"
@@ -95,7 +95,7 @@ class RunDir:
         self._epochs_written = len(history.epoch)
         for name in (BATCHES_CSV, EPOCHS_CSV, JSONL):
             # Kept open for the whole run (appended at every refresh); closed by `close`.
-            self._files[name] = open(self.path / name, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self._files[name] = open_append(self.path / name)
 
     def append(self, history: History) -> None:
         """Append the batch and epoch rows recorded since the last call, and flush."""
