@@ -17,10 +17,14 @@ Non-finite values (``on_nonfinite``):
   interval (0.1 s by default) after the first non-finite step, with `NonFiniteError` naming the
   epoch, the step and the metric. The parameters are also checked before every checkpoint, so
   NaN weights never become the latest checkpoint: the last good one stays the latest.
-* ``"skip"``: the decision must precede ``optimizer.step()``, so the loss is read on the host
-  every step (one sync per step: free on CPU, a pipeline stall on a GPU). The step is skipped
-  entirely (no update, no optimizer-state change, not recorded in the history; its position is
-  listed in ``history.params["skipped_batches"]``). A device-side mask was rejected: zeroing the
+  On stopping, the model and optimizer in memory are put back to the latest good checkpoint
+  (the error says so, or that there was none to restore).
+* ``"skip"``: the decision must precede ``optimizer.step()``, so after the backward pass the
+  loss and every gradient are checked in one fused check read on the host (one sync per step:
+  free on CPU, a pipeline stall on a GPU). The step is skipped entirely (no update, no
+  optimizer-state change, the buffers the forward pass changed put back, not recorded in the
+  history; its position is listed in ``history.params["skipped_batches"]``). More than
+  ``max_skipped`` of an epoch's steps skipped, or all of them, stops with `NonFiniteError`. A device-side mask was rejected: zeroing the
   gradients still advances Adam's moments and step count and applies weight decay, so it is not
   a true skip, and keeping a copy of every parameter to roll back doubles the model's memory.
 """
@@ -43,6 +47,7 @@ from fitlens.adapters.data import BatchSource
 from fitlens.adapters.rng import capture_rng
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import (
+    CheckpointError,
     Checkpointing,
     CheckpointStore,
     UnsafeCheckpointError,
@@ -89,6 +94,7 @@ class RunGuard:
         checkpointing: Checkpointing | None,
         on_nonfinite: NonFinitePolicy,
         model: torch.nn.Module,
+        max_skipped: float = 0.1,
         optimizer: torch.optim.Optimizer,
         history: History,
         lens: Lens,
@@ -105,6 +111,15 @@ class RunGuard:
             raise ValueError(
                 f'Expected `resume` to be False, True or "allow_fresh". Received: {resume!r}.'
             )
+        if (
+            isinstance(max_skipped, bool)
+            or not isinstance(max_skipped, int | float)
+            or not 0 <= max_skipped <= 1
+        ):
+            raise ValueError(
+                "Expected `max_skipped` to be a fraction of an epoch's steps in [0, 1]. "
+                f"Received: {max_skipped!r}."
+            )
         if resume and run_dir is None:
             raise ValueError(
                 "`resume=True` needs the `run_dir` of the run to continue: "
@@ -116,6 +131,7 @@ class RunGuard:
                 f"{type(checkpointing).__name__}."
             )
         self.policy = on_nonfinite
+        self.max_skipped = float(max_skipped)
         self.config = checkpointing or Checkpointing()
         self.model, self.optimizer, self.history = model, optimizer, history
         self.lens, self.source, self.clock = lens, source, clock
@@ -222,13 +238,41 @@ class RunGuard:
         return self.source.epoch(), 0
 
     def skips(self, step: int, loss: torch.Tensor) -> bool:
-        """True when ``on_nonfinite="skip"`` and this step's loss is not finite (1-based step)."""
-        if self.policy != "skip" or math.isfinite(loss.item()):  # host sync: "skip" only
+        """True when ``on_nonfinite="skip"`` and this step's loss or a gradient is not finite
+        (1-based step; called after the backward pass).
+
+        Raises:
+            NonFiniteError: the epoch's skipped steps exceed ``max_skipped`` of its steps.
+        """
+        if self.policy != "skip":
             return False
-        self.skipped.append([self.lens.epoch + 1, step])
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        checks = [torch.isfinite(loss).all(), *(torch.isfinite(g).all() for g in grads)]
+        if bool(torch.stack(checks).all()):  # the one host sync per step of "skip"
+            return False
+        epoch = self.lens.epoch + 1
+        self.skipped.append([epoch, step])
         self.history.params["skipped_batches"] = self.skipped
         self.optimizer.zero_grad(set_to_none=True)
+        what = "loss" if not math.isfinite(loss.item()) else "gradient"
+        self._check_skipped(epoch, self.source.steps, what, step)
         return True
+
+    def _check_skipped(self, epoch: int, steps: int | None, what: str, step: int | None) -> None:
+        """Stop when 1-based ``epoch`` skipped more than ``max_skipped`` of its ``steps`` (or
+        all of them), as far as they are known."""
+        n = sum(1 for e, _ in self.skipped if e == epoch)
+        if not steps or (n <= self.max_skipped * steps and n < steps):
+            return
+        raise NonFiniteError(
+            f"{n} of the {steps} steps of epoch {epoch} were skipped for a non-finite "
+            f"{what}, more than max_skipped={self.max_skipped:g} of an epoch allows; training "
+            f'stopped (on_nonfinite="skip"). Skipped: {self.skipped}. {self._last_good()}',
+            epoch,
+            step,
+            what,
+            self.last_checkpoint,
+        )
 
     def on_refresh(self) -> None:
         """After a display refresh (the lens was just flushed): check values, append history."""
@@ -253,6 +297,8 @@ class RunGuard:
 
     def on_epoch_end(self, epoch: int) -> None:
         """After the epoch is recorded: append history, checkpoint the start of the next epoch."""
+        if self.policy == "skip":  # steps may only be known now (data without a length)
+            self._check_skipped(epoch + 1, self.lens.step, "loss or gradient", None)
         if self.rundir is not None:
             self.rundir.append(self.history)
         self._check_rows()  # the loop flushed at epoch end: the last steps are on the host
@@ -270,8 +316,8 @@ class RunGuard:
         self._check_rows()
         if not _parameters_finite(self.model):
             raise NonFiniteError(
-                f"The model's parameters became NaN or infinite in epoch {self.lens.epoch + 1} "
-                f"(found before writing a checkpoint). {self._where_good()}",
+                f"The model's parameters or buffers became NaN or infinite in epoch "
+                f"{self.lens.epoch + 1} (found before writing a checkpoint). {self._last_good()}",
                 self.lens.epoch + 1,
                 None,
                 "parameters",
@@ -343,19 +389,32 @@ class RunGuard:
         value = float(batches[first[1]][row])
         raise NonFiniteError(
             f"`{first[1]}` became {value} at epoch {epoch}, step {step}; training stopped "
-            f'(on_nonfinite="stop"). {self._where_good()}',
+            f'(on_nonfinite="stop"). {self._last_good()}',
             epoch,
             step,
             first[1],
             self.last_checkpoint,
         )
 
-    def _where_good(self) -> str:
+    def _last_good(self) -> str:
+        """Put the model and optimizer in memory back to the latest good checkpoint, if any;
+        say which, or that the model in memory still holds the non-finite state."""
         if self.last_checkpoint is None:
-            return "No checkpoint was written before it (pass `run_dir=` to keep some)."
+            why = "pass `run_dir=` to keep some" if self.store is None else "none was due yet"
+            return (
+                f"No checkpoint was written before it ({why}), so the model in memory was NOT "
+                "restored: it holds the weights of the failing step."
+            )
+        try:
+            state = load_checkpoint(self.last_checkpoint)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            restored = "The model and optimizer in memory were restored to it."
+        except (CheckpointError, OSError, RuntimeError) as e:
+            restored = f"The model in memory was NOT restored (reading it failed: {e})."
         return (
-            f"The latest good checkpoint, {self.last_checkpoint}, is kept; lower the learning "
-            f"rate or clip gradients, then resume with {self.resume_hint()}."
+            f"The latest good checkpoint, {self.last_checkpoint}, is kept. {restored} Lower the "
+            f"learning rate or clip gradients, then resume with {self.resume_hint()}."
         )
 
     def resume_hint(self) -> str:
@@ -433,5 +492,6 @@ class RunGuard:
 
 
 def _parameters_finite(model: torch.nn.Module) -> bool:
-    flags = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    tensors = [*model.parameters(), *model.buffers()]
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True  # one host sync

@@ -55,6 +55,7 @@ def fit(
     resume: Resume = False,
     checkpointing: Checkpointing | None = None,
     on_nonfinite: NonFinitePolicy = "stop",
+    max_skipped: float = 0.1,
     initial_epoch: int | None = None,
     history: History | None = None,
     clock: Clock | None = None,
@@ -100,8 +101,12 @@ def fit(
             ``"allow_fresh"`` starts over instead (the unreadable files are kept, renamed).
         checkpointing: a `Checkpointing` (when to write checkpoints; an LR scheduler to keep);
             default: every 10 minutes and at every epoch end.
-        on_nonfinite: ``"stop"`` (raise `NonFiniteError`) or ``"skip"`` the batch (one host
-            sync per step); see `fitlens.safety.guard`.
+        on_nonfinite: ``"stop"`` (raise `NonFiniteError`; the model in memory is put back to
+            the latest good checkpoint when there is one) or ``"skip"`` a batch whose loss or
+            gradients are not finite, as if it had never been seen, batch-norm statistics
+            included (one host sync per step); see `fitlens.safety.guard`.
+        max_skipped: with ``"skip"``: the largest fraction of an epoch's steps that may be
+            skipped (default 0.1); more, or a whole epoch, raises `NonFiniteError`.
         initial_epoch: as in Keras: run epochs ``initial_epoch`` to ``epochs - 1`` (0-based).
         history: the `History` an earlier call returned: this call continues that run (epochs
             numbered on, rows appended, the now estimates and the pending forecast carried

@@ -30,8 +30,10 @@ class TrainStep:
     Args:
         model, loss_fn, optimizer, metrics: as `fit` resolved them.
         lens: receives the step's values.
-        skips: with ``on_nonfinite="skip"``: ``skips(loss)`` is True when the step must leave
-            no trace (it then also clears the gradients); None otherwise.
+        skips: with ``on_nonfinite="skip"``: ``skips(loss)``, called after the backward pass,
+            is True when the step must leave no trace (it then also clears the gradients; the
+            step puts back the buffers, such as batch-norm statistics, that the forward pass
+            updated); None otherwise.
     """
 
     def __init__(
@@ -48,20 +50,37 @@ class TrainStep:
         self.run: Callable[[Any, Any], None] = self._first
 
     def _first(self, x: Any, y: Any) -> None:
+        saved = self._buffers()
         outputs = _first_forward(self.model, x)
         loss_value = _first_loss(self.loss_fn, outputs, y)
         configure_from_outputs(self.metrics, outputs)
-        self.run = self._step
-        self._update(outputs, loss_value, y)
+        self.run = self._step if self.skips is None else self._skippable_step
+        self._update(outputs, loss_value, y, saved)
 
     def _step(self, x: Any, y: Any) -> None:
         outputs = forward(self.model, x)
-        self._update(outputs, self.loss_fn(outputs, y), y)
+        self._update(outputs, self.loss_fn(outputs, y), y, [])
 
-    def _update(self, outputs: Any, loss_value: torch.Tensor, y: Any) -> None:
+    def _skippable_step(self, x: Any, y: Any) -> None:
+        saved = self._buffers()  # the forward pass updates them before the loss is known
+        outputs = forward(self.model, x)
+        self._update(outputs, self.loss_fn(outputs, y), y, saved)
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """Copies of the model's buffers under ``on_nonfinite="skip"`` (none otherwise)."""
+        if self.skips is None:
+            return []
+        return [b.detach().clone() for b in self.model.buffers()]
+
+    def _update(
+        self, outputs: Any, loss_value: torch.Tensor, y: Any, saved: list[torch.Tensor]
+    ) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
+            with torch.no_grad():
+                for buffer, before in zip(self.model.buffers(), saved, strict=True):
+                    buffer.copy_(before)
             self.lens.skip()
             return
         self.optimizer.step()
