@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,12 @@ import torch
 
 import fitlens
 from fitlens import Checkpointing, TrainingInterrupted
-from fitlens.safety.checkpoint import CheckpointStore, NoLoadableCheckpointError
+from fitlens.safety.checkpoint import (
+    CheckpointStore,
+    NoLoadableCheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 class Crash(RuntimeError):
@@ -188,7 +194,7 @@ def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path: Path)
 
 def test_resume_with_other_metrics_is_refused(tmp_path: Path) -> None:
     _fit("arrays", tmp_path)
-    with pytest.raises(ValueError, match="Pass the same `metrics`"):
+    with pytest.raises(ValueError, match=r"metrics: \['loss'\], the checkpoint tracks"):
         fitlens.fit(
             _model(), _xy(), loss="cross_entropy", optimizer="adam", verbose=0,
             run_dir=tmp_path, resume=True,
@@ -298,3 +304,87 @@ def test_generator_factory_must_return_an_iterator() -> None:
         fitlens.fit(
             _model(), lambda: [1, 2], loss="mse", optimizer="sgd", steps_per_epoch=2, verbose=0
         )
+
+
+def _crashed_run(run_dir: Path) -> None:
+    """A run of `_fit` (Adam, 60 samples as arrays, 3 epochs) that crashed in epoch 2."""
+    with pytest.raises(Crash):
+        _fit("arrays", run_dir, callbacks=[CrashAt(1, 3)])
+
+
+def _resume_differently(run_dir: Path, model: Any = None, **changes: Any) -> Any:
+    x, y = _xy()
+    kwargs: dict[str, Any] = {
+        "loss": "cross_entropy", "optimizer": "adam", "metrics": ["accuracy"], "epochs": 3,
+        "batch_size": 10, "validation_data": _xy(), "verbose": 0, "run_dir": run_dir,
+        "resume": True, "train": (x, y), **changes,
+    }  # fmt: skip
+    model = model if model is not None else _model()
+    if callable(kwargs["optimizer"]):
+        kwargs["optimizer"] = kwargs["optimizer"](model)
+    train = kwargs.pop("train")
+    return fitlens.fit(model, train, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"optimizer": "sgd"}, "optimizer: SGD, the checkpoint's is Adam"),
+        ({"optimizer": "rmsprop"}, "optimizer: RMSprop, the checkpoint's is Adam"),
+        ({"optimizer": "adamw"}, "optimizer: AdamW, the checkpoint's is Adam"),
+        (
+            {"optimizer": lambda m: torch.optim.Adam(m.parameters(), lr=0.01)},
+            "hyper-parameter 'lr' (group 0): 0.01, the checkpoint's run started with 0.001",
+        ),
+        ({"train": (_xy()[0][:59], _xy()[1][:59])}, "training samples: 59, the checkpoint's: 60"),
+        (
+            {"train": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_xy()), 10)},
+            "training data: DataLoader, the checkpoint's: ArrayData",
+        ),
+        ({"epochs": 1}, "this call ends after epoch 1, but the checkpoint is already at epoch 2"),
+    ],
+)
+def test_a_resume_that_differs_from_the_checkpoint_is_refused_before_training(
+    tmp_path: Path, changes: dict[str, Any], expected: str
+) -> None:
+    _crashed_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        _resume_differently(tmp_path, **changes)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
+
+
+def test_every_difference_is_listed_in_one_error(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    torch.manual_seed(1)
+    wider = torch.nn.Sequential(
+        torch.nn.Linear(5, 9), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(9, 2)
+    )
+    with pytest.raises(ValueError) as caught:
+        _resume_differently(tmp_path, model=wider, optimizer="sgd", epochs=1)
+    message = str(caught.value)
+    for part in (
+        "model: 0.weight has shape [9, 5], the checkpoint's has [8, 5]",
+        "model: 3.weight has shape [2, 9], the checkpoint's has [2, 8]",
+        "optimizer: SGD",
+        "this call ends after epoch 1",
+    ):
+        assert part in message
+
+
+def test_more_epochs_than_the_run_began_with_continue_with_a_warning(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    with pytest.warns(RuntimeWarning, match="the run was started for 3, this call runs to 4"):
+        history = _resume_differently(tmp_path, epochs=4)
+    assert history.epoch == [0, 1, 2, 3]
+
+
+def test_a_checkpoint_without_the_keys_fit_writes_is_refused_by_name(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    for path in store.paths():
+        state = load_checkpoint(path)
+        del state["params"]
+        save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"it lacks \['params'\]"):
+        _resume_differently(tmp_path)

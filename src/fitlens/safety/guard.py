@@ -53,6 +53,7 @@ from fitlens.safety.checkpoint import (
     UnsafeCheckpointError,
     load_checkpoint,
 )
+from fitlens.safety.identity import compare, describe
 from fitlens.safety.position import DataPosition
 from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
@@ -62,6 +63,8 @@ from fitlens.view.timing import Clock
 NonFinitePolicy = Literal["stop", "skip"]
 _POLICIES = ("stop", "skip")
 Resume = bool | Literal["allow_fresh"]
+# What every checkpoint `fit` writes holds (besides "lens", checked first for its own message).
+_REQUIRED = ("position", "model", "optimizer", "params", "history", "rng", "epoch_start")
 
 
 class NonFiniteError(FloatingPointError):
@@ -147,6 +150,8 @@ class RunGuard:
                 "continue it, or choose a new `run_dir`."
             )
         self.resume = resume
+        # What the checkpoints belong to, as this call sets the run up (before any restore).
+        self.identity = describe(model, optimizer, source, history.params)
         self.position = DataPosition(source)
         self.guard = InterruptGuard()
         self.pending_resume: dict[str, Any] | None = None
@@ -172,7 +177,7 @@ class RunGuard:
             found = self.store.resume_from(allow_fresh=self.resume == "allow_fresh")
             if found is not None:
                 path, state = found
-                start_epoch = self._restore(state)
+                start_epoch = self._restore(path, state)
                 self.resumed_from = str(path)
                 self.last_checkpoint = path
         self.checked_rows = len(self.history.batches)
@@ -184,13 +189,22 @@ class RunGuard:
         self.guard.__enter__()
         return start_epoch
 
-    def _restore(self, state: dict[str, Any]) -> int:
+    def _restore(self, path: Path, state: dict[str, Any]) -> int:
         if "lens" not in state:  # "recorder": before the estimators moved into the lens
             raise ValueError(
                 f"{self.resume_hint()} found a checkpoint written by an earlier fitlens version, "
                 "whose estimator state this version cannot read. Finish that run with the "
                 "version that started it, or start a new `run_dir`."
             )
+        missing = [k for k in _REQUIRED if k not in state]
+        if missing:
+            raise ValueError(
+                f"Cannot resume from {path}: it lacks {missing}, which every checkpoint that "
+                "fitlens.fit writes holds; it was written by something else. Start a new "
+                '`run_dir`, or resume="allow_fresh" after moving the file away.'
+            )
+        if "identity" in state:  # checkpoints written before it are resumed as before
+            self._compare_identity(path, json.loads(state["identity"]), state["position"])
         saved_params = json.loads(state["params"])
         if saved_params.get("metrics") != self.history.params.get("metrics"):
             raise ValueError(
@@ -222,6 +236,31 @@ class RunGuard:
         self.global_step = int(pos["global_step"])
         self.pending_resume = state
         return int(pos["epoch"])
+
+    def _compare_identity(self, path: Path, saved: dict[str, Any], position: Any) -> None:
+        """One error listing every difference that makes the resume wrong; a warning for those
+        where continuing is sound. Afterwards the run keeps the identity it began with."""
+        errors, notes = compare(saved, self.identity, (position["epoch"], position["step"]))
+        if errors:
+            listing = "".join(f"\n  - {e}" for e in errors)
+            raise ValueError(
+                f"Cannot resume from {path}: this call differs from the run that wrote it:"
+                f"{listing}\nPass the same model, optimizer (class and settings), training data, "
+                "metrics and enough epochs, or start a new `run_dir`. To change the learning "
+                "rate of the resumed run on purpose, set it in a callback's on_train_begin "
+                "(it runs after the checkpoint is restored)."
+            )
+        if notes:
+            warnings.warn(
+                f"Resuming from {path} with: " + "; ".join(notes) + ".",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self.identity = {
+            **saved,
+            "epochs": self.identity["epochs"],
+            "fitlens": self.identity["fitlens"],
+        }
 
     # -- per epoch and per step -------------------------------------------------------------
 
@@ -363,6 +402,7 @@ class RunGuard:
             "lens": self.lens.state_dict(),
             "history": self.history.state_dict(),
             "params": json.dumps(self.history.params, default=str),
+            "identity": json.dumps(self.identity),
             "skipped": self.skipped,
             "rng": capture_rng(),
             "epoch_start": self.position.state_dict(),
