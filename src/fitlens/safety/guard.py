@@ -55,7 +55,13 @@ from fitlens.safety.checkpoint import (
 )
 from fitlens.safety.identity import compare, describe
 from fitlens.safety.position import DataPosition
-from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
+from fitlens.safety.run_dir import (
+    RunDir,
+    RunLock,
+    finish_summary,
+    prepare_run_dir,
+    start_summary,
+)
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
 from fitlens.view.lens import Lens
 from fitlens.view.timing import Clock
@@ -140,7 +146,10 @@ class RunGuard:
         self.lens, self.source, self.clock = lens, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
         self.parts = dict(parts or {})  # other objects with state_dict/load_state_dict
-        self.rundir = RunDir(run_dir) if run_dir is not None else None
+        self.rundir = None
+        if run_dir is not None:  # checked and created now: one clear error, before any step
+            self.rundir = RunDir(prepare_run_dir(run_dir, _two_checkpoints(model)))
+        self.lock = RunLock(self.rundir.path) if self.rundir is not None else None
         self.store = (
             CheckpointStore(self.rundir.checkpoints, self.config.keep) if self.rundir else None
         )
@@ -160,6 +169,8 @@ class RunGuard:
         self.saved_at: tuple[int, int] | None = None
         self.checkpoint_seconds = 0.0
         self.checkpoints_written = 0
+        self.checkpoints_failed = 0
+        self.saved_step = 0  # global step of the latest checkpoint
         self.global_step = 0
         self.checked_rows = 0
         self.skipped: list[list[int]] = []
@@ -171,6 +182,16 @@ class RunGuard:
     def begin(self, first_epoch: int = 0) -> int:
         """Restore the last good checkpoint when resuming; return the 0-based epoch to start at
         (the checkpoint's, else ``first_epoch``)."""
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            return self._begin(first_epoch)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _begin(self, first_epoch: int) -> int:
         start_epoch = first_epoch
         if self.store is not None and self.resume:
             self.store.remove_temporaries()
@@ -180,6 +201,7 @@ class RunGuard:
                 start_epoch = self._restore(path, state)
                 self.resumed_from = str(path)
                 self.last_checkpoint = path
+                self.saved_step = self.global_step
         self.checked_rows = len(self.history.batches)
         if self.rundir is not None:
             self.rundir.start(self.history)
@@ -367,9 +389,11 @@ class RunGuard:
         try:
             path = self.store.save(self._state(epoch, step))
         except OSError as e:
+            self.checkpoints_failed += 1
             warnings.warn(
                 f"Could not write a checkpoint to {self.store.directory}: {e}. Training goes "
-                f"on; the latest good checkpoint is still {self.last_checkpoint}.",
+                f"on; the latest good checkpoint is still {self.last_checkpoint} "
+                f"({self.global_step - self.saved_step} steps old).",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -387,6 +411,7 @@ class RunGuard:
         self.checkpoint_seconds += self.clock() - started
         self.checkpoints_written += 1
         self.last_checkpoint, self.saved_at = path, (epoch, step)
+        self.saved_step = self.global_step
         return path
 
     def _state(self, epoch: int, step: int) -> dict[str, Any]:
@@ -499,6 +524,16 @@ class RunGuard:
             self.lens.flush()
         self.rundir.append(self.history)
         self.rundir.close()
+        if self.lock is not None:
+            self.lock.release()
+        old = self.global_step - self.saved_step
+        if self.checkpoints_failed:
+            print(
+                f"fitlens: {self.checkpoints_failed} checkpoint write(s) failed this session; "
+                f"the latest checkpoint, {self.last_checkpoint}, is {old} steps old.",
+                file=sys.stderr,
+                flush=True,
+            )
         status = "completed"
         if isinstance(error, TrainingInterrupted):
             status = "interrupted"
@@ -510,6 +545,8 @@ class RunGuard:
             "session_seconds": self.clock() - self.started,
             "checkpoints": {
                 "written_this_session": self.checkpoints_written,
+                "failed_this_session": self.checkpoints_failed,
+                "steps_since_latest": old,
                 "seconds_this_session": self.checkpoint_seconds,
                 "latest": str(self.last_checkpoint) if self.last_checkpoint else None,
             },
@@ -535,3 +572,12 @@ def _parameters_finite(model: torch.nn.Module) -> bool:
     tensors = [*model.parameters(), *model.buffers()]
     flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True  # one host sync
+
+
+def _two_checkpoints(model: torch.nn.Module) -> int:
+    """Bytes two checkpoints need, estimated before the optimizer has any state: the model's
+    state plus two optimizer tensors per parameter (Adam's moments; most optimizers keep at
+    most that), twice."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 2 * (state + 2 * params)
