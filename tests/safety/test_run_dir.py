@@ -231,3 +231,39 @@ def test_failed_checkpoint_writes_are_counted_and_the_last_line_says_how_old(
     assert checkpoints["steps_since_latest"] == 16
     err = capsys.readouterr().err
     assert "2 checkpoint write(s) failed" in err and "is 16 steps old" in err
+
+
+@pytest.mark.parametrize(
+    "name", ["accuracy_now", "val_loss", "train_eval_accuracy", "lr", "type", "step", "values"]
+)
+def test_metric_names_that_clash_with_fitlens_keys_are_refused(name: str) -> None:
+    def metric(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(1) == targets).float().mean()
+
+    with pytest.raises(ValueError, match=r"Reserved: \*_now, val_\*, train_eval_\*") as caught:
+        fitlens.fit(torch.nn.Linear(3, 2), _xy(), loss="cross_entropy", optimizer="sgd",
+                    metrics={name: metric}, verbose=0)  # fmt: skip
+    assert repr(name) in str(caught.value)
+
+
+def test_history_jsonl_nests_metric_values_under_their_own_key(tmp_path: Path) -> None:
+    history = _fit(tmp_path)
+    first = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"type", "epoch", "step", "size", "step_time", "data_time", "values"}
+    assert set(first["values"]) == {"loss", "accuracy"}
+    assert first["values"]["loss"] == history.batches["loss"][0]
+
+
+def test_read_history_still_reads_the_flat_records_of_earlier_versions(tmp_path: Path) -> None:
+    history = _fit(tmp_path)
+    lines = (tmp_path / "history.jsonl").read_text().splitlines(keepends=True)
+    flat = []
+    for line in lines:
+        record = json.loads(line)
+        record.update(record.pop("values", {}))
+        flat.append(json.dumps(record) + "\n")
+    (tmp_path / "history.jsonl").write_text("".join(flat))
+    again = read_history(tmp_path)
+    assert again.history == history.history
+    for col in history.batches.columns:
+        np.testing.assert_array_equal(again.batches[col], history.batches[col].astype(float))

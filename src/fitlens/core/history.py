@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,43 @@ _BASE_COLUMNS: dict[str, Any] = {
     "step_time": np.float32,  # seconds from batch ready to step done (host time; see loop docs)
     "data_time": np.float32,  # seconds waiting for the batch (loading and moving to device)
 }
+
+
+BASE_COLUMNS = tuple(_BASE_COLUMNS)  # the batch log's own columns, before the metrics'
+# Keys of fitlens's own: the batch log's columns, the record keys of history.jsonl, the
+# learning rate. With the forms below, a metric may not take these names.
+RESERVED_NAMES = ("lr", "type", "values", "logs", "timing", *_BASE_COLUMNS)
+RESERVED_FORMS = ("*_now", "val_*", "train_eval_*")
+
+
+def check_metric_names(names: Iterable[str]) -> None:
+    """Refuse metric names that clash with keys fitlens makes itself.
+
+    Raises:
+        ValueError: a name ends in ``_now``, starts with ``val_`` or ``train_eval_``, or is one
+            of `RESERVED_NAMES`; the message lists the reserved forms.
+    """
+    for name in names:
+        if (
+            name.endswith("_now")
+            or name.startswith(("val_", "train_eval_"))
+            or (name in RESERVED_NAMES)
+        ):
+            raise ValueError(
+                f"Metric name {name!r} clashes with a key fitlens writes itself. Reserved: "
+                f"{', '.join(RESERVED_FORMS)} and {', '.join(RESERVED_NAMES)}. Pass a dict "
+                "{name: metric} to give it another name."
+            )
+
+
+def flat_batch_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``history.jsonl`` batch record (its ``"type"`` removed) as ``{column: value}``.
+
+    Records nest the metric values under ``"values"``; records written before they did hold
+    them at the top level, and are returned as they are.
+    """
+    values = record.pop("values", None)
+    return {**record, **values} if isinstance(values, dict) else record
 
 
 class BatchLog:

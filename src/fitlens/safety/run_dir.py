@@ -5,7 +5,9 @@ Layout of ``run_dir``::
     batches.csv      one row per training batch (History.batches columns), appended at every
                      display refresh; ``pandas.read_csv`` reads it while training runs
     epochs.csv       one row per epoch (History.epochs_table), appended at every epoch end
-    history.jsonl    the same rows as JSON Lines: {"type": "batch", ...} and
+    history.jsonl    the same rows as JSON Lines: {"type": "batch", "epoch": 1, "step": 1, ...,
+                     "values": {"loss": ...}} (earlier versions did not nest the values; both
+                     forms are read) and
                      {"type": "epoch", "epoch": 1, "logs": {...}, "timing": {...}}; NaN is null
     summary.json     config, versions, timings, final metrics and status (replaced atomically)
     checkpoints/     ckpt-00000001.pt, ... (see fitlens.safety.checkpoint)
@@ -36,7 +38,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from fitlens.core.files import NOFOLLOW, open_append, write_atomic
-from fitlens.core.history import History
+from fitlens.core.history import BASE_COLUMNS, History, flat_batch_record
 
 BATCHES_CSV = "batches.csv"
 EPOCHS_CSV = "epochs.csv"
@@ -356,7 +358,9 @@ def _deep_clean(obj: Any) -> Any:
 
 
 def _batch_json(columns: list[str], row: list[Any]) -> str:
-    record = {"type": "batch", **{c: _clean(v) for c, v in zip(columns, row, strict=True)}}
+    record: dict[str, Any] = {"type": "batch", "values": {}}
+    for c, v in zip(columns, row, strict=True):  # the metrics nested: no clash with our keys
+        (record if c in BASE_COLUMNS else record["values"])[c] = _clean(v)
     return json.dumps(record) + "\n"
 
 
@@ -391,7 +395,10 @@ def read_history(run_dir: str | Path) -> History:
             if not line.endswith("\n"):
                 break  # torn last line
             record = json.loads(line)
-            (batch_rows if record.pop("type") == "batch" else epochs).append(record)
+            if record.pop("type") == "batch":
+                batch_rows.append(flat_batch_record(record))
+            else:
+                epochs.append(record)
     base = {"epoch", "step", "size", "step_time", "data_time"}
     names = [k for k in batch_rows[0] if k not in base] if batch_rows else []
     history = History(names)

@@ -23,7 +23,7 @@ from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
 from fitlens.core.estimators import Estimator
-from fitlens.core.history import History
+from fitlens.core.history import History, check_metric_names
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
@@ -104,6 +104,7 @@ class Training:
         progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
         _, self.loss_fn = resolve_loss(loss)
         self.metrics = resolve_metrics(metrics, reserved=("loss",))
+        check_metric_names(m.name for m in self.metrics)
         self.device = dev = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(dev)
         for m in self.metrics:
