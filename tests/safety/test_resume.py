@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,9 +244,41 @@ def test_sigterm_without_run_dir_stops_and_says_nothing_was_saved(
         def on_batch_end(self, step: int, logs: Any) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(TrainingInterrupted, match="Nothing was saved"):
+    with pytest.raises(TrainingInterrupted, match="SIGTERM received"):
         _fit("arrays", callbacks=[Term()])
-    assert "SIGTERM received; stopped at epoch 1, step 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SIGTERM received; stopped at epoch 1, step 1" in err and "Nothing was saved" in err
+
+
+def test_a_second_ctrl_c_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    class CtrlCTwice(fitlens.Callback):
+        def on_batch_end(self, step: int, logs: Any) -> None:
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # the second stops at once
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit("arrays", tmp_path, callbacks=[CtrlCTwice()])
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+_SIGTERM_SCRIPT = """
+import os, signal, torch, fitlens
+class Term(fitlens.Callback):
+    def on_batch_end(self, step, logs):
+        os.kill(os.getpid(), signal.SIGTERM)
+x = torch.randn(20, 3)
+fitlens.fit(torch.nn.Linear(3, 2), (x, (x[:, 0] > 0).long()), loss="cross_entropy",
+            optimizer="sgd", batch_size=10, verbose=0, callbacks=[Term()], run_dir={run_dir!r})
+"""
+
+
+def test_the_sigterm_message_is_printed_once(tmp_path: Path) -> None:
+    script = _SIGTERM_SCRIPT.format(run_dir=str(tmp_path / "run"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.count("stopped at epoch 1, step 1") == 1, done.stderr
+    assert done.stderr.count("resume=True") == 2  # the call to make, and the example command
 
 
 def test_lr_scheduler_state_is_checkpointed_and_restored(tmp_path: Path) -> None:

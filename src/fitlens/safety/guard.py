@@ -512,7 +512,8 @@ class RunGuard:
                 f"Resume with {hint}\n(e.g. {again})."
             )
         print(message, file=sys.stderr, flush=True)
-        raise TrainingInterrupted(message, name, path, hint)
+        # The message is printed once, above; the traceback of an uncaught stop only names it.
+        raise TrainingInterrupted(f"{name} received (see the message above)", name, path, hint)
 
     def close(self, error: BaseException | None) -> None:
         """Restore signal handlers, append the last history rows and write the summary."""
@@ -535,7 +536,7 @@ class RunGuard:
                 flush=True,
             )
         status = "completed"
-        if isinstance(error, TrainingInterrupted):
+        if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C's plain one included
             status = "interrupted"
         elif isinstance(error, NonFiniteError):
             status = "nonfinite"
