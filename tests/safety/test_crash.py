@@ -120,14 +120,17 @@ def test_sigterm_checkpoints_the_current_step_and_exits_nonzero(
     _assert_identical(_result(tmp_path), references["arrays"])
 
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(
     ctx: Any, references: dict[str, Any], tmp_path: Path
 ) -> None:
     assert _run(ctx, tmp_path, "loader", ("step", 15)) == -signal.SIGKILL
-    newest = CheckpointStore(tmp_path / "checkpoints").paths()[-1]
-    data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    newest.write_bytes(bytes(data))
+    _flip_a_byte(CheckpointStore(tmp_path / "checkpoints").paths()[-1])
     assert _run(ctx, tmp_path, "loader", resume=True) == 0
     result = _result(tmp_path)
     assert any("checksum does not match" in w for w in result["warnings"])
@@ -167,10 +170,8 @@ def test_every_checkpoint_damaged_after_sigkill_stops_the_resume_and_loses_nothi
     assert _run(ctx, tmp_path, "arrays", ("step", 15)) == -signal.SIGKILL
     *older, newest = CheckpointStore(tmp_path / "checkpoints").paths()
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
-    for path in older:  # a flipped byte
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
+    for path in older:
+        _flip_a_byte(path)
     damaged = _files(tmp_path / "checkpoints")
     assert _run(ctx, tmp_path, "arrays", resume=True) == 1  # NoLoadableCheckpointError
     assert _files(tmp_path / "checkpoints") == damaged

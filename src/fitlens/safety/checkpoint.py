@@ -111,7 +111,7 @@ def frame(payload: bytes) -> bytes:
     return MAGIC + digest + struct.pack("<Q", len(payload)) + payload
 
 
-def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
+def decode(data: bytes | bytearray, source: str = "<bytes>") -> dict[str, Any]:
     """Verify and load checkpoint bytes.
 
     Raises:
@@ -127,7 +127,7 @@ def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
     (length,) = (
         struct.unpack("<Q", data[len(MAGIC) + 32 : _HEADER]) if len(data) >= _HEADER else (-1,)
     )
-    payload = data[_HEADER:]
+    payload = memoryview(data)[_HEADER:]  # no copy of a large payload
     if length != len(payload) or hashlib.sha256(payload).digest() != digest:
         raise CorruptCheckpointError(
             f"{source} is truncated or corrupted: its sha256 checksum does not match its "
@@ -187,7 +187,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path} is truncated or corrupted: {info.st_size} bytes, its header says "
                 f"{_HEADER + length}."
             )
-        data = header + f.read(length) if header.startswith(MAGIC) else header
+        if not header.startswith(MAGIC):
+            return decode(header, source=str(path))
+        data = bytearray(info.st_size)  # one buffer of the announced size, filled in place
+        data[:_HEADER] = header
+        f.readinto(memoryview(data)[_HEADER:])
     return decode(data, source=str(path))
 
 
