@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import fitlens
-from fitlens.safety import checkpoint as ckpt_module
+from fitlens.core import files as ckpt_module
 from fitlens.safety import run_dir as rundir_module
 
 EPOCHS = 3
@@ -140,7 +140,7 @@ def _patch_torn_history(nth: int) -> None:
 
 
 def train(
-    run_dir: str, kind: str, kill: tuple[Any, ...] | None = None, resume: bool = False
+    run_dir: str, kind: str, kill: tuple[Any, ...] | None = None, resume: bool | str = False
 ) -> None:
     """Train (or resume) the job; see the module docstring for ``kill``."""
     torch.set_num_threads(1)

@@ -192,6 +192,22 @@ def test_the_chunked_reader_gives_read_historys_history(finished_run, monkeypatc
     assert seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1
 
 
+def test_the_reader_reads_the_flat_batch_records_of_earlier_versions(finished_run, tmp_path):
+    import fitlens.report.reader as reader
+
+    path, _, _ = finished_run
+    copy = tmp_path / "old"
+    shutil.copytree(path, copy)
+    records = [json.loads(line) for line in (copy / JSONL).read_text().splitlines()]
+    for record in records:  # the values at the top level, as before they were nested
+        record.update(record.pop("values", {}))
+    (copy / JSONL).write_text("".join(json.dumps(r) + "\n" for r in records))
+    got, want = reader.stream_history(copy), fitlens.read_history(path)
+    assert got.history == want.history and got.batches.columns == want.batches.columns
+    for c in want.batches.columns:
+        assert got.batches[c].tolist() == want.batches[c].tolist()
+
+
 class StopAt(fitlens.Callback):
     def __init__(self, step: int) -> None:
         self.step = step

@@ -39,7 +39,7 @@ def ctx() -> Any:
     return context
 
 
-def _run(ctx: Any, run_dir: Path, kind: str, kill: Any = None, resume: bool = False) -> int:
+def _run(ctx: Any, run_dir: Path, kind: str, kill: Any = None, resume: bool | str = False) -> int:
     p = ctx.Process(target=crash_worker.train, args=(str(run_dir), kind, kill, resume))
     p.start()
     p.join(timeout=120)
@@ -120,14 +120,17 @@ def test_sigterm_checkpoints_the_current_step_and_exits_nonzero(
     _assert_identical(_result(tmp_path), references["arrays"])
 
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(
     ctx: Any, references: dict[str, Any], tmp_path: Path
 ) -> None:
     assert _run(ctx, tmp_path, "loader", ("step", 15)) == -signal.SIGKILL
-    newest = CheckpointStore(tmp_path / "checkpoints").paths()[-1]
-    data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    newest.write_bytes(bytes(data))
+    _flip_a_byte(CheckpointStore(tmp_path / "checkpoints").paths()[-1])
     assert _run(ctx, tmp_path, "loader", resume=True) == 0
     result = _result(tmp_path)
     assert any("checksum does not match" in w for w in result["warnings"])
@@ -155,3 +158,50 @@ def test_resuming_a_completed_run_returns_its_history_unchanged(
     assert _run(ctx, tmp_path, "generator", resume=True) == 0
     _assert_identical(_result(tmp_path), references["generator"])
     assert np.isfinite(read_history(tmp_path).history["loss"]).all()
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_every_checkpoint_damaged_after_sigkill_stops_the_resume_and_loses_nothing(
+    ctx: Any, references: dict[str, Any], tmp_path: Path
+) -> None:
+    assert _run(ctx, tmp_path, "arrays", ("step", 15)) == -signal.SIGKILL
+    *older, newest = CheckpointStore(tmp_path / "checkpoints").paths()
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    for path in older:
+        _flip_a_byte(path)
+    damaged = _files(tmp_path / "checkpoints")
+    assert _run(ctx, tmp_path, "arrays", resume=True) == 1  # NoLoadableCheckpointError
+    assert _files(tmp_path / "checkpoints") == damaged
+    assert _run(ctx, tmp_path, "arrays", resume="allow_fresh") == 0
+    _assert_identical(_result(tmp_path), references["arrays"])
+    kept = _files(tmp_path / "checkpoints")
+    for name, data in damaged.items():
+        assert kept[f"{name}.unreadable"] == data
+
+
+def test_a_checkpoint_replaced_by_a_link_to_a_device_is_set_aside_without_hanging(
+    ctx: Any, references: dict[str, Any], tmp_path: Path
+) -> None:
+    assert _run(ctx, tmp_path, "loader", ("step", 15)) == -signal.SIGKILL
+    newest = CheckpointStore(tmp_path / "checkpoints").paths()[-1]
+    newest.unlink()
+    newest.symlink_to("/dev/zero")
+    assert _run(ctx, tmp_path, "loader", resume=True) == 0  # _run fails if the child hangs
+    result = _result(tmp_path)
+    assert any("symbolic link" in w for w in result["warnings"])
+    _assert_identical(result, references["loader"])
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_by_its_resume(
+    ctx: Any, references: dict[str, Any], tmp_path: Path
+) -> None:
+    assert _run(ctx, tmp_path, "arrays", ("step", 10)) == -signal.SIGKILL
+    assert (tmp_path / ".lock").exists()
+    assert _run(ctx, tmp_path, "arrays", resume=True) == 0
+    result = _result(tmp_path)
+    assert any("Taking over the lock" in w for w in result["warnings"])
+    _assert_identical(result, references["arrays"])
+    assert not (tmp_path / ".lock").exists()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,9 @@ def test_nan_weights_found_at_a_checkpoint_are_never_saved(tmp_path: Path) -> No
                 with torch.no_grad():
                     next(self.run.model.parameters())[0, 0] = float("inf")
 
-    with pytest.raises(NonFiniteError, match="parameters became NaN or infinite") as info:
+    with pytest.raises(
+        NonFiniteError, match="parameters or buffers became NaN or infinite"
+    ) as info:
         _fit(
             _model(),
             _batches(bad_step=-1),
@@ -131,3 +134,118 @@ def test_invalid_policy_is_rejected_before_training() -> None:
 def test_stop_catches_a_nan_in_the_last_step_of_the_last_epoch() -> None:
     with pytest.raises(NonFiniteError, match="epoch 2, step 10"):
         _fit(_model(), _batches(bad_step=20), steps=10)
+
+
+def _bn_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    )
+
+
+def test_skip_leaves_batch_norm_statistics_as_if_the_batch_never_came() -> None:
+    skipping = _bn_model()
+    history = _fit(skipping, _batches(), steps=10, on_nonfinite="skip")
+    assert history.params["skipped_batches"] == [[1, BAD_STEP]]
+    reference = _bn_model()
+    fitlens.fit(
+        reference, _batches(with_bad=False), loss="cross_entropy", optimizer="adam",
+        steps_per_epoch=19, epochs=1, verbose=0,
+    )  # fmt: skip
+    for (name, a), b in zip(
+        skipping.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name  # buffers (running_mean, running_var, count) included
+
+
+def _nan_gradient_at(bad_step: int) -> Any:
+    """Cross-entropy plus a term whose value is 0 but whose gradient is NaN on ``bad_step``."""
+    calls = {"n": 0}
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        value = torch.nn.functional.cross_entropy(outputs, targets)
+        if calls["n"] == bad_step:
+            value = value + torch.sqrt(outputs * 0).sum() * 0  # d sqrt(0) = inf; inf * 0 = nan
+        return value
+
+    return loss
+
+
+def test_skip_catches_a_nan_gradient_behind_a_finite_loss() -> None:
+    skipping = _model()
+    history = fitlens.fit(
+        skipping, _batches(with_bad=False), loss=_nan_gradient_at(BAD_STEP), optimizer="adam",
+        steps_per_epoch=10, epochs=1, verbose=0, on_nonfinite="skip",
+    )  # fmt: skip
+    assert history.params["skipped_batches"] == [[1, BAD_STEP]]
+    assert _finite(skipping.state_dict())
+    assert np.isfinite(history.batches["loss"]).all()
+
+
+def test_skipping_more_than_max_skipped_of_an_epoch_stops() -> None:
+    def two_bad() -> Iterator[Any]:
+        for i, (x, y) in enumerate(_batches(with_bad=False)):
+            yield (x * np.nan if i in (2, 4) else x), y
+
+    with pytest.raises(NonFiniteError, match=r"2 of the 10 steps of epoch 1 were skipped"):
+        _fit(_model(), two_bad(), steps=10, on_nonfinite="skip")
+    history = _fit(_model(), two_bad(), steps=10, on_nonfinite="skip", max_skipped=0.2)
+    assert history.params["skipped_batches"] == [[1, 3], [1, 5]]
+
+
+def test_an_epoch_with_every_batch_skipped_stops_even_when_allowed_and_len_unknown(
+    tmp_path: Path,
+) -> None:
+    def all_bad() -> Iterator[Any]:
+        for x, y in _batches(with_bad=False):
+            yield x * np.nan, y
+
+    class Batches:  # re-iterable, no len(): the steps are only known at epoch end
+        def __iter__(self) -> Iterator[Any]:
+            return itertools.islice(all_bad(), 5)
+
+    with pytest.raises(NonFiniteError, match="5 of the 5 steps of epoch 1"):
+        fitlens.fit(
+            _model(), Batches(), loss="cross_entropy", optimizer="adam", verbose=0,
+            on_nonfinite="skip", max_skipped=1.0, run_dir=tmp_path,
+        )  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "nonfinite" and len(summary["skipped_batches"]) == 5
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, True, "10%"])
+def test_max_skipped_must_be_a_fraction(value: Any) -> None:
+    with pytest.raises(ValueError, match="`max_skipped` to be a fraction"):
+        _fit(_model(), _batches(), on_nonfinite="skip", max_skipped=value)
+
+
+def test_stop_puts_the_model_in_memory_back_to_the_last_good_checkpoint(tmp_path: Path) -> None:
+    model = _model()
+    with pytest.raises(NonFiniteError, match="restored to it") as info:
+        _fit(
+            model, _batches(), run_dir=tmp_path,
+            checkpointing=Checkpointing(every_steps=1, every_minutes=None),
+        )  # fmt: skip
+    saved = fitlens.safety.checkpoint.load_checkpoint(info.value.checkpoint)["model"]
+    for (name, a), b in zip(model.state_dict().items(), saved.values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_stop_without_a_checkpoint_says_the_model_was_not_restored() -> None:
+    with pytest.raises(NonFiniteError, match="NOT restored"):
+        _fit(_model(), _batches())
+
+
+def test_nan_batch_norm_statistics_are_never_checkpointed(tmp_path: Path) -> None:
+    class PoisonStatistics(fitlens.Callback):
+        def on_batch_end(self, step: int, logs: Any) -> None:
+            if step == 3:
+                self.run.model[1].running_mean[0] = float("nan")
+
+    with pytest.raises(NonFiniteError, match="parameters or buffers"):
+        _fit(
+            _bn_model(), _batches(bad_step=-1), run_dir=tmp_path, callbacks=[PoisonStatistics()],
+            checkpointing=Checkpointing(every_steps=3, every_minutes=None),
+        )  # fmt: skip
+    assert CheckpointStore(tmp_path / "checkpoints").paths() == []

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,12 @@ import torch
 
 import fitlens
 from fitlens import Checkpointing, TrainingInterrupted
-from fitlens.safety.checkpoint import CheckpointStore
+from fitlens.safety.checkpoint import (
+    CheckpointStore,
+    NoLoadableCheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 class Crash(RuntimeError):
@@ -136,6 +144,45 @@ def test_resume_without_checkpoints_starts_afresh(tmp_path: Path) -> None:
     _assert_same(_fit("arrays", tmp_path / "new", resume=True), _fit("arrays"))
 
 
+def _damage_every_checkpoint(run_dir: Path) -> dict[str, bytes]:
+    """Truncate the newest checkpoint and flip a byte in the others; their bytes by name."""
+    *older, newest = CheckpointStore(run_dir / "checkpoints").paths()
+    newest.write_bytes(newest.read_bytes()[:100])
+    for path in older:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    return {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+
+
+def test_resume_with_every_checkpoint_damaged_stops_and_keeps_them(tmp_path: Path) -> None:
+    with pytest.raises(Crash):
+        _fit("arrays", tmp_path, callbacks=[CrashAt(2, 3)])
+    damaged = _damage_every_checkpoint(tmp_path)
+    summary = (tmp_path / "summary.json").read_text()
+    with pytest.raises(NoLoadableCheckpointError, match="none of its 2 checkpoint") as caught:
+        _fit("arrays", tmp_path, resume=True)
+    assert all(name in str(caught.value) for name in damaged)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == damaged
+    assert (tmp_path / "summary.json").read_text() == summary  # refused before anything ran
+
+
+def test_resume_allow_fresh_starts_over_keeping_the_damaged_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(Crash):
+        _fit("arrays", tmp_path, callbacks=[CrashAt(2, 3)])
+    damaged = _damage_every_checkpoint(tmp_path)
+    with pytest.warns(RuntimeWarning, match="starting afresh"):
+        resumed = _fit("arrays", tmp_path, resume="allow_fresh")
+    _assert_same(resumed, _fit("arrays"))
+    for name, data in damaged.items():
+        assert (tmp_path / "checkpoints" / f"{name}.unreadable").read_bytes() == data
+
+
+def test_resume_rejects_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match='False, True or "allow_fresh"'):
+        _fit("arrays", None, resume="yes")
+
+
 def test_resume_needs_a_run_dir() -> None:
     with pytest.raises(ValueError, match="needs the `run_dir`"):
         _fit("arrays", None, resume=True)
@@ -149,7 +196,7 @@ def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path: Path)
 
 def test_resume_with_other_metrics_is_refused(tmp_path: Path) -> None:
     _fit("arrays", tmp_path)
-    with pytest.raises(ValueError, match="Pass the same `metrics`"):
+    with pytest.raises(ValueError, match=r"metrics: \['loss'\], the checkpoint tracks"):
         fitlens.fit(
             _model(), _xy(), loss="cross_entropy", optimizer="adam", verbose=0,
             run_dir=tmp_path, resume=True,
@@ -197,9 +244,41 @@ def test_sigterm_without_run_dir_stops_and_says_nothing_was_saved(
         def on_batch_end(self, step: int, logs: Any) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(TrainingInterrupted, match="Nothing was saved"):
+    with pytest.raises(TrainingInterrupted, match="SIGTERM received"):
         _fit("arrays", callbacks=[Term()])
-    assert "SIGTERM received; stopped at epoch 1, step 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SIGTERM received; stopped at epoch 1, step 1" in err and "Nothing was saved" in err
+
+
+def test_a_second_ctrl_c_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    class CtrlCTwice(fitlens.Callback):
+        def on_batch_end(self, step: int, logs: Any) -> None:
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # the second stops at once
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit("arrays", tmp_path, callbacks=[CtrlCTwice()])
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+_SIGTERM_SCRIPT = """
+import os, signal, torch, fitlens
+class Term(fitlens.Callback):
+    def on_batch_end(self, step, logs):
+        os.kill(os.getpid(), signal.SIGTERM)
+x = torch.randn(20, 3)
+fitlens.fit(torch.nn.Linear(3, 2), (x, (x[:, 0] > 0).long()), loss="cross_entropy",
+            optimizer="sgd", batch_size=10, verbose=0, callbacks=[Term()], run_dir={run_dir!r})
+"""
+
+
+def test_the_sigterm_message_is_printed_once(tmp_path: Path) -> None:
+    script = _SIGTERM_SCRIPT.format(run_dir=str(tmp_path / "run"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.count("stopped at epoch 1, step 1") == 1, done.stderr
+    assert done.stderr.count("resume=True") == 2  # the call to make, and the example command
 
 
 def test_lr_scheduler_state_is_checkpointed_and_restored(tmp_path: Path) -> None:
@@ -259,3 +338,87 @@ def test_generator_factory_must_return_an_iterator() -> None:
         fitlens.fit(
             _model(), lambda: [1, 2], loss="mse", optimizer="sgd", steps_per_epoch=2, verbose=0
         )
+
+
+def _crashed_run(run_dir: Path) -> None:
+    """A run of `_fit` (Adam, 60 samples as arrays, 3 epochs) that crashed in epoch 2."""
+    with pytest.raises(Crash):
+        _fit("arrays", run_dir, callbacks=[CrashAt(1, 3)])
+
+
+def _resume_differently(run_dir: Path, model: Any = None, **changes: Any) -> Any:
+    x, y = _xy()
+    kwargs: dict[str, Any] = {
+        "loss": "cross_entropy", "optimizer": "adam", "metrics": ["accuracy"], "epochs": 3,
+        "batch_size": 10, "validation_data": _xy(), "verbose": 0, "run_dir": run_dir,
+        "resume": True, "train": (x, y), **changes,
+    }  # fmt: skip
+    model = model if model is not None else _model()
+    if callable(kwargs["optimizer"]):
+        kwargs["optimizer"] = kwargs["optimizer"](model)
+    train = kwargs.pop("train")
+    return fitlens.fit(model, train, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"optimizer": "sgd"}, "optimizer: SGD, the checkpoint's is Adam"),
+        ({"optimizer": "rmsprop"}, "optimizer: RMSprop, the checkpoint's is Adam"),
+        ({"optimizer": "adamw"}, "optimizer: AdamW, the checkpoint's is Adam"),
+        (
+            {"optimizer": lambda m: torch.optim.Adam(m.parameters(), lr=0.01)},
+            "hyper-parameter 'lr' (group 0): 0.01, the checkpoint's run started with 0.001",
+        ),
+        ({"train": (_xy()[0][:59], _xy()[1][:59])}, "training samples: 59, the checkpoint's: 60"),
+        (
+            {"train": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_xy()), 10)},
+            "training data: DataLoader, the checkpoint's: ArrayData",
+        ),
+        ({"epochs": 1}, "this call ends after epoch 1, but the checkpoint is already at epoch 2"),
+    ],
+)
+def test_a_resume_that_differs_from_the_checkpoint_is_refused_before_training(
+    tmp_path: Path, changes: dict[str, Any], expected: str
+) -> None:
+    _crashed_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        _resume_differently(tmp_path, **changes)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
+
+
+def test_every_difference_is_listed_in_one_error(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    torch.manual_seed(1)
+    wider = torch.nn.Sequential(
+        torch.nn.Linear(5, 9), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(9, 2)
+    )
+    with pytest.raises(ValueError) as caught:
+        _resume_differently(tmp_path, model=wider, optimizer="sgd", epochs=1)
+    message = str(caught.value)
+    for part in (
+        "model: 0.weight has shape [9, 5], the checkpoint's has [8, 5]",
+        "model: 3.weight has shape [2, 9], the checkpoint's has [2, 8]",
+        "optimizer: SGD",
+        "this call ends after epoch 1",
+    ):
+        assert part in message
+
+
+def test_more_epochs_than_the_run_began_with_continue_with_a_warning(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    with pytest.warns(RuntimeWarning, match="the run was started for 3, this call runs to 4"):
+        history = _resume_differently(tmp_path, epochs=4)
+    assert history.epoch == [0, 1, 2, 3]
+
+
+def test_a_checkpoint_without_the_keys_fit_writes_is_refused_by_name(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    for path in store.paths():
+        state = load_checkpoint(path)
+        del state["params"]
+        save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"it lacks \['params'\]"):
+        _resume_differently(tmp_path)

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +132,138 @@ def test_history_write_errors_warn_once_and_training_goes_on(
         history = _fit(tmp_path)
     assert len(history.epoch) == 2
     assert sum("Cannot write the history" in str(w.message) for w in record) == 1
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_run_dir_with_a_tilde_goes_to_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    _fit("~/exp")  # type: ignore[arg-type]
+    assert (home / "exp" / "summary.json").exists()
+    assert os.listdir(cwd) == []
+
+
+def test_an_empty_run_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="Received an empty string"):
+        _fit("")  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_run_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        _fit(tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_a_directory_where_a_history_file_goes_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "batches.csv").mkdir()
+    with pytest.raises(ValueError, match=r"batches\.csv is a directory; fitlens writes a file"):
+        _fit(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["batches.csv"]
+
+
+def test_a_disk_without_room_for_two_checkpoints_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    class Huge(torch.nn.Module):  # a 4 TB parameter in 4 bytes of memory (an expanded view)
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+            self.big = torch.nn.Parameter(torch.zeros(1).expand(10**12), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x)
+
+    with pytest.raises(OSError, match="MB for two checkpoints") as caught:
+        fitlens.fit(Huge(), _xy(), loss="cross_entropy", optimizer="sgd", verbose=0,
+                    run_dir=tmp_path)  # fmt: skip
+    assert caught.value.errno == 28  # ENOSPC
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    owner = {"pid": os.getppid(), "host": socket.gethostname()}  # a live process, not us
+    (tmp_path / ".lock").write_text(json.dumps(owner))
+    with pytest.raises(RuntimeError, match=f"in use by process {os.getppid()}"):
+        _fit(tmp_path)
+    assert json.loads((tmp_path / ".lock").read_text()) == owner
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with pytest.warns(RuntimeWarning, match=f"process {dead.pid} on this host"):
+        _fit(tmp_path)
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_failed_checkpoint_writes_are_counted_and_the_last_line_says_how_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fitlens.core import files
+
+    real = files._write_bytes
+    calls = {"n": 0}
+
+    def full_after_first(f: Any, data: bytes) -> None:  # a disk that fills up: cannot be made
+        if os.path.basename(f.name).startswith(".ckpt-"):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise OSError(28, "No space left on device (simulated)")
+        real(f, data)
+
+    monkeypatch.setattr(files, "_write_bytes", full_after_first)
+    with pytest.warns(RuntimeWarning, match="Could not write a checkpoint"):
+        _fit(tmp_path, epochs=3)  # 8 steps an epoch; checkpoints at each epoch end
+    checkpoints = _summary(tmp_path)["checkpoints"]
+    assert checkpoints["failed_this_session"] == 2
+    assert checkpoints["steps_since_latest"] == 16
+    err = capsys.readouterr().err
+    assert "2 checkpoint write(s) failed" in err and "is 16 steps old" in err
+
+
+@pytest.mark.parametrize(
+    "name", ["accuracy_now", "val_loss", "train_eval_accuracy", "lr", "type", "step", "values"]
+)
+def test_metric_names_that_clash_with_fitlens_keys_are_refused(name: str) -> None:
+    def metric(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(1) == targets).float().mean()
+
+    with pytest.raises(ValueError, match=r"Reserved: \*_now, val_\*, train_eval_\*") as caught:
+        fitlens.fit(torch.nn.Linear(3, 2), _xy(), loss="cross_entropy", optimizer="sgd",
+                    metrics={name: metric}, verbose=0)  # fmt: skip
+    assert repr(name) in str(caught.value)
+
+
+def test_history_jsonl_nests_metric_values_under_their_own_key(tmp_path: Path) -> None:
+    history = _fit(tmp_path)
+    first = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"type", "epoch", "step", "size", "step_time", "data_time", "values"}
+    assert set(first["values"]) == {"loss", "accuracy"}
+    assert first["values"]["loss"] == history.batches["loss"][0]
+
+
+def test_read_history_still_reads_the_flat_records_of_earlier_versions(tmp_path: Path) -> None:
+    history = _fit(tmp_path)
+    lines = (tmp_path / "history.jsonl").read_text().splitlines(keepends=True)
+    flat = []
+    for line in lines:
+        record = json.loads(line)
+        record.update(record.pop("values", {}))
+        flat.append(json.dumps(record) + "\n")
+    (tmp_path / "history.jsonl").write_text("".join(flat))
+    again = read_history(tmp_path)
+    assert again.history == history.history
+    for col in history.batches.columns:
+        np.testing.assert_array_equal(again.batches[col], history.batches[col].astype(float))

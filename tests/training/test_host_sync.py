@@ -134,7 +134,7 @@ def model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 
 
-def fit_counting(steps: int, epochs: int, clock, optimizer="sgd") -> SyncLog:
+def fit_counting(steps: int, epochs: int, clock, optimizer="sgd", **kwargs) -> SyncLog:
     net, data = model(), batches(steps)
     opt = (
         torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd" else optimizer
@@ -150,6 +150,7 @@ def fit_counting(steps: int, epochs: int, clock, optimizer="sgd") -> SyncLog:
             clock=clock,
             callbacks=[StepWatch(log)],
             verbose=fitlens.Progress(1, file=io.StringIO()),
+            **kwargs,
         )
     return log
 
@@ -181,6 +182,11 @@ def test_refreshes_are_at_most_ten_per_second_of_training():
 
 
 @pytest.mark.cuda
+def test_skip_reads_the_host_once_per_step_for_the_loss_and_every_gradient():
+    log = fit_counting(12, 2, FrozenClock(), on_nonfinite="skip")
+    assert log.during_step == ["__bool__"] * 24  # one fused check per step, nothing else
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_steps_between_refreshes_never_synchronise():
     class SyncDebugBetweenRefreshes(fitlens.Callback):

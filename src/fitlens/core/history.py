@@ -13,13 +13,16 @@ This module does not import torch.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fitlens.core.files import write_atomic
 
 _BASE_COLUMNS: dict[str, Any] = {
     "epoch": np.int32,  # 1-based, as displayed
@@ -28,6 +31,43 @@ _BASE_COLUMNS: dict[str, Any] = {
     "step_time": np.float32,  # seconds from batch ready to step done (host time; see loop docs)
     "data_time": np.float32,  # seconds waiting for the batch (loading and moving to device)
 }
+
+
+BASE_COLUMNS = tuple(_BASE_COLUMNS)  # the batch log's own columns, before the metrics'
+# Keys of fitlens's own: the batch log's columns, the record keys of history.jsonl, the
+# learning rate. With the forms below, a metric may not take these names.
+RESERVED_NAMES = ("lr", "type", "values", "logs", "timing", *_BASE_COLUMNS)
+RESERVED_FORMS = ("*_now", "val_*", "train_eval_*")
+
+
+def check_metric_names(names: Iterable[str]) -> None:
+    """Refuse metric names that clash with keys fitlens makes itself.
+
+    Raises:
+        ValueError: a name ends in ``_now``, starts with ``val_`` or ``train_eval_``, or is one
+            of `RESERVED_NAMES`; the message lists the reserved forms.
+    """
+    for name in names:
+        if (
+            name.endswith("_now")
+            or name.startswith(("val_", "train_eval_"))
+            or (name in RESERVED_NAMES)
+        ):
+            raise ValueError(
+                f"Metric name {name!r} clashes with a key fitlens writes itself. Reserved: "
+                f"{', '.join(RESERVED_FORMS)} and {', '.join(RESERVED_NAMES)}. Pass a dict "
+                "{name: metric} to give it another name."
+            )
+
+
+def flat_batch_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``history.jsonl`` batch record (its ``"type"`` removed) as ``{column: value}``.
+
+    Records nest the metric values under ``"values"``; records written before they did hold
+    them at the top level, and are returned as they are.
+    """
+    values = record.pop("values", None)
+    return {**record, **values} if isinstance(values, dict) else record
 
 
 class BatchLog:
@@ -115,12 +155,11 @@ class BatchLog:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the rows to ``path`` as CSV with a header line; returns the path."""
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.columns)
-            writer.writerows(self.rows())
-        return path
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(self.columns)
+        writer.writerows(self.rows())
+        return write_atomic(path, buffer.getvalue().encode())
 
 
 class History:
@@ -197,13 +236,12 @@ class History:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write one row per epoch (see `epochs_table`) to ``path``; returns the path."""
-        path = Path(path)
         table = self.epochs_table()
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(table)
-            writer.writerows(zip(*table.values(), strict=True))
-        return path
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(table)
+        writer.writerows(zip(*table.values(), strict=True))
+        return write_atomic(path, buffer.getvalue().encode())
 
     def to_json(self) -> str:
         """The per-epoch table, params and gap decompositions as JSON (NaN written as null)."""

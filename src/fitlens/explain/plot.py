@@ -5,9 +5,11 @@ matplotlib is imported only here, only when a plot is asked for (the ``fitlens[p
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
+from fitlens.core.files import write_atomic
 from fitlens.explain.writer import Explained
 
 #: File types ``--plot`` writes (matplotlib's raster and vector backends without extras).
@@ -121,6 +123,8 @@ def save_plot(explained: Explained, path: str) -> None:
     fig.suptitle(f"fitlens explain: {explained.source}")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=110, format=os.path.splitext(path)[1].lower().lstrip("."))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=110, format=os.path.splitext(path)[1].lower().lstrip("."))
+        write_atomic(path, buffer.getvalue())
     finally:
         plt.close(fig)

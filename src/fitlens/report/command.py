@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fitlens.core.files import write_atomic
 from fitlens.report.reader import Run, RunDirError, read_run
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -114,7 +115,7 @@ def report_main(argv: Sequence[str]) -> int:
                 say(f"wrote {args.chart}")
         say("writing the page")
         page = render_page(run, charts)
-        out.write_text(page, encoding="utf-8")
+        write_atomic(out, page.encode("utf-8"))
     except OSError as e:
         print(f"{prog}: cannot write {e.filename or out}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE

@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fitlens.core.files import write_atomic
+
 Role = Literal[
     "batches",
     "mean",
@@ -361,10 +363,10 @@ def save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     if fmt in ("svg", "png"):
-        path.write_bytes(render(fig, fmt, dpi))  # type: ignore[arg-type]
-    else:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+        return write_atomic(path, render(fig, fmt, dpi))  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+    return write_atomic(path, buffer.getvalue())
 
 
 def close(fig: Any) -> None:

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.core.history import History
+from fitlens.core.history import BASE_COLUMNS, History, flat_batch_record
 from fitlens.report.facts import RunFacts, run_facts
 from fitlens.safety.run_dir import JSONL, SUMMARY
 
 #: Batch rows parsed before they are moved into the history's numpy columns.
 CHUNK = 65536
-_BASE = ("epoch", "step", "size", "step_time", "data_time")
 
 
 class RunDirError(ValueError):
@@ -67,9 +66,10 @@ def stream_history(run_dir: str | Path, progress: Callable[[float], None] | None
             if record.pop("type") != "batch":
                 epochs.append(record)
                 continue
+            record = flat_batch_record(record)
             if history is None:
                 columns = list(record)
-                history = History([k for k in columns if k not in _BASE])
+                history = History([k for k in columns if k not in BASE_COLUMNS])
             rows.append([math.nan if record[c] is None else record[c] for c in columns])
             if len(rows) >= CHUNK:
                 move_rows()

@@ -7,12 +7,13 @@ A checkpoint file is a fixed header followed by a ``torch.save`` payload::
     len(payload)           (8 bytes, little-endian)
     payload                (torch.save of a dict of tensors, numbers, strings, lists, dicts)
 
-Writes are atomic: the bytes go to a temporary file in the same directory, which is flushed and
-fsync'ed, renamed over the final name (``os.replace``), and then the directory itself is
-fsync'ed so that the rename survives a power cut. A reader therefore sees either the old set of
-files or the new one, never a half-written checkpoint under a final name.
+Writes go through `fitlens.core.files.write_atomic`, like every file fitlens writes: a new
+temporary file in the same directory (unpredictable name, created exclusively, never through a
+link), flushed and fsync'ed, renamed over the final name, then the directory fsync'ed. A reader
+sees either the old set of files or the new one, never a half-written checkpoint.
 
-Loads are safe: the checksum is verified first (a truncated or corrupted file raises
+Loads are safe: only regular files are opened (no links, FIFOs or devices), no more bytes are
+read than the header announces, the checksum is verified first (a truncated or corrupted file raises
 `CorruptCheckpointError`), then the payload is read with ``torch.load(weights_only=True)``, which
 only rebuilds tensors and plain containers. A payload that carries any other pickled object is
 refused with `UnsafeCheckpointError`, and nothing in it is executed.
@@ -32,14 +33,17 @@ import io
 import os
 import pickle
 import re
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
+
+from fitlens.core.files import NOFOLLOW, remove_temporaries, write_atomic
 
 MAGIC = b"FITLENS-CKPT-v1\n"
 _HEADER = len(MAGIC) + 32 + 8
@@ -57,6 +61,18 @@ class CorruptCheckpointError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """The payload holds pickled objects other than tensors and plain containers."""
+
+
+class NoLoadableCheckpointError(CheckpointError):
+    """A run directory holds checkpoints, but none of them can be loaded.
+
+    Attributes:
+        failures: ``(path, why)`` for each checkpoint file, newest first.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[Path, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 def _pack(obj: Any) -> Any:
@@ -95,7 +111,7 @@ def frame(payload: bytes) -> bytes:
     return MAGIC + digest + struct.pack("<Q", len(payload)) + payload
 
 
-def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
+def decode(data: bytes | bytearray, source: str = "<bytes>") -> dict[str, Any]:
     """Verify and load checkpoint bytes.
 
     Raises:
@@ -111,7 +127,7 @@ def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
     (length,) = (
         struct.unpack("<Q", data[len(MAGIC) + 32 : _HEADER]) if len(data) >= _HEADER else (-1,)
     )
-    payload = data[_HEADER:]
+    payload = memoryview(data)[_HEADER:]  # no copy of a large payload
     if length != len(payload) or hashlib.sha256(payload).digest() != digest:
         raise CorruptCheckpointError(
             f"{source} is truncated or corrupted: its sha256 checksum does not match its "
@@ -132,44 +148,6 @@ def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
     return _unpack(state)
 
 
-def _write_bytes(f: BinaryIO, data: bytes) -> None:
-    f.write(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return  # directories cannot be opened for fsync on Windows; rename is atomic there
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir).
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` as a checksummed checkpoint, atomically.
 
@@ -182,9 +160,39 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint written by `save_checkpoint` (see `decode` for errors)."""
+    """Read and verify a checkpoint written by `save_checkpoint` (see `decode` for errors).
+
+    Only a regular file is read, and no more of it than its header announces: a symbolic link,
+    a FIFO or a device (``/dev/zero``) is refused with `CorruptCheckpointError` before anything
+    is read, and a file whose size differs from its header's is refused unread.
+    """
     path = Path(path)
-    return decode(path.read_bytes(), source=str(path))
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if path.is_symlink():
+            raise CorruptCheckpointError(
+                f"{path} is a symbolic link; fitlens writes checkpoints as regular files and "
+                "does not follow links."
+            ) from e
+        raise
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptCheckpointError(f"{path} is not a regular file; not a checkpoint.")
+        header = f.read(_HEADER)
+        length = struct.unpack("<Q", header[-8:])[0] if len(header) == _HEADER else -1
+        if header.startswith(MAGIC) and info.st_size != _HEADER + length:
+            raise CorruptCheckpointError(
+                f"{path} is truncated or corrupted: {info.st_size} bytes, its header says "
+                f"{_HEADER + length}."
+            )
+        if not header.startswith(MAGIC):
+            return decode(header, source=str(path))
+        data = bytearray(info.st_size)  # one buffer of the announced size, filled in place
+        data[:_HEADER] = header
+        f.readinto(memoryview(data)[_HEADER:])
+    return decode(data, source=str(path))
 
 
 class CheckpointStore:
@@ -212,7 +220,8 @@ class CheckpointStore:
     def remove_temporaries(self) -> None:
         """Delete temporary files left by a write that was killed."""
         if self.directory.is_dir():
-            for p in self.directory.glob(".ckpt-*.tmp-*"):
+            remove_temporaries(self.directory)
+            for p in self.directory.glob(".ckpt-*.tmp-*"):  # names written by earlier versions
                 p.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any]) -> Path:
@@ -225,25 +234,75 @@ class CheckpointStore:
             old.unlink(missing_ok=True)
         return path
 
-    def latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that verifies, or None when there is none.
+    def scan(self) -> tuple[tuple[Path, dict[str, Any]] | None, list[tuple[Path, str]]]:
+        """The newest checkpoint that verifies (or None), and why each newer one failed.
 
-        A damaged newest file is skipped with a warning and the previous good one is used.
-        `UnsafeCheckpointError` is raised, not skipped: a file that carries code is not an
-        accident to work around.
+        Nothing is changed on disk and nothing is warned. `UnsafeCheckpointError` is raised,
+        not skipped: a file that carries code is not an accident to work around.
         """
+        failures: list[tuple[Path, str]] = []
         for path in reversed(self.paths()):
             try:
-                return path, load_checkpoint(path)
-            except CorruptCheckpointError as e:
-                warnings.warn(f"{e} Using the previous checkpoint.", RuntimeWarning, stacklevel=2)
-            except OSError as e:
-                warnings.warn(
-                    f"Cannot read checkpoint {path}: {e}. Using the previous checkpoint.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        return None
+                return (path, load_checkpoint(path)), failures
+            except UnsafeCheckpointError:
+                raise
+            except (CorruptCheckpointError, OSError) as e:
+                failures.append((path, str(e)))
+        return None, failures
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that verifies, or None when there is none (see `scan`)."""
+        return self.scan()[0]
+
+    def resume_from(self, allow_fresh: bool = False) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint a resumed run continues from, or None to start afresh.
+
+        Checkpoint files that cannot be loaded are never deleted: once the run moves past them
+        (an older checkpoint is used, or ``allow_fresh``) they are renamed to
+        ``<name>.unreadable`` (numbered if taken), where no later save deletes them, and a
+        warning names each one and the checkpoint actually used.
+
+        Args:
+            allow_fresh: when checkpoint files exist but none loads, start afresh (with a
+                warning) instead of raising.
+
+        Raises:
+            NoLoadableCheckpointError: checkpoint files exist, none loads, and not
+                ``allow_fresh``. The files are left untouched.
+            UnsafeCheckpointError: see `scan`.
+        """
+        found, failures = self.scan()
+        if not failures:
+            return found
+        listing = "".join(f"\n  {path}: {why}" for path, why in failures)
+        if found is None and not allow_fresh:
+            raise NoLoadableCheckpointError(
+                f"Cannot resume from {self.directory}: none of its {len(failures)} checkpoint "
+                f"file(s) can be loaded:{listing}\nThe files are left as they are. To start "
+                'this run over deliberately, pass resume="allow_fresh" (the unreadable files '
+                "are kept, renamed to *.unreadable), or choose a new run_dir.",
+                failures,
+            )
+        kept = "".join(f"\n  {_set_aside(path)}" for path, _ in failures)
+        used = f"resuming from {found[0]}" if found else 'starting afresh (resume="allow_fresh")'
+        warnings.warn(
+            f"{len(failures)} checkpoint file(s) in {self.directory} cannot be loaded; "
+            f"{used}.{listing}\nThey are kept, renamed to:{kept}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return found
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to a free ``<name>.unreadable[-N]``, which no save lists or deletes."""
+    n = 1
+    while True:
+        aside = path.with_name(f"{path.name}.unreadable" + (f"-{n}" if n > 1 else ""))
+        if not aside.exists() and not aside.is_symlink():
+            path.rename(aside)
+            return aside
+        n += 1
 
 
 @dataclass(frozen=True)

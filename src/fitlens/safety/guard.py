@@ -17,10 +17,14 @@ Non-finite values (``on_nonfinite``):
   interval (0.1 s by default) after the first non-finite step, with `NonFiniteError` naming the
   epoch, the step and the metric. The parameters are also checked before every checkpoint, so
   NaN weights never become the latest checkpoint: the last good one stays the latest.
-* ``"skip"``: the decision must precede ``optimizer.step()``, so the loss is read on the host
-  every step (one sync per step: free on CPU, a pipeline stall on a GPU). The step is skipped
-  entirely (no update, no optimizer-state change, not recorded in the history; its position is
-  listed in ``history.params["skipped_batches"]``). A device-side mask was rejected: zeroing the
+  On stopping, the model and optimizer in memory are put back to the latest good checkpoint
+  (the error says so, or that there was none to restore).
+* ``"skip"``: the decision must precede ``optimizer.step()``, so after the backward pass the
+  loss and every gradient are checked in one fused check read on the host (one sync per step:
+  free on CPU, a pipeline stall on a GPU). The step is skipped entirely (no update, no
+  optimizer-state change, the buffers the forward pass changed put back, not recorded in the
+  history; its position is listed in ``history.params["skipped_batches"]``). More than
+  ``max_skipped`` of an epoch's steps skipped, or all of them, stops with `NonFiniteError`. A device-side mask was rejected: zeroing the
   gradients still advances Adam's moments and step count and applies weight decay, so it is not
   a true skip, and keeping a copy of every parameter to roll back doubles the model's memory.
 """
@@ -43,19 +47,30 @@ from fitlens.adapters.data import BatchSource
 from fitlens.adapters.rng import capture_rng
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import (
+    CheckpointError,
     Checkpointing,
     CheckpointStore,
     UnsafeCheckpointError,
     load_checkpoint,
 )
+from fitlens.safety.identity import compare, describe
 from fitlens.safety.position import DataPosition
-from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
+from fitlens.safety.run_dir import (
+    RunDir,
+    RunLock,
+    finish_summary,
+    prepare_run_dir,
+    start_summary,
+)
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
 from fitlens.view.lens import Lens
 from fitlens.view.timing import Clock
 
 NonFinitePolicy = Literal["stop", "skip"]
 _POLICIES = ("stop", "skip")
+Resume = bool | Literal["allow_fresh"]
+# What every checkpoint `fit` writes holds (besides "lens", checked first for its own message).
+_REQUIRED = ("position", "model", "optimizer", "params", "history", "rng", "epoch_start")
 
 
 class NonFiniteError(FloatingPointError):
@@ -84,10 +99,11 @@ class RunGuard:
         self,
         run_dir: str | Path | None,
         *,
-        resume: bool,
+        resume: Resume,
         checkpointing: Checkpointing | None,
         on_nonfinite: NonFinitePolicy,
         model: torch.nn.Module,
+        max_skipped: float = 0.1,
         optimizer: torch.optim.Optimizer,
         history: History,
         lens: Lens,
@@ -100,6 +116,19 @@ class RunGuard:
             raise ValueError(
                 f"Expected `on_nonfinite` to be one of {_POLICIES}. Received: {on_nonfinite!r}."
             )
+        if not (isinstance(resume, bool) or resume == "allow_fresh"):
+            raise ValueError(
+                f'Expected `resume` to be False, True or "allow_fresh". Received: {resume!r}.'
+            )
+        if (
+            isinstance(max_skipped, bool)
+            or not isinstance(max_skipped, int | float)
+            or not 0 <= max_skipped <= 1
+        ):
+            raise ValueError(
+                "Expected `max_skipped` to be a fraction of an epoch's steps in [0, 1]. "
+                f"Received: {max_skipped!r}."
+            )
         if resume and run_dir is None:
             raise ValueError(
                 "`resume=True` needs the `run_dir` of the run to continue: "
@@ -111,12 +140,16 @@ class RunGuard:
                 f"{type(checkpointing).__name__}."
             )
         self.policy = on_nonfinite
+        self.max_skipped = float(max_skipped)
         self.config = checkpointing or Checkpointing()
         self.model, self.optimizer, self.history = model, optimizer, history
         self.lens, self.source, self.clock = lens, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
         self.parts = dict(parts or {})  # other objects with state_dict/load_state_dict
-        self.rundir = RunDir(run_dir) if run_dir is not None else None
+        self.rundir = None
+        if run_dir is not None:  # checked and created now: one clear error, before any step
+            self.rundir = RunDir(prepare_run_dir(run_dir, _two_checkpoints(model)))
+        self.lock = RunLock(self.rundir.path) if self.rundir is not None else None
         self.store = (
             CheckpointStore(self.rundir.checkpoints, self.config.keep) if self.rundir else None
         )
@@ -126,6 +159,8 @@ class RunGuard:
                 "continue it, or choose a new `run_dir`."
             )
         self.resume = resume
+        # What the checkpoints belong to, as this call sets the run up (before any restore).
+        self.identity = describe(model, optimizer, source, history.params)
         self.position = DataPosition(source)
         self.guard = InterruptGuard()
         self.pending_resume: dict[str, Any] | None = None
@@ -134,6 +169,8 @@ class RunGuard:
         self.saved_at: tuple[int, int] | None = None
         self.checkpoint_seconds = 0.0
         self.checkpoints_written = 0
+        self.checkpoints_failed = 0
+        self.saved_step = 0  # global step of the latest checkpoint
         self.global_step = 0
         self.checked_rows = 0
         self.skipped: list[list[int]] = []
@@ -145,15 +182,26 @@ class RunGuard:
     def begin(self, first_epoch: int = 0) -> int:
         """Restore the last good checkpoint when resuming; return the 0-based epoch to start at
         (the checkpoint's, else ``first_epoch``)."""
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            return self._begin(first_epoch)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _begin(self, first_epoch: int) -> int:
         start_epoch = first_epoch
         if self.store is not None and self.resume:
             self.store.remove_temporaries()
-            found = self.store.latest()
+            found = self.store.resume_from(allow_fresh=self.resume == "allow_fresh")
             if found is not None:
                 path, state = found
-                start_epoch = self._restore(state)
+                start_epoch = self._restore(path, state)
                 self.resumed_from = str(path)
                 self.last_checkpoint = path
+                self.saved_step = self.global_step
         self.checked_rows = len(self.history.batches)
         if self.rundir is not None:
             self.rundir.start(self.history)
@@ -163,13 +211,22 @@ class RunGuard:
         self.guard.__enter__()
         return start_epoch
 
-    def _restore(self, state: dict[str, Any]) -> int:
+    def _restore(self, path: Path, state: dict[str, Any]) -> int:
         if "lens" not in state:  # "recorder": before the estimators moved into the lens
             raise ValueError(
                 f"{self.resume_hint()} found a checkpoint written by an earlier fitlens version, "
                 "whose estimator state this version cannot read. Finish that run with the "
                 "version that started it, or start a new `run_dir`."
             )
+        missing = [k for k in _REQUIRED if k not in state]
+        if missing:
+            raise ValueError(
+                f"Cannot resume from {path}: it lacks {missing}, which every checkpoint that "
+                "fitlens.fit writes holds; it was written by something else. Start a new "
+                '`run_dir`, or resume="allow_fresh" after moving the file away.'
+            )
+        if "identity" in state:  # checkpoints written before it are resumed as before
+            self._compare_identity(path, json.loads(state["identity"]), state["position"])
         saved_params = json.loads(state["params"])
         if saved_params.get("metrics") != self.history.params.get("metrics"):
             raise ValueError(
@@ -202,6 +259,31 @@ class RunGuard:
         self.pending_resume = state
         return int(pos["epoch"])
 
+    def _compare_identity(self, path: Path, saved: dict[str, Any], position: Any) -> None:
+        """One error listing every difference that makes the resume wrong; a warning for those
+        where continuing is sound. Afterwards the run keeps the identity it began with."""
+        errors, notes = compare(saved, self.identity, (position["epoch"], position["step"]))
+        if errors:
+            listing = "".join(f"\n  - {e}" for e in errors)
+            raise ValueError(
+                f"Cannot resume from {path}: this call differs from the run that wrote it:"
+                f"{listing}\nPass the same model, optimizer (class and settings), training data, "
+                "metrics and enough epochs, or start a new `run_dir`. To change the learning "
+                "rate of the resumed run on purpose, set it in a callback's on_train_begin "
+                "(it runs after the checkpoint is restored)."
+            )
+        if notes:
+            warnings.warn(
+                f"Resuming from {path} with: " + "; ".join(notes) + ".",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self.identity = {
+            **saved,
+            "epochs": self.identity["epochs"],
+            "fitlens": self.identity["fitlens"],
+        }
+
     # -- per epoch and per step -------------------------------------------------------------
 
     def epoch_batches(self, epoch: int) -> tuple[Iterator[Any], int]:
@@ -217,13 +299,43 @@ class RunGuard:
         return self.source.epoch(), 0
 
     def skips(self, step: int, loss: torch.Tensor) -> bool:
-        """True when ``on_nonfinite="skip"`` and this step's loss is not finite (1-based step)."""
-        if self.policy != "skip" or math.isfinite(loss.item()):  # host sync: "skip" only
+        """True when ``on_nonfinite="skip"`` and this step's loss or a gradient is not finite
+        (1-based step; called after the backward pass).
+
+        Raises:
+            NonFiniteError: the epoch's skipped steps exceed ``max_skipped`` of its steps.
+        """
+        if self.policy != "skip":
             return False
-        self.skipped.append([self.lens.epoch + 1, step])
+        # A NaN or inf anywhere makes its tensor's sum non-finite, so one value per gradient
+        # suffices (4x cheaper than an isfinite per tensor); a finite gradient whose sum
+        # overflows float32 (above 3e38) counts as non-finite too.
+        sums = [g.sum() for p in self.model.parameters() if (g := p.grad) is not None]
+        if bool(torch.isfinite(torch.stack([loss.detach().reshape(()), *sums])).all()):
+            return False  # the one host sync per step of "skip"
+        epoch = self.lens.epoch + 1
+        self.skipped.append([epoch, step])
         self.history.params["skipped_batches"] = self.skipped
         self.optimizer.zero_grad(set_to_none=True)
+        what = "loss" if not math.isfinite(loss.item()) else "gradient"
+        self._check_skipped(epoch, self.source.steps, what, step)
         return True
+
+    def _check_skipped(self, epoch: int, steps: int | None, what: str, step: int | None) -> None:
+        """Stop when 1-based ``epoch`` skipped more than ``max_skipped`` of its ``steps`` (or
+        all of them), as far as they are known."""
+        n = sum(1 for e, _ in self.skipped if e == epoch)
+        if not steps or (n <= self.max_skipped * steps and n < steps):
+            return
+        raise NonFiniteError(
+            f"{n} of the {steps} steps of epoch {epoch} were skipped for a non-finite "
+            f"{what}, more than max_skipped={self.max_skipped:g} of an epoch allows; training "
+            f'stopped (on_nonfinite="skip"). Skipped: {self.skipped}. {self._last_good()}',
+            epoch,
+            step,
+            what,
+            self.last_checkpoint,
+        )
 
     def on_refresh(self) -> None:
         """After a display refresh (the lens was just flushed): check values, append history."""
@@ -248,6 +360,8 @@ class RunGuard:
 
     def on_epoch_end(self, epoch: int) -> None:
         """After the epoch is recorded: append history, checkpoint the start of the next epoch."""
+        if self.policy == "skip":  # steps may only be known now (data without a length)
+            self._check_skipped(epoch + 1, self.lens.step, "loss or gradient", None)
         if self.rundir is not None:
             self.rundir.append(self.history)
         self._check_rows()  # the loop flushed at epoch end: the last steps are on the host
@@ -265,8 +379,8 @@ class RunGuard:
         self._check_rows()
         if not _parameters_finite(self.model):
             raise NonFiniteError(
-                f"The model's parameters became NaN or infinite in epoch {self.lens.epoch + 1} "
-                f"(found before writing a checkpoint). {self._where_good()}",
+                f"The model's parameters or buffers became NaN or infinite in epoch "
+                f"{self.lens.epoch + 1} (found before writing a checkpoint). {self._last_good()}",
                 self.lens.epoch + 1,
                 None,
                 "parameters",
@@ -277,9 +391,11 @@ class RunGuard:
         try:
             path = self.store.save(self._state(epoch, step))
         except OSError as e:
+            self.checkpoints_failed += 1
             warnings.warn(
                 f"Could not write a checkpoint to {self.store.directory}: {e}. Training goes "
-                f"on; the latest good checkpoint is still {self.last_checkpoint}.",
+                f"on; the latest good checkpoint is still {self.last_checkpoint} "
+                f"({self.global_step - self.saved_step} steps old).",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -297,6 +413,7 @@ class RunGuard:
         self.checkpoint_seconds += self.clock() - started
         self.checkpoints_written += 1
         self.last_checkpoint, self.saved_at = path, (epoch, step)
+        self.saved_step = self.global_step
         return path
 
     def _state(self, epoch: int, step: int) -> dict[str, Any]:
@@ -312,6 +429,7 @@ class RunGuard:
             "lens": self.lens.state_dict(),
             "history": self.history.state_dict(),
             "params": json.dumps(self.history.params, default=str),
+            "identity": json.dumps(self.identity),
             "skipped": self.skipped,
             "rng": capture_rng(),
             "epoch_start": self.position.state_dict(),
@@ -338,19 +456,32 @@ class RunGuard:
         value = float(batches[first[1]][row])
         raise NonFiniteError(
             f"`{first[1]}` became {value} at epoch {epoch}, step {step}; training stopped "
-            f'(on_nonfinite="stop"). {self._where_good()}',
+            f'(on_nonfinite="stop"). {self._last_good()}',
             epoch,
             step,
             first[1],
             self.last_checkpoint,
         )
 
-    def _where_good(self) -> str:
+    def _last_good(self) -> str:
+        """Put the model and optimizer in memory back to the latest good checkpoint, if any;
+        say which, or that the model in memory still holds the non-finite state."""
         if self.last_checkpoint is None:
-            return "No checkpoint was written before it (pass `run_dir=` to keep some)."
+            why = "pass `run_dir=` to keep some" if self.store is None else "none was due yet"
+            return (
+                f"No checkpoint was written before it ({why}), so the model in memory was NOT "
+                "restored: it holds the weights of the failing step."
+            )
+        try:
+            state = load_checkpoint(self.last_checkpoint)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            restored = "The model and optimizer in memory were restored to it."
+        except (CheckpointError, OSError, RuntimeError) as e:
+            restored = f"The model in memory was NOT restored (reading it failed: {e})."
         return (
-            f"The latest good checkpoint, {self.last_checkpoint}, is kept; lower the learning "
-            f"rate or clip gradients, then resume with {self.resume_hint()}."
+            f"The latest good checkpoint, {self.last_checkpoint}, is kept. {restored} Lower the "
+            f"learning rate or clip gradients, then resume with {self.resume_hint()}."
         )
 
     def resume_hint(self) -> str:
@@ -383,7 +514,8 @@ class RunGuard:
                 f"Resume with {hint}\n(e.g. {again})."
             )
         print(message, file=sys.stderr, flush=True)
-        raise TrainingInterrupted(message, name, path, hint)
+        # The message is printed once, above; the traceback of an uncaught stop only names it.
+        raise TrainingInterrupted(f"{name} received (see the message above)", name, path, hint)
 
     def close(self, error: BaseException | None) -> None:
         """Restore signal handlers, append the last history rows and write the summary."""
@@ -395,8 +527,18 @@ class RunGuard:
             self.lens.flush()
         self.rundir.append(self.history)
         self.rundir.close()
+        if self.lock is not None:
+            self.lock.release()
+        old = self.global_step - self.saved_step
+        if self.checkpoints_failed:
+            print(
+                f"fitlens: {self.checkpoints_failed} checkpoint write(s) failed this session; "
+                f"the latest checkpoint, {self.last_checkpoint}, is {old} steps old.",
+                file=sys.stderr,
+                flush=True,
+            )
         status = "completed"
-        if isinstance(error, TrainingInterrupted):
+        if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C's plain one included
             status = "interrupted"
         elif isinstance(error, NonFiniteError):
             status = "nonfinite"
@@ -406,6 +548,8 @@ class RunGuard:
             "session_seconds": self.clock() - self.started,
             "checkpoints": {
                 "written_this_session": self.checkpoints_written,
+                "failed_this_session": self.checkpoints_failed,
+                "steps_since_latest": old,
                 "seconds_this_session": self.checkpoint_seconds,
                 "latest": str(self.last_checkpoint) if self.last_checkpoint else None,
             },
@@ -428,5 +572,15 @@ class RunGuard:
 
 
 def _parameters_finite(model: torch.nn.Module) -> bool:
-    flags = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    tensors = [*model.parameters(), *model.buffers()]
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True  # one host sync
+
+
+def _two_checkpoints(model: torch.nn.Module) -> int:
+    """Bytes two checkpoints need, estimated before the optimizer has any state: the model's
+    state plus two optimizer tensors per parameter (Adam's moments; most optimizers keep at
+    most that), twice."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 2 * (state + 2 * params)

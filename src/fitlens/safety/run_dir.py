@@ -5,7 +5,9 @@ Layout of ``run_dir``::
     batches.csv      one row per training batch (History.batches columns), appended at every
                      display refresh; ``pandas.read_csv`` reads it while training runs
     epochs.csv       one row per epoch (History.epochs_table), appended at every epoch end
-    history.jsonl    the same rows as JSON Lines: {"type": "batch", ...} and
+    history.jsonl    the same rows as JSON Lines: {"type": "batch", "epoch": 1, "step": 1, ...,
+                     "values": {"loss": ...}} (earlier versions did not nest the values; both
+                     forms are read) and
                      {"type": "epoch", "epoch": 1, "logs": {...}, "timing": {...}}; NaN is null
     summary.json     config, versions, timings, final metrics and status (replaced atomically)
     checkpoints/     ckpt-00000001.pt, ... (see fitlens.safety.checkpoint)
@@ -20,10 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
+import os
 import platform
+import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -31,14 +37,143 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fitlens.core.history import History
-from fitlens.safety.checkpoint import write_atomic
+from fitlens.core.files import NOFOLLOW, open_append, write_atomic
+from fitlens.core.history import BASE_COLUMNS, History, flat_batch_record
 
 BATCHES_CSV = "batches.csv"
 EPOCHS_CSV = "epochs.csv"
 JSONL = "history.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+
+
+LOCK = ".lock"
+_WRITTEN = (BATCHES_CSV, EPOCHS_CSV, JSONL, SUMMARY)
+
+
+def prepare_run_dir(run_dir: str | Path, need_bytes: int) -> Path:
+    """Check and create ``run_dir`` before the first step; returns it with ``~`` expanded.
+
+    Args:
+        run_dir: the directory `fit` was given.
+        need_bytes: the free space the run needs (two checkpoints, estimated by the caller).
+
+    Raises:
+        ValueError: an empty string; ``run_dir`` is a file; a file fitlens writes there
+            (``batches.csv``, ...) or ``checkpoints`` is of the wrong kind.
+        OSError: the directory cannot be created or written (read-only file system,
+            permissions), or the disk has less than ``need_bytes`` free. Each message says what
+            was expected, what was found and what to do.
+    """
+    if not str(run_dir).strip():
+        raise ValueError(
+            "Expected `run_dir` to name a directory. Received an empty string; pass e.g. "
+            "run_dir='runs/exp1', or None to write nothing."
+        )
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"`run_dir` {path} is a file, not a directory. Choose another run_dir.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = write_atomic(path / ".fitlens-write-test", b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(
+            e.errno,
+            f"Cannot write to run_dir {path}: {e.strerror or e}. Choose a directory you can "
+            "write to (not on a read-only file system).",
+        ) from None
+    for name in (*_WRITTEN, CHECKPOINTS):
+        p = path / name
+        if p.is_dir() if name != CHECKPOINTS else p.exists() and not p.is_dir():
+            kind, want = (
+                ("a file", "a directory") if name == CHECKPOINTS else ("a directory", "a file")
+            )
+            raise ValueError(
+                f"{p} is {kind}; fitlens writes {want} there. Move it away or choose another "
+                "run_dir."
+            )
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"run_dir {path} has {free / 1e6:.1f} MB free; the run needs about "
+            f"{need_bytes / 1e6:.1f} MB for two checkpoints (model and optimizer state). Free "
+            "some space or choose a run_dir on another disk.",
+        )
+    return path
+
+
+class RunLock:
+    """A lock file in a run directory, holding the owner's pid and host.
+
+    A second process on the same ``run_dir`` is refused; a lock left by a process that no
+    longer runs (on this host) is taken over with a warning.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK
+        self.held = False
+
+    def acquire(self) -> None:
+        """Take the lock.
+
+        Raises:
+            RuntimeError: another live process (or one on another host) holds it.
+        """
+        host = socket.gethostname()
+        me = {"pid": os.getpid(), "host": host}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if not self._stale(owner, host):
+                    raise RuntimeError(
+                        f"run_dir {self.path.parent} is in use by process {owner.get('pid')} on "
+                        f"host {owner.get('host')!r} (lock file {self.path}). Two runs must not "
+                        "write one run_dir: wait for it, choose another run_dir, or delete the "
+                        "lock file if that process is gone."
+                    ) from None
+                warnings.warn(
+                    f"Taking over the lock of run_dir {self.path.parent}: process "
+                    f"{owner.get('pid')} on this host, which held it, no longer runs.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self.held = True
+            return
+
+    def _owner(self) -> dict[str, Any]:
+        try:
+            owner = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # torn or unreadable: written by a process killed mid-write
+        return owner if isinstance(owner, dict) else {}
+
+    @staticmethod
+    def _stale(owner: dict[str, Any], host: str) -> bool:
+        pid = owner.get("pid")
+        if owner.get("host", host) != host:
+            return False  # cannot see processes on another host
+        if not isinstance(pid, int) or pid == os.getpid():
+            return True  # unreadable, or left by an earlier fit of this very process
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def _clean(x: Any) -> Any:
@@ -95,7 +230,7 @@ class RunDir:
         self._epochs_written = len(history.epoch)
         for name in (BATCHES_CSV, EPOCHS_CSV, JSONL):
             # Kept open for the whole run (appended at every refresh); closed by `close`.
-            self._files[name] = open(self.path / name, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self._files[name] = open_append(self.path / name)
 
     def append(self, history: History) -> None:
         """Append the batch and epoch rows recorded since the last call, and flush."""
@@ -223,7 +358,9 @@ def _deep_clean(obj: Any) -> Any:
 
 
 def _batch_json(columns: list[str], row: list[Any]) -> str:
-    record = {"type": "batch", **{c: _clean(v) for c, v in zip(columns, row, strict=True)}}
+    record: dict[str, Any] = {"type": "batch", "values": {}}
+    for c, v in zip(columns, row, strict=True):  # the metrics nested: no clash with our keys
+        (record if c in BASE_COLUMNS else record["values"])[c] = _clean(v)
     return json.dumps(record) + "\n"
 
 
@@ -258,7 +395,10 @@ def read_history(run_dir: str | Path) -> History:
             if not line.endswith("\n"):
                 break  # torn last line
             record = json.loads(line)
-            (batch_rows if record.pop("type") == "batch" else epochs).append(record)
+            if record.pop("type") == "batch":
+                batch_rows.append(flat_batch_record(record))
+            else:
+                epochs.append(record)
     base = {"epoch", "step", "size", "step_time", "data_time"}
     names = [k for k in batch_rows[0] if k not in base] if batch_rows else []
     history = History(names)

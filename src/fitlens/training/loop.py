@@ -26,7 +26,7 @@ from fitlens.adapters.losses import LossFn
 from fitlens.core.estimators import DEFAULT_NOW, Estimator
 from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
-from fitlens.safety.guard import NonFinitePolicy
+from fitlens.safety.guard import NonFinitePolicy, Resume
 from fitlens.training.callbacks import Callback
 from fitlens.training.setup import Training, check_arguments
 from fitlens.view.progress import Progress
@@ -52,9 +52,10 @@ def fit(
     train_eval: bool | float | int | None = None,
     prefetch: int = 0,
     run_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: Resume = False,
     checkpointing: Checkpointing | None = None,
     on_nonfinite: NonFinitePolicy = "stop",
+    max_skipped: float = 0.1,
     initial_epoch: int | None = None,
     history: History | None = None,
     clock: Clock | None = None,
@@ -96,11 +97,17 @@ def fit(
         run_dir: a directory for the history files, checkpoints and a summary (see
             `fitlens.safety.run_dir`); nothing is written without it.
         resume: continue the run in ``run_dir`` from its last good checkpoint, mid-epoch
-            included (starts afresh when there is none yet).
+            included (starts afresh when there is no checkpoint yet). When checkpoint files
+            exist but none loads, resume stops with an error listing each file and why;
+            ``"allow_fresh"`` starts over instead (the unreadable files are kept, renamed).
         checkpointing: a `Checkpointing` (when to write checkpoints; an LR scheduler to keep);
             default: every 10 minutes and at every epoch end.
-        on_nonfinite: ``"stop"`` (raise `NonFiniteError`) or ``"skip"`` the batch (one host
-            sync per step); see `fitlens.safety.guard`.
+        on_nonfinite: ``"stop"`` (raise `NonFiniteError`; the model in memory is put back to
+            the latest good checkpoint when there is one) or ``"skip"`` a batch whose loss or
+            gradients are not finite, as if it had never been seen, batch-norm statistics
+            included (one host sync per step); see `fitlens.safety.guard`.
+        max_skipped: with ``"skip"``: the largest fraction of an epoch's steps that may be
+            skipped (default 0.1); more, or a whole epoch, raises `NonFiniteError`.
         initial_epoch: as in Keras: run epochs ``initial_epoch`` to ``epochs - 1`` (0-based).
         history: the `History` an earlier call returned: this call continues that run (epochs
             numbered on, rows appended, the now estimates and the pending forecast carried

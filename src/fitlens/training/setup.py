@@ -23,9 +23,9 @@ from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
 from fitlens.core.estimators import Estimator
-from fitlens.core.history import History
+from fitlens.core.history import History, check_metric_names
 from fitlens.safety.checkpoint import Checkpointing
-from fitlens.safety.guard import NonFinitePolicy, RunGuard
+from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
@@ -91,9 +91,10 @@ class Training:
         train_eval: bool | float | int | None,
         prefetch: int,
         run_dir: str | Path | None,
-        resume: bool,
+        resume: Resume,
         checkpointing: Checkpointing | None,
         on_nonfinite: NonFinitePolicy,
+        max_skipped: float,
         initial_epoch: int | None,
         history: History | None,
         clock: Clock | None,
@@ -103,6 +104,7 @@ class Training:
         progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
         _, self.loss_fn = resolve_loss(loss)
         self.metrics = resolve_metrics(metrics, reserved=("loss",))
+        check_metric_names(m.name for m in self.metrics)
         self.device = dev = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(dev)
         for m in self.metrics:
@@ -143,6 +145,7 @@ class Training:
             resume=resume,
             checkpointing=checkpointing,
             on_nonfinite=on_nonfinite,
+            max_skipped=max_skipped,
             model=model,
             optimizer=self.optimizer,
             history=self.history,

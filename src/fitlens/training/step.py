@@ -30,8 +30,10 @@ class TrainStep:
     Args:
         model, loss_fn, optimizer, metrics: as `fit` resolved them.
         lens: receives the step's values.
-        skips: with ``on_nonfinite="skip"``: ``skips(loss)`` is True when the step must leave
-            no trace (it then also clears the gradients); None otherwise.
+        skips: with ``on_nonfinite="skip"``: ``skips(loss)``, called after the backward pass,
+            is True when the step must leave no trace (it then also clears the gradients; the
+            step puts back the buffers, such as batch-norm statistics, that the forward pass
+            updated); None otherwise.
     """
 
     def __init__(
@@ -55,13 +57,23 @@ class TrainStep:
         self._forward, self._loss = forward, self.loss_fn
         return value
 
+    def _buffers(self) -> list[torch.Tensor]:
+        """Copies of the model's buffers under ``on_nonfinite="skip"`` (none otherwise)."""
+        if self.skips is None:
+            return []
+        return [b.detach().clone() for b in self.model.buffers()]
+
     def run(self, x: Any, y: Any) -> None:
         """One step on the batch ``(x, y)``, already on the device."""
+        saved = self._buffers()  # the forward pass updates them before the loss is known
         outputs = self._forward(self.model, x)
         loss_value = self._loss(outputs, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
+            with torch.no_grad():
+                for buffer, before in zip(self.model.buffers(), saved, strict=True):
+                    buffer.copy_(before)
             self.lens.skip()
             return
         self.optimizer.step()
