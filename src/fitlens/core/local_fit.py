@@ -172,6 +172,11 @@ def _stacked_solve(
     return solvable, sol[:, :, 0], sol[:, :, 1], trace, t_mat
 
 
+def _quad(a: np.ndarray, mat: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a[r] @ mat[r] @ b[r]`` per row, summed in an order that does not depend on the rows."""
+    return np.sum(np.sum(a[:, :, None] * mat, axis=1) * b, axis=1)
+
+
 def _fill_stacked(
     out: list[LocalFit | None],
     rows: np.ndarray,
@@ -194,16 +199,12 @@ def _fill_stacked(
     size = degree + 1
     ok, theta, g, trace, t1 = _stacked_solve(m, my, t, size)
     ok2, theta2, g2, trace2, t2 = _stacked_solve(m, my, t, size + 1)
-    noise = np.einsum("ri,rij,rj->r", g, t1, g)
-    rss = syy - np.einsum("ri,ri->r", theta, my[:, :size])
+    noise = _quad(g, t1, g)
+    rss = syy - np.sum(theta * my[:, :size], axis=1)
     dof = batches - trace
     bend = theta[:, 0] - theta2[:, 0]
-    bend_noise = (
-        noise
-        + np.einsum("ri,rij,rj->r", g2, t2, g2)
-        - 2 * np.einsum("ri,rij,rj->r", g, t2[:, :size, :], g2)
-    )
-    rss2 = syy - np.einsum("ri,ri->r", theta2, my[:, : size + 1])
+    bend_noise = noise + _quad(g2, t2, g2) - 2 * _quad(g, t2[:, :size, :], g2)
+    rss2 = syy - np.sum(theta2 * my[:, : size + 1], axis=1)
     dof2 = batches - trace2
     higher = dof2 >= 1.0  # residuals of the higher fit: scatter without the bend in it
     rss, dof = np.where(higher, rss2, rss), np.where(higher, dof2, dof)
