@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import lru_cache
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
-from fitlens.core.local_fit import LocalFit, local_fit
+from fitlens.core.local_fit import LocalFit, local_fit, local_fits
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
 
 #: How much of the estimated squared bend (beyond its noise) enters the interval's variance
@@ -129,6 +130,29 @@ class Estimator:
     def interval(self, level: float = 0.9) -> tuple[float, float]:
         """A ``level`` interval for the quantity the estimate estimates (see `fit_interval`)."""
         return fit_interval(self.fit(), self.bounds, level, self.bend_weight)
+
+    def value_with(self, values: np.ndarray, weights: np.ndarray) -> float:
+        """The value after also adding these batches, leaving this estimator unchanged.
+
+        Equal, bit for bit, to ``update`` on a ``clone`` loaded with our ``state_dict``, then
+        ``value``; but copies only the state (a display reads this at every refresh).
+
+        Args:
+            values, weights: as for `update`.
+        """
+        copy = self._copy()
+        copy.update(values, weights)
+        return copy.value
+
+    def _copy(self) -> Estimator:
+        """An independent estimator with our settings and state (state arrays copied)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        for key in self._state_names:
+            val = getattr(self, key)
+            if isinstance(val, np.ndarray):
+                setattr(copy, key, val.copy())
+        return copy
 
     @property
     def weight(self) -> float:
@@ -304,6 +328,33 @@ class EpochMean(Estimator):
         self.merge(other)
 
 
+@lru_cache(maxsize=64)
+def _move(size: int, n: int) -> np.ndarray:
+    """The matrix that rewrites moment sums ``sum w x^k`` as sums of ``(x - n)^k``."""
+    k = np.arange(size)
+    binom = np.array([[math.comb(int(i), int(j)) for j in k] for i in k], dtype=np.float64)
+    move = binom * float(-n) ** np.maximum(k[:, None] - k[None, :], 0) * (k[:, None] >= k)
+    move.flags.writeable = False
+    return move
+
+
+@lru_cache(maxsize=64)
+def _block_powers(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` of a block of ``n`` batches (the newest at 0) and its powers ``x^k``, k < size."""
+    x = -np.arange(n - 1, -1, -1, dtype=np.float64)
+    powers = x[None, :] ** np.arange(size)[:, None]
+    x.flags.writeable = powers.flags.writeable = False
+    return x, powers
+
+
+@lru_cache(maxsize=256)
+def _discounts(decay: float, n: int) -> np.ndarray:
+    """``decay**(-x)`` over a block of ``n`` batches: the newest batch's discount is 1."""
+    d = decay ** (-_block_powers(1, n)[0])
+    d.flags.writeable = False
+    return d
+
+
 class _Discounted(Estimator):
     """A polynomial fit of ``degree`` with exponentially fading weights, read at the newest batch.
 
@@ -329,14 +380,14 @@ class _Discounted(Estimator):
         self.batches = 0.0
         self.steps = 0
         self.decay = self._initial_decay(math.nan)
+        self._fit: LocalFit | None = None
 
     def _shift(self, n: int) -> None:
         """Age the sums by ``n`` batches: every x decreases by n, every weight decays."""
         if n == 0 or self.steps == 0:
             return
-        k = np.arange(self.m.size)
-        binom = np.array([[math.comb(int(i), int(j)) for j in k] for i in k], dtype=np.float64)
-        move = binom * float(-n) ** np.maximum(k[:, None] - k[None, :], 0) * (k[:, None] >= k)
+        self._fit = None
+        move = _move(self.m.size, n)
         carry = self.decay**n
         self.m = carry * (move @ self.m)
         self.t = carry * carry * (move @ self.t)
@@ -348,11 +399,11 @@ class _Discounted(Estimator):
         if math.isnan(self.decay):
             self.decay = self._initial_decay(float(weights[0]))
         n = values.size
-        x = -np.arange(n - 1, -1, -1, dtype=np.float64)
-        d = self.decay ** (-x)
+        d = _discounts(self.decay, n)
         w = d * weights
-        powers = x[None, :] ** np.arange(self.m.size)[:, None]
+        powers = _block_powers(self.m.size, n)[1]
         self._shift(n)
+        self._fit = None
         self.m += powers @ w
         self.t += powers @ (d * w)
         self.my += powers[: self.my.size] @ (w * values)
@@ -361,7 +412,15 @@ class _Discounted(Estimator):
         self.steps += n
 
     def fit(self) -> LocalFit:
-        return local_fit(self.m, self.my, self.t, self.syy, self.batches, self.steps, self.degree)
+        if self._fit is None:  # the fit depends on the state only: kept until it changes
+            self._fit = local_fit(
+                self.m, self.my, self.t, self.syy, self.batches, self.steps, self.degree
+            )
+        return self._fit
+
+    def _load(self, state: dict[str, Any]) -> None:
+        super()._load(state)
+        self._fit = None
 
     @property
     def weight(self) -> float:
@@ -375,6 +434,7 @@ class _Discounted(Estimator):
         self._add(other)
 
     def _add(self, other: _Discounted) -> None:
+        self._fit = None
         self.m = self.m + other.m
         self.t = self.t + other.t
         self.my = self.my + other.my
@@ -684,6 +744,19 @@ class AdaptiveTrend(Estimator):
         return self.lines[0].weight
 
     def fit(self) -> LocalFit:
+        stale = [line for line in self.lines if line._fit is None]
+        if len(stale) > 1:  # the lines share their steps: fit them in one stacked solve
+            fits = local_fits(
+                np.array([line.m for line in stale]),
+                np.array([line.my for line in stale]),
+                np.array([line.t for line in stale]),
+                np.array([line.syy for line in stale]),
+                np.array([line.batches for line in stale]),
+                self.steps,
+                EMATrend.degree,
+            )
+            for line, fit in zip(stale, fits, strict=True):
+                line._fit = fit
         fits = [line.fit() for line in self.lines]
         # a bend that cannot be measured is no evidence of a small error: only the shortest
         # memory may be read without one
@@ -695,6 +768,12 @@ class AdaptiveTrend(Estimator):
         spread = _spread(fit, self.bounds)
         error = spread * fit.noise + _bias2(fit, spread)
         return math.inf if math.isnan(error) else error
+
+    def _copy(self) -> Estimator:
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.lines = [cast(EMATrend, line._copy()) for line in self.lines]
+        return copy
 
     def merge(self, other: Estimator) -> None:
         self._check_compatible(other)

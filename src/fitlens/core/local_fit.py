@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import cast
 
 import numpy as np
 
@@ -100,6 +102,137 @@ def local_fit(
     Returns:
         The fit; ``value`` is NaN when no weight has been seen.
     """
+    m, my, t = np.asarray(m)[None], np.asarray(my)[None], np.asarray(t)[None]
+    return local_fits(m, my, t, np.array([syy]), np.array([batches]), steps, degree)[0]
+
+
+def local_fits(
+    m: np.ndarray,
+    my: np.ndarray,
+    t: np.ndarray,
+    syy: np.ndarray,
+    batches: np.ndarray,
+    steps: int = 0,
+    degree: int = 0,
+) -> list[LocalFit]:
+    """`local_fit` of several estimators' sums (one per row) over the same ``steps``.
+
+    Rows whose fit of ``degree`` and of ``degree + 1`` both exist (the usual case) are solved
+    together in a few stacked numpy calls; the others one by one. Each row's result depends
+    only on that row.
+
+    Args:
+        m, t: ``(rows, 2 degree + 3)`` moment sums; my: ``(rows, degree + 2)``.
+        syy, batches: ``(rows,)``.
+        steps, degree: as for `local_fit`.
+    """
+    rows = m.shape[0]
+    out: list[LocalFit | None] = [None] * rows
+    size = degree + 1
+    if (
+        degree >= 1
+        and steps >= degree + 3
+        and m.shape[1] > 2 * size
+        and t.shape[1] > 2 * size
+        and my.shape[1] > size
+    ):
+        good = np.flatnonzero(m[:, 0] > 0)
+        if good.size:
+            _fill_stacked(out, good, m, my, t, syy, batches, degree)
+    for i in range(rows):
+        if out[i] is None:
+            out[i] = _local_fit_one(
+                m[i], my[i], t[i], float(syy[i]), float(batches[i]), steps, degree
+            )
+    return cast(list[LocalFit], out)
+
+
+@lru_cache(maxsize=16)
+def _hankel_layout(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Hankel index ``i + j`` and the identity, for ``size`` coefficients (read-only)."""
+    idx = np.arange(size)
+    hank, eye = idx[:, None] + idx[None, :], np.eye(size)
+    hank.flags.writeable = eye.flags.writeable = False
+    return hank, eye
+
+
+def _stacked_solve(
+    m: np.ndarray, my: np.ndarray, t: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(solvable, theta, g, trace, t_hankel)`` of fits with ``size`` coefficients, per row."""
+    hank, eye = _hankel_layout(size)
+    g_mat, t_mat = m[:, hank], t[:, hank]
+    eig = np.linalg.eigvalsh(g_mat)
+    solvable = (eig[:, 0] > _CONDITION * eig[:, -1]) & (_CONDITION * eig[:, -1] > 0)
+    e0 = np.broadcast_to(eye[:, :1], (m.shape[0], size, 1))
+    rhs = np.concatenate([my[:, :size, None], e0, t_mat], axis=2)
+    g_safe = np.where(solvable[:, None, None], g_mat, eye)  # unsolvable rows: not used
+    sol = np.linalg.solve(g_safe, rhs)
+    trace = np.trace(sol[:, :, 2:], axis1=1, axis2=2)
+    return solvable, sol[:, :, 0], sol[:, :, 1], trace, t_mat
+
+
+def _quad(a: np.ndarray, mat: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a[r] @ mat[r] @ b[r]`` per row, summed in an order that does not depend on the rows."""
+    return np.sum(np.sum(a[:, :, None] * mat, axis=1) * b, axis=1)
+
+
+def _fill_stacked(
+    out: list[LocalFit | None],
+    rows: np.ndarray,
+    m: np.ndarray,
+    my: np.ndarray,
+    t: np.ndarray,
+    syy: np.ndarray,
+    batches: np.ndarray,
+    degree: int,
+) -> None:
+    """Fill ``out`` at ``rows`` where both the fit and the one a degree higher can be solved."""
+    m, my, t, syy, batches = m[rows], my[rows], t[rows], syy[rows], batches[rows]
+    scale = np.maximum(np.sqrt(m[:, 2] / m[:, 0]), 1.0)  # x spans >= 1 batch
+    powers = scale[:, None] ** -np.arange(max(m.shape[1], t.shape[1]))
+    m, t, my = (
+        m * powers[:, : m.shape[1]],
+        t * powers[:, : t.shape[1]],
+        my * powers[:, : my.shape[1]],
+    )
+    size = degree + 1
+    ok, theta, g, trace, t1 = _stacked_solve(m, my, t, size)
+    ok2, theta2, g2, trace2, t2 = _stacked_solve(m, my, t, size + 1)
+    noise = _quad(g, t1, g)
+    rss = syy - np.sum(theta * my[:, :size], axis=1)
+    dof = batches - trace
+    bend = theta[:, 0] - theta2[:, 0]
+    bend_noise = noise + _quad(g2, t2, g2) - 2 * _quad(g, t2[:, :size, :], g2)
+    rss2 = syy - np.sum(theta2 * my[:, : size + 1], axis=1)
+    dof2 = batches - trace2
+    higher = dof2 >= 1.0  # residuals of the higher fit: scatter without the bend in it
+    rss, dof = np.where(higher, rss2, rss), np.where(higher, dof2, dof)
+    effective = m[:, 0] ** 2 / t[:, 0]
+    for j, row in enumerate(rows):
+        if ok[j] and ok2[j]:
+            spread = max(float(rss[j]), 0.0) / float(dof[j]) if dof[j] >= 1.0 else math.nan
+            out[row] = LocalFit(
+                float(theta[j, 0]),
+                degree,
+                float(noise[j]),
+                float(effective[j]),
+                spread,
+                float(bend[j]),
+                max(float(bend_noise[j]), 0.0),
+            )
+
+
+def _local_fit_one(
+    m: np.ndarray,
+    my: np.ndarray,
+    t: np.ndarray,
+    syy: float,
+    batches: float,
+    steps: int,
+    degree: int,
+) -> LocalFit:
+    """`local_fit` of one row, step by step (any case, including too little data)."""
     nan = math.nan
     if not m[0] > 0:
         return LocalFit(nan, 0, nan, 0.0, nan, nan, nan)

@@ -59,10 +59,7 @@ class Blocks:
         """``est``'s value with the partial block's ``column`` added (on a copy)."""
         if not len(self.weights):
             return est.value
-        copy = est.clone()
-        copy.load_state_dict(est.state_dict())
-        copy.update(self.values[:, column], self.weights[:, column])
-        return copy.value
+        return est.value_with(self.values[:, column], self.weights[:, column])
 
 
 class EpochValue(Protocol):
