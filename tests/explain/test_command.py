@@ -92,19 +92,9 @@ def test_plot_writes_a_png(log, tmp_path, capsys):
     assert capsys.readouterr().err == f"fitlens explain: plot written to {out}\n"
 
 
-def test_plot_without_matplotlib_says_what_to_install(log, tmp_path, monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_plot_without_matplotlib_says_what_to_install(log, tmp_path, no_matplotlib, capsys):
     assert main([str(log), "--plot", str(tmp_path / "x.png")]) == 2
-    assert "install fitlens[plot]" in _error(capsys)
+    assert "pip install 'fitlens[plot]'" in _error(capsys)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 
 import fitlens
 
+from .browser import browser as browser  # the fixture, for test_browser
 from .runs import train
 
 

@@ -7,65 +7,14 @@ Under CI (``CI=true``) a missing browser fails these tests instead of skipping t
 
 from __future__ import annotations
 
-import os
-import shutil
-import struct
 from pathlib import Path
 
 import pytest
 
 from fitlens.cli.main import main
 
+from .browser import HOSTILE, Visit
 from .runs import train
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-def _unavailable(why: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why}; CI must run the browser tests (.ci/run installs chromium)")
-    pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        _unavailable("no chromium on PATH (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is missing (pip install -e '.[dev]')")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-class Visit:
-    """A page opened from a file, with everything it logged, requested and popped up."""
-
-    def __init__(self, browser, path: Path) -> None:
-        self.page = browser.new_page(viewport={"width": 1200, "height": 900})
-        self.console: list[str] = []
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.dialogs: list[str] = []
-        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.url = path.resolve().as_uri()
-        self.page.goto(self.url)
-        self.page.wait_for_load_state("load")
-
-    def close(self) -> None:
-        self.page.close()
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
 
 
 def test_the_report_renders_with_no_console_message_and_no_request(finished_run, tmp_path, browser):
@@ -76,12 +25,9 @@ def test_the_report_renders_with_no_console_message_and_no_request(finished_run,
     try:
         assert visit.console == [] and visit.errors == []
         assert visit.requests == [visit.url]  # the page itself; charts are inline data
-        charts = visit.page.eval_on_selector_all(
-            "img.chart", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])"
-        )
+        charts = visit.charts()
         assert len(charts) == 1 and charts[0][0] and charts[0][1] > 400 and charts[0][2] > 300
-        headings = visit.page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
-        assert headings == [
+        assert visit.headings() == [
             "How the run ended",
             "Warnings",
             "Charts",
@@ -91,9 +37,7 @@ def test_the_report_renders_with_no_console_message_and_no_request(finished_run,
             "Forecasts of the epoch-start jump",
             "Settings",
         ]
-        shot = tmp_path / "report.png"
-        visit.page.screenshot(path=str(shot), full_page=True)
-        width, height = _png_size(shot.read_bytes())
+        width, height = visit.screenshot(tmp_path / "report.png")
         assert width == 1200 and height > 1500
     finally:
         visit.close()

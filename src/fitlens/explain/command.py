@@ -18,7 +18,7 @@ from fitlens.explain.epochs import split_epochs
 from fitlens.explain.jumps import Boundary, explain_all, is_training
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
 from fitlens.explain.report import summarize
-from fitlens.explain.writer import Explained, ReportWriter
+from fitlens.explain.writer import Explained, ReportWriter, replay
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         metavar="OUT.png",
         help="also draw a plot (.png, .pdf, .svg; needs fitlens[plot])",
+    )
+    parser.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="also write the explanation as one self-contained page (no network, no script; "
+        "the chart needs fitlens[plot])",
     )
     parser.add_argument(
         "--windows",
@@ -119,7 +125,7 @@ def explain_stream(
         options: Tolerance and batch sizes.
         writer: Takes each epoch's summary and boundaries as they come.
         keep_windows: Keep every display and window in the summaries (``--windows``).
-        keep_results: Keep every full reconstruction too (``--plot``).
+        keep_results: Keep every full reconstruction too (``--plot``, ``--html``).
 
     Raises:
         UserError: When the input holds no usable Keras progress output.
@@ -164,6 +170,31 @@ def explain_stream(
     return explained
 
 
+def _write_html(explained: Explained, path: str) -> None:
+    from fitlens.explain.html import CHART_CAPTION, render_html
+    from fitlens.explain.plot import PlotError, explain_figure
+
+    charts: list[tuple[str, bytes]] = []
+    missing = ""
+    try:
+        fig = explain_figure(explained)
+    except PlotError as err:
+        missing = f" without its chart ({err})"
+    else:
+        from fitlens.report.plot import close, render
+
+        try:
+            charts.append((CHART_CAPTION, render(fig, "svg")))
+        finally:
+            close(fig)
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(render_html(explained, charts))
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}") from None
+    print(f"fitlens explain: page written to {path}{missing}", file=sys.stderr)
+
+
 def main(argv: Sequence[str]) -> int:
     """Run `fitlens explain`; returns the exit code (0 ok, 2 user error)."""
     parser = build_parser()
@@ -183,8 +214,17 @@ def main(argv: Sequence[str]) -> int:
                 check_plot_path(args.plot)
             except PlotError as err:
                 raise UserError(str(err)) from None
+        if args.html:
+            from fitlens.explain.html import HtmlPathError, check_html_path
+
+            try:
+                check_html_path(args.html)
+            except HtmlPathError as err:
+                raise UserError(str(err)) from None
         name = "stdin" if args.log == "-" else args.log
-        writer = ReportWriter(name, options, as_json=args.json)
+        # The page needs every epoch and boundary at once, so --html holds them in memory and
+        # the text or JSON report is replayed from them afterwards.
+        writer = None if args.html else ReportWriter(name, options, as_json=args.json)
         stream = _open(args.log)
         try:
             explained = explain_stream(
@@ -193,11 +233,13 @@ def main(argv: Sequence[str]) -> int:
                 options,
                 writer=writer,
                 keep_windows=args.windows,
-                keep_results=bool(args.plot),
+                keep_results=bool(args.plot or args.html),
             )
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
+        if writer is None:
+            writer = replay(explained, as_json=args.json)
         if args.plot:
             from fitlens.explain.plot import PlotError, save_plot
 
@@ -208,6 +250,8 @@ def main(argv: Sequence[str]) -> int:
             except OSError as err:
                 raise UserError(f"cannot write {args.plot}: {err.strerror}") from None
             print(f"fitlens explain: plot written to {args.plot}", file=sys.stderr)
+        if args.html:
+            _write_html(explained, args.html)
     except UserError as err:
         print(f"fitlens explain: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,16 +1,21 @@
-"""`--plot`: shown means, reconstructed windows with their bounds, and epoch boundaries.
+"""`--plot` and the chart of `--html`: shown means, reconstructed windows with their bounds.
 
-matplotlib is imported only here, only when a plot is asked for (the ``fitlens[plot]`` extra).
+The chart is drawn by `fitlens.report.plot` (the same palette and styles as ``fitlens report``
+and `History.plot`): one panel per running-mean metric, with the means the log showed (role
+``shown``), each reconstructed window's mean (``window``) and provable bounds (``bounds``), and
+the epoch boundaries. matplotlib is imported only when drawing (the ``fitlens[plot]`` extra).
 """
 
 from __future__ import annotations
 
-import io
+import math
 import os
 from typing import Any
 
-from fitlens.core.files import write_atomic
+import numpy as np
+
 from fitlens.explain.writer import Explained
+from fitlens.report.plot import Panel, PlotUnavailable, Series
 
 #: File types ``--plot`` writes (matplotlib's raster and vector backends without extras).
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -18,10 +23,6 @@ FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 class PlotError(ValueError):
     """The plot cannot be drawn: matplotlib is missing or the path is unusable."""
-
-
-#: Kept for callers that caught the old name.
-PlotUnavailable = PlotError
 
 
 def check_plot_path(path: str) -> None:
@@ -44,87 +45,104 @@ def check_plot_path(path: str) -> None:
         )
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
+#: The x axis, as in ``fitlens report``: epoch ``e``'s step ``s`` of ``n`` sits at ``e - 1 + s / n``.
+XLABEL = "epoch (dotted: epoch boundary)"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotError(
-            "--plot needs matplotlib; install fitlens[plot] (pip install 'fitlens[plot]')"
-        ) from None
-    return plt
+
+def _finite(x: float) -> float:
+    # An unbounded side (no display narrows it) is left undrawn rather than stretching the axis.
+    return x if math.isfinite(x) else math.nan
+
+
+def explain_panels(explained: Explained) -> list[Panel]:
+    """One `Panel` per running-mean metric of ``explained`` (which must hold its results).
+
+    The x axis is in epochs, as in ``fitlens report``: the ``e``-th epoch of the log (1-based)
+    with ``n`` steps (its target, or the last step shown if larger) puts step ``s`` at
+    ``e - 1 + s / n``, and a window over batches ``a..b`` spans ``(e - 1 + (a - 1) / n,
+    e - 1 + b / n]``. Epochs are separated by NaN (a gap in every line); an infinite bound is NaN
+    too (no band where nothing bounds it).
+
+    Raises:
+        ValueError: If ``explained`` kept no results or has no running-mean metric.
+    """
+    results = explained.results
+    if not results:
+        raise ValueError("Expected an explained log with its results kept (keep_results=True).")
+    names: list[str] = []
+    for e in results:
+        names.extend(n for n, m in e.metrics.items() if m.kind == "running_mean" and n not in names)
+    if not names:
+        raise ValueError("The log shows no running mean to draw (only epoch-end values).")
+    steps = [max(e.epoch.target or 0, e.epoch.last_step, 1) for e in results]
+    boundaries = np.arange(1, len(results), dtype=np.float64)
+    panels = []
+    for name in names:
+        shown_x: list[float] = []
+        shown_y: list[float] = []
+        wx: list[float] = []
+        wy: list[float] = []
+        lo: list[float] = []
+        hi: list[float] = []
+        for i, (e, n) in enumerate(zip(results, steps, strict=True)):
+            m = e.metrics.get(name)
+            if m is None or m.kind != "running_mean":
+                continue
+            xs = [i + p.step / n for p in m.shown]
+            shown_x += [*xs, xs[-1] if xs else i]
+            shown_y += [p.mean for p in m.shown] + [math.nan]
+            for w in m.windows:
+                wx += [i + (w.first_batch - 1) / n, i + w.last_batch / n]
+                wy += [w.value, w.value]
+                lo += [_finite(w.low)] * 2
+                hi += [_finite(w.high)] * 2
+            if wx:
+                wx.append(wx[-1])
+                wy.append(math.nan)
+                lo.append(math.nan)
+                hi.append(math.nan)
+        x, low, high = np.asarray(wx), np.asarray(lo), np.asarray(hi)
+        panels.append(
+            Panel(
+                name,
+                [
+                    Series("bounds", x, np.asarray(wy), low, high),
+                    Series("window", x, np.asarray(wy)),
+                    Series("shown", np.asarray(shown_x), np.asarray(shown_y)),
+                ],
+                boundaries,
+            )
+        )
+    return panels
+
+
+def explain_figure(explained: Explained) -> Any:
+    """The chart of ``explained`` as a matplotlib figure (close it with `report.plot.close`).
+
+    Raises:
+        PlotError: If matplotlib is missing or there is nothing to draw.
+    """
+    from fitlens.report.plot import figure
+
+    try:
+        panels = explain_panels(explained)
+        return figure(panels, title=f"fitlens explain: {explained.source}", xlabel=XLABEL)
+    except (PlotUnavailable, ValueError) as err:
+        raise PlotError(str(err)) from None
 
 
 def save_plot(explained: Explained, path: str) -> None:
     """Draw one panel per running-mean metric and save it to ``path`` (format from the suffix).
 
-    The x axis is the position in the whole log: epoch ``e``'s step ``s`` sits at
-    ``offset(e) + s``, with offsets the cumulative epoch lengths, so epochs line up end to end.
-
     Raises:
-        PlotError: If matplotlib is missing or the path is unusable.
+        PlotError: If matplotlib is missing, the path is unusable or there is nothing to draw.
         OSError: If the file cannot be written.
     """
+    from fitlens.report.plot import close, save
+
     check_plot_path(path)
-    plt = _pyplot()
-    results = explained.results or []
-    names: list[str] = []
-    for e in results:
-        for name, m in e.metrics.items():
-            if m.kind == "running_mean" and name not in names:
-                names.append(name)
-    names = names or ["loss"]
-    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
-    offsets, total = [], 0
-    for e in results:
-        offsets.append(total)
-        total += max(e.epoch.target or 0, e.epoch.last_step)
-    for ax, name in zip(axes[:, 0], names, strict=True):
-        for e, offset in zip(results, offsets, strict=True):
-            if name not in e.metrics:
-                continue
-            m = e.metrics[name]
-            xs = [offset + p.step for p in m.shown]
-            ax.plot(
-                xs,
-                [p.mean for p in m.shown],
-                "k.-",
-                lw=0.8,
-                ms=3,
-                label="shown running mean" if offset == 0 else None,
-            )
-            for i, w in enumerate(m.windows):
-                x0, x1 = offset + w.first_batch - 1, offset + w.last_batch
-                low = max(w.low, w.value - 1e9)
-                high = min(w.high, w.value + 1e9)
-                ax.fill_between(
-                    [x0, x1],
-                    [low, low],
-                    [high, high],
-                    color="tab:blue",
-                    alpha=0.25,
-                    lw=0,
-                    label="reconstructed bounds" if offset == 0 and i == 0 else None,
-                )
-                ax.plot(
-                    [x0, x1],
-                    [w.value, w.value],
-                    color="tab:blue",
-                    lw=1.2,
-                    label="reconstructed window mean" if offset == 0 and i == 0 else None,
-                )
-            if offset:
-                ax.axvline(offset, color="tab:red", lw=0.6, ls="--")
-        ax.set_ylabel(name)
-        ax.legend(loc="best", fontsize=8)
-    axes[-1, 0].set_xlabel("position in the log (steps, epochs end to end; red: epoch boundary)")
-    fig.suptitle(f"fitlens explain: {explained.source}")
-    fig.tight_layout()
+    fig = explain_figure(explained)
     try:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, dpi=110, format=os.path.splitext(path)[1].lower().lstrip("."))
-        write_atomic(path, buffer.getvalue())
+        save(fig, path)
     finally:
-        plt.close(fig)
+        close(fig)

@@ -189,13 +189,14 @@ def fmt_bound(x: float, up: bool) -> str:
     return f"{units / 1e4:.4f}e{exponent:+03d}"
 
 
-def _signed(x: float) -> str:
+def signed(x: float) -> str:
+    """A jump with its sign: four decimals, or ``%+.4e`` below half the last digit."""
     if not math.isfinite(x):
         return str(x)
     return f"{x:+.4f}" if abs(x) >= 5e-5 or x == 0 else f"{x:+.4e}"
 
 
-def _signed_bound(x: float, up: bool) -> str:
+def signed_bound(x: float, up: bool) -> str:
     """A signed bound in four decimals, rounded outwards."""
     if not math.isfinite(x):
         return str(x)
@@ -311,18 +312,19 @@ def _interval(w: Window) -> str:
     return f"{fmt(w.value)} (between {fmt_bound(w.low, False)} and {fmt_bound(w.high, True)})"
 
 
-def _share(b: Boundary) -> str:
+def jump_share(b: Boundary) -> str:
+    """The share of the jump averaging lag explains, as ``low%-high%`` rounded outwards."""
     return f"{pct(b.fraction_low, False)}-{pct(b.fraction_high, True)}"
 
 
 def bottom_line(b: Boundary) -> str:
     """One line: the boundary, the jump, and what the numbers allow."""
-    head = f"epoch {b.from_epoch} -> {b.from_epoch + 1}, {b.metric} {_signed(b.jump)}: "
+    head = f"epoch {b.from_epoch} -> {b.from_epoch + 1}, {b.metric} {signed(b.jump)}: "
     if b.reason == "within_rounding":
         return head + "no jump beyond the display's rounding"
     if b.reason == "no_view_inside":
         return head + "one line per epoch (verbose=2): the log cannot tell whether it is lag"
-    share = _share(b)
+    share = jump_share(b)
     if b.verdict == "averaging_lag":
         return head + f"averaging lag: it explains {share} of the jump (at least {MOSTLY:.0%})"
     if b.verdict == "mixed":
@@ -342,11 +344,11 @@ def _boundary_text(b: Boundary, firsts: str, separate_fits: bool) -> list[str]:
     lines = [
         f"  {b.metric}: epoch {k} ended at a shown mean of {fmt(b.shown_end_mean)}; "
         f"epoch {k + 1} starts at {fmt(b.next_start)} (first values: {firsts}): "
-        f"a jump of {_signed(b.jump)}.",
+        f"a jump of {signed(b.jump)}.",
         f"    Near the end of epoch {k}, {_batches(b.end_level)} averaged "
         f"{_interval(b.end_level)}.",
-        f"    Averaging lag explains {_signed_bound(b.lag_low, False)} to "
-        f"{_signed_bound(b.lag_high, True)} of it ({_share(b)} of the jump).",
+        f"    Averaging lag explains {signed_bound(b.lag_low, False)} to "
+        f"{signed_bound(b.lag_high, True)} of it ({jump_share(b)} of the jump).",
     ]
     if b.early is not None and b.late is not None:
         lines.append(
@@ -374,7 +376,7 @@ def _needed(b: Boundary) -> str:
 
 def _verdict_text(b: Boundary, separate_fits: bool) -> str:
     k = b.from_epoch
-    share = _share(b)
+    share = jump_share(b)
     noise = ""
     if b.next_window.batches <= 3:
         noise = (

@@ -175,7 +175,8 @@ class ReportWriter:
             for name, per_epoch in self._firsts.items()
         }
 
-    def _same_first_batches_text(self) -> list[str]:
+    def same_first_batches_lines(self) -> list[str]:
+        """The text report's lines comparing the same first batches across epochs (or none)."""
         table = self.same_first_batches()
         if table is None:
             return []
@@ -204,8 +205,12 @@ class ReportWriter:
             else:
                 self._finish_text(stats, out)
         finally:
-            for spool in (self._bottom, self._epochs, self._details):
-                spool.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the temporary files (`finish` does; call it when not finishing)."""
+        for spool in (self._bottom, self._epochs, self._details):
+            spool.close()
 
     def _finish_text(self, stats: ParseStats, out: TextIO) -> None:
         out.write(
@@ -221,7 +226,7 @@ class ReportWriter:
             out.write(
                 "No epoch boundary to explain (the log holds fewer than two training epochs).\n"
             )
-        same = self._same_first_batches_text()
+        same = self.same_first_batches_lines()
         if same:
             out.write("\n" + "\n".join(same) + "\n")
         out.write("\n" + self.last_batch_text() + "\n")
@@ -276,13 +281,24 @@ def _copy(spool: IO[str], out: TextIO) -> None:
     shutil.copyfileobj(spool, out, 1 << 20)
 
 
-def _write(explained: Explained, as_json: bool) -> str:
+def replay(explained: Explained, as_json: bool = False) -> ReportWriter:
+    """A writer fed with every epoch and boundary ``explained`` holds, ready to `finish`."""
     writer = ReportWriter(explained.source, explained.options, as_json=as_json)
+    for e, into in zip(explained.epochs, by_epoch(explained), strict=True):
+        writer.add(e, into)
+    return writer
+
+
+def by_epoch(explained: Explained) -> list[list[Boundary]]:
+    """Per epoch of ``explained.epochs``, the boundaries that end at it (from the previous)."""
     by_end: dict[int, list[Boundary]] = {}
     for b in explained.boundaries:
         by_end.setdefault(b.from_epoch + 1, []).append(b)
-    for e in explained.epochs:
-        writer.add(e, by_end.get(e.index, []))
+    return [by_end.get(e.index, []) for e in explained.epochs]
+
+
+def _write(explained: Explained, as_json: bool) -> str:
+    writer = replay(explained, as_json)
     out = io.StringIO()
     writer.finish(explained.stats, out)
     return out.getvalue()

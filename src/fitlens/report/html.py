@@ -11,8 +11,6 @@ warnings, errors) goes through `html.escape`; the JSON block escapes ``<``, ``>`
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,36 +28,8 @@ from fitlens.report.facts import (
     json_ready,
     time_table,
 )
+from fitlens.report.page import charts_html, esc, json_block, page
 from fitlens.report.reader import Run
-
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:72em;
-color:#1a1a1a;padding:0 1em}
-h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid
-#ccc}
-table{border-collapse:collapse;margin:.5em 0;font-variant-numeric:tabular-nums}
-th,td{padding:.2em .6em;border-bottom:1px solid #e4e4e4;text-align:right;vertical-align:top}
-th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
-.status{padding:.5em .8em;border-left:6px solid #0072B2;background:#f2f7fb}
-.status.bad{border-color:#D55E00;background:#fdf3ec}
-.warn li{margin:.2em 0}.note{color:#555;font-size:.92em}
-.bar{display:flex;height:1em;min-width:12em;border:1px solid #999}
-.bar span{display:block;height:100%}
-.data{background:#E69F00}.compute{background:#0072B2}.eval{background:#009E73}
-.other{background:repeating-linear-gradient(45deg,#ccc 0 3px,#fff 3px 6px)}
-.key span{display:inline-block;width:1em;height:.8em;border:1px solid #999;margin:0 .3em 0 1em}
-img.chart{max-width:100%;height:auto}
-dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{font-weight:600}
-dd{margin:0;font-family:ui-monospace,monospace;font-size:.92em;word-break:break-all}
-code{font-family:ui-monospace,monospace}
-"""
-
-
-def esc(text: Any) -> str:
-    """Text from the run, escaped for HTML content and attribute values."""
-    return html.escape(str(text), quote=True)
 
 
 def num(x: float, digits: int = 4) -> str:
@@ -305,12 +275,6 @@ def _settings_section(settings: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def json_block(data: Any) -> str:
-    """``data`` as JSON that cannot close the ``<script>`` element holding it."""
-    text = json.dumps(data, default=str, allow_nan=False)
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
 def render_page(run: Run, charts: Sequence[tuple[str, bytes]], title: str | None = None) -> str:
     """The whole page as text.
 
@@ -321,12 +285,6 @@ def render_page(run: Run, charts: Sequence[tuple[str, bytes]], title: str | None
     """
     f = run.facts
     name = title or f.source
-    images = "".join(
-        f'<figure><img class="chart" alt="{esc(caption)}" '
-        f'src="data:image/svg+xml;base64,{base64.b64encode(svg).decode()}">'
-        f"<figcaption class=note>{esc(caption)}</figcaption></figure>"
-        for caption, svg in charts
-    )
     warnings = (
         "<ul class=warn>" + "".join(f"<li>{esc(w)}</li>" for w in f.warnings) + "</ul>"
         if f.warnings
@@ -337,25 +295,20 @@ def render_page(run: Run, charts: Sequence[tuple[str, bytes]], title: str | None
     sections = [
         ("How the run ended", _status(run)),
         ("Warnings", warnings),
-        ("Charts", images or "<p class=note>No batch recorded yet.</p>"),
+        ("Charts", charts_html(charts) or "<p class=note>No batch recorded yet.</p>"),
         ("Epochs", _epochs_section(run)),
         ("Gap decomposition", _gaps_section(run)),
         ("Where the time went", _time_section(run)),
         ("Forecasts of the epoch-start jump", _forecast_section(forecasts(run.history), metric)),
         ("Settings", _settings_section(f.settings)),
     ]
-    body = "".join(f"<section><h2>{esc(h)}</h2>{content}</section>" for h, content in sections)
-    return (
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>fitlens report: {esc(name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>fitlens report: <code>{esc(name)}</code></h1>"
-        f"<p class=note>{len(run.history.epoch)} epochs ended, {len(run.history.batches)} "
-        "batches recorded. Made by fitlens; opens without network.</p>"
-        f"{body}"
-        f'<script type="application/json" id="fitlens-run">{json_block(data)}</script>'
-        "</body></html>\n"
+    return page(
+        f"fitlens report: {name}",
+        f"fitlens report: <code>{esc(name)}</code>",
+        f"{len(run.history.epoch)} epochs ended, {len(run.history.batches)} "
+        "batches recorded. Made by fitlens; opens without network.",
+        sections,
+        data=("fitlens-run", data),
     )
 
 
