@@ -448,6 +448,7 @@ class Lens:
             data_share=data_time / elapsed if elapsed > 0 else math.nan,
             metrics=self.snapshot(),
             validation=validation or {},
+            headline=self._headline({}),
         )
 
 

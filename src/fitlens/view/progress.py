@@ -6,16 +6,18 @@ decides *when* and *where* to write.
 
 Modes (``verbose``):
     0: silent.
-    1: a tqdm bar per epoch when writing to a terminal or a notebook (``tqdm.auto`` picks the
-       widget), refreshed at most ``refresh_per_second`` times; when the output is a file or a
-       pipe, no carriage returns: one line per epoch, plus one line every ``log_every`` steps
-       if set.
+    1: in a terminal, a bar and the metrics redrawn in place, laid out for the terminal's
+       width (`format_terminal`); in a notebook, a tqdm widget; refreshed at most
+       ``refresh_per_second`` times. When the output is a file or a pipe, no carriage
+       returns: one line per epoch, plus one line every ``log_every`` steps if set.
     2: one line per epoch.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ class ProgressState:
         data_share: fraction of the epoch's elapsed time spent waiting for data, in [0, 1].
         metrics: ``{name: (epoch mean, now estimate)}`` for the training metrics.
         validation: ``{"val_name": value}``, filled at epoch end when validation ran.
+        headline: the metric shown first when the terminal is narrow (None: the first).
     """
 
     epoch: int
@@ -49,6 +52,7 @@ class ProgressState:
     data_share: float = math.nan
     metrics: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     validation: Mapping[str, float] = field(default_factory=dict)
+    headline: str | None = None
 
 
 def format_metrics(metrics: Mapping[str, tuple[float, float]]) -> str:
@@ -111,18 +115,148 @@ def format_epoch_line(s: ProgressState) -> str:
     return " - ".join(parts)
 
 
-def _postfix(s: ProgressState) -> str:
-    head = (
+def _times(s: ProgressState) -> str:
+    return (
         f"{format_seconds(s.elapsed)}<{format_seconds(s.eta_epoch)} "
         f"(run {format_seconds(s.eta_run)}) - data {_share(s.data_share)}"
     )
-    return f"{head} - {format_metrics(s.metrics)}" if s.metrics else head
+
+
+def _postfix(s: ProgressState) -> str:
+    """The text after a tqdm widget's bar (in a notebook)."""
+    return f"{_times(s)} - {format_metrics(s.metrics)}" if s.metrics else _times(s)
+
+
+#: At this many columns and more, the bar and every metric share one line.
+WIDE = 120
+#: Below this many columns, the bar is dropped and the headline metric comes first.
+NARROW = 60
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def format_bar(done: int, total: int, width: int = 20) -> str:
+    """A bar of ``width`` cells filled to ``done / total`` in eighths of a cell: ``"|███▌  |"``."""
+    eighths = int(8 * width * min(max(done / total, 0.0), 1.0)) if total > 0 else 0
+    full, part = divmod(eighths, 8)
+    cells = "█" * full + (_EIGHTHS[part] if part else "")
+    return f"|{cells.ljust(width)}|"
+
+
+def compact_value(x: float) -> str:
+    """`format_value` without the leading zero of a magnitude below 1: ``".8918"``, ``"-.0125"``."""
+    text = format_value(x)
+    if text.startswith("0."):
+        return text[1:]
+    return "-" + text[2:] if text.startswith("-0.") else text
+
+
+def compact_metric(name: str, mean: float, now: float) -> str:
+    """``"acc .8918→.9412"``: epoch mean, then now; a metric with no now shows its mean alone."""
+    if math.isnan(now) and not math.isnan(mean):
+        return f"{name} {compact_value(mean)}"
+    return f"{name} {compact_value(mean)}→{compact_value(now)}"
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    """Items joined by two spaces, as many per line as ``width`` allows (one at least)."""
+    lines = [items[0]]
+    for item in items[1:]:
+        if len(lines[-1]) + 2 + len(item) > width:
+            lines.append(item)
+        else:
+            lines[-1] += f"  {item}"
+    return lines
+
+
+def format_terminal(s: ProgressState, columns: int) -> list[str]:
+    """The terminal display for a window ``columns`` wide: every line fits, and every metric
+    keeps both its mean and its now.
+
+    * ``columns >= 120``: one line, bar then metrics (two when they do not fit on one);
+    * 60 to 119: the bar on the first line; the metrics below, spelled out when they fit on
+      one line, else compact (``mean→now: loss .4120→.3050  acc .8918→.9412``), wrapped;
+    * below 60: no bar, the time figures wrapped; the headline metric first, compact.
+
+    Below 120 columns the bar narrows (to 5 cells) before it is dropped.
+
+    A line still longer than ``columns`` (a metric name longer than the window) is cut at the
+    width: the terminal would otherwise wrap it and break the redraw.
+
+    Example:
+        >>> s = ProgressState(1, 3, 14, 50, 0.4, 1.0, 2.0, 0.36, {"loss": (0.5, 0.25)})
+        >>> format_terminal(s, 80)
+        ['Epoch 1/3 14/50 |█████▌              | 00:00<00:01 (run 00:02) - data 36%', 'loss: 0.5000 (now 0.2500)']
+    """
+    total = "?" if s.steps is None else str(s.steps)
+    position = f"Epoch {s.epoch}/{s.epochs} {s.step}/{total}"
+    cells = min(20, columns - len(position) - len(_times(s)) - 4)  # 4: two spaces, two bars
+    if columns < NARROW or s.steps is None or cells < 5:
+        words = [position, f"{format_seconds(s.elapsed)}<{format_seconds(s.eta_epoch)}"]
+        words += [f"run {format_seconds(s.eta_run)}", f"data {_share(s.data_share)}"]
+        heads = _wrap(words, columns)
+    else:
+        heads = [f"{position} {format_bar(s.step, s.steps, cells)} {_times(s)}"]
+    metrics = dict(s.metrics)
+    if columns < NARROW and s.headline in metrics:
+        metrics = {s.headline: metrics[s.headline], **metrics}
+    full = format_metrics(metrics)
+    if not metrics:
+        lines = heads
+    elif columns >= WIDE and len(heads[0]) + 3 + len(full) <= columns:
+        lines = [f"{heads[0]} - {full}"]
+    elif columns >= NARROW and len(full) <= columns:
+        lines = [*heads, full]
+    else:
+        compact = [compact_metric(n, mean, now) for n, (mean, now) in metrics.items()]
+        lines = [*heads, *_wrap(["mean→now:", *compact], columns)]
+    return [line[:columns] for line in lines]
 
 
 def _in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def columns(file: IO[str]) -> int:
+    """The width of the terminal behind ``file``: its own size, else ``$COLUMNS``, else 80."""
+    try:
+        return os.get_terminal_size(file.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        env = os.environ.get("COLUMNS", "")
+        return int(env) if env.isdigit() and int(env) > 0 else 80
+
+
+class Screen:
+    """Redraws a block of status lines in place on a terminal (carriage return, ANSI
+    erase-line and cursor-up), and writes permanent lines above it.
+
+    The cursor stays at the end of the block's last line, so a redraw goes back up
+    ``len(block) - 1`` lines; every line fits the width (`format_terminal`), so none wraps.
+    """
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+        self.shown = 0  # lines of the block on screen
+
+    def _erase(self) -> str:
+        return "\r\x1b[K" + "\x1b[A\x1b[K" * max(self.shown - 1, 0) if self.shown else ""
+
+    def draw(self, lines: list[str]) -> None:
+        self.file.write(self._erase() + "\n".join(lines))
+        self.file.flush()
+        self.shown = len(lines)
+
+    def write(self, line: str, block: list[str]) -> None:
+        """Write ``line`` for good, then the block again below it."""
+        self.file.write(self._erase() + line + "\n")
+        self.shown = 0
+        self.draw(block) if block else self.file.flush()
+
+    def clear(self) -> None:
+        self.file.write(self._erase())
+        self.file.flush()
+        self.shown = 0
 
 
 def _is_interactive(file: IO[str]) -> bool:
@@ -168,7 +302,9 @@ class Progress:
             raise ValueError(f"Expected `mode` 'auto', 'bar' or 'lines'. Received: {mode!r}.")
         self.log_every = log_every
         self.mode = mode
-        self._bar: Any = None
+        self._bar: Any = None  # a tqdm widget, in a notebook
+        self._screen: Screen | None = None  # status lines redrawn in place, in a terminal
+        self._block: list[str] = []  # the status lines on screen
         self._bar_mode = False
         self._last_logged_step = 0
 
@@ -182,7 +318,7 @@ class Progress:
         self._bar_mode = self.verbose == 1 and (
             self.mode == "bar" or (self.mode == "auto" and _is_interactive(self.out))
         )
-        if self._bar_mode:
+        if self._bar_mode and self.out is sys.stdout and _in_notebook():
             from tqdm.auto import tqdm
 
             # Our text goes in {desc}, after the bar: tqdm would prefix a postfix with ", ".
@@ -193,14 +329,18 @@ class Progress:
                 leave=False,
                 mininterval=0,
                 miniters=0,
-                dynamic_ncols=True,
             )
+        elif self._bar_mode:
+            self._screen = Screen(self.out)
 
     def refresh(self, state: ProgressState) -> None:
         """Show a mid-epoch snapshot (called at most ``refresh_per_second`` times a second)."""
         if self._bar is not None:
             self._bar.set_description_str(_postfix(state), refresh=False)
             self._bar.update(state.step - self._bar.n)
+        elif self._screen is not None:
+            self._block = format_terminal(state, columns(self.out))
+            self._screen.draw(self._block)
         elif (
             self.verbose == 1
             and self.log_every is not None
@@ -212,13 +352,11 @@ class Progress:
     @property
     def line_every(self) -> int | None:
         """In line mode, the step interval at which a line is due (the loop refreshes there)."""
-        return self.log_every if self._bar is None and self.verbose == 1 else None
+        return self.log_every if not self._bar_mode and self.verbose == 1 else None
 
     def end_epoch(self, state: ProgressState) -> None:
         """Close the epoch's bar and write its summary line."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self.close()
         if self.verbose:
             self.write(format_epoch_line(state))
 
@@ -230,10 +368,17 @@ class Progress:
             from tqdm.auto import tqdm
 
             tqdm.write(line, file=self.out)
+        elif self._screen is not None:
+            self._screen.write(line, self._block)
         else:
             print(line, file=self.out, flush=True)
 
     def close(self) -> None:
+        """Take the bar (or the terminal's status lines) off the screen."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._screen is not None:
+            self._screen.clear()
+            self._screen = None
+            self._block = []
