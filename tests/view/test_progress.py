@@ -164,6 +164,10 @@ def test_invalid_display_settings_are_rejected():
         Progress(1, log_every=0)
     with pytest.raises(ValueError, match="refresh_per_second"):
         Progress(1, refresh_per_second=0)
+    with pytest.raises(ValueError, match="log_seconds"):
+        Progress(1, log_seconds=0)
+    with pytest.raises(ValueError, match="log_fraction"):
+        Progress(1, log_fraction=1.5)
 
 
 def test_lines_mode_writes_plain_lines_even_to_a_terminal():

@@ -8,8 +8,10 @@ Modes (``verbose``):
     0: silent.
     1: in a terminal, a bar and the metrics redrawn in place, laid out for the terminal's
        width (`format_terminal`); in a notebook, a tqdm widget; refreshed at most
-       ``refresh_per_second`` times. When the output is a file or a pipe, no carriage
-       returns: one line per epoch, plus one line every ``log_every`` steps if set.
+       ``refresh_per_second`` times. When the output is a file or a pipe (a log), no carriage
+       returns and no ANSI codes: a `format_step_line` at least every ``log_seconds`` (30 s)
+       and at every ``log_fraction`` (10%) of the epoch, whichever comes first (or every
+       ``log_every`` steps when that is set), and one line per epoch.
     2: one line per epoch.
 """
 
@@ -273,7 +275,13 @@ class Progress:
         verbose: 0 silent, 1 bar (or lines when not a terminal), 2 one line per epoch.
         file: where to write; default ``sys.stdout``.
         refresh_per_second: most display refreshes per second (each costs one host sync).
-        log_every: in line mode, also write a line every this many steps (None: never).
+        log_every: in line mode, write a line every this many steps instead of the timed
+            lines (None: timed lines).
+        log_seconds: in line mode, the longest time without a line, in seconds of the loop's
+            clock; ``math.inf``: no timed lines.
+        log_fraction: in line mode, also write a line at every this share of the epoch, in
+            (0, 1] (every ``floor(log_fraction * steps)`` steps; ignored when the epoch's
+            length is unknown); 1: only the epoch lines.
         mode: ``"auto"`` (a bar in a terminal or notebook, lines otherwise), ``"bar"`` or
             ``"lines"`` (e.g. for a terminal whose output is also captured with ``tee``).
     """
@@ -285,6 +293,8 @@ class Progress:
         file: IO[str] | None = None,
         refresh_per_second: float = 10.0,
         log_every: int | None = None,
+        log_seconds: float = 30.0,
+        log_fraction: float = 0.1,
         mode: Literal["auto", "bar", "lines"] = "auto",
     ) -> None:
         if verbose not in (0, 1, 2):
@@ -295,18 +305,26 @@ class Progress:
             )
         if log_every is not None and (int(log_every) != log_every or log_every < 1):
             raise ValueError(f"Expected `log_every` to be None or >= 1. Received: {log_every!r}.")
+        if not log_seconds > 0:
+            raise ValueError(f"Expected `log_seconds` > 0. Received: {log_seconds!r}.")
+        if not 0 < log_fraction <= 1:
+            raise ValueError(f"Expected `log_fraction` in (0, 1]. Received: {log_fraction!r}.")
         self.verbose = verbose
         self.file = file
         self.refresh_interval = 1.0 / refresh_per_second
         if mode not in ("auto", "bar", "lines"):
             raise ValueError(f"Expected `mode` 'auto', 'bar' or 'lines'. Received: {mode!r}.")
         self.log_every = log_every
+        self.log_seconds = log_seconds
+        self.log_fraction = log_fraction
         self.mode = mode
         self._bar: Any = None  # a tqdm widget, in a notebook
         self._screen: Screen | None = None  # status lines redrawn in place, in a terminal
         self._block: list[str] = []  # the status lines on screen
         self._bar_mode = False
         self._last_logged_step = 0
+        self._last_logged_time = 0.0
+        self._every: int | None = None  # in line mode, the step interval of the lines
 
     @property
     def out(self) -> IO[str]:
@@ -315,9 +333,13 @@ class Progress:
     def begin_epoch(self, epoch: int, epochs: int, steps: int | None) -> None:
         """Open the display for a new epoch."""
         self._last_logged_step = 0
+        self._last_logged_time = 0.0
         self._bar_mode = self.verbose == 1 and (
             self.mode == "bar" or (self.mode == "auto" and _is_interactive(self.out))
         )
+        self._every = self.log_every
+        if self._every is None and steps is not None and self.log_fraction < 1:
+            self._every = max(int(self.log_fraction * steps), 1)
         if self._bar_mode and self.out is sys.stdout and _in_notebook():
             from tqdm.auto import tqdm
 
@@ -341,18 +363,20 @@ class Progress:
         elif self._screen is not None:
             self._block = format_terminal(state, columns(self.out))
             self._screen.draw(self._block)
-        elif (
-            self.verbose == 1
-            and self.log_every is not None
-            and state.step - self._last_logged_step >= self.log_every
-        ):
-            self._last_logged_step = state.step
+        elif self.verbose == 1 and state.step > self._last_logged_step and self._line_due(state):
+            self._last_logged_step, self._last_logged_time = state.step, state.elapsed
             self.write(format_step_line(state))
+
+    def _line_due(self, state: ProgressState) -> bool:
+        every = self._every
+        if every is not None and state.step // every > self._last_logged_step // every:
+            return True
+        return self.log_every is None and state.elapsed - self._last_logged_time >= self.log_seconds
 
     @property
     def line_every(self) -> int | None:
         """In line mode, the step interval at which a line is due (the loop refreshes there)."""
-        return self.log_every if not self._bar_mode and self.verbose == 1 else None
+        return self._every if not self._bar_mode and self.verbose == 1 else None
 
     def end_epoch(self, state: ProgressState) -> None:
         """Close the epoch's bar and write its summary line."""
