@@ -29,7 +29,7 @@ from fitlens.safety.guard import NonFinitePolicy, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
-from fitlens.view.lens import Lens
+from fitlens.view.lens import Lens, now_param
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock, default_clock
 
@@ -123,7 +123,7 @@ class Training:
             "steps": self.source.steps,
             "batch_size": batch_size,
             "metrics": names,
-            "now": repr(now),
+            "now": now_param(now),
             "device": str(dev),
             "data": self.source.kind,
             "prefetch": prefetch,

@@ -44,6 +44,13 @@ from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 ToHost = Callable[[list[Any]], np.ndarray]
 
 
+def now_param(now: str | Estimator) -> str:
+    """How ``history.params["now"]`` (and so ``summary.json``) names the now estimator: the
+    name as given (``"ema_trend"``), or a configured estimator's repr
+    (``"EMATrend(memory=800.0)"``); `fitlens.report` reads either back."""
+    return now if isinstance(now, str) else repr(now)
+
+
 def floats_to_host(values: list[Any]) -> np.ndarray:
     """`ToHost` for values that are already Python floats (what the frameworks hand over)."""
     return np.asarray(values, dtype=np.float64)
@@ -80,7 +87,7 @@ class Lens:
         self.now_spec = now
         self.clock = clock or default_clock()
         self.history = history if history is not None else History()
-        self.history.params.setdefault("now", repr(now))
+        self.history.params.setdefault("now", now_param(now))
         self.to_host = to_host
         self.prefetch = prefetch
         self.stream: MetricStream | None = None
@@ -452,4 +459,4 @@ class Lens:
         )
 
 
-__all__ = ["Lens", "ToHost", "floats_to_host"]
+__all__ = ["Lens", "ToHost", "floats_to_host", "now_param"]
