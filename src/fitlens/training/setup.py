@@ -118,6 +118,8 @@ class Training:
         self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
         self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
         names = ["loss"] + [m.name for m in self.metrics]
+        data = self.source.iterable
+        loader = data if isinstance(data, torch.utils.data.DataLoader) else None
         params = {
             "epochs": end,
             "steps": self.source.steps,
@@ -125,7 +127,8 @@ class Training:
             "metrics": names,
             "now": now_param(now),
             "device": str(dev),
-            "data": self.source.kind,
+            "data": "dataloader" if loader else self.source.kind,
+            "workers": loader.num_workers if loader else None,
             "prefetch": prefetch,
         }
         self.lens = _lens(history, progress, now, clock, prefetch)

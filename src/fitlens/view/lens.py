@@ -411,7 +411,10 @@ class Lens:
             self.history.gaps.append(end_lines.gaps)
             for line in end_lines.lines:
                 self.progress.write(line)
-        hint = self.data_hint.check(self.epoch, timing, self.prefetch)
+        params = self.history.params
+        hint = self.data_hint.check(
+            self.epoch, timing, self.prefetch, params.get("data"), params.get("workers")
+        )
         if hint:  # data wait > 30% of the epoch: said once per run
             self.progress.write(hint)
         return logs
