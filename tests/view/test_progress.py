@@ -14,6 +14,7 @@ from fitlens.view.progress import (
     format_duration,
     format_epoch_line,
     format_metrics,
+    format_resume_line,
     format_step_line,
     format_terminal,
 )
@@ -290,3 +291,20 @@ def test_below_60_columns_the_headline_metric_comes_first_and_the_bar_goes():
         "top5_accuracy .9500→.9700",
         "mae 1.2500→-1.0000e-04",
     ]
+
+
+def test_a_run_resumed_at_an_epoch_start_with_nothing_to_skip_says_so():
+    line = format_resume_line("run/ckpt.pt", 3, 0, "2026-11-30 19:31:02 UTC", 0, 0.0)
+    assert line == (
+        "Resumed from run/ckpt.pt (start of epoch 3, written 2026-11-30 19:31:02 UTC): "
+        "no batches to skip."
+    )
+
+
+def test_a_resumed_epochs_line_times_the_resumed_steps_and_says_which():
+    state = ProgressState(
+        epoch=2, epochs=5, step=45, steps=45, elapsed=1.6, data_share=0.12, resumed_at=20
+    )
+    assert format_epoch_line(state) == (
+        "Epoch 2/5 - 45 steps - 1.6s for steps 21-45 (64ms/step, data 12%)"
+    )

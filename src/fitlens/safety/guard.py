@@ -33,6 +33,7 @@ import math
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -52,6 +53,7 @@ from fitlens.safety.position import DataPosition
 from fitlens.safety.run_dir import RunDir, finish_summary, start_summary
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
 from fitlens.view.lens import Lens
+from fitlens.view.progress import format_resume_line
 from fitlens.view.timing import Clock
 
 NonFinitePolicy = Literal["stop", "skip"]
@@ -130,6 +132,7 @@ class RunGuard:
         self.guard = InterruptGuard()
         self.pending_resume: dict[str, Any] | None = None
         self.resumed_from: str | None = None
+        self.resume_note: str | None = None  # the resumed epoch's first line, for the lens
         self.last_checkpoint: Path | None = None
         self.saved_at: tuple[int, int] | None = None
         self.checkpoint_seconds = 0.0
@@ -208,10 +211,23 @@ class RunGuard:
         """This epoch's batch iterator and the number of its steps already done (resume)."""
         state = self.pending_resume
         self.pending_resume = None
+        self.resume_note = None
         if state is not None:
             step = int(state["position"]["step"])
             self.lens.load_state_dict(state["lens"], epoch_means=step > 0)
+            started = self.clock()
             batches = self.position.resume_epoch(state["epoch_start"], epoch, step, state["rng"])
+            skipped = step + (
+                0 if self.source.restarts_each_epoch else epoch * (self.source.steps or 0)
+            )
+            self.resume_note = format_resume_line(
+                str(self.resumed_from),
+                epoch + 1,
+                step,
+                _written(self.resumed_from),
+                skipped,
+                self.clock() - started,
+            )
             return batches, step
         self.position.begin_epoch()
         return self.source.epoch(), 0
@@ -430,3 +446,14 @@ class RunGuard:
 def _parameters_finite(model: torch.nn.Module) -> bool:
     flags = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True  # one host sync
+
+
+def _written(path: str | None) -> str:
+    """When a checkpoint file was written (its modification time, UTC), or ``"?"``."""
+    try:
+        stamp = Path(path).stat().st_mtime if path else None
+    except OSError:
+        stamp = None
+    if stamp is None:
+        return "?"
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

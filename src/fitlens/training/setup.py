@@ -170,7 +170,7 @@ class Training:
         self.callbacks.epoch_begin(epoch, {})
         self.lens.begin_epoch(epoch)
         batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch
-        self.lens.resume_at(done)
+        self.lens.resume_at(done, self.safety.resume_note)
         if self.feeder is not None:  # read ahead in a background thread
             batches = self.feeder.epoch(batches)
         return _on_device(self.truth.watch(batches, epoch, done), self.device)

@@ -99,7 +99,8 @@ class Lens:
         self.after_refresh: list[Callable[[], None]] = []  # e.g. run safety's history append
         self.epochs = 1
         self.steps: int | None = None
-        self.epoch = self.step = self.refreshed_step = 0
+        self.epoch = self.step = self.refreshed_step = self.resumed_at = 0
+        self._times_before = (0.0, 0.0)  # data wait and step time restored by a resume
         self.eval_seconds = math.nan
         self._offset: int | None = None
         self._first_in_epoch = True
@@ -168,7 +169,8 @@ class Lens:
         if self.stream is not None:
             self.stream.begin_epoch(self.epoch)
         self.reported.clear()
-        self.step = self.refreshed_step = 0
+        self.step = self.refreshed_step = self.resumed_at = 0
+        self._times_before = (0.0, 0.0)
         self._first_in_epoch = True
         self.epoch_start = self.last_refresh = self.t_ready = self.clock()
         self.next_refresh = self.epoch_start + self.progress.refresh_interval
@@ -178,9 +180,21 @@ class Lens:
         if held is not None:
             self.progress.write(held)
 
-    def resume_at(self, step: int) -> None:
-        """Continue the epoch after its first ``step`` steps (a run resumed mid-epoch)."""
-        self.step = self.refreshed_step = step
+    def resume_at(self, step: int, note: str | None = None) -> None:
+        """Continue the epoch after its first ``step`` steps (a run resumed mid-epoch).
+
+        ``note`` (a resumed run's first line, `format_resume_line`) is written, and the epoch's
+        clock restarts now: the time spent getting back to position is neither data wait nor
+        training, so the epoch's time, data share and breakdown cover the resumed steps only.
+        """
+        self.step = self.refreshed_step = self.resumed_at = step
+        stream = self.stream
+        # Restored from the checkpoint: the part before the resume, left out of this epoch's times.
+        self._times_before = (stream.data_time, stream.step_time) if stream else (0.0, 0.0)
+        if note is not None:
+            self.progress.write(note)
+            self.epoch_start = self.last_refresh = self.t_ready = self.clock()
+            self.next_refresh = self.epoch_start + self.progress.refresh_interval
 
     # -- per step -----------------------------------------------------------------------------
 
@@ -384,10 +398,11 @@ class Lens:
             logs[name], logs[f"{name}_now"] = mean, now
         logs.update(shown)
         logs.update(extra_logs or {})
+        data_time, step_time = self._times()
         timing = {
             "time": end - self.epoch_start,
-            "data_wait": self.stream.data_time if self.stream is not None else 0.0,
-            "compute": self.stream.step_time if self.stream is not None else 0.0,
+            "data_wait": data_time,
+            "compute": step_time,
             "eval": end - train_end,
         }
         self.history.record_epoch(self.epoch, logs, timing)
@@ -439,7 +454,7 @@ class Lens:
         self, elapsed: float, validation: Mapping[str, float] | None = None
     ) -> ProgressState:
         left = None if self.steps is None else max(self.steps - self.step, 0)
-        data_time = self.stream.data_time if self.stream is not None else 0.0
+        data_time = self._times()[0]
         return ProgressState(
             epoch=self.epoch + 1,
             epochs=self.epochs,
@@ -459,7 +474,15 @@ class Lens:
             metrics=self.snapshot(),
             validation=validation or {},
             headline=self._headline({}),
+            resumed_at=self.resumed_at,
         )
+
+    def _times(self) -> tuple[float, float]:
+        """Seconds of data wait and of steps in this epoch since it began or resumed."""
+        if self.stream is None:
+            return 0.0, 0.0
+        data, step = self._times_before
+        return self.stream.data_time - data, self.stream.step_time - step
 
 
 __all__ = ["Lens", "ToHost", "floats_to_host", "now_param"]

@@ -42,6 +42,8 @@ class ProgressState:
         metrics: ``{name: (epoch mean, now estimate)}`` for the training metrics.
         validation: ``{"val_name": value}``, filled at epoch end when validation ran.
         headline: the metric shown first when the terminal is narrow (None: the first).
+        resumed_at: steps of this epoch done before a resume; ``elapsed`` and ``data_share``
+            then cover the steps after it only (0: not resumed).
     """
 
     epoch: int
@@ -55,6 +57,7 @@ class ProgressState:
     metrics: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     validation: Mapping[str, float] = field(default_factory=dict)
     headline: str | None = None
+    resumed_at: int = 0
 
 
 def format_metrics(metrics: Mapping[str, tuple[float, float]]) -> str:
@@ -104,17 +107,48 @@ def format_epoch_line(s: ProgressState) -> str:
     """The end-of-epoch summary line::
 
     Epoch 2/5 - 45 steps - 3.2s (71ms/step, data 12%) - loss: 0.4120 (now 0.3050) - val_loss: 0.2900
+
+    A resumed epoch's time covers the steps after the resume, and says so:
+    ``Epoch 2/5 - 45 steps - 1.6s for steps 21-45 (64ms/step, data 12%) - ...``.
     """
+    ran = s.step - s.resumed_at
+    span = f" for steps {s.resumed_at + 1}-{s.step}" if s.resumed_at else ""
     parts = [
         f"Epoch {s.epoch}/{s.epochs}",
         f"{s.step} steps",
-        f"{format_duration(s.elapsed)} ({format_duration(s.elapsed / max(s.step, 1))}/step, "
+        f"{format_duration(s.elapsed)}{span} ({format_duration(s.elapsed / max(ran, 1))}/step, "
         f"data {_share(s.data_share)})",
     ]
     if s.metrics:
         parts.append(format_metrics(s.metrics))
     parts += [f"{k}: {format_value(v)}" for k, v in s.validation.items()]
     return " - ".join(parts)
+
+
+def format_resume_line(
+    checkpoint: str, epoch: int, step: int, written: str, skipped: int, seconds: float
+) -> str:
+    """The first line of a resumed run: which checkpoint, and the cost of getting back.
+
+    Args:
+        checkpoint: the checkpoint file. epoch: the 1-based epoch it resumes.
+        step: steps of that epoch it had done (0: resumed at the epoch's start).
+        written: when the checkpoint was written, as text.
+        skipped: batches read and dropped to get back to position. seconds: their time.
+
+    Example:
+        >>> print(format_resume_line("ckpt-9.pt", 2, 20, "2026-11-30 19:31:02 UTC", 70, 1.25))
+        Resumed from ckpt-9.pt (epoch 2, step 20, written 2026-11-30 19:31:02 UTC): skipped 70 \
+batches in 1.2s to get back to position, left out of epoch 2's time and data share.
+    """
+    where = f"epoch {epoch}, step {step}" if step else f"start of epoch {epoch}"
+    head = f"Resumed from {checkpoint} ({where}, written {written})"
+    if not skipped:
+        return f"{head}: no batches to skip."
+    return (
+        f"{head}: skipped {skipped} batches in {format_duration(seconds)} to get back to "
+        f"position, left out of epoch {epoch}'s time and data share."
+    )
 
 
 def _times(s: ProgressState) -> str:
