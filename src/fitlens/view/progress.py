@@ -295,9 +295,18 @@ class Screen:
         self.shown = 0
 
 
+def _widgets() -> bool:
+    """Whether ipywidgets is installed (``pip install 'fitlens[notebook]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def _is_interactive(file: IO[str]) -> bool:
     if file is sys.stdout and _in_notebook():
-        return True  # tqdm.auto draws a widget
+        # A tqdm widget; without ipywidgets, plain lines (a notebook has no cursor moves, and
+        # tqdm's own fallback warns "IProgress not found").
+        return _widgets()
     isatty = getattr(file, "isatty", None)
     return bool(isatty and isatty())
 
@@ -374,7 +383,7 @@ class Progress:
         self._every = self.log_every
         if self._every is None and steps is not None and self.log_fraction < 1:
             self._every = max(int(self.log_fraction * steps), 1)
-        if self._bar_mode and self.out is sys.stdout and _in_notebook():
+        if self._bar_mode and self.out is sys.stdout and _in_notebook() and _widgets():
             from tqdm.auto import tqdm
 
             # Our text goes in {desc}, after the bar: tqdm would prefix a postfix with ", ".
