@@ -7,7 +7,8 @@ decides *when* and *where* to write.
 Modes (``verbose``):
     0: silent.
     1: in a terminal, a bar and the metrics redrawn in place, laid out for the terminal's
-       width (`format_terminal`); in a notebook, a tqdm widget; refreshed at most
+       width (`format_terminal`); in a notebook, a tqdm widget (with ipywidgets; without it,
+       the lines of a log); refreshed at most
        ``refresh_per_second`` times. When the output is a file or a pipe (a log), no carriage
        returns and no ANSI codes: a `format_step_line` at least every ``log_seconds`` (30 s)
        and at every ``log_fraction`` (10%) of the epoch, whichever comes first (or every
