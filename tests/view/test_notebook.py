@@ -29,10 +29,14 @@ _NO_WIDGETS = "import sys\nsys.modules['ipywidgets'] = None\n"
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def _execute(*cells: str) -> list[dict]:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+@pytest.fixture(scope="module")
+def cells() -> list[list[dict]]:
+    """One kernel (started once: it is the slow part): training with ipywidgets, then with
+    ipywidgets made unimportable, then training again; each cell's outputs."""
+    sources = [_TRAIN, _NO_WIDGETS, _TRAIN]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources])
     nbclient.NotebookClient(nb, timeout=240, kernel_name="python3").execute()
-    return [out for cell in nb.cells for out in cell.outputs]
+    return [list(cell.outputs) for cell in nb.cells]
 
 
 def _text(outputs: list[dict]) -> str:
@@ -43,16 +47,16 @@ def _epoch_lines(text: str) -> list[str]:
     return re.findall(r"^Epoch \d/2 - \d+ steps - .*$", text, re.M)
 
 
-def test_a_notebook_gets_a_widget_and_each_epoch_line_once():
-    outputs = _execute(_TRAIN)
+def test_a_notebook_gets_a_widget_and_each_epoch_line_once(cells):
+    outputs = cells[0]
     assert sum(_WIDGET in o.get("data", {}) for o in outputs) == 2  # one bar per epoch
     text = _text(outputs)
     assert [line[:13] for line in _epoch_lines(text)] == ["Epoch 1/2 - 1", "Epoch 2/2 - 1"]
     assert "IProgress not found" not in text and "\x1b[" not in text
 
 
-def test_without_ipywidgets_a_notebook_gets_plain_lines_and_no_warning():
-    outputs = _execute(_NO_WIDGETS, _TRAIN)
+def test_without_ipywidgets_a_notebook_gets_plain_lines_and_no_warning(cells):
+    outputs = cells[2]
     assert not any(_WIDGET in o.get("data", {}) for o in outputs)
     text = _text(outputs)
     assert "IProgress" not in text and "\r" not in text and "\x1b[" not in text
