@@ -288,7 +288,10 @@ class Screen:
         """Write ``line`` for good, then the block again below it."""
         self.file.write(self._erase() + line + "\n")
         self.shown = 0
-        self.draw(block) if block else self.file.flush()
+        if block:
+            self.draw(block)
+        else:
+            self.file.flush()
 
     def clear(self) -> None:
         self.file.write(self._erase())
