@@ -87,7 +87,7 @@ def test_an_80_column_terminal_shows_the_bar_and_every_mean_and_now_uncut(tmp_pa
     assert re.fullmatch(
         r"Epoch 1/1 \d+/50 \|[█▏▎▍▌▋▊▉ ]{20}\| \d\d:\d\d<\S+ \(run \S+\) - data \d+%", bar
     ), bar
-    value = r"-?\d\.\d{4}"
+    value = r"(-?\d+\.\d{4}(e[+-]\d\d)?|nan)"  # format_value's forms
     assert re.fullmatch(
         rf"loss: {value} \(now {value}\) - accuracy: {value} \(now {value}\)", metrics
     ), metrics
