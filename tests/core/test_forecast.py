@@ -94,7 +94,7 @@ def test_fit_forecasts_each_next_epoch_and_checks_it_without_an_extra_host_sync(
         optimizer="sgd",
         metrics=["accuracy"],
         epochs=2,
-        verbose=fitlens.Progress(1, file=out, refresh_per_second=1e-6),
+        verbose=fitlens.Progress(1, file=out, refresh_per_second=1e-6, log_fraction=1.0),
     )
     monkeypatch.undo()
     assert calls["n"] == 2 * 2  # per epoch: the step-1 refresh and the epoch-end flush

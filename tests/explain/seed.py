@@ -1,15 +1,8 @@
-"""Where the seed Keras 2 log lives: ``shared/fixtures`` beside the repository.
-
-A git worktree under ``wt/NAME`` sits one folder deeper than the main checkout, so both the
-repository's parent and grandparent are tried.
-"""
+"""Where the seed Keras 2 log lives: shipped with the tests, in ``tests/explain/data``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
-_CANDIDATES = [base / "shared" / "fixtures" / "seed-keras2.log" for base in _REPO.parents[:2]]
-
-#: The seed log (may not exist; tests that need it skip).
-SEED = next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0])
+#: The seed log (see ``data/README.md`` for its source).
+SEED = Path(__file__).resolve().parent / "data" / "seed-keras2.log"

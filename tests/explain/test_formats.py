@@ -114,7 +114,6 @@ def test_a_step_back_whose_value_differs_from_the_shown_one_is_a_new_bar():
     assert len(list(split_epochs(iter_records([data])))) == 2
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="seed log not found")
 def test_a_users_holdout_line_after_the_last_step_changes_nothing():
     seed = SEED.read_bytes()
     cut = seed.index(b"0.8918") + len(b"0.8918")
@@ -129,7 +128,6 @@ def test_a_users_holdout_line_after_the_last_step_changes_nothing():
     assert_sound(with_holdout)
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="seed log not found")
 def test_the_seed_loop_compares_the_same_first_batches_across_epochs():
     text = render_text(_explain(SEED.read_bytes()))
     assert "each epoch begins with the same first batches" in text

@@ -78,7 +78,7 @@ def test_log_like_noise_never_crashes_the_pipeline(chars):
 @settings(derandomize=True, max_examples=300, deadline=None)
 @given(st.data())
 def test_mutated_logs_never_crash_the_pipeline(data):
-    base = bytearray(SAMPLE + (SEED.read_bytes() if SEED.exists() else b""))
+    base = bytearray(SAMPLE + SEED.read_bytes())
     for _ in range(data.draw(st.integers(1, 20))):
         op = data.draw(st.sampled_from(["flip", "cut", "dup", "insert"]))
         i = data.draw(st.integers(0, max(len(base) - 1, 0)))

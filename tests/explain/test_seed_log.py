@@ -21,10 +21,6 @@ from fitlens.explain.command import main
 
 from .seed import SEED
 
-pytestmark = pytest.mark.skipif(
-    not SEED.exists(), reason=f"seed log not found at {SEED} (the shared/ folder beside the repo)"
-)
-
 
 @pytest.fixture
 def report(capsys) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -277,7 +278,10 @@ def test_one_epoch_per_call_in_a_loop_continues_one_run(one_call, in_a_loop):
     assert _recorded(looped) == _recorded(whole)  # numbered on, rows kept, estimators carried
     assert looped.epoch == [0, 1, 2]
     text = looped_display.out.getvalue()
-    assert [line.split(" - ")[0] for line in text.splitlines() if line.startswith("Epoch")] == [
+    epoch_lines = [
+        line for line in text.splitlines() if re.match(r"Epoch \d+/\d+ - \d+ steps", line)
+    ]
+    assert [line.split(" - ")[0] for line in epoch_lines] == [
         "Epoch 1/1",
         "Epoch 2/2",
         "Epoch 3/3",

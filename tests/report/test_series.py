@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,6 +80,16 @@ def test_now_estimator_reads_back_what_fit_stores_in_params():
     assert repr(now_estimator("__import__('os').system('true')")) == repr(
         make_estimator(DEFAULT_NOW)
     )
+
+
+def test_summary_json_names_the_now_estimator_plainly_and_the_reader_takes_both_forms(tmp_path):
+    train(tmp_path, epochs=2)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["now"] == DEFAULT_NOW  # the name, not its repr in a string
+    for stored in ("ema_trend", "'ema_trend'"):  # this version's form and the earlier one
+        assert repr(now_estimator(stored)) == repr(make_estimator("ema_trend"))
+    assert repr(now_estimator("window")) == repr(make_estimator("window"))
+    assert repr(now_estimator("no_such_estimator")) == repr(make_estimator(DEFAULT_NOW))
 
 
 def test_the_replayed_now_and_mean_equal_fits_values_at_every_epoch_end_bit_for_bit():

@@ -156,8 +156,10 @@ def fit_counting(steps: int, epochs: int, clock, optimizer="sgd", **kwargs) -> S
 
 
 def test_host_reads_do_not_grow_with_the_number_of_steps():
-    short = fit_counting(steps=10, epochs=3, clock=FrozenClock())
-    long = fit_counting(steps=200, epochs=3, clock=FrozenClock())
+    # In a log, a line (and so a refresh) is due at every tenth of the epoch: 11 refreshes per
+    # epoch (step 1, then every 10% of it) whatever its length, from 10% = 10 steps up.
+    short = fit_counting(steps=100, epochs=3, clock=FrozenClock())
+    long = fit_counting(steps=400, epochs=3, clock=FrozenClock())
     assert short.total == long.total
     assert long.total > 0  # the counters do see the epoch-end reads
 

@@ -82,7 +82,7 @@ def test_a_starved_model_gets_one_hint_naming_prefetch_and_dataloader_workers():
     hints = [line for line in text.splitlines() if line.startswith("Input pipeline bottleneck")]
     assert len(hints) == 1  # three slow epochs, one hint
     assert "60% of epoch 1" in hints[0]
-    assert "prefetch=" in hints[0] and "num_workers" in hints[0]
+    assert "prefetch=4" in hints[0] and "num_workers" in hints[0]
 
 
 def test_the_epoch_line_shows_the_data_wait_share():
@@ -95,10 +95,58 @@ def test_no_hint_when_the_model_is_the_bottleneck():
     assert "Input pipeline bottleneck" not in text
 
 
-def test_with_prefetch_already_on_the_hint_suggests_raising_it():
-    hint = DataWaitHint(min_seconds=0.0)
-    line = hint.check(0, {"time": 4.0, "data_wait": 2.0}, prefetch=2)
-    assert line is not None and "raise prefetch= (now 2)" in line
+def _hint(prefetch, data=None, workers=None) -> str:
+    line = DataWaitHint(min_seconds=0.0).check(
+        0, {"time": 4.0, "data_wait": 2.0}, prefetch, data, workers
+    )
+    assert line is not None
+    return line.split("Try: ")[1]
+
+
+def test_a_generator_without_prefetch_is_told_of_the_thread_and_when_it_is_not_enough():
+    advice = _hint(0, "generator")
+    assert advice.startswith("fit(..., prefetch=4): a background thread")
+    assert "If a batch takes longer, make batches in parallel" in advice
+    assert "num_workers=N" in advice
+
+
+def test_a_generator_already_prefetching_is_pointed_at_parallel_loading_not_a_bigger_buffer():
+    advice = _hint(4, "generator")
+    assert advice.startswith("make batches in parallel: a torch Dataset in a DataLoader(")
+    assert "prefetch=4 already reads ahead, but in one thread" in advice
+    assert "raise prefetch" not in advice and "larger prefetch= fills no faster" in advice
+
+
+def test_a_dataloader_without_workers_is_told_to_add_workers():
+    for prefetch in (0, 4):
+        advice = _hint(prefetch, "dataloader", 0)
+        assert advice.startswith("the DataLoader makes every batch in the training process")
+        assert "num_workers=N" in advice and "prefetch=" not in advice
+
+
+def test_a_dataloader_with_workers_is_told_to_raise_them_and_keep_them():
+    advice = _hint(0, "dataloader", 2)
+    assert advice.startswith("the DataLoader already loads in parallel with num_workers=2")
+    assert "persistent_workers=True" in advice and "fit(..., prefetch" not in advice
+
+
+def test_arrays_in_memory_are_told_the_wait_is_the_copy_to_the_device():
+    assert _hint(0, "arrays").startswith("the batches are sliced from arrays in memory")
+
+
+def test_fit_records_a_dataloader_and_its_workers_for_the_hint():
+    clock = FakeClock()
+    dataset = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
+    history = fitlens.fit(
+        CostlyLinear(clock, 0.5),
+        torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=0),
+        loss="cross_entropy",
+        optimizer="sgd",
+        epochs=1,
+        clock=clock,
+        verbose=0,
+    )
+    assert history.params["data"] == "dataloader" and history.params["workers"] == 0
 
 
 def test_short_epochs_never_trigger_the_hint():

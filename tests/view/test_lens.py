@@ -139,3 +139,68 @@ def test_a_framework_loop_gets_the_data_wait_hint_without_fits_prefetch_advice()
         "model was idle meanwhile. Try: for a torch DataLoader, num_workers=N (worker "
         "processes) and pin_memory=True on CUDA; or precompute/cache the batches."
     ]
+
+
+def _log_lines(progress: Progress, steps: int | None, n: int, wait: float, compute: float):
+    """A two-epoch run's first epoch of ``n`` steps on a fake clock, written to a log (not a
+    terminal); returns the lines."""
+    clock = FakeClock()
+    progress.file = out = io.StringIO()
+    obs = Lens(progress, "window", clock=clock)
+    obs.begin_run(2, steps)
+    obs.begin_epoch(0)
+    for step in range(1, n + 1):
+        clock.t += wait
+        obs.begin_step()
+        clock.t += compute
+        obs.step_done(step, {"loss": 0.5}, {"loss": 4}, 4)
+    obs.end_epoch()
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    return text.splitlines()
+
+
+def _steps_logged(lines: list[str]) -> list[int]:
+    steps = [line.split(" - ")[1] for line in lines if line.startswith("Epoch ")]
+    return [int(s.split("/")[0]) for s in steps if "/" in s]  # "30/1000", not "210 steps"
+
+
+def test_a_log_gets_a_line_every_30_seconds_of_a_long_epoch_with_etas_and_data_share():
+    lines = _log_lines(Progress(1), 1000, 210, wait=0.25, compute=0.75)
+    assert _steps_logged(lines) == [30, 60, 90, 100, 130, 160, 190, 200]
+    # 970 steps left at 1 s each; the run adds the second epoch's 1000 steps.
+    assert lines[0] == (
+        "Epoch 1/2 - 30/1000 - 00:30<16:10 (run 32:50) - data 25% - loss: 0.5000 (now 0.5000)"
+    )
+
+
+def test_a_log_gets_a_line_at_every_tenth_of_a_short_epoch():
+    lines = _log_lines(Progress(1), 100, 100, wait=0.0, compute=0.05)
+    assert _steps_logged(lines) == list(range(10, 101, 10))
+    assert lines[10].startswith("Epoch 1/2 - 100 steps - 5.0s")
+
+
+def test_an_epoch_of_unknown_length_gets_lines_by_time_only():
+    lines = _log_lines(Progress(1), None, 12, wait=1.0, compute=6.0)
+    assert _steps_logged(lines) == [5, 10]  # 35 s, then 70 s
+
+
+def test_log_every_still_sets_the_lines_by_steps_and_the_intervals_are_configurable():
+    assert _steps_logged(_log_lines(Progress(1, log_every=7), 1000, 30, 0.0, 5.0)) == [
+        7,
+        14,
+        21,
+        28,
+    ]
+    configured = Progress(1, log_seconds=10.0, log_fraction=0.5)
+    assert _steps_logged(_log_lines(configured, 40, 40, 0.0, 4.0)) == [
+        *(3, 6, 9, 12, 15, 18),  # every 12 s (3 steps of 4 s: the first past 10 s)
+        20,  # half the epoch
+        *(23, 26, 29, 32, 35, 38, 40),
+    ]
+
+
+def test_verbose_2_writes_one_line_per_epoch_to_a_log():
+    lines = _log_lines(Progress(2), 1000, 210, wait=0.25, compute=0.75)
+    epoch_lines = [line for line in lines if line.startswith("Epoch ")]
+    assert epoch_lines == lines[:1] and lines[0].startswith("Epoch 1/2 - 210 steps")

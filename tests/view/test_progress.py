@@ -14,7 +14,9 @@ from fitlens.view.progress import (
     format_duration,
     format_epoch_line,
     format_metrics,
+    format_resume_line,
     format_step_line,
+    format_terminal,
 )
 
 
@@ -123,19 +125,37 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_terminal_mode_draws_a_tqdm_bar_then_leaves_the_summary_line():
+def test_terminal_mode_redraws_the_status_lines_in_place_then_leaves_the_summary_line(
+    monkeypatch,
+):
+    monkeypatch.setenv("COLUMNS", "80")
     out = _Tty()
     p = Progress(1, file=out)
-    p.begin_epoch(1, 3, 10)
+    p.begin_epoch(1, 1, 10)
     p.refresh(_state(4))
+    p.refresh(_state(5))
     p.end_epoch(_state(10))
-    text = out.getvalue()
-    assert "\r" in text and "Epoch 1/3 4/10 |" in text and "loss: 1.0000 (now 0.5000)" in text
-    assert (
-        text.rstrip()
-        .splitlines()[-1]
-        .endswith("Epoch 1/1 - 10 steps - 1.0s (100ms/step, data ?) - loss: 1.0000 (now 0.5000)")
+    erase_two = "\r\x1b[K\x1b[A\x1b[K"  # back to the first of the two status lines
+    assert out.getvalue() == (
+        "Epoch 1/1 4/10 |████████            | 00:01<? (run ?) - data ?\n"
+        "loss: 1.0000 (now 0.5000)"
+        f"{erase_two}Epoch 1/1 5/10 |██████████          | 00:01<? (run ?) - data ?\n"
+        "loss: 1.0000 (now 0.5000)"
+        f"{erase_two}Epoch 1/1 - 10 steps - 1.0s (100ms/step, data ?) - loss: 1.0000 (now 0.5000)\n"
     )
+
+
+def test_a_line_written_mid_epoch_goes_above_the_status_lines_which_are_redrawn(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = _Tty()
+    p = Progress(1, file=out)
+    p.begin_epoch(1, 1, 10)
+    p.refresh(_state(4))
+    p.write("Forecast check: ...")
+    status = (
+        "Epoch 1/1 4/10 |████████            | 00:01<? (run ?) - data ? - loss: 1.0000 (now 0.5000)"
+    )
+    assert out.getvalue() == f"{status}\r\x1b[KForecast check: ...\n{status}"
 
 
 def test_invalid_display_settings_are_rejected():
@@ -145,6 +165,10 @@ def test_invalid_display_settings_are_rejected():
         Progress(1, log_every=0)
     with pytest.raises(ValueError, match="refresh_per_second"):
         Progress(1, refresh_per_second=0)
+    with pytest.raises(ValueError, match="log_seconds"):
+        Progress(1, log_seconds=0)
+    with pytest.raises(ValueError, match="log_fraction"):
+        Progress(1, log_fraction=1.5)
 
 
 def test_lines_mode_writes_plain_lines_even_to_a_terminal():
@@ -157,3 +181,130 @@ def test_lines_mode_writes_plain_lines_even_to_a_terminal():
     assert "\r" not in out.getvalue() and len(out.getvalue().splitlines()) == 3
     with pytest.raises(ValueError, match="`mode`"):
         Progress(1, mode="tqdm")  # type: ignore[arg-type]
+
+
+def _wide_state(**metrics):
+    return ProgressState(
+        epoch=1,
+        epochs=3,
+        step=14,
+        steps=50,
+        elapsed=0.4,
+        eta_epoch=1.0,
+        eta_run=2.0,
+        data_share=0.36,
+        metrics=metrics or {"loss": (0.5, 0.25), "accuracy": (0.8918, 0.9412)},
+        headline="accuracy",
+    )
+
+
+_HEAD = "Epoch 1/3 14/50 |█████▌              | 00:00<00:01 (run 00:02) - data 36%"
+_SPELLED = "loss: 0.5000 (now 0.2500) - accuracy: 0.8918 (now 0.9412)"
+
+
+@pytest.mark.parametrize(
+    ("columns", "lines"),
+    [
+        (200, [f"{_HEAD} - {_SPELLED}"]),
+        (120, [_HEAD, _SPELLED]),  # 133 columns on one line: two lines
+        (100, [_HEAD, _SPELLED]),
+        (80, [_HEAD, _SPELLED]),
+        (60, ["Epoch 1/3 14/50 |█▉     | 00:00<00:01 (run 00:02) - data 36%", _SPELLED]),
+    ],
+)
+def test_terminal_layout_keeps_every_mean_and_now_at_each_width(columns, lines):
+    shown = format_terminal(_wide_state(), columns)
+    assert shown == lines
+    assert all(len(line) <= columns for line in shown)
+
+
+def test_a_wide_terminal_shows_bar_and_metrics_on_one_line_as_before():
+    shown = format_terminal(_wide_state(loss=(0.5, 0.25)), 120)
+    assert shown == [f"{_HEAD} - loss: 0.5000 (now 0.2500)"]
+
+
+_MANY = {
+    "loss": (0.5, 0.25),
+    "accuracy": (0.8918, 0.9412),
+    "top5_accuracy": (0.95, 0.97),
+    "mae": (1.25, -0.0001),
+}
+
+
+@pytest.mark.parametrize(
+    ("columns", "lines"),
+    [
+        (
+            200,
+            [
+                _HEAD,
+                "loss: 0.5000 (now 0.2500) - accuracy: 0.8918 (now 0.9412) - "
+                "top5_accuracy: 0.9500 (now 0.9700) - mae: 1.2500 (now -1.0000e-04)",
+            ],
+        ),
+        (
+            120,
+            [
+                _HEAD,
+                "mean→now:  loss .5000→.2500  accuracy .8918→.9412  top5_accuracy .9500→.9700  "
+                "mae 1.2500→-1.0000e-04",
+            ],
+        ),
+        (
+            100,
+            [
+                _HEAD,
+                "mean→now:  loss .5000→.2500  accuracy .8918→.9412  top5_accuracy .9500→.9700  "
+                "mae 1.2500→-1.0000e-04",
+            ],
+        ),
+        (
+            80,
+            [
+                _HEAD,
+                "mean→now:  loss .5000→.2500  accuracy .8918→.9412  top5_accuracy .9500→.9700",
+                "mae 1.2500→-1.0000e-04",
+            ],
+        ),
+        (
+            60,
+            [
+                "Epoch 1/3 14/50 |█▉     | 00:00<00:01 (run 00:02) - data 36%",
+                "mean→now:  loss .5000→.2500  accuracy .8918→.9412",
+                "top5_accuracy .9500→.9700  mae 1.2500→-1.0000e-04",
+            ],
+        ),
+    ],
+)
+def test_many_metrics_go_compact_and_wrap_rather_than_being_cut(columns, lines):
+    shown = format_terminal(_wide_state(**_MANY), columns)
+    assert shown == lines
+    assert all(len(line) <= columns for line in shown)
+
+
+def test_below_60_columns_the_headline_metric_comes_first_and_the_bar_goes():
+    assert format_terminal(_wide_state(**_MANY), 40) == [
+        "Epoch 1/3 14/50  00:00<00:01  run 00:02",
+        "data 36%",
+        "mean→now:  accuracy .8918→.9412",
+        "loss .5000→.2500",
+        "top5_accuracy .9500→.9700",
+        "mae 1.2500→-1.0000e-04",
+    ]
+
+
+def test_a_run_resumed_at_an_epoch_start_with_nothing_to_skip_says_so():
+    line = format_resume_line("run/ckpt.pt", 3, 0, "2026-11-30 19:31:02 UTC", 0, 0.0)
+    assert line == (
+        "Resumed from run/ckpt.pt (start of epoch 3, written 2026-11-30 19:31:02 UTC): "
+        "no batches to skip."
+    )
+
+
+def test_a_resumed_epochs_line_times_the_resumed_steps_and_says_which():
+    state = ProgressState(
+        epoch=2, epochs=5, step=45, steps=45, elapsed=1.6, data_share=0.12, resumed_at=20
+    )
+    assert format_epoch_line(state) == (
+        "Epoch 2/5 - 45 steps - 1.6s for steps 21-45 (64ms/step, data 12%)"
+    )

@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         validation_data=(x[val], y[val]),
-        verbose=fitlens.Progress(1, log_every=max(1, steps // 4), mode="lines"),
+        verbose=1,  # as a user's run: a bar in a terminal, timed lines in a log
         now=now,
         train_eval=True,  # measure the current model on the training data at each epoch end
         run_dir=args.run_dir,

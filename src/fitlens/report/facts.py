@@ -315,7 +315,14 @@ def run_warnings(history: Any, summary: Mapping[str, Any] | None) -> list[str]:
     hint = DataWaitHint()
     prefetch = int(history.params.get("prefetch") or 0)
     for row in time_table(history):
-        line = hint.check(row.epoch - 1, {"time": row.time, "data_wait": row.data_wait}, prefetch)
+        timing = {"time": row.time, "data_wait": row.data_wait}
+        line = hint.check(
+            row.epoch - 1,
+            timing,
+            prefetch,
+            history.params.get("data"),
+            history.params.get("workers"),
+        )
         if line:
             out.append(line)
     return out

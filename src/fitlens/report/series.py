@@ -43,21 +43,28 @@ _ESTIMATORS = {
 
 
 def now_estimator(spec: Any) -> Estimator:
-    """The now estimator a run used, from ``history.params["now"]`` (a ``repr``).
+    """The now estimator a run used, from ``history.params["now"]``.
 
-    `fit` stores ``repr(now)``: ``"'ema_trend'"`` for a name, ``"EMATrend(memory=800.0)"`` for
-    an instance. Anything else (a custom estimator class, a missing key) gives the default.
+    `fit` stores the name as given (``"ema_trend"``) or an instance's repr
+    (``"EMATrend(memory=800.0)"``); runs written before stored a name's repr too
+    (``"'ema_trend'"``), which still reads. Anything else (a custom estimator class, a missing
+    key) gives the default.
 
     Example:
         >>> now_estimator("EMA(beta=0.9)")
         EMA(beta=0.9)
-        >>> now_estimator("'ema_trend'")
-        EMATrend(memory=800.0)
+        >>> now_estimator("ema_trend"), now_estimator("'ema_trend'")
+        (EMATrend(memory=800.0), EMATrend(memory=800.0))
     """
     import fitlens.core.estimators as estimators
 
     if isinstance(spec, Estimator):
         return spec.clone()
+    if isinstance(spec, str) and spec.isidentifier():
+        try:
+            return make_estimator(spec)
+        except ValueError:
+            return make_estimator(DEFAULT_NOW)
     try:
         node = ast.parse(str(spec), mode="eval").body
     except SyntaxError:

@@ -37,6 +37,7 @@ import math
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -64,6 +65,7 @@ from fitlens.safety.run_dir import (
 )
 from fitlens.safety.signals import InterruptGuard, TrainingInterrupted
 from fitlens.view.lens import Lens
+from fitlens.view.progress import format_resume_line
 from fitlens.view.timing import Clock
 
 NonFinitePolicy = Literal["stop", "skip"]
@@ -165,6 +167,7 @@ class RunGuard:
         self.guard = InterruptGuard()
         self.pending_resume: dict[str, Any] | None = None
         self.resumed_from: str | None = None
+        self.resume_note: str | None = None  # the resumed epoch's first line, for the lens
         self.last_checkpoint: Path | None = None
         self.saved_at: tuple[int, int] | None = None
         self.checkpoint_seconds = 0.0
@@ -290,10 +293,23 @@ class RunGuard:
         """This epoch's batch iterator and the number of its steps already done (resume)."""
         state = self.pending_resume
         self.pending_resume = None
+        self.resume_note = None
         if state is not None:
             step = int(state["position"]["step"])
             self.lens.load_state_dict(state["lens"], epoch_means=step > 0)
+            started = self.clock()
             batches = self.position.resume_epoch(state["epoch_start"], epoch, step, state["rng"])
+            skipped = step + (
+                0 if self.source.restarts_each_epoch else epoch * (self.source.steps or 0)
+            )
+            self.resume_note = format_resume_line(
+                str(self.resumed_from),
+                epoch + 1,
+                step,
+                _written(self.resumed_from),
+                skipped,
+                self.clock() - started,
+            )
             return batches, step
         self.position.begin_epoch()
         return self.source.epoch(), 0
@@ -584,3 +600,14 @@ def _two_checkpoints(model: torch.nn.Module) -> int:
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return 2 * (state + 2 * params)
+
+
+def _written(path: str | None) -> str:
+    """When a checkpoint file was written (its modification time, UTC), or ``"?"``."""
+    try:
+        stamp = Path(path).stat().st_mtime if path else None
+    except OSError:
+        stamp = None
+    if stamp is None:
+        return "?"
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -29,7 +29,7 @@ from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
-from fitlens.view.lens import Lens
+from fitlens.view.lens import Lens, now_param
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock, default_clock
 
@@ -120,14 +120,17 @@ class Training:
         self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
         self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
         names = ["loss"] + [m.name for m in self.metrics]
+        data = self.source.iterable
+        loader = data if isinstance(data, torch.utils.data.DataLoader) else None
         params = {
             "epochs": end,
             "steps": self.source.steps,
             "batch_size": batch_size,
             "metrics": names,
-            "now": repr(now),
+            "now": now_param(now),
             "device": str(dev),
-            "data": self.source.kind,
+            "data": "dataloader" if loader else self.source.kind,
+            "workers": loader.num_workers if loader else None,
             "prefetch": prefetch,
         }
         self.lens = _lens(history, progress, now, clock, prefetch)
@@ -170,7 +173,7 @@ class Training:
         self.callbacks.epoch_begin(epoch, {})
         self.lens.begin_epoch(epoch)
         batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch
-        self.lens.resume_at(done)
+        self.lens.resume_at(done, self.safety.resume_note)
         if self.feeder is not None:  # read ahead in a background thread
             batches = self.feeder.epoch(batches)
         return _on_device(self.truth.watch(batches, epoch, done), self.device)

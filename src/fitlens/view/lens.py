@@ -44,6 +44,13 @@ from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 ToHost = Callable[[list[Any]], np.ndarray]
 
 
+def now_param(now: str | Estimator) -> str:
+    """How ``history.params["now"]`` (and so ``summary.json``) names the now estimator: the
+    name as given (``"ema_trend"``), or a configured estimator's repr
+    (``"EMATrend(memory=800.0)"``); `fitlens.report` reads either back."""
+    return now if isinstance(now, str) else repr(now)
+
+
 def floats_to_host(values: list[Any]) -> np.ndarray:
     """`ToHost` for values that are already Python floats (what the frameworks hand over)."""
     return np.asarray(values, dtype=np.float64)
@@ -80,7 +87,7 @@ class Lens:
         self.now_spec = now
         self.clock = clock or default_clock()
         self.history = history if history is not None else History()
-        self.history.params.setdefault("now", repr(now))
+        self.history.params.setdefault("now", now_param(now))
         self.to_host = to_host
         self.prefetch = prefetch
         self.stream: MetricStream | None = None
@@ -92,7 +99,8 @@ class Lens:
         self.after_refresh: list[Callable[[], None]] = []  # e.g. run safety's history append
         self.epochs = 1
         self.steps: int | None = None
-        self.epoch = self.step = self.refreshed_step = 0
+        self.epoch = self.step = self.refreshed_step = self.resumed_at = 0
+        self._times_before = (0.0, 0.0)  # data wait and step time restored by a resume
         self.eval_seconds = math.nan
         self._offset: int | None = None
         self._first_in_epoch = True
@@ -161,7 +169,8 @@ class Lens:
         if self.stream is not None:
             self.stream.begin_epoch(self.epoch)
         self.reported.clear()
-        self.step = self.refreshed_step = 0
+        self.step = self.refreshed_step = self.resumed_at = 0
+        self._times_before = (0.0, 0.0)
         self._first_in_epoch = True
         self.epoch_start = self.last_refresh = self.t_ready = self.clock()
         self.next_refresh = self.epoch_start + self.progress.refresh_interval
@@ -171,9 +180,21 @@ class Lens:
         if held is not None:
             self.progress.write(held)
 
-    def resume_at(self, step: int) -> None:
-        """Continue the epoch after its first ``step`` steps (a run resumed mid-epoch)."""
-        self.step = self.refreshed_step = step
+    def resume_at(self, step: int, note: str | None = None) -> None:
+        """Continue the epoch after its first ``step`` steps (a run resumed mid-epoch).
+
+        ``note`` (a resumed run's first line, `format_resume_line`) is written, and the epoch's
+        clock restarts now: the time spent getting back to position is neither data wait nor
+        training, so the epoch's time, data share and breakdown cover the resumed steps only.
+        """
+        self.step = self.refreshed_step = self.resumed_at = step
+        stream = self.stream
+        # Restored from the checkpoint: the part before the resume, left out of this epoch's times.
+        self._times_before = (stream.data_time, stream.step_time) if stream else (0.0, 0.0)
+        if note is not None:
+            self.progress.write(note)
+            self.epoch_start = self.last_refresh = self.t_ready = self.clock()
+            self.next_refresh = self.epoch_start + self.progress.refresh_interval
 
     # -- per step -----------------------------------------------------------------------------
 
@@ -377,10 +398,11 @@ class Lens:
             logs[name], logs[f"{name}_now"] = mean, now
         logs.update(shown)
         logs.update(extra_logs or {})
+        data_time, step_time = self._times()
         timing = {
             "time": end - self.epoch_start,
-            "data_wait": self.stream.data_time if self.stream is not None else 0.0,
-            "compute": self.stream.step_time if self.stream is not None else 0.0,
+            "data_wait": data_time,
+            "compute": step_time,
             "eval": end - train_end,
         }
         self.history.record_epoch(self.epoch, logs, timing)
@@ -404,7 +426,10 @@ class Lens:
             self.history.gaps.append(end_lines.gaps)
             for line in end_lines.lines:
                 self.progress.write(line)
-        hint = self.data_hint.check(self.epoch, timing, self.prefetch)
+        params = self.history.params
+        hint = self.data_hint.check(
+            self.epoch, timing, self.prefetch, params.get("data"), params.get("workers")
+        )
         if hint:  # data wait > 30% of the epoch: said once per run
             self.progress.write(hint)
         return logs
@@ -429,7 +454,7 @@ class Lens:
         self, elapsed: float, validation: Mapping[str, float] | None = None
     ) -> ProgressState:
         left = None if self.steps is None else max(self.steps - self.step, 0)
-        data_time = self.stream.data_time if self.stream is not None else 0.0
+        data_time = self._times()[0]
         return ProgressState(
             epoch=self.epoch + 1,
             epochs=self.epochs,
@@ -448,7 +473,16 @@ class Lens:
             data_share=data_time / elapsed if elapsed > 0 else math.nan,
             metrics=self.snapshot(),
             validation=validation or {},
+            headline=self._headline({}),
+            resumed_at=self.resumed_at,
         )
 
+    def _times(self) -> tuple[float, float]:
+        """Seconds of data wait and of steps in this epoch since it began or resumed."""
+        if self.stream is None:
+            return 0.0, 0.0
+        data, step = self._times_before
+        return self.stream.data_time - data, self.stream.step_time - step
 
-__all__ = ["Lens", "ToHost", "floats_to_host"]
+
+__all__ = ["Lens", "ToHost", "floats_to_host", "now_param"]

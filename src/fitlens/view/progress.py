@@ -6,16 +6,21 @@ decides *when* and *where* to write.
 
 Modes (``verbose``):
     0: silent.
-    1: a tqdm bar per epoch when writing to a terminal or a notebook (``tqdm.auto`` picks the
-       widget), refreshed at most ``refresh_per_second`` times; when the output is a file or a
-       pipe, no carriage returns: one line per epoch, plus one line every ``log_every`` steps
-       if set.
+    1: in a terminal, a bar and the metrics redrawn in place, laid out for the terminal's
+       width (`format_terminal`); in a notebook, a tqdm widget (with ipywidgets; without it,
+       the lines of a log); refreshed at most
+       ``refresh_per_second`` times. When the output is a file or a pipe (a log), no carriage
+       returns and no ANSI codes: a `format_step_line` at least every ``log_seconds`` (30 s)
+       and at every ``log_fraction`` (10%) of the epoch, whichever comes first (or every
+       ``log_every`` steps when that is set), and one line per epoch.
     2: one line per epoch.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +42,9 @@ class ProgressState:
         data_share: fraction of the epoch's elapsed time spent waiting for data, in [0, 1].
         metrics: ``{name: (epoch mean, now estimate)}`` for the training metrics.
         validation: ``{"val_name": value}``, filled at epoch end when validation ran.
+        headline: the metric shown first when the terminal is narrow (None: the first).
+        resumed_at: steps of this epoch done before a resume; ``elapsed`` and ``data_share``
+            then cover the steps after it only (0: not resumed).
     """
 
     epoch: int
@@ -49,6 +57,8 @@ class ProgressState:
     data_share: float = math.nan
     metrics: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     validation: Mapping[str, float] = field(default_factory=dict)
+    headline: str | None = None
+    resumed_at: int = 0
 
 
 def format_metrics(metrics: Mapping[str, tuple[float, float]]) -> str:
@@ -98,11 +108,16 @@ def format_epoch_line(s: ProgressState) -> str:
     """The end-of-epoch summary line::
 
     Epoch 2/5 - 45 steps - 3.2s (71ms/step, data 12%) - loss: 0.4120 (now 0.3050) - val_loss: 0.2900
+
+    A resumed epoch's time covers the steps after the resume, and says so:
+    ``Epoch 2/5 - 45 steps - 1.6s for steps 21-45 (64ms/step, data 12%) - ...``.
     """
+    ran = s.step - s.resumed_at
+    span = f" for steps {s.resumed_at + 1}-{s.step}" if s.resumed_at else ""
     parts = [
         f"Epoch {s.epoch}/{s.epochs}",
         f"{s.step} steps",
-        f"{format_duration(s.elapsed)} ({format_duration(s.elapsed / max(s.step, 1))}/step, "
+        f"{format_duration(s.elapsed)}{span} ({format_duration(s.elapsed / max(ran, 1))}/step, "
         f"data {_share(s.data_share)})",
     ]
     if s.metrics:
@@ -111,12 +126,127 @@ def format_epoch_line(s: ProgressState) -> str:
     return " - ".join(parts)
 
 
-def _postfix(s: ProgressState) -> str:
-    head = (
+def format_resume_line(
+    checkpoint: str, epoch: int, step: int, written: str, skipped: int, seconds: float
+) -> str:
+    """The first line of a resumed run: which checkpoint, and the cost of getting back.
+
+    Args:
+        checkpoint: the checkpoint file. epoch: the 1-based epoch it resumes.
+        step: steps of that epoch it had done (0: resumed at the epoch's start).
+        written: when the checkpoint was written, as text.
+        skipped: batches read and dropped to get back to position. seconds: their time.
+
+    Example:
+        >>> print(format_resume_line("ckpt-9.pt", 2, 20, "2026-11-30 19:31:02 UTC", 70, 1.25))
+        Resumed from ckpt-9.pt (epoch 2, step 20, written 2026-11-30 19:31:02 UTC): skipped 70 \
+batches in 1.2s to get back to position, left out of epoch 2's time and data share.
+    """
+    where = f"epoch {epoch}, step {step}" if step else f"start of epoch {epoch}"
+    head = f"Resumed from {checkpoint} ({where}, written {written})"
+    if not skipped:
+        return f"{head}: no batches to skip."
+    return (
+        f"{head}: skipped {skipped} batches in {format_duration(seconds)} to get back to "
+        f"position, left out of epoch {epoch}'s time and data share."
+    )
+
+
+def _times(s: ProgressState) -> str:
+    return (
         f"{format_seconds(s.elapsed)}<{format_seconds(s.eta_epoch)} "
         f"(run {format_seconds(s.eta_run)}) - data {_share(s.data_share)}"
     )
-    return f"{head} - {format_metrics(s.metrics)}" if s.metrics else head
+
+
+def _postfix(s: ProgressState) -> str:
+    """The text after a tqdm widget's bar (in a notebook)."""
+    return f"{_times(s)} - {format_metrics(s.metrics)}" if s.metrics else _times(s)
+
+
+#: At this many columns and more, the bar and every metric share one line.
+WIDE = 120
+#: Below this many columns, the bar is dropped and the headline metric comes first.
+NARROW = 60
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def format_bar(done: int, total: int, width: int = 20) -> str:
+    """A bar of ``width`` cells filled to ``done / total`` in eighths of a cell: ``"|███▌  |"``."""
+    eighths = int(8 * width * min(max(done / total, 0.0), 1.0)) if total > 0 else 0
+    full, part = divmod(eighths, 8)
+    cells = "█" * full + (_EIGHTHS[part] if part else "")
+    return f"|{cells.ljust(width)}|"
+
+
+def compact_value(x: float) -> str:
+    """`format_value` without the leading zero of a magnitude below 1: ``".8918"``, ``"-.0125"``."""
+    text = format_value(x)
+    if text.startswith("0."):
+        return text[1:]
+    return "-" + text[2:] if text.startswith("-0.") else text
+
+
+def compact_metric(name: str, mean: float, now: float) -> str:
+    """``"acc .8918→.9412"``: epoch mean, then now; a metric with no now shows its mean alone."""
+    if math.isnan(now) and not math.isnan(mean):
+        return f"{name} {compact_value(mean)}"
+    return f"{name} {compact_value(mean)}→{compact_value(now)}"
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    """Items joined by two spaces, as many per line as ``width`` allows (one at least)."""
+    lines = [items[0]]
+    for item in items[1:]:
+        if len(lines[-1]) + 2 + len(item) > width:
+            lines.append(item)
+        else:
+            lines[-1] += f"  {item}"
+    return lines
+
+
+def format_terminal(s: ProgressState, columns: int) -> list[str]:
+    """The terminal display for a window ``columns`` wide: every line fits, and every metric
+    keeps both its mean and its now.
+
+    * ``columns >= 120``: one line, bar then metrics (two when they do not fit on one);
+    * 60 to 119: the bar on the first line; the metrics below, spelled out when they fit on
+      one line, else compact (``mean→now: loss .4120→.3050  acc .8918→.9412``), wrapped;
+    * below 60: no bar, the time figures wrapped; the headline metric first, compact.
+
+    Below 120 columns the bar narrows (to 5 cells) before it is dropped.
+
+    A line still longer than ``columns`` (a metric name longer than the window) is cut at the
+    width: the terminal would otherwise wrap it and break the redraw.
+
+    Example:
+        >>> s = ProgressState(1, 3, 14, 50, 0.4, 1.0, 2.0, 0.36, {"loss": (0.5, 0.25)})
+        >>> format_terminal(s, 80)
+        ['Epoch 1/3 14/50 |█████▌              | 00:00<00:01 (run 00:02) - data 36%', 'loss: 0.5000 (now 0.2500)']
+    """
+    total = "?" if s.steps is None else str(s.steps)
+    position = f"Epoch {s.epoch}/{s.epochs} {s.step}/{total}"
+    cells = min(20, columns - len(position) - len(_times(s)) - 4)  # 4: two spaces, two bars
+    if columns < NARROW or s.steps is None or cells < 5:
+        words = [position, f"{format_seconds(s.elapsed)}<{format_seconds(s.eta_epoch)}"]
+        words += [f"run {format_seconds(s.eta_run)}", f"data {_share(s.data_share)}"]
+        heads = _wrap(words, columns)
+    else:
+        heads = [f"{position} {format_bar(s.step, s.steps, cells)} {_times(s)}"]
+    metrics = dict(s.metrics)
+    if columns < NARROW and s.headline in metrics:
+        metrics = {s.headline: metrics[s.headline], **metrics}
+    full = format_metrics(metrics)
+    if not metrics:
+        lines = heads
+    elif columns >= WIDE and len(heads[0]) + 3 + len(full) <= columns:
+        lines = [f"{heads[0]} - {full}"]
+    elif columns >= NARROW and len(full) <= columns:
+        lines = [*heads, full]
+    else:
+        compact = [compact_metric(n, mean, now) for n, (mean, now) in metrics.items()]
+        lines = [*heads, *_wrap(["mean→now:", *compact], columns)]
+    return [line[:columns] for line in lines]
 
 
 def _in_notebook() -> bool:
@@ -125,9 +255,62 @@ def _in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
+def columns(file: IO[str]) -> int:
+    """The width of the terminal behind ``file``: its own size, else ``$COLUMNS``, else 80."""
+    try:
+        return os.get_terminal_size(file.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        env = os.environ.get("COLUMNS", "")
+        return int(env) if env.isdigit() and int(env) > 0 else 80
+
+
+class Screen:
+    """Redraws a block of status lines in place on a terminal (carriage return, ANSI
+    erase-line and cursor-up), and writes permanent lines above it.
+
+    The cursor stays at the end of the block's last line, so a redraw goes back up
+    ``len(block) - 1`` lines; every line fits the width (`format_terminal`), so none wraps.
+    """
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+        self.shown = 0  # lines of the block on screen
+
+    def _erase(self) -> str:
+        return "\r\x1b[K" + "\x1b[A\x1b[K" * max(self.shown - 1, 0) if self.shown else ""
+
+    def draw(self, lines: list[str]) -> None:
+        self.file.write(self._erase() + "\n".join(lines))
+        self.file.flush()
+        self.shown = len(lines)
+
+    def write(self, line: str, block: list[str]) -> None:
+        """Write ``line`` for good, then the block again below it."""
+        self.file.write(self._erase() + line + "\n")
+        self.shown = 0
+        if block:
+            self.draw(block)
+        else:
+            self.file.flush()
+
+    def clear(self) -> None:
+        self.file.write(self._erase())
+        self.file.flush()
+        self.shown = 0
+
+
+def _widgets() -> bool:
+    """Whether ipywidgets is installed (``pip install 'fitlens[notebook]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def _is_interactive(file: IO[str]) -> bool:
     if file is sys.stdout and _in_notebook():
-        return True  # tqdm.auto draws a widget
+        # A tqdm widget; without ipywidgets, plain lines (a notebook has no cursor moves, and
+        # tqdm's own fallback warns "IProgress not found").
+        return _widgets()
     isatty = getattr(file, "isatty", None)
     return bool(isatty and isatty())
 
@@ -139,7 +322,13 @@ class Progress:
         verbose: 0 silent, 1 bar (or lines when not a terminal), 2 one line per epoch.
         file: where to write; default ``sys.stdout``.
         refresh_per_second: most display refreshes per second (each costs one host sync).
-        log_every: in line mode, also write a line every this many steps (None: never).
+        log_every: in line mode, write a line every this many steps instead of the timed
+            lines (None: timed lines).
+        log_seconds: in line mode, the longest time without a line, in seconds of the loop's
+            clock; ``math.inf``: no timed lines.
+        log_fraction: in line mode, also write a line at every this share of the epoch, in
+            (0, 1] (every ``floor(log_fraction * steps)`` steps; ignored when the epoch's
+            length is unknown); 1: only the epoch lines.
         mode: ``"auto"`` (a bar in a terminal or notebook, lines otherwise), ``"bar"`` or
             ``"lines"`` (e.g. for a terminal whose output is also captured with ``tee``).
     """
@@ -151,6 +340,8 @@ class Progress:
         file: IO[str] | None = None,
         refresh_per_second: float = 10.0,
         log_every: int | None = None,
+        log_seconds: float = 30.0,
+        log_fraction: float = 0.1,
         mode: Literal["auto", "bar", "lines"] = "auto",
     ) -> None:
         if verbose not in (0, 1, 2):
@@ -161,16 +352,26 @@ class Progress:
             )
         if log_every is not None and (int(log_every) != log_every or log_every < 1):
             raise ValueError(f"Expected `log_every` to be None or >= 1. Received: {log_every!r}.")
+        if not log_seconds > 0:
+            raise ValueError(f"Expected `log_seconds` > 0. Received: {log_seconds!r}.")
+        if not 0 < log_fraction <= 1:
+            raise ValueError(f"Expected `log_fraction` in (0, 1]. Received: {log_fraction!r}.")
         self.verbose = verbose
         self.file = file
         self.refresh_interval = 1.0 / refresh_per_second
         if mode not in ("auto", "bar", "lines"):
             raise ValueError(f"Expected `mode` 'auto', 'bar' or 'lines'. Received: {mode!r}.")
         self.log_every = log_every
+        self.log_seconds = log_seconds
+        self.log_fraction = log_fraction
         self.mode = mode
-        self._bar: Any = None
+        self._bar: Any = None  # a tqdm widget, in a notebook
+        self._screen: Screen | None = None  # status lines redrawn in place, in a terminal
+        self._block: list[str] = []  # the status lines on screen
         self._bar_mode = False
         self._last_logged_step = 0
+        self._last_logged_time = 0.0
+        self._every: int | None = None  # in line mode, the step interval of the lines
 
     @property
     def out(self) -> IO[str]:
@@ -179,10 +380,14 @@ class Progress:
     def begin_epoch(self, epoch: int, epochs: int, steps: int | None) -> None:
         """Open the display for a new epoch."""
         self._last_logged_step = 0
+        self._last_logged_time = 0.0
         self._bar_mode = self.verbose == 1 and (
             self.mode == "bar" or (self.mode == "auto" and _is_interactive(self.out))
         )
-        if self._bar_mode:
+        self._every = self.log_every
+        if self._every is None and steps is not None and self.log_fraction < 1:
+            self._every = max(int(self.log_fraction * steps), 1)
+        if self._bar_mode and self.out is sys.stdout and _in_notebook() and _widgets():
             from tqdm.auto import tqdm
 
             # Our text goes in {desc}, after the bar: tqdm would prefix a postfix with ", ".
@@ -193,32 +398,36 @@ class Progress:
                 leave=False,
                 mininterval=0,
                 miniters=0,
-                dynamic_ncols=True,
             )
+        elif self._bar_mode:
+            self._screen = Screen(self.out)
 
     def refresh(self, state: ProgressState) -> None:
         """Show a mid-epoch snapshot (called at most ``refresh_per_second`` times a second)."""
         if self._bar is not None:
             self._bar.set_description_str(_postfix(state), refresh=False)
             self._bar.update(state.step - self._bar.n)
-        elif (
-            self.verbose == 1
-            and self.log_every is not None
-            and state.step - self._last_logged_step >= self.log_every
-        ):
-            self._last_logged_step = state.step
+        elif self._screen is not None:
+            self._block = format_terminal(state, columns(self.out))
+            self._screen.draw(self._block)
+        elif self.verbose == 1 and state.step > self._last_logged_step and self._line_due(state):
+            self._last_logged_step, self._last_logged_time = state.step, state.elapsed
             self.write(format_step_line(state))
+
+    def _line_due(self, state: ProgressState) -> bool:
+        every = self._every
+        if every is not None and state.step // every > self._last_logged_step // every:
+            return True
+        return self.log_every is None and state.elapsed - self._last_logged_time >= self.log_seconds
 
     @property
     def line_every(self) -> int | None:
         """In line mode, the step interval at which a line is due (the loop refreshes there)."""
-        return self.log_every if self._bar is None and self.verbose == 1 else None
+        return self._every if not self._bar_mode and self.verbose == 1 else None
 
     def end_epoch(self, state: ProgressState) -> None:
         """Close the epoch's bar and write its summary line."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self.close()
         if self.verbose:
             self.write(format_epoch_line(state))
 
@@ -230,10 +439,17 @@ class Progress:
             from tqdm.auto import tqdm
 
             tqdm.write(line, file=self.out)
+        elif self._screen is not None:
+            self._screen.write(line, self._block)
         else:
             print(line, file=self.out, flush=True)
 
     def close(self) -> None:
+        """Take the bar (or the terminal's status lines) off the screen."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._screen is not None:
+            self._screen.clear()
+            self._screen = None
+            self._block = []
