@@ -15,7 +15,8 @@ batch 128). Each runner is timed around its training call only (one epoch over t
 repeated ``--repeats`` times, interleaved in alternating order, after one untimed warm-up each;
 the table shows the median steps/s and the ratio to (a), by wall clock and by CPU time of the
 process (``time.process_time``: on a shared machine it is less disturbed by other processes;
-with one intra-op thread and an idle machine both agree).
+with one intra-op thread and an idle machine both agree), and "paired": the median over repeats
+of each repeat's CPU-time ratio to the (a) run beside it.
 
 glibc's malloc returns the big activation and gradient buffers of the medium model to the
 kernel and page-faults them back in (about 1,000 minor faults per step here), by an amount that
@@ -276,18 +277,22 @@ def main() -> None:
             print(f"{case.name}, {case.steps} steps")
             print(
                 f"  {'runner':34s} {'steps/s':>8s} {'vs a':>7s}   {'min..max steps/s':>17s}"
-                f" {'CPU steps/s':>12s} {'vs a':>7s}"
+                f" {'CPU steps/s':>12s} {'vs a':>7s} {'paired':>7s}"
             )
             base_wall = base_cpu = 0.0
+            base = next(iter(times.values()))
             for key, ts in times.items():
                 wall = case.steps / statistics.median(t[0] for t in ts)
                 cpu = case.steps / statistics.median(t[1] for t in ts)
                 base_wall, base_cpu = base_wall or wall, base_cpu or cpu
                 lo = case.steps / max(t[0] for t in ts)
                 hi = case.steps / min(t[0] for t in ts)
+                # each repeat's ratio to (a) run next to it: a slow spell of the machine that
+                # hits both runs of a repeat cancels, which the ratio of medians does not
+                paired = statistics.median(b[1] / t[1] for b, t in zip(base, ts, strict=True))
                 print(
                     f"  {key:34s} {wall:8.0f} {wall / base_wall:6.3f}x   {f'{lo:.0f}..{hi:.0f}':>17s}"
-                    f" {cpu:12.0f} {cpu / base_cpu:6.3f}x"
+                    f" {cpu:12.0f} {cpu / base_cpu:6.3f}x {paired:6.3f}x"
                 )
             print()
 

@@ -204,3 +204,24 @@ def test_verbose_2_writes_one_line_per_epoch_to_a_log():
     lines = _log_lines(Progress(2), 1000, 210, wait=0.25, compute=0.75)
     epoch_lines = [line for line in lines if line.startswith("Epoch ")]
     assert epoch_lines == lines[:1] and lines[0].startswith("Epoch 1/2 - 210 steps")
+
+
+def test_a_log_reads_the_now_estimates_only_for_the_lines_it_writes():
+    # 10 refreshes a second and 0.05 s steps: a refresh every other step, a line every tenth
+    # of the epoch; reading the estimators costs about a millisecond per metric, so the quiet
+    # refreshes (which only move values to the host) must not read them.
+    clock, out = FakeClock(), io.StringIO()
+    obs = Lens(Progress(1, file=out), "adaptive_trend", clock=clock)
+    reads: list[int] = []
+    snapshot = obs.snapshot
+    obs.snapshot = lambda: reads.append(obs.step) or snapshot()  # type: ignore[method-assign]
+    obs.begin_run(1, 100)
+    obs.begin_epoch(0)
+    for step in range(1, 101):
+        obs.begin_step()
+        clock.t += 0.05
+        obs.step_done(step, {"loss": 1.0 / step}, {"loss": 4}, 4)
+    assert obs.stream is not None and obs.stream.rows == 100  # every step reached the host
+    assert reads == list(range(10, 101, 10))  # one read per line written
+    obs.end_epoch()
+    assert len(out.getvalue().splitlines()) == 11

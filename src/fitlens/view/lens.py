@@ -291,7 +291,9 @@ class Lens:
         self.timer.observe(self.step - self.refreshed_step, t - self.last_refresh)
         self.last_refresh, self.refreshed_step = t, self.step
         self.next_refresh = t + self.progress.refresh_interval
-        self.progress.refresh(self._state(t - self.epoch_start))
+        elapsed = t - self.epoch_start
+        if self.progress.will_draw(self.step, elapsed):  # a line mode's quiet refresh reads no now
+            self.progress.refresh(self._state(elapsed))
         self._check_forecast()
         for listener in self.after_refresh:
             listener()

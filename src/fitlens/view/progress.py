@@ -402,6 +402,15 @@ class Progress:
         elif self._bar_mode:
             self._screen = Screen(self.out)
 
+    def will_draw(self, step: int, elapsed: float) -> bool:
+        """Whether `refresh` at ``step`` (1-based), ``elapsed`` seconds into the epoch, would
+        show anything: the caller builds the `ProgressState` (reading every now estimate, about
+        a millisecond per metric) only then. A bar or status block always redraws; in line
+        mode only a due line is written."""
+        if self._bar is not None or self._screen is not None:
+            return True
+        return self.verbose == 1 and step > self._last_logged_step and self._line_due(step, elapsed)
+
     def refresh(self, state: ProgressState) -> None:
         """Show a mid-epoch snapshot (called at most ``refresh_per_second`` times a second)."""
         if self._bar is not None:
@@ -410,15 +419,15 @@ class Progress:
         elif self._screen is not None:
             self._block = format_terminal(state, columns(self.out))
             self._screen.draw(self._block)
-        elif self.verbose == 1 and state.step > self._last_logged_step and self._line_due(state):
+        elif self.will_draw(state.step, state.elapsed):
             self._last_logged_step, self._last_logged_time = state.step, state.elapsed
             self.write(format_step_line(state))
 
-    def _line_due(self, state: ProgressState) -> bool:
+    def _line_due(self, step: int, elapsed: float) -> bool:
         every = self._every
-        if every is not None and state.step // every > self._last_logged_step // every:
+        if every is not None and step // every > self._last_logged_step // every:
             return True
-        return self.log_every is None and state.elapsed - self._last_logged_time >= self.log_seconds
+        return self.log_every is None and elapsed - self._last_logged_time >= self.log_seconds
 
     @property
     def line_every(self) -> int | None:
