@@ -31,6 +31,7 @@ from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
 from fitlens.view.lens import Lens, now_param
 from fitlens.view.progress import Progress
+from fitlens.view.tensorboard import TensorBoardWriter, param_group_rates
 from fitlens.view.timing import Clock, default_clock
 
 
@@ -86,6 +87,7 @@ class Training:
         validation_steps: int | None,
         callbacks: Sequence[Callback],
         verbose: int | Progress,
+        tensorboard: str | Path | None,
         device: torch.device | str | None,
         now: str | Estimator,
         train_eval: bool | float | int | None,
@@ -102,6 +104,7 @@ class Training:
     ) -> None:
         clock = clock or default_clock()
         progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
+        board = TensorBoardWriter(tensorboard) if tensorboard is not None else None
         _, self.loss_fn = resolve_loss(loss)
         self.metrics = resolve_metrics(metrics, reserved=("loss",))
         check_metric_names(m.name for m in self.metrics)
@@ -162,6 +165,10 @@ class Training:
         lens, safety = self.lens, self.safety
         skips = (lambda loss: safety.skips(lens.step + 1, loss)) if on_nonfinite == "skip" else None
         self.step = TrainStep(model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
+        self.tensorboard = board
+        if board is not None:
+            optimizer = self.optimizer
+            board.attach(lens, lambda: param_group_rates(optimizer))
         self.stop = False
         self.logs: dict[str, float] = {}
 
@@ -231,7 +238,10 @@ class Training:
         if self.feeder is not None:
             self.feeder.close()
         self.lens.end_run()
+        if self.tensorboard is not None:
+            self.tensorboard.detach()
         self.lens.after_refresh.clear()  # the History must not keep the model alive through it
+        self.lens.after_epoch.clear()
         self.history.lens = self.lens  # a later fit(..., history=...) continues from here
 
 
@@ -243,6 +253,7 @@ def _lens(
     if isinstance(carried, Lens):
         carried.progress, carried.clock, carried.prefetch = progress, clock, prefetch
         carried.after_refresh.clear()  # the earlier call's run safety is closed
+        carried.after_epoch.clear()
         return carried
     return Lens(
         progress, now, clock=clock, history=history, to_host=tensors_to_host, prefetch=prefetch
