@@ -1,4 +1,4 @@
-"""Runs `fitlens.fit` on a run directory and prints what happened as one JSON line (a helper
+"""Runs `fitlens.fit` (the run of test_run_dir's `_fit`, 3 epochs) on a run directory and prints what happened as one JSON line (a helper
 of the read-only file-system tests, which run it inside a mount namespace or as another user).
 
 Usage: python ro_worker.py RUN_DIR [--resume] [--fill-at-epoch N FILE]
@@ -54,8 +54,8 @@ def main(argv: list[str]) -> None:
         try:
             history = fitlens.fit(
                 torch.nn.Linear(3, 2), (x, y), loss="cross_entropy", optimizer="sgd",
-                epochs=3, batch_size=8, verbose=0, run_dir=run_dir, resume=resume,
-                callbacks=callbacks,
+                metrics=["accuracy"], epochs=3, batch_size=8, validation_data=(x, y),
+                verbose=0, run_dir=run_dir, resume=resume, callbacks=callbacks,
             )  # fmt: skip
             out["epochs"] = len(history.epoch)
         except Exception as e:  # what the user sees: the type and message, and its chain
