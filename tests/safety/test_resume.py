@@ -470,6 +470,20 @@ def test_override_on_resume_trains_on_with_the_new_lr_and_restores_everything_el
     _assert_same(resumed, reference)
 
 
+def test_after_an_override_the_new_lr_is_the_runs_and_a_later_resume_needs_no_option(
+    tmp_path: Path,
+) -> None:
+    reference = _fit("arrays", tmp_path / "ref", optimizer=_adam(1e-3), callbacks=[SetLR(1, 1e-2)])
+    with pytest.raises(Crash):
+        _fit("arrays", tmp_path / "run", optimizer=_adam(1e-3), callbacks=[CrashAt(1, 1)])
+    overriding = Checkpointing(every_steps=4, every_minutes=None, override_on_resume=("lr",))
+    with pytest.warns(RuntimeWarning, match="override_on_resume"), pytest.raises(Crash):
+        _fit("arrays", tmp_path / "run", optimizer=_adam(1e-2), resume=True,
+             checkpointing=overriding, callbacks=[CrashAt(2, 3)])  # fmt: skip
+    resumed = _fit("arrays", tmp_path / "run", optimizer=_adam(1e-2), resume=True)
+    _assert_same(resumed, reference)
+
+
 def test_without_override_on_resume_a_new_lr_is_refused_naming_the_option(tmp_path: Path) -> None:
     _crashed_run(tmp_path)
     with pytest.raises(ValueError, match=re.escape("Checkpointing(override_on_resume=('lr',))")):
