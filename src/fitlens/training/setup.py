@@ -221,19 +221,16 @@ class Training:
         step_model = compiled(model, compile)
         step_args = (step_model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
         self.step = (
-            TunedStep(*step_args, update=self.update, extra=self._extra_columns)
+            TunedStep(
+                *step_args,
+                update=self.update,
+                rate=self.schedule.column if self.schedule is not None else None,
+            )
             if tuned
             else TrainStep(*step_args)
         )
         self.stop = False
         self.logs: dict[str, float] = {}
-
-    def _extra_columns(self, norm: torch.Tensor | None) -> list[torch.Tensor]:
-        """The ``grad_norm`` and ``lr`` columns' values for the step just done."""
-        out = [self.update.norm_value(norm)] if self.update.grad_norm else []
-        if self.schedule is not None:
-            out.append(self.schedule.column())
-        return out
 
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
         """Start 0-based ``epoch``; its ``(x, y)`` batches on the device, resumed mid-epoch when

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -222,24 +222,24 @@ class TunedStep(TrainStep):
     """The training step when an update option or an extra column is on (see `Update`).
 
     Args:
-        update: the `Update`; extra: called after the step's metrics, returns the values of
-            the extra columns (the ``grad_norm`` and ``lr`` columns) given the pre-clip norm.
-        others as `TrainStep`.
+        update: the `Update`; rate: the ``lr`` column's value for the coming update (a 0-d
+            device tensor), None without that column. Others as `TrainStep`.
     """
 
     def __init__(
         self,
         *args: Any,
         update: Update,
-        extra: Callable[[torch.Tensor | None], Sequence[torch.Tensor]],
+        rate: Callable[[], torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.update, self.extra = update, extra
+        self.update, self.rate = update, rate
 
     def run(self, x: Any, y: Any) -> None:
         """One batch: forward under autocast, backward (accumulated), the optimizer step when
-        its group is complete, then the values to the lens."""
+        its group is complete, then the values to the lens (the loss, the metrics, then the
+        ``grad_norm`` and ``lr`` columns when on)."""
         update, lens = self.update, self.lens
         index, steps = lens.step + 1, lens.steps
         saved = self._buffers()
@@ -254,17 +254,18 @@ class TunedStep(TrainStep):
             update.pending = 0
             lens.skip()
             return
+        rate = [self.rate()] if self.rate is not None else []  # before a per-step schedule moves
         norm = update.step() if update.due(index, steps) else None
         detached = _float32(outputs)
         values = [loss_value.detach().float()] + [m.batch(detached, y) for m in self.metrics]
-        extra = self.extra(norm)
         size = batch_size_of(y)
         weights = None
         if update.grad_norm:  # the lens takes weights for every step or for none
-            weights = [float(size)] * (len(values) + len(extra))
+            weights = [float(size)] * (len(values) + 1 + len(rate))
             if norm is None:  # no optimizer step on this batch: no norm
                 weights[len(values)] = 0.0
-        lens.record([*values, *extra], size, weights=weights)
+            values.append(update.norm_value(norm))
+        lens.record([*values, *rate], size, weights=weights)
 
 
 def _float32(outputs: Any) -> Any:
