@@ -30,13 +30,15 @@ class Loud(torch.nn.Module):
         return 1e3 * self.net(x)
 
 
-def _fit(run_dir: Path, precision: str, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+def _fit(
+    run_dir: Path, precision: str, accumulate: int = 2, **kwargs: Any
+) -> tuple[torch.nn.Module, Any]:
     model = Loud()
     torch.manual_seed(2)
     history = fitlens.fit(
         model, _xy(), loss="cross_entropy", optimizer="adam", metrics=["accuracy", "grad_norm"],
         epochs=3, batch_size=10, validation_data=_xy(), verbose=0, run_dir=run_dir,
-        clock=lambda: 0.0, precision=precision, accumulate=2, clip_grad_norm=5.0,
+        clock=lambda: 0.0, precision=precision, accumulate=accumulate, clip_grad_norm=5.0,
         scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
         scheduler_interval="step",
         # every 3 steps: inside a group of 2 (steps 3-4 of each 6-step epoch)
@@ -69,3 +71,14 @@ def test_resume_inside_an_accumulation_group_matches_the_uninterrupted_run(
         np.testing.assert_array_equal(resumed.batches[col], ref.batches[col])
     if precision == "16-mixed":
         assert resumed.params["overflow_skipped_steps"] == ref.params["overflow_skipped_steps"] > 0
+
+
+@pytest.mark.parametrize("change", [{"precision": "bf16-mixed"}, {"accumulate": 3}])
+def test_a_resume_with_other_precision_or_accumulation_is_refused(
+    change: dict[str, Any], tmp_path: Path
+) -> None:
+    with pytest.raises(Crash):
+        _fit(tmp_path / "run", "32", callbacks=[CrashAt(1, 5)])
+    kwargs: dict[str, Any] = {"precision": "32", **change}
+    with pytest.raises(ValueError, match=f"{next(iter(change))}: "):
+        _fit(tmp_path / "run", resume=True, **kwargs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,18 +163,24 @@ class WeightsMoved(fitlens.Callback):
 
 @pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
 def test_16_mixed_overflow_skips_are_counted_and_not_taken_for_non_finite_losses(
-    on_nonfinite: str,
+    on_nonfinite: str, tmp_path: Path
 ) -> None:
     watch = WeightsMoved()
+    out = io.StringIO()
     h = fitlens.fit(
-        Overflowing(), _batches(4), loss="cross_entropy",
-        optimizer="sgd", epochs=2, verbose=0, precision="16-mixed", callbacks=[watch],
+        Overflowing(), _batches(4), loss="cross_entropy", optimizer="sgd", epochs=2,
+        verbose=fitlens.Progress(2, file=out), precision="16-mixed", callbacks=[watch],
         on_nonfinite=on_nonfinite,  # type: ignore[arg-type]
+        run_dir=tmp_path / "run",
     )  # fmt: skip
     skipped = h.params["overflow_skipped_steps"]
     assert skipped == watch.unchanged > 0  # each update the scaler skipped, and only those
     assert h.params.get("skipped_batches", []) == []  # on_nonfinite never saw them
     assert np.isfinite(h.batches["loss"]).all()
+    assert f"16-mixed: {skipped} optimizer step(s) skipped" in out.getvalue()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["overflow_skipped_steps"] == skipped
+    assert summary["config"]["precision"] == "16-mixed"
 
 
 @pytest.mark.cuda

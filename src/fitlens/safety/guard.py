@@ -578,6 +578,8 @@ class RunGuard:
             },
             "skipped_batches": self.skipped,
         }
+        if "overflow_skipped_steps" in self.history.params:  # precision="16-mixed"
+            extra["overflow_skipped_steps"] = self.history.params["overflow_skipped_steps"]
         self.rundir.write_summary(finish_summary(self.summary, self.history, status, error, extra))
 
     def _summary_start(self) -> dict[str, Any]:

@@ -163,6 +163,10 @@ class Training:
             "prefetch": prefetch,
             "precision": precision,
             "accumulate": accumulate,
+            "clip_grad_norm": clip_grad_norm,
+            "clip_grad_value": clip_grad_value,
+            "scheduler": type(self.schedule.scheduler).__name__ if self.schedule else None,
+            "scheduler_interval": self.schedule.interval if self.schedule else None,
         }
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
