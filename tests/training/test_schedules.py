@@ -116,6 +116,7 @@ def test_reduce_on_plateau_monitors_another_value_when_asked() -> None:
         ({"monitor": "loss", "scheduler_mode": "max"}, "mode='min'"),
         ({"monitor": "val_accuracy", "validation_data": True}, "mode='max'"),
         ({"monitor": "nothing"}, "did not log"),
+        ({"monitor": "loss", "scheduler_interval": "step"}, "once per epoch"),
     ],
 )
 def test_reduce_on_plateau_is_refused_when_it_cannot_follow_its_monitor(

@@ -129,7 +129,8 @@ def fit(
             ``torch.autocast`` in bfloat16 on the model's device type) or ``"16-mixed"``
             (float16 autocast and a ``GradScaler``: an overflowing step is skipped by the scaler,
             counted in ``history.params["overflow_skipped_steps"]`` and said after the epoch
-            line, never taken for a non-finite loss). Loss and metrics stay float32.
+            line, never taken for a non-finite loss). Loss and metrics stay float32;
+            validation and ``train_eval`` run in float32.
         accumulate: step the optimizer every this many batches (and after an epoch's last);
             each batch's loss is divided by its group's batch count. Steps, ``steps_per_epoch``,
             the display and the ETA count batches. Not with ``on_nonfinite="skip"``.

@@ -70,7 +70,8 @@ class Schedule:
 
     Raises:
         ValueError: an unknown interval, a ``val_*`` monitor without validation data, or a
-            ``ReduceLROnPlateau`` whose ``mode`` contradicts a known monitored metric.
+            ``ReduceLROnPlateau`` stepped per step or whose ``mode`` contradicts a known
+            monitored metric.
     """
 
     def __init__(
@@ -88,7 +89,12 @@ class Schedule:
             )
         self.scheduler, self.optimizer, self.device = scheduler, optimizer, device
         self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        self.interval: SchedulerInterval = "epoch" if self.plateau else interval
+        if self.plateau and interval == "step":
+            raise ValueError(
+                "ReduceLROnPlateau steps on a monitored epoch value, once per epoch; "
+                'scheduler_interval="step" cannot drive it. Leave scheduler_interval="epoch".'
+            )
+        self.interval: SchedulerInterval = interval
         self.monitor = monitor
         if self.plateau:
             _check_plateau(scheduler, monitor, has_validation)

@@ -8,7 +8,8 @@ tensor op per step.
 * **Precision** (Lightning's names): ``"32"`` (default), ``"bf16-mixed"`` (forward and loss under
   ``torch.autocast(device_type, torch.bfloat16)``), ``"16-mixed"`` (``torch.float16`` autocast
   and a ``torch.amp.GradScaler``). The loss and the metrics are computed and accumulated in
-  float32 (the outputs are cast before the metrics see them). Under ``"16-mixed"`` a step whose
+  float32 (the outputs are cast before the metrics see them); validation and ``train_eval``
+  passes run in float32. Under ``"16-mixed"`` a step whose
   scaled gradients overflow is skipped by the scaler (the scale is lowered), as PyTorch
   intends: it is counted (`Update.overflows`, on the device, read at epoch end), reported after
   the epoch line and in ``history.params["overflow_skipped_steps"]``, and is not a non-finite
