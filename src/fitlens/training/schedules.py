@@ -125,13 +125,16 @@ class Schedule:
             self.scheduler.step()
             self.show()
 
-    def end_epoch(self, logs: dict[str, float]) -> None:
-        """After the epoch is recorded: step a per-epoch scheduler (``ReduceLROnPlateau`` with
-        ``logs[monitor]``).
+    def end_epoch(self, logs: dict[str, float], history: dict[str, list[float]]) -> None:
+        """After the epoch is recorded in ``history`` (``History.history``), with ``logs``: drop
+        ``lr_now`` (a rate has no now estimate), step a per-epoch scheduler
+        (``ReduceLROnPlateau`` with ``logs[monitor]``).
 
         Raises:
             ValueError: ``monitor`` is not among the epoch's logs (the names are listed).
         """
+        history.pop(f"{LR}_now", None)
+        logs.pop(f"{LR}_now", None)
         if self.plateau:
             if self.monitor not in logs:
                 raise ValueError(

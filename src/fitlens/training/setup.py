@@ -36,6 +36,7 @@ from fitlens.training.update import (
     TunedStep,
     Update,
     check_update_options,
+    compiled,
     split_grad_norm,
 )
 from fitlens.view.lens import Lens, now_param
@@ -207,7 +208,7 @@ class Training:
             clip_grad_value=clip_grad_value,
             grad_norm=grad_norm,
         )
-        tuned = extra or precision != "32" or accumulate > 1 or clip_grad_norm or clip_grad_value
+        tuned = self.update.active or self.schedule is not None
         if tuned:  # the defaults keep the plain step: no extra work per step
             self.safety.parts["update"] = self.update
         if self.schedule is not None:
@@ -288,7 +289,9 @@ class Training:
             extra_logs=train_eval_logs,
             last=epoch == end - 1 or ran_out or run.stop_training,
         )
-        self._end_epoch_update()
+        if self.schedule is not None:  # step a per-epoch schedule, before the checkpoint
+            self.schedule.end_epoch(self.logs, self.history.history)
+        self.update.end_epoch(self.history.params, self.lens.progress.write)
         self.callbacks.epoch_end(epoch, self.logs)
         self.safety.on_epoch_end(epoch)  # history files, checkpoint
         if ran_out:
@@ -300,23 +303,6 @@ class Training:
                 stacklevel=3,
             )
         self.stop = ran_out or run.stop_training
-
-    def _end_epoch_update(self) -> None:
-        """Step a per-epoch LR schedule; report fp16 overflow-skipped steps."""
-        if self.schedule is not None:
-            self.history.history.pop(f"{LR}_now", None)  # a rate has no now estimate
-            self.logs.pop(f"{LR}_now", None)
-            self.schedule.end_epoch(self.logs)
-        if self.update.scaler is not None:
-            skipped = self.update.overflow_count()  # one host read, at epoch end
-            params = self.history.params
-            if skipped > params.get("overflow_skipped_steps", 0):
-                self.lens.progress.write(
-                    f"16-mixed: {skipped} optimizer step(s) skipped so far for fp16 gradient "
-                    f"overflow (loss scale now {self.update.scaler.get_scale():g}); the scaler "
-                    "lowers its scale and retries, the loss is not non-finite."
-                )
-            params["overflow_skipped_steps"] = skipped
 
     def close(self) -> None:
         """Stop the read-ahead thread (early stop, Ctrl-C, errors) and close the display."""
@@ -339,24 +325,6 @@ def _lens(
     return Lens(
         progress, now, clock=clock, history=history, to_host=tensors_to_host, prefetch=prefetch
     )
-
-
-def compiled(model: torch.nn.Module, options: bool | Mapping[str, Any]) -> torch.nn.Module:
-    """``torch.compile(model, **options)`` for the training step (``True``: default options);
-    the model itself when ``options`` is False. Checkpoints and validation keep the model.
-
-    Raises:
-        TypeError: ``options`` neither a bool nor a mapping of `torch.compile` arguments.
-    """
-    if options is False:
-        return model
-    if not (options is True or isinstance(options, Mapping)):
-        raise TypeError(
-            "Expected `compile` to be True, False or a dict of torch.compile arguments "
-            f'(e.g. {{"mode": "reduce-overhead"}}). Received: {options!r}.'
-        )
-    kwargs = dict(options) if isinstance(options, Mapping) else {}
-    return torch.compile(model, **kwargs)  # type: ignore[return-value]
 
 
 def _on_device(batches: Iterator[Any], device: torch.device) -> Iterator[tuple[Any, Any]]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -122,6 +122,17 @@ class Update:
         self.pending = 0  # batches whose gradients wait for the optimizer step
         self._nan = torch.full((), math.nan, device=device)
 
+    @property
+    def active(self) -> bool:
+        """Whether any option is on (else `fit` keeps the plain `TrainStep`)."""
+        return bool(
+            self.dtype is not None
+            or self.accumulate > 1
+            or self.clip_norm
+            or self.clip_value
+            or self.grad_norm
+        )
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The forward pass's context: autocast to the mixed dtype, or nothing."""
         if self.dtype is None:
@@ -191,6 +202,19 @@ class Update:
         if self.overflows is None:
             return 0
         return self.overflows_before + int(self.overflows.item())
+
+    def end_epoch(self, params: dict[str, Any], write: Callable[[str], None]) -> None:
+        """Under ``"16-mixed"``: the overflow count into ``params`` and, when it grew, a line."""
+        if self.scaler is None:
+            return
+        skipped = self.overflow_count()  # one host read, at epoch end
+        if skipped > params.get("overflow_skipped_steps", 0):
+            write(
+                f"16-mixed: {skipped} optimizer step(s) skipped so far for fp16 gradient "
+                f"overflow (loss scale now {self.scaler.get_scale():g}); the scaler lowers its "
+                "scale and retries, the loss is not non-finite."
+            )
+        params["overflow_skipped_steps"] = skipped
 
     def norm_value(self, norm: torch.Tensor | None) -> torch.Tensor:
         """The ``grad_norm`` column's value: the norm, or NaN inside an accumulation group."""
@@ -269,6 +293,24 @@ class TunedStep(TrainStep):
         lens.record([*values, *rate], size, weights=weights)
 
 
+def compiled(model: torch.nn.Module, options: bool | Mapping[str, Any]) -> torch.nn.Module:
+    """``torch.compile(model, **options)`` for the training step (``True``: default options);
+    the model itself when ``options`` is False. Checkpoints and validation keep the model.
+
+    Raises:
+        TypeError: ``options`` neither a bool nor a mapping of `torch.compile` arguments.
+    """
+    if options is False:
+        return model
+    if not (options is True or isinstance(options, Mapping)):
+        raise TypeError(
+            "Expected `compile` to be True, False or a dict of torch.compile arguments "
+            f'(e.g. {{"mode": "reduce-overhead"}}). Received: {options!r}.'
+        )
+    kwargs = dict(options) if isinstance(options, Mapping) else {}
+    return torch.compile(model, **kwargs)  # type: ignore[return-value]
+
+
 def _float32(outputs: Any) -> Any:
     """Detached outputs, floating tensors cast to float32 (metrics accumulate in float32)."""
     if isinstance(outputs, torch.Tensor):
@@ -288,5 +330,6 @@ __all__ = [
     "TunedStep",
     "Update",
     "check_update_options",
+    "compiled",
     "split_grad_norm",
 ]
