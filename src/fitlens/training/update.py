@@ -224,12 +224,14 @@ class Update:
 
     def state_dict(self) -> dict[str, Any]:
         """The scaler, the overflow count and an unfinished group's gradients."""
-        grads = [p.grad.detach().clone() if p.grad is not None else None for p in self.params]
+        grads = None
+        if self.pending:  # inside a group: its gradients so far, to continue it on resume
+            grads = [p.grad.detach().clone() if p.grad is not None else None for p in self.params]
         return {
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "overflows": self.overflow_count(),
             "pending": self.pending,
-            "grads": grads if self.pending else None,
+            "grads": grads,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
