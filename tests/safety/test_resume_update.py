@@ -40,7 +40,7 @@ def _fit(
         epochs=3, batch_size=10, validation_data=_xy(), verbose=0, run_dir=run_dir,
         clock=lambda: 0.0, precision=precision, accumulate=accumulate, clip_grad_norm=5.0,
         scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
-        scheduler_interval="step",
+        scheduler_interval=kwargs.pop("scheduler_interval", "step"),
         # every 3 steps: inside a group of 2 (steps 3-4 of each 6-step epoch)
         checkpointing=Checkpointing(every_steps=3, every_minutes=None),
         **kwargs,
@@ -48,20 +48,22 @@ def _fit(
     return model, history
 
 
-@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+@pytest.mark.parametrize(
+    ("precision", "interval"), [("32", "step"), ("16-mixed", "step"), ("bf16-mixed", "epoch")]
+)
 def test_resume_inside_an_accumulation_group_matches_the_uninterrupted_run(
-    precision: str, tmp_path: Path
+    precision: str, interval: str, tmp_path: Path
 ) -> None:
-    ref_model, ref = _fit(tmp_path / "ref", precision)
+    ref_model, ref = _fit(tmp_path / "ref", precision, scheduler_interval=interval)
     with pytest.raises(Crash):
-        _fit(tmp_path / "run", precision, callbacks=[CrashAt(1, 5)])
+        _fit(tmp_path / "run", precision, callbacks=[CrashAt(1, 5)], scheduler_interval=interval)
     latest = CheckpointStore(tmp_path / "run" / "checkpoints").latest()
     assert latest is not None
     state = latest[1]
     assert state["position"] == {"epoch": 1, "step": 3, "global_step": 9}
     assert state["parts"]["update"]["pending"] == 1  # the group's first batch is in its grads
     torch.manual_seed(1234)  # the resumed process's own seeds must not matter
-    model, resumed = _fit(tmp_path / "run", precision, resume=True)
+    model, resumed = _fit(tmp_path / "run", precision, resume=True, scheduler_interval=interval)
     for (name, a), b in zip(
         model.state_dict().items(), ref_model.state_dict().values(), strict=True
     ):
