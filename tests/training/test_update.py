@@ -36,8 +36,9 @@ def _batches(size: int, n: int = 24) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _fit(data: Any, epochs: int = 2, **kwargs: Any) -> tuple[torch.nn.Module, fitlens.History]:
     net = _model()
     kwargs.setdefault("optimizer", torch.optim.SGD(net.parameters(), lr=0.5))
+    kwargs.setdefault("verbose", 0)
     history = fitlens.fit(
-        net, data, loss="cross_entropy", epochs=epochs, verbose=0, clock=FrozenClock(), **kwargs
+        net, data, loss="cross_entropy", epochs=epochs, clock=FrozenClock(), **kwargs
     )
     return net, history
 
@@ -76,6 +77,18 @@ def test_the_epoch_end_steps_a_partial_group_divided_by_its_own_size() -> None:
     assert len(updates) == 2 * 3
     reference, _ = _fit(grouped)
     _close(net, reference, rtol=50 * EPS32, atol=50 * EPS32)
+
+
+def test_the_run_says_once_that_steps_count_batches_under_accumulation() -> None:
+    out = io.StringIO()
+    _fit(_batches(4), accumulate=4, verbose=fitlens.Progress(2, file=out))
+    lines = out.getvalue().splitlines()
+    note = (
+        "accumulate=4: the optimizer steps every 4 batches and at each epoch's end "
+        "(2 updates per epoch of 6 batches); steps, the ETA and steps_per_epoch count batches."
+    )
+    assert lines[0] == note and lines.count(note) == 1
+    assert lines[1].startswith("Epoch 1/2 - 6 steps")
 
 
 def test_a_generator_of_unknown_length_steps_its_last_group_at_the_epoch_end() -> None:

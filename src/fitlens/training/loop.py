@@ -174,7 +174,7 @@ def fit(
     first, end = check_arguments(model, epochs, initial_epoch, history)
     t = Training(**arguments, end=end)  # resolves and checks the rest before the first step
     lens, safety, hooks, run = t.lens, t.safety, t.callbacks, t.run
-    first = safety.begin(first)  # the checkpoint's epoch when resuming
+    first = t.first_epoch = safety.begin(first)  # the checkpoint's epoch when resuming
     hooks.train_begin({})
     try:
         for epoch in range(first, end):

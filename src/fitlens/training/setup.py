@@ -236,6 +236,7 @@ class Training:
         )
         self.stop = False
         self.logs: dict[str, float] = {}
+        self.first_epoch: int | None = None  # set by fit once the resume point is known
 
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
         """Start 0-based ``epoch``; its ``(x, y)`` batches on the device, resumed mid-epoch when
@@ -244,6 +245,9 @@ class Training:
         self.model.train()
         self.callbacks.epoch_begin(epoch, {})
         self.lens.begin_epoch(epoch)
+        note = self.update.describe(self.source.steps) if epoch == self.first_epoch else None
+        if note is not None:
+            self.lens.progress.write(note)
         if self.schedule is not None:
             self.schedule.show()
         batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch

@@ -203,6 +203,17 @@ class Update:
             return 0
         return self.overflows_before + int(self.overflows.item())
 
+    def describe(self, steps: int | None) -> str | None:
+        """The run's first line under ``accumulate > 1``: what a step counts (None otherwise)."""
+        k = self.accumulate
+        if k == 1:
+            return None
+        updates = f" ({-(-steps // k)} updates per epoch of {steps} batches)" if steps else ""
+        return (
+            f"accumulate={k}: the optimizer steps every {k} batches and at each epoch's end"
+            f"{updates}; steps, the ETA and steps_per_epoch count batches."
+        )
+
     def end_epoch(self, params: dict[str, Any], write: Callable[[str], None]) -> None:
         """Under ``"16-mixed"``: the overflow count into ``params`` and, when it grew, a line."""
         if self.scaler is None:
