@@ -513,3 +513,13 @@ def test_override_on_resume_with_an_unknown_hyper_parameter_is_refused_before_tr
 def test_override_on_resume_rejects_invalid_settings(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Checkpointing(**kwargs)
+
+
+def test_override_on_resume_of_lr_with_fits_scheduler_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    overriding = Checkpointing(override_on_resume=("lr",))
+    with pytest.raises(ValueError, match=r"cannot be combined with fit\(scheduler=\.\.\.\)"):
+        _fit("arrays", tmp_path / "run", checkpointing=overriding,
+             scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -315,16 +315,18 @@ class Checkpointing:
             time-based). The default, 10 minutes, bounds the loss on a crash to 10 minutes of
             training for any speed of step.
         keep: how many recent checkpoints to keep (>= 2).
-        scheduler: an LR scheduler to save and restore with the checkpoint (step it yourself,
-            e.g. in a callback's ``on_epoch_end``).
+        scheduler: an LR scheduler you step yourself (e.g. in a callback's ``on_epoch_end``),
+            to save and restore with the checkpoint. A scheduler given to ``fit(scheduler=...)``
+            is stepped, saved and restored by ``fit``: do not name it here (the same object is
+            accepted, another is refused).
         override_on_resume: optimizer hyper-parameters (keys of its ``param_groups``, e.g.
             ``("lr",)`` or ``("lr", "weight_decay")``) that a resume takes from this call's
             optimizer instead of the checkpoint: a deliberate new learning rate. Everything
             else (weights, the optimizer's moments and step counts, the other
             hyper-parameters, the data position) is restored exactly; each value that changes
             is named in a warning. Without it, a resume whose optimizer settings differ from
-            the run's stops with an error. Not with ``scheduler`` and ``"lr"`` (the restored
-            scheduler would steer the rate from the checkpoint's values).
+            the run's stops with an error. Not with ``"lr"`` and a scheduler (this one or
+            ``fit``'s: the restored scheduler would steer the rate from the checkpoint's values).
 
     A checkpoint is also written at every epoch end and on SIGINT/SIGTERM.
 

@@ -62,9 +62,11 @@ class ProgressState:
 
 
 def format_metrics(metrics: Mapping[str, tuple[float, float]]) -> str:
-    """``"loss: 0.4120 (now 0.3050) - accuracy: 0.8740 (now 0.9210)"``."""
+    """``"loss: 0.4120 (now 0.3050) - accuracy: 0.8740 (now 0.9210)"``; a value with no now
+    estimate (``lr``, a framework's reported metric) shows alone: ``"lr: 0.0100"``."""
     return " - ".join(
-        f"{name}: {format_value(mean)} (now {format_value(now)})"
+        f"{name}: {format_value(mean)}"
+        + ("" if math.isnan(now) and not math.isnan(mean) else f" (now {format_value(now)})")
         for name, (mean, now) in metrics.items()
     )
 
