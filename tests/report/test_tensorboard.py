@@ -147,3 +147,23 @@ def test_tensorboard_adds_not_one_device_to_host_read(tmp_path, monkeypatch, for
         train(epochs=2, tensorboard=tmp_path, clock=lambda: 0.0)
     assert counts["reads"] == without
     assert _scalars(tmp_path)["train/loss_mean"]  # it did write
+
+
+def test_with_fits_scheduler_the_rate_is_the_lr_tag_not_a_metric(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    history = fitlens.fit(
+        model, (x, y), loss="cross_entropy", optimizer=optimizer, epochs=3, batch_size=16,
+        verbose=0, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5),
+        tensorboard=tmp_path, clock=lambda: 0.0,
+    )  # fmt: skip
+    written = _scalars(tmp_path)
+    assert not [tag for tag in written if tag.startswith("train/lr")]
+    # Epoch ends come before the per-epoch scheduler steps: the rate the epoch trained with.
+    ends = [4, 8, 12]
+    assert [written["lr"][s] for s in ends] == [np.float32(r) for r in (0.1, 0.05, 0.025)]
+    assert len(history.epoch) == 3

@@ -57,6 +57,9 @@ _EPOCH_TAGS = (
     ("train_eval_{}", "train_eval/{}"),
     ("train_eval_train_mode_{}", "train_eval/{}_train_mode"),
 )
+#: Batch columns that are not metrics: ``fit(scheduler=...)``'s ``lr`` column is written as the
+#: ``lr`` tag, from the optimizer.
+_NOT_METRICS = frozenset({"lr"})
 _TIME_TAGS = (
     ("data_wait", "time/data_wait"),
     ("compute", "time/compute"),
@@ -163,6 +166,8 @@ class TensorBoardWriter:
             return
         scalars: dict[str, float] = {}
         for name, (mean, now) in lens.snapshot().items():
+            if name in _NOT_METRICS:
+                continue
             scalars[f"train/{name}_mean"] = mean
             scalars[f"train/{name}_now"] = now
         scalars.update(self._rates())
@@ -175,6 +180,8 @@ class TensorBoardWriter:
             return
         scalars: dict[str, float] = {}
         for name in lens.names:
+            if name in _NOT_METRICS:
+                continue
             for key, tag in _EPOCH_TAGS:
                 if key.format(name) in logs:
                     scalars[tag.format(name)] = logs[key.format(name)]
