@@ -2,7 +2,7 @@
 
 The public names are those of ``__all__``, each imported lazily from the module named in
 ``_EXPORTS`` (so `import fitlens` and `fitlens explain` stay free of torch), plus the
-``fitlens.keras`` and ``fitlens.lightning`` modules (they need the extras). The README's "API"
+``fitlens.keras`` and ``fitlens.lightning`` modules (they need the extras) and ``fitlens.losses``. The README's "API"
 section lists the same names; ``tests/test_public_api.py`` checks that the three agree.
 """
 
@@ -88,8 +88,9 @@ if TYPE_CHECKING:
     from fitlens.view.progress import Progress
 
 
-# Framework integrations: imported only when asked for (`fitlens.keras`, `import fitlens.keras`).
-_SUBMODULES = ("keras", "lightning")
+# Submodules imported only when asked for (`fitlens.keras`, `import fitlens.keras`): the framework
+# integrations and the loss classes.
+_SUBMODULES = ("keras", "lightning", "losses")
 
 
 def __getattr__(name: str) -> Any:
