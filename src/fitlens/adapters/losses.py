@@ -295,10 +295,8 @@ def per_sample(loss_fn: LossFn) -> Callable[[Any, Any], torch.Tensor] | None:
     return loss_fn.per_sample if isinstance(loss_fn, Loss) else None
 
 
-def weighted_loss(
-    loss_fn: LossFn, outputs: Any, targets: Any, weights: torch.Tensor
-) -> torch.Tensor:
-    """The batch's loss with per-sample ``weights``: ``sum(w * loss) / N``, as Keras reduces it.
+def weighable(loss_fn: LossFn) -> Callable[[Any, Any], torch.Tensor]:
+    """The per-sample version of a loss that sample weights can weigh.
 
     Raises:
         ValueError: for a user callable, which gives no per-sample values to weigh.
@@ -310,7 +308,18 @@ def weighted_loss(
             f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)!r} does not give. Use a "
             "named loss (e.g. loss='sparse_categorical_crossentropy') or fitlens.losses.*."
         )
-    values = fn(outputs, targets)
+    return fn
+
+
+def weighted_loss(
+    loss_fn: LossFn, outputs: Any, targets: Any, weights: torch.Tensor
+) -> torch.Tensor:
+    """The batch's loss with per-sample ``weights``: ``sum(w * loss) / N``, as Keras reduces it.
+
+    Raises:
+        ValueError: for a user callable (see `weighable`).
+    """
+    values = weighable(loss_fn)(outputs, targets)
     return (values * weights.to(values.dtype)).sum() / values.shape[0]
 
 
@@ -340,5 +349,6 @@ __all__ = [
     "check_first_batch",
     "per_sample",
     "resolve_loss",
+    "weighable",
     "weighted_loss",
 ]

@@ -19,7 +19,7 @@ import torch
 from fitlens.adapters.data import BatchSource, to_device, unpack_weighted
 from fitlens.adapters.dtypes import Float64Cast, input_dtype
 from fitlens.adapters.evaluation import measure_batches, model_device
-from fitlens.adapters.losses import LossFn, resolve_loss
+from fitlens.adapters.losses import LossFn, resolve_loss, weighable
 from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
@@ -124,6 +124,8 @@ class Training:
             sample_weight=sample_weight,
         )
         weights = check_class_weight(class_weight)
+        if weights is not None or sample_weight is not None:
+            weighable(self.loss_fn)  # a user callable's batch mean cannot be weighted
         if train_eval and (weights is not None or sample_weight is not None):
             raise ValueError(
                 "`train_eval` measures unweighted values, which would not compare with a "
