@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "fit": "fitlens.training.loop",
     "evaluate": "fitlens.adapters.evaluation",
+    "predict": "fitlens.training.predict",
     "History": "fitlens.core.history",
     "BatchLog": "fitlens.core.history",
     "Callback": "fitlens.training.callbacks",
@@ -61,6 +62,7 @@ __all__ = [
     "__version__",
     "evaluate",
     "fit",
+    "predict",
     "read_history",
 ]
 
@@ -85,6 +87,7 @@ if TYPE_CHECKING:
     from fitlens.safety.signals import TrainingInterrupted
     from fitlens.training.callbacks import Callback, EarlyStopping, RunState
     from fitlens.training.loop import fit
+    from fitlens.training.predict import predict
     from fitlens.view.progress import Progress
 
 

@@ -37,7 +37,7 @@ def _is_array(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor | np.ndarray)
 
 
-def _is_array_tree(obj: Any) -> bool:
+def is_array_tree(obj: Any) -> bool:
     if _is_array(obj):
         return True
     if isinstance(obj, tuple | list):
@@ -47,12 +47,12 @@ def _is_array_tree(obj: Any) -> bool:
     return False
 
 
-def _first_len(obj: Any) -> int:
+def first_len(obj: Any) -> int:
     if _is_array(obj):
         return int(obj.shape[0])
     if isinstance(obj, Mapping):
-        return _first_len(next(iter(obj.values())))
-    return _first_len(obj[0])
+        return first_len(next(iter(obj.values())))
+    return first_len(obj[0])
 
 
 def _leading_lengths(obj: Any) -> list[int]:
@@ -91,7 +91,7 @@ def batch_size_of(x: Any) -> int:
     """Samples in a batch: the first dimension of ``x`` (or of its first tensor)."""
     if isinstance(x, torch.Tensor) and x.ndim:
         return x.shape[0]
-    return _first_len(x)
+    return first_len(x)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class ArrayData:
     w: Any = None
 
     def __post_init__(self) -> None:
-        self.n = _first_len(self.x)
+        self.n = first_len(self.x)
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
@@ -150,13 +150,13 @@ class BatchSource:
             raise TypeError(f"Expected `shuffle` to be True or False. Received: {shuffle!r}.")
         _refuse_list_pair(data, name)
         if sample_weight is not None:
-            if not (isinstance(data, tuple) and len(data) == 2 and all(map(_is_array_tree, data))):
+            if not (isinstance(data, tuple) and len(data) == 2 and all(map(is_array_tree, data))):
                 raise ValueError(
                     f"`sample_weight=` goes with arrays `{name}=(x, y)`. Received `{name}` as "
                     f"{type(data).__name__}: yield (x, y, w) batches from it instead."
                 )
             data = (data[0], data[1], sample_weight)
-        if isinstance(data, tuple) and len(data) in (2, 3) and all(_is_array_tree(d) for d in data):
+        if isinstance(data, tuple) and len(data) in (2, 3) and all(is_array_tree(d) for d in data):
             if batch_size is None:
                 batch_size = 32 if name == "train" else 256
             if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
@@ -259,7 +259,7 @@ class BatchSource:
 def _refuse_list_pair(data: Any, name: str) -> None:
     """A list ``[x, y]`` of arrays: Keras reads a list as several inputs, fitlens as a list of
     batches; neither is meant, so ask for the tuple."""
-    if isinstance(data, list) and len(data) in (2, 3) and all(_is_array_tree(d) for d in data):
+    if isinstance(data, list) and len(data) in (2, 3) and all(is_array_tree(d) for d in data):
         raise TypeError(
             f"Expected `{name}` as a tuple (x, y) of arrays. Received a list of "
             f"{len(data)} arrays; a list is read as a list of batches. Pass a tuple: "
