@@ -51,7 +51,9 @@ def test_numpy_arrays_become_tensors_of_their_own_dtype():
 def test_a_batch_that_is_not_a_pair_gets_a_clear_error():
     with pytest.raises(ValueError, match=r"\(x, y\) pair. Received a 4-item tuple"):
         unpack((1, 2, 3, 4), "train")
-    with pytest.raises(ValueError, match=r"\(x, y, w\) triple: sample weights are read"):
+    with pytest.raises(
+        ValueError, match=r"\(x, y, w\) triple: sample weights weigh the training steps only"
+    ):
         unpack((1, 2, 3), "validation_data")
     assert unpack({"x": 1, "y": 2}, "train") == (1, 2)
 
@@ -108,3 +110,9 @@ def test_a_list_x_y_is_refused_with_pass_a_tuple():
         TypeError, match=r"Received a list of 2 arrays.*Pass a tuple: train=\(x, y\)"
     ):
         BatchSource([x, y], name="train")
+
+
+def test_a_list_of_two_batches_is_still_a_list_of_batches():
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4)
+    src = BatchSource([(x, y), (x, y)], name="train")
+    assert src.kind == "iterable" and src.steps == 2

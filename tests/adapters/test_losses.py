@@ -172,3 +172,15 @@ def test_binary_accuracy_with_a_logits_loss_uses_threshold_zero_and_says_so():
     )
     assert "accuracy: binary outputs read as logits (as the loss reads them)" in out.getvalue()
     assert "output > 0." in out.getvalue()
+
+
+def test_evaluate_reads_binary_accuracy_as_the_loss_reads_outputs():
+    p = torch.tensor([[0.2], [0.4], [0.7], [0.9]])
+    t = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    model = torch.nn.Sequential()  # the identity: the "outputs" are the inputs
+    model.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))
+    probs = fitlens.evaluate(model, (p, t), loss="binary_crossentropy", metrics=["accuracy"])
+    logits = fitlens.evaluate(
+        model, (p - 0.5, t), loss="binary_cross_entropy_with_logits", metrics=["accuracy"]
+    )
+    assert probs["accuracy"] == logits["accuracy"] == 1.0  # threshold 0.5, then 0

@@ -258,8 +258,9 @@ class BatchSource:
 
 def _refuse_list_pair(data: Any, name: str) -> None:
     """A list ``[x, y]`` of arrays: Keras reads a list as several inputs, fitlens as a list of
-    batches; neither is meant, so ask for the tuple."""
-    if isinstance(data, list) and len(data) in (2, 3) and all(is_array_tree(d) for d in data):
+    batches; neither is meant, so ask for the tuple. (A list of batches holds pairs, never a
+    bare array, so the two cannot be confused.)"""
+    if isinstance(data, list) and len(data) in (2, 3) and all(_is_array(d) for d in data):
         raise TypeError(
             f"Expected `{name}` as a tuple (x, y) of arrays. Received a list of "
             f"{len(data)} arrays; a list is read as a list of batches. Pass a tuple: "
@@ -284,8 +285,11 @@ def _is_factory(obj: Any) -> bool:
 
 def unpack_weighted(batch: Any, name: str) -> tuple[Any, Any, Any]:
     """Split a batch into ``(x, y, w)`` (``w`` None when the batch has no sample weights)."""
-    if isinstance(batch, tuple | list) and len(batch) == 3:
-        return batch[0], batch[1], batch[2]
+    if isinstance(batch, tuple | list):  # per step: the common forms first, few checks
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
     if isinstance(batch, Mapping) and "sample_weight" in batch:
         x, y = unpack({k: v for k, v in batch.items() if k != "sample_weight"}, name)
         return x, y, batch["sample_weight"]
@@ -302,7 +306,8 @@ def unpack(batch: Any, name: str) -> Batch:
     if isinstance(batch, tuple | list) and len(batch) == 3:
         raise ValueError(
             f"Expected each batch of `{name}` to be an (x, y) pair. Received an (x, y, w) "
-            "triple: sample weights are read from the training data only (fit's `train`)."
+            "triple: sample weights weigh the training steps only; validation_data, evaluate "
+            "and train_eval do not take them yet. Yield (x, y) there, or turn train_eval off."
         )
     got = (
         f"a {len(batch)}-item {type(batch).__name__}"

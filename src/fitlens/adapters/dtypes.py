@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+_FLOAT64 = torch.float64
+
 
 def input_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype of the model's first floating-point parameter; torch's default without one."""
@@ -41,10 +43,8 @@ class Float64Cast:
 
     def __call__(self, obj: Any) -> Any:
         """``obj`` (a tensor, or a tuple/list/dict of them) with float64 tensors cast."""
-        if not self.active:
-            return obj
-        if isinstance(obj, torch.Tensor):
-            if obj.dtype != torch.float64:
+        if isinstance(obj, torch.Tensor):  # per step: one type and one dtype check
+            if obj.dtype is not _FLOAT64 or not self.active:
                 return obj
             if not self.warned:
                 self.warned = True
@@ -56,6 +56,8 @@ class Float64Cast:
                     stacklevel=2,
                 )
             return obj.to(self.dtype)
+        if not self.active:
+            return obj
         if isinstance(obj, Mapping):
             return {k: self(v) for k, v in obj.items()}
         if isinstance(obj, tuple | list):

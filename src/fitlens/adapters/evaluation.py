@@ -139,6 +139,10 @@ def evaluate(
     """
     _, loss_fn = resolve_loss(loss)
     tracked = [m.fresh() for m in resolve_metrics(metrics, reserved=("loss",))]
+    from_logits = getattr(loss_fn, "from_logits", None)
+    for m in tracked:  # binary accuracy reads outputs as the named loss does (0.5 or 0)
+        if isinstance(m.fn, Accuracy) and m.fn.from_logits is None and from_logits is not None:
+            m.fn.from_logits = from_logits
     dev = torch.device(device) if device is not None else model_device(model)
     for m in tracked:
         m.to(dev)

@@ -279,7 +279,9 @@ def _on_device(
 ) -> Iterator[tuple[Any, Any, Any]]:
     for batch in batches:
         x, y, w = unpack_weighted(batch, "train")
-        yield cast(to_device(x, device)), cast(to_device(y, device)), cast(to_device(w, device))
+        if w is not None:
+            w = cast(to_device(w, device))
+        yield cast(to_device(x, device)), cast(to_device(y, device)), w
 
 
 __all__ = ["Training", "check_arguments"]
