@@ -107,7 +107,11 @@ def test_weighted_loss_is_the_sum_of_weighted_sample_losses_over_the_batch_size(
     ("name", "outputs", "says"),
     [
         ("binary_crossentropy", torch.linspace(-2, 2, 16)[:, None], "look like logits"),
-        ("binary_cross_entropy_with_logits", torch.linspace(0.1, 0.9, 16), "look like prob"),
+        (
+            "binary_cross_entropy_with_logits",  # a final sigmoid, seen through a reshape
+            torch.sigmoid(torch.linspace(-2, 2, 16, requires_grad=True)[:, None]).squeeze(1),
+            "look like prob",
+        ),
         ("cross_entropy", _probabilities(8, 3), "look like probabilities"),
         ("sparse_categorical_crossentropy", torch.randn(8, 3), "look like logits"),
     ],
@@ -122,6 +126,9 @@ def test_outputs_of_the_wrong_kind_for_the_loss_are_named(name, outputs, says):
     [
         ("binary_crossentropy", torch.linspace(0.1, 0.9, 16)),
         ("binary_cross_entropy_with_logits", torch.linspace(-2, 2, 16)),
+        # a fresh model's logits may all lie in [0, 1]: no sigmoid made them, no warning
+        ("binary_cross_entropy_with_logits", torch.linspace(0.2, 0.4, 16, requires_grad=True) * 1),
+        ("cross_entropy", torch.log_softmax(torch.randn(8, 3, requires_grad=True), dim=1)),
         ("cross_entropy", torch.randn(8, 3, generator=torch.Generator().manual_seed(0))),
         ("categorical_crossentropy", _probabilities(8, 3)),
         ("mse", torch.randn(8)),

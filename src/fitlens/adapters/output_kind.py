@@ -6,9 +6,11 @@ loss (probabilities) trains on clipped values with no gradient. Neither fails, s
 the first batch's values once (one host sync, first batch only) and warns:
 
 * a **probability** loss sees values below 0 or above 1: they look like logits;
-* a **logits** loss sees values all in ``[0, 1]`` (binary, at least 8 of them) or rows that are
-  non-negative and sum to 1 within 1e-3 along the class axis (categorical): they look like
-  probabilities.
+* a **logits** loss sees outputs made by a final sigmoid or softmax (the autograd graph says
+  so, through reshapes), or rows that are non-negative and sum to 1 within 1e-3 along the class
+  axis (categorical): they look like probabilities. Values alone cannot tell binary logits from
+  probabilities (a fresh model's logits often all lie in ``[0, 1]``), so binary outputs are
+  judged by the graph only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from fitlens.adapters.losses import (
 
 #: How far from 1 a row's sum may be for the row to count as a probability distribution.
 SUM_TOLERANCE = 1e-3
-#: The fewest binary outputs that, all inside [0, 1], make a batch look like probabilities.
-MIN_BINARY = 8
+#: Autograd nodes that only reshape or pick: looked through to find the last real operation.
+_VIEWS = ("View", "Reshape", "Squeeze", "Unsqueeze", "Select", "Slice", "Expand", "Permute", "T")
 
 _LOGIT_NAMES = {
     "binary": "'binary_cross_entropy_with_logits'",
@@ -53,6 +55,22 @@ def _kind(loss_fn: LossFn) -> tuple[str, int] | None:
     if isinstance(loss_fn, CrossEntropy):
         return "sparse", 1
     return None
+
+
+def _made_by(outputs: torch.Tensor, names: tuple[str, ...]) -> bool:
+    """Whether the last operation that made ``outputs`` (looking through reshapes) is one of
+    ``names``, read from the autograd graph (no host sync)."""
+    node = outputs.grad_fn
+    for _ in range(4):
+        if node is None:
+            return False
+        kind = type(node).__name__.removesuffix("Backward0").removesuffix("Backward1")
+        if any(kind.startswith(n) for n in names):
+            return True
+        if kind not in _VIEWS or not node.next_functions:
+            return False
+        node = node.next_functions[0][0]
+    return False
 
 
 def output_kind_warning(loss_fn: LossFn, outputs: Any) -> str | None:
@@ -84,10 +102,8 @@ def output_kind_warning(loss_fn: LossFn, outputs: Any) -> str | None:
             f"model with a {'sigmoid' if name == 'binary' else 'softmax'}, or pass "
             f"loss={_LOGIT_NAMES[name]} (or from_logits=True) to train on logits."
         )
-    looks_like_probabilities = (
-        in_unit and outputs.numel() >= MIN_BINARY
-        if name == "binary"
-        else bool(rest) and in_unit and rest[0] <= SUM_TOLERANCE
+    looks_like_probabilities = _made_by(outputs, ("Sigmoid", "Softmax")) or (
+        name != "binary" and bool(rest) and in_unit and rest[0] <= SUM_TOLERANCE
     )
     if not looks_like_probabilities:
         return None
