@@ -22,6 +22,7 @@ This is where the Keras-version rules meet the numeric core in :mod:`.reconstruc
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fitlens.explain.epochs import Epoch, Series, Shown
-from fitlens.explain.reconstruct import Window, WindowColumns, window_columns
+from fitlens.explain.reconstruct import Window, WindowColumns, last_window, window_columns
 
 MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
@@ -163,8 +164,20 @@ class MetricResult:
     @property
     def last_window(self) -> Window | None:
         """The window that ends the epoch, without reconstructing the others."""
-        columns = self._columns if self._columns is not None else self._reconstruct(True)
-        return columns.row(-1) if len(columns.first) else None
+        if self._columns is not None:
+            return self._columns.row(-1) if len(self._columns.first) else None
+        if self.tolerance is None:
+            return None
+        steps, means, halves = self.series.arrays()
+        return last_window(
+            steps,
+            means,
+            halves,
+            self.tolerance,
+            end_weight_low=self.end_weight_low,
+            end_weight_high=self.end_weight_high,
+            clip=self.clip,
+        )
 
     @property
     def shown(self) -> list[Shown]:
@@ -212,6 +225,17 @@ def clip_for(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if _UNIT_RANGE.search(name) else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _kind_and_clip(name: str) -> tuple[MetricKind, tuple[float, float] | None]:
+    """A metric's kind and range, from its name (the same few names come every epoch)."""
+    kind: MetricKind = "running_mean"
+    if name.startswith("val_"):
+        kind = "end_of_epoch"
+    elif _CUMULATIVE.search(name):
+        kind = "cumulative"
+    return kind, clip_for(name)
+
+
 def end_weights(epoch: Epoch, weighting: str, options: Options) -> tuple[LastBatch, float | None]:
     """How much weight the last display of a finished epoch may carry beyond the step before it.
 
@@ -244,12 +268,7 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     result = EpochResult(epoch, weighting, last_batch, mismatch)
     for name, series in epoch.series.items():
         steps, _, halves = series.arrays()
-        kind: MetricKind = "running_mean"
-        if name.startswith("val_"):
-            kind = "end_of_epoch"
-        elif _CUMULATIVE.search(name):
-            kind = "cumulative"
-        clip = clip_for(name)
+        kind, clip = _kind_and_clip(name)
         low = high = None
         last_step = int(steps[-1])
         if last_batch != "exact" and last_step == epoch.target:
