@@ -205,17 +205,22 @@ def test_windows_with_a_last_batch_range_tile_the_epoch_and_match_the_reference(
         assert (a.low, a.value, a.high) == pytest.approx((b.low, b.value, b.high), abs=1e-12)
 
 
-@settings(derandomize=True, max_examples=_EXAMPLES, deadline=None)
-@given(batch_values, st.data())
-def test_the_last_window_alone_is_bit_identical_to_the_last_of_all_windows(values, data):
+def _shown_arrays(values: list[float], data: st.DataObject, least: int = 1) -> tuple:
+    """``(steps, means, halves)`` of a random subset (``least`` or more) of the displays."""
     n = len(values)
-    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
+    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=least)))
     points, _ = _displays(values, [1] * n, shown)
     steps = np.array([p.step for p in points])
     means = np.array([p.mean for p in points])
-    halves = np.full(len(points), 0.5e-4)
+    return steps, means, np.full(len(points), 0.5e-4)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES, deadline=None)
+@given(batch_values, st.data())
+def test_the_last_window_alone_is_bit_identical_to_the_last_of_all_windows(values, data):
+    steps, means, halves = _shown_arrays(values, data)
     if data.draw(st.booleans()):  # a %.4e display: mixed roundings
-        halves[data.draw(st.integers(0, len(points) - 1))] = 0.5e-8
+        halves[data.draw(st.integers(0, len(steps) - 1))] = 0.5e-8
     tol = data.draw(st.sampled_from([1e-5, 1e-4, 5e-3, 0.05]))
     clip = data.draw(st.sampled_from([None, (0.0, 1.0), (0.2, 0.3)]))
     weights = data.draw(
@@ -229,14 +234,8 @@ def test_the_last_window_alone_is_bit_identical_to_the_last_of_all_windows(value
 @settings(derandomize=True, max_examples=_EXAMPLES, deadline=None)
 @given(batch_values, st.data())
 def test_the_scalar_end_window_scan_picks_what_the_array_bounds_pick(values, data):
-    values = values + [0.5]  # two batches at least
-    n = len(values)
-    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=2)))
-    points, _ = _displays(values, [1] * n, shown)
-    steps = np.array([p.step for p in points])
-    means = np.array([p.mean for p in points])
-    halves = np.full(len(points), 0.5e-4)
-    count = data.draw(st.integers(1, len(points) - 1))
+    steps, means, halves = _shown_arrays([*values, 0.5], data, least=2)
+    count = data.draw(st.integers(1, len(steps) - 1))
     enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 1e-3, 0.01, math.inf]))
     clip = data.draw(st.sampled_from([None, (0.0, 1.0), (0.4, 0.41)]))
     window, precise = narrowest_end_window(steps, means, halves, count, enough, clip)
