@@ -111,8 +111,8 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
         # candidate, the shortest window, whatever its width.
         enough = abs(jump) / 4 if candidates else math.inf
         count = min(max(candidates, 1), _SCALAR_CANDIDATES)
-        window, precise = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
-        if precise or candidates <= count:
+        window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
+        if found or candidates <= count:
             return window
     keep = max(candidates, 1) + 1
     first, value, low, high = end_bounds(
