@@ -29,8 +29,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from fitlens.explain.epochs import Epoch, Series, Shown
-from fitlens.explain.reconstruct import Window, WindowColumns, last_window, window_columns
+from fitlens.explain.reconstruct import (
+    Window,
+    WindowColumns,
+    end_bounds,
+    last_window,
+    window_columns,
+)
 
 MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
@@ -130,6 +138,9 @@ class MetricResult:
     _shown: list[Shown] | None = field(default=None, repr=False)
     _columns: WindowColumns | None = field(default=None, repr=False)
     _windows: list[Window] | None = field(default=None, repr=False)
+    _ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False
+    )
 
     def _reconstruct(self, last_only: bool) -> WindowColumns:
         steps, means, halves = self.series.arrays()
@@ -169,6 +180,15 @@ class MetricResult:
         if self.tolerance is None:
             return None
         steps, means, halves = self.series.arrays()
+        if self.end_weight_low is not None or self.end_weight_high is not None:
+            # window_columns' last window: the shortest one ending the epoch that is precise
+            # enough, else the whole epoch.
+            first, value, low, high = self.end_windows
+            fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
+            i = int(fits[0]) if len(fits) else len(first) - 1
+            return Window(
+                int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i])
+            )
         return last_window(
             steps,
             means,
@@ -178,6 +198,22 @@ class MetricResult:
             end_weight_high=self.end_weight_high,
             clip=self.clip,
         )
+
+    @property
+    def end_windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`~fitlens.explain.reconstruct.end_bounds` of the displays, computed once: every
+        window that ends at the last display, shortest first, then the whole epoch."""
+        if self._ends is None:
+            steps, means, halves = self.series.arrays()
+            self._ends = end_bounds(
+                steps,
+                means,
+                halves,
+                end_weight_low=self.end_weight_low,
+                end_weight_high=self.end_weight_high,
+                clip=self.clip,
+            )
+        return self._ends
 
     @property
     def shown(self) -> list[Shown]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from fitlens.explain.analysis import EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
-from fitlens.explain.reconstruct import Window, end_bounds, narrowest_end_window, window_bounds
+from fitlens.explain.reconstruct import Window, narrowest_end_window, window_bounds
 
 Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
 #: Why the verdict: the lag bounds decided it, the epoch's flat level did, the jump is within
@@ -114,15 +114,8 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
         window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
         if found or candidates <= count:
             return window
-    keep = max(candidates, 1) + 1
-    first, value, low, high = end_bounds(
-        steps[-keep:],
-        means[-keep:],
-        halves_[-keep:],
-        clip=metric.clip,
-        with_start=False,
-        **weights,
-    )
+    # The windows from end_bounds, shortest first (the candidates are the first ones).
+    first, value, low, high = metric.end_windows
     if candidates == 0:
         return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
     width = (high[:candidates] - low[:candidates]) / 2
