@@ -94,7 +94,11 @@ def run_command(
     with open(os.devnull, "wb") as devnull:
         cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE) if via_pipe else None
         proc = subprocess.Popen(
-            cmd, stdin=cat.stdout if cat else subprocess.DEVNULL, stdout=devnull, env=env
+            cmd,
+            stdin=cat.stdout if cat else subprocess.DEVNULL,
+            stdout=devnull,
+            stderr=devnull,  # progress lines; a failure is reported below
+            env=env,
         )
         if cat is not None and cat.stdout is not None:
             cat.stdout.close()  # the command holds the read end now
@@ -103,7 +107,7 @@ def run_command(
             cat.wait()
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed")
+        raise RuntimeError(f"{' '.join(cmd)} failed; run it to see why")
     cpu = usage.ru_utime + usage.ru_stime
     return {
         "bytes": size,
