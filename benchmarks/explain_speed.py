@@ -76,22 +76,29 @@ def generate(path: Path, size_mb: float, style: str = "keras3", seed: int = 0) -
     return written
 
 
-def run_command(path: Path, as_json: bool, via_pipe: bool) -> dict[str, float]:
+def run_command(
+    path: Path, as_json: bool, via_pipe: bool, html: Path | None = None
+) -> dict[str, float]:
     """Run ``fitlens explain`` as a user does, output to /dev/null; time it and its peak RSS.
 
     ``via_pipe`` feeds the log on standard input (``cat log | fitlens explain -``) instead of
-    naming the file. CPU time (user + system, from ``wait4``) is reported beside wall time: on a
+    naming the file; ``html`` also writes the page there (``--html``). CPU time (user + system, from ``wait4``) is reported beside wall time: on a
     shared machine the wall clock includes waiting for a core.
     """
     size = path.stat().st_size
     cmd = [sys.executable, "-m", "fitlens", "explain", "-" if via_pipe else str(path)]
     cmd += ["--json"] if as_json else []
+    cmd += ["--html", str(html), "--quiet"] if html is not None else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     start = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
         cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE) if via_pipe else None
         proc = subprocess.Popen(
-            cmd, stdin=cat.stdout if cat else subprocess.DEVNULL, stdout=devnull, env=env
+            cmd,
+            stdin=cat.stdout if cat else subprocess.DEVNULL,
+            stdout=devnull,
+            stderr=devnull,  # progress lines; a failure is reported below
+            env=env,
         )
         if cat is not None and cat.stdout is not None:
             cat.stdout.close()  # the command holds the read end now
@@ -100,7 +107,7 @@ def run_command(path: Path, as_json: bool, via_pipe: bool) -> dict[str, float]:
             cat.wait()
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed")
+        raise RuntimeError(f"{' '.join(cmd)} failed; run it to see why")
     cpu = usage.ru_utime + usage.ru_stime
     return {
         "bytes": size,
@@ -112,6 +119,16 @@ def run_command(path: Path, as_json: bool, via_pipe: bool) -> dict[str, float]:
     }
 
 
+def _row(style: str, how: str, r: dict[str, float]) -> None:
+    print(
+        f"{style:12s} {r['bytes'] / 1e6:6.1f} MB {how}  "
+        f"wall {r['seconds']:6.2f} s = {r['mb_per_s']:5.1f} MB/s  "
+        f"cpu {r['cpu_seconds']:6.2f} s = {r['cpu_mb_per_s']:5.1f} MB/s  "
+        f"peak RSS {r['peak_rss_mib']:6.1f} MiB",
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[25.0, 50.0, 100.0])
@@ -121,8 +138,14 @@ def main() -> int:
         choices=["keras3", "keras2", "keras2-lines"],
         default=["keras2-lines", "keras3"],
     )
+    parser.add_argument(
+        "--html", action="store_true", help="also time `--html OUT.html` (file, text report)"
+    )
     args = parser.parse_args()
-    print(f"python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} "
+        "(MB/s of CPU time = user + system of the command: what a free core would give)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for style in args.styles:
             for size in sorted(args.sizes):
@@ -130,17 +153,13 @@ def main() -> int:
                 generate(path, size, style)
                 for via_pipe in (False, True):
                     for as_json in (False, True):
-                        r = run_command(path, as_json, via_pipe)
                         how = ("stdin " if via_pipe else "file  ") + (
                             "--json" if as_json else "text  "
                         )
-                        print(
-                            f"{style:12s} {r['bytes'] / 1e6:6.1f} MB {how}  "
-                            f"wall {r['seconds']:6.2f} s = {r['mb_per_s']:5.1f} MB/s  "
-                            f"cpu {r['cpu_seconds']:6.2f} s = {r['cpu_mb_per_s']:5.1f} MB/s  "
-                            f"peak RSS {r['peak_rss_mib']:6.1f} MiB",
-                            flush=True,
-                        )
+                        _row(style, how, run_command(path, as_json, via_pipe))
+                if args.html:
+                    page = Path(tmp) / "page.html"
+                    _row(style, "file  --html", run_command(path, False, False, page))
                 path.unlink()
     return 0
 

@@ -96,7 +96,10 @@ FAMILIES = [
     ),
     Family("batchnorm", _digits, lambda o: _mlp(64, 64, o, nn.BatchNorm1d(64)), "cross_entropy"),
     Family(
-        "binary", lambda: _digits(binary=True), lambda o: _mlp(64, 32, o), "binary_cross_entropy"
+        "binary",
+        lambda: _digits(binary=True),
+        lambda o: _mlp(64, 32, o),
+        "binary_cross_entropy_with_logits",
     ),
     Family(
         "tabular bn+drop",

@@ -174,7 +174,7 @@ def train(
             optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
             metrics=["accuracy"],
             epochs=EPOCHS,
-            batch_size=10,
+            batch_size=10 if kind == "arrays" else None,  # loaders make their own batches
             steps_per_epoch=STEPS if kind == "generator" else None,
             validation_data=validation,
             callbacks=callbacks,

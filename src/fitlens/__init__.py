@@ -2,7 +2,7 @@
 
 The public names are those of ``__all__``, each imported lazily from the module named in
 ``_EXPORTS`` (so `import fitlens` and `fitlens explain` stay free of torch), plus the
-``fitlens.keras`` and ``fitlens.lightning`` modules (they need the extras). The README's "API"
+``fitlens.keras`` and ``fitlens.lightning`` modules (they need the extras) and ``fitlens.losses``. The README's "API"
 section lists the same names; ``tests/test_public_api.py`` checks that the three agree.
 """
 
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "fit": "fitlens.training.loop",
     "evaluate": "fitlens.adapters.evaluation",
+    "predict": "fitlens.training.predict",
     "History": "fitlens.core.history",
     "BatchLog": "fitlens.core.history",
     "Callback": "fitlens.training.callbacks",
@@ -61,6 +62,7 @@ __all__ = [
     "__version__",
     "evaluate",
     "fit",
+    "predict",
     "read_history",
 ]
 
@@ -85,11 +87,13 @@ if TYPE_CHECKING:
     from fitlens.safety.signals import TrainingInterrupted
     from fitlens.training.callbacks import Callback, EarlyStopping, RunState
     from fitlens.training.loop import fit
+    from fitlens.training.predict import predict
     from fitlens.view.progress import Progress
 
 
-# Framework integrations: imported only when asked for (`fitlens.keras`, `import fitlens.keras`).
-_SUBMODULES = ("keras", "lightning")
+# Submodules imported only when asked for (`fitlens.keras`, `import fitlens.keras`): the framework
+# integrations and the loss classes.
+_SUBMODULES = ("keras", "lightning", "losses")
 
 
 def __getattr__(name: str) -> Any:

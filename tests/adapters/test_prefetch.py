@@ -75,13 +75,16 @@ def test_shuffled_array_data_with_dropout_trains_identically_with_prefetch():
     np.testing.assert_array_equal(run(0), run(3))
 
 
-def test_numpy_batches_arrive_as_tensors_of_the_default_dtype():
+def test_numpy_batches_arrive_as_tensors_of_their_dtype_with_weights_when_given():
+    # float64 is cast after the read-ahead, by fit's one float64 rule (adapters/dtypes.py)
     data = [(np.ones((2, 4)), np.zeros(2, dtype=np.int64)) for _ in range(3)]
+    data.append((np.ones((2, 4), np.float32), np.zeros(2, dtype=np.int64), np.ones(2)))
     pf = Prefetcher(2, torch.device("cpu"))
     got = list(pf.epoch(iter(data)))
     pf.close()
-    assert [x.dtype for x, _ in got] == [torch.get_default_dtype()] * 3
-    assert [y.dtype for _, y in got] == [torch.int64] * 3
+    assert [x.dtype for x, _, _ in got] == [torch.float64] * 3 + [torch.float32]
+    assert [y.dtype for _, y, _ in got] == [torch.int64] * 4
+    assert [w is None for _, _, w in got] == [True] * 3 + [False]
 
 
 @settings(max_examples=25, deadline=None)
@@ -89,7 +92,7 @@ def test_numpy_batches_arrive_as_tensors_of_the_default_dtype():
 def test_prefetcher_yields_every_batch_once_in_order(n, depth):
     data = [(torch.tensor([i]), torch.tensor([i])) for i in range(n)]
     pf = Prefetcher(depth, torch.device("cpu"))
-    got = [int(x) for x, _ in pf.epoch(iter(data))]
+    got = [int(x) for x, *_ in pf.epoch(iter(data))]
     pf.close()
     assert got == list(range(n))
 
@@ -221,6 +224,6 @@ def test_cuda_prefetch_copies_on_a_side_stream_and_matches_the_plain_run():
     )
     np.testing.assert_allclose(plain.batches["loss"], ahead.batches["loss"], rtol=1e-6)
     pf = Prefetcher(2, torch.device("cuda"))
-    x, _ = next(pf.epoch(iter(data)))
+    x, *_ = next(pf.epoch(iter(data)))
     pf.close()
     assert x.is_cuda

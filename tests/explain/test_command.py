@@ -223,3 +223,56 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0
     assert b"Traceback" not in err
+
+
+def _big_log(path, megabytes: float) -> None:
+    """A Keras 2 one-line-per-step log of about ``megabytes`` MB (epochs of 200 steps)."""
+    lines = []
+    for step in range(1, 201):
+        lines.append(f"{step:3d}/200 [==>...] - ETA: 3s - loss: {1 / step:.4f} - acc: 0.5000\n")
+    epoch = "".join(lines)
+    count = int(megabytes * 1e6 / len(epoch)) + 1
+    with open(path, "w") as f:
+        for k in range(1, count + 1):
+            f.write(f"Epoch {k}/{count}\n" + epoch)
+
+
+def test_a_big_log_gets_a_progress_line_per_tenth_and_quiet_silences_them(tmp_path):
+    path = tmp_path / "big.log"
+    _big_log(path, 52)  # just above PROGRESS_BYTES
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    cmd = [sys.executable, "-m", "fitlens", "explain", str(path)]
+    loud = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    lines = loud.stderr.splitlines()
+    assert [line.split("] ")[1].split(" of ")[0] for line in lines[:-1]] == [
+        f"read {p}%" for p in range(10, 101, 10)
+    ]
+    assert lines[-1].endswith(f"done: {loud.stdout.split('Read ')[1].split(' ')[0]} epoch(s)")
+    quiet = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, env=env, check=True)
+    assert quiet.stderr == ""
+    assert quiet.stdout == loud.stdout
+
+
+def test_a_big_log_from_a_pipe_gets_a_line_per_50_mb(tmp_path):
+    path = tmp_path / "big.log"
+    _big_log(path, 52)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fitlens", "explain", "-"],
+        input=path.read_bytes(),  # through a pipe: no size to take tenths of
+        capture_output=True,
+        env=env,
+        check=True,
+    )
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 2 and "read 50 MB of stdin" in lines[0] and "done:" in lines[1]
+
+
+def test_a_small_log_gets_no_progress_lines_and_quiet_hides_the_files_written(
+    log, tmp_path, capsys
+):
+    out = tmp_path / "page.html"
+    assert main([str(log), "--html", str(out)]) == 0
+    assert capsys.readouterr().err.startswith("fitlens explain: page written to")
+    assert main([str(log), "--html", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

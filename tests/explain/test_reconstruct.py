@@ -13,10 +13,15 @@ from hypothesis import strategies as st
 
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
+    Window,
+    end_bounds,
+    last_window,
+    narrowest_end_window,
     reconstruct,
     reconstruct_arrays,
     trailing_windows,
     window_bounds,
+    window_columns,
     window_mean,
 )
 
@@ -198,3 +203,45 @@ def test_windows_with_a_last_batch_range_tile_the_epoch_and_match_the_reference(
         if clip is not None:
             assert clip[0] <= a.low and a.high <= clip[1]
         assert (a.low, a.value, a.high) == pytest.approx((b.low, b.value, b.high), abs=1e-12)
+
+
+def _shown_arrays(values: list[float], data: st.DataObject, least: int = 1) -> tuple:
+    """``(steps, means, halves)`` of a random subset (``least`` or more) of the displays."""
+    n = len(values)
+    shown = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=least)))
+    points, _ = _displays(values, [1] * n, shown)
+    steps = np.array([p.step for p in points])
+    means = np.array([p.mean for p in points])
+    return steps, means, np.full(len(points), 0.5e-4)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES, deadline=None)
+@given(batch_values, st.data())
+def test_the_last_window_alone_is_bit_identical_to_the_last_of_all_windows(values, data):
+    steps, means, halves = _shown_arrays(values, data)
+    if data.draw(st.booleans()):  # a %.4e display: mixed roundings
+        halves[data.draw(st.integers(0, len(steps) - 1))] = 0.5e-8
+    tol = data.draw(st.sampled_from([1e-5, 1e-4, 5e-3, 0.05]))
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0), (0.2, 0.3)]))
+    weights = data.draw(
+        st.sampled_from([{}, {"end_weight_low": float(steps[-1] - 1)}, {"end_weight_low": 0.5}])
+    )
+    alone = last_window(steps, means, halves, tol, clip=clip, **weights)
+    assert alone == window_columns(steps, means, halves, tol, clip=clip, **weights).row(-1)
+    assert last_window(steps[:0], means[:0], halves[:0], tol) is None
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES, deadline=None)
+@given(batch_values, st.data())
+def test_the_scalar_end_window_scan_picks_what_the_array_bounds_pick(values, data):
+    steps, means, halves = _shown_arrays([*values, 0.5], data, least=2)
+    count = data.draw(st.integers(1, len(steps) - 1))
+    enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 1e-3, 0.01, math.inf]))
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0), (0.4, 0.41)]))
+    window, precise = narrowest_end_window(steps, means, halves, count, enough, clip)
+    first, value, low, high = end_bounds(steps, means, halves, clip=clip, with_start=False)
+    width = (high[:count] - low[:count]) / 2
+    fits = np.flatnonzero(width <= enough)
+    i = int(fits[0]) if len(fits) else int(np.argmin(width))
+    expected = Window(int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i]))
+    assert (window, precise) == (expected, bool(len(fits)))

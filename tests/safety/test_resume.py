@@ -89,7 +89,7 @@ def _fit(kind: str, run_dir: Path | None = None, **kwargs: Any) -> tuple[torch.n
         optimizer=optimizer(model) if callable(optimizer) else optimizer,
         metrics=["accuracy"],
         epochs=3,
-        batch_size=10,
+        batch_size=10 if kind == "arrays" else None,  # loaders make their own batches
         steps_per_epoch=6 if kind.startswith("generator") else None,
         validation_data=_xy(),
         verbose=0,
@@ -374,7 +374,10 @@ def _resume_differently(run_dir: Path, model: Any = None, **changes: Any) -> Any
         ),
         ({"train": (_xy()[0][:59], _xy()[1][:59])}, "training samples: 59, the checkpoint's: 60"),
         (
-            {"train": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_xy()), 10)},
+            {
+                "train": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_xy()), 10),
+                "batch_size": None,  # a loader makes its own batches
+            },
             "training data: DataLoader, the checkpoint's: ArrayData",
         ),
         ({"epochs": 1}, "this call ends after epoch 1, but the checkpoint is already at epoch 2"),

@@ -8,12 +8,16 @@ Three forms, as Keras accepts them:
   epoch ends there with a warning and training stops (there is nothing left to train on).
 * a **re-iterable** (a ``DataLoader``, a list of batches, ...): iterated afresh every epoch;
   with ``steps_per_epoch`` only that many batches of each pass are used.
-* a **tuple of arrays** ``(x, y)`` (tensors or numpy arrays; ``x`` may be a tuple or dict of
-  them) with ``batch_size``: shuffled every epoch with torch's global generator, so
-  ``torch.manual_seed`` makes runs repeatable. The last batch may be smaller.
+* a **tuple of arrays** ``(x, y)`` or ``(x, y, sample_weight)`` (tensors or numpy arrays; ``x``
+  may be a tuple or dict of them) with ``batch_size``: shuffled every epoch (``shuffle=True``,
+  as Keras) with torch's global generator, so ``torch.manual_seed`` makes runs repeatable. The
+  last batch may be smaller.
 
-Floating-point numpy arrays become tensors of torch's default dtype (float32 unless changed);
-integer arrays keep their dtype.
+Batches are ``(x, y)`` or ``(x, y, w)`` with ``w`` one weight per sample. Numpy arrays become
+tensors of their own dtype; float64 inputs of any form then follow one rule (see
+`fitlens.adapters.dtypes`). Mistakes that would otherwise run silently fail here, before the
+first step: ``batch_size`` with data that batches itself, and a list ``[x, y]`` (a list is a list
+of batches; pass the tuple ``(x, y)``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def _is_array(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor | np.ndarray)
 
 
-def _is_array_tree(obj: Any) -> bool:
+def is_array_tree(obj: Any) -> bool:
     if _is_array(obj):
         return True
     if isinstance(obj, tuple | list):
@@ -43,12 +47,12 @@ def _is_array_tree(obj: Any) -> bool:
     return False
 
 
-def _first_len(obj: Any) -> int:
+def first_len(obj: Any) -> int:
     if _is_array(obj):
         return int(obj.shape[0])
     if isinstance(obj, Mapping):
-        return _first_len(next(iter(obj.values())))
-    return _first_len(obj[0])
+        return first_len(next(iter(obj.values())))
+    return first_len(obj[0])
 
 
 def _leading_lengths(obj: Any) -> list[int]:
@@ -75,10 +79,7 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
         # Comparing devices is cheaper than a no-op .to() (this runs every step).
         return obj if obj.device == device else obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, np.ndarray):
-        t = torch.from_numpy(obj)
-        if t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
-        return t.to(device, non_blocking=non_blocking)
+        return torch.from_numpy(obj).to(device, non_blocking=non_blocking)
     if isinstance(obj, Mapping):
         return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
@@ -90,29 +91,34 @@ def batch_size_of(x: Any) -> int:
     """Samples in a batch: the first dimension of ``x`` (or of its first tensor)."""
     if isinstance(x, torch.Tensor) and x.ndim:
         return x.shape[0]
-    return _first_len(x)
+    return first_len(x)
 
 
 @dataclass
 class ArrayData:
-    """In-memory ``(x, y)`` arrays served in shuffled batches of ``batch_size``."""
+    """In-memory ``(x, y)`` arrays served in shuffled batches of ``batch_size``; with per-sample
+    weights ``w``, ``(x, y, w)`` batches."""
 
     x: Any
     y: Any
     batch_size: int
     shuffle: bool = True
+    w: Any = None
 
     def __post_init__(self) -> None:
-        self.n = _first_len(self.x)
+        self.n = first_len(self.x)
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
         for start in range(0, self.n, self.batch_size):
             index = order[start : start + self.batch_size]
-            yield take(self.x, index), take(self.y, index)
+            if self.w is None:
+                yield take(self.x, index), take(self.y, index)
+            else:
+                yield take(self.x, index), take(self.y, index), take(self.w, index)
 
 
 class BatchSource:
@@ -131,6 +137,7 @@ class BatchSource:
         steps: int | None = None,
         batch_size: int | None = None,
         shuffle: bool = True,
+        sample_weight: Any = None,
     ) -> None:
         steps_arg = "steps_per_epoch" if name == "train" else "validation_steps"
         if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps <= 0):
@@ -139,19 +146,34 @@ class BatchSource:
             )
         self.name = name
         self._iterator: Iterator[Batch] | None = None
-        if isinstance(data, tuple) and len(data) in (2, 3) and all(_is_array_tree(d) for d in data):
-            if len(data) == 3:
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"Expected `shuffle` to be True or False. Received: {shuffle!r}.")
+        _refuse_list_pair(data, name)
+        if sample_weight is not None:
+            if not (isinstance(data, tuple) and len(data) == 2 and all(map(is_array_tree, data))):
                 raise ValueError(
-                    f"Expected `{name}` arrays as (x, y). Received a 3-tuple; sample weights "
-                    "are not supported yet: fold them into a custom loss instead."
+                    f"`sample_weight=` goes with arrays `{name}=(x, y)`. Received `{name}` as "
+                    f"{type(data).__name__}: yield (x, y, w) batches from it instead."
                 )
+            data = (data[0], data[1], sample_weight)
+        if isinstance(data, tuple) and len(data) in (2, 3) and all(is_array_tree(d) for d in data):
             if batch_size is None:
                 batch_size = 32 if name == "train" else 256
             if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
                 raise ValueError(
                     f"Expected `batch_size` to be a positive integer. Received: {batch_size!r}."
                 )
-            lengths = set(_leading_lengths(data[0]) + _leading_lengths(data[1]))
+            if len(data) == 3 and name != "train":
+                raise ValueError(
+                    f"Sample weights are read from the training data only. Received `{name}` as "
+                    "(x, y, w): pass (x, y)."
+                )
+            if len(data) == 3 and not _is_array(data[2]):
+                raise ValueError(
+                    f"Expected the sample weights of `{name}` to be one array of shape (N,). "
+                    f"Received: {type(data[2]).__name__}."
+                )
+            lengths = {n for d in data for n in _leading_lengths(d)}
             if len(lengths) != 1:
                 raise ValueError(
                     f"Expected every array in `{name}` to have the same number of samples "
@@ -161,10 +183,16 @@ class BatchSource:
             if n <= 0:
                 raise ValueError(f"Expected `{name}` to hold at least one sample. Received 0.")
             self.kind = "arrays"
-            self.iterable: Iterable[Batch] = ArrayData(data[0], data[1], int(batch_size), shuffle)
+            weights = data[2] if len(data) == 3 else None
+            self.iterable: Iterable[Any] = ArrayData(
+                data[0], data[1], int(batch_size), shuffle, weights
+            )
             full = len(self.iterable)
             self.steps: int | None = min(full, steps) if steps else full
-        elif isinstance(data, Iterator) or _is_factory(data):
+            return
+        if batch_size is not None:
+            raise ValueError(_batch_size_clash(data, name, batch_size))
+        if isinstance(data, Iterator) or _is_factory(data):
             if _is_factory(data):  # a generator factory: fitlens makes the generator (resume)
                 data = data()
                 if not isinstance(data, Iterator):
@@ -228,9 +256,45 @@ class BatchSource:
                 return
 
 
+def _refuse_list_pair(data: Any, name: str) -> None:
+    """A list ``[x, y]`` of arrays: Keras reads a list as several inputs, fitlens as a list of
+    batches; neither is meant, so ask for the tuple. (A list of batches holds pairs, never a
+    bare array, so the two cannot be confused.)"""
+    if isinstance(data, list) and len(data) in (2, 3) and all(_is_array(d) for d in data):
+        raise TypeError(
+            f"Expected `{name}` as a tuple (x, y) of arrays. Received a list of "
+            f"{len(data)} arrays; a list is read as a list of batches. Pass a tuple: "
+            f"{name}=(x, y)."
+        )
+
+
+def _batch_size_clash(data: Any, name: str, batch_size: Any) -> str:
+    own = getattr(data, "batch_size", None)
+    theirs = f" (its batch_size={own})" if own is not None else ""
+    return (
+        f"`batch_size={batch_size!r}` applies to arrays, but `{name}` is a "
+        f"{type(data).__name__}{theirs}, which makes its own batches. Remove `batch_size=` or "
+        "set the batch size where the batches are made (e.g. DataLoader(..., batch_size=N))."
+    )
+
+
 def _is_factory(obj: Any) -> bool:
     """A zero-argument callable that makes a generator (not a DataLoader, tensor, ...)."""
     return callable(obj) and not isinstance(obj, Iterable | torch.Tensor | np.ndarray)
+
+
+def unpack_weighted(batch: Any, name: str) -> tuple[Any, Any, Any]:
+    """Split a batch into ``(x, y, w)`` (``w`` None when the batch has no sample weights)."""
+    if isinstance(batch, tuple | list):  # per step: the common forms first, few checks
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
+    if isinstance(batch, Mapping) and "sample_weight" in batch:
+        x, y = unpack({k: v for k, v in batch.items() if k != "sample_weight"}, name)
+        return x, y, batch["sample_weight"]
+    x, y = unpack(batch, name)
+    return x, y, None
 
 
 def unpack(batch: Any, name: str) -> Batch:
@@ -239,6 +303,12 @@ def unpack(batch: Any, name: str) -> Batch:
         return batch[0], batch[1]
     if isinstance(batch, Mapping) and {"x", "y"} <= set(batch):
         return batch["x"], batch["y"]
+    if isinstance(batch, tuple | list) and len(batch) == 3:
+        raise ValueError(
+            f"Expected each batch of `{name}` to be an (x, y) pair. Received an (x, y, w) "
+            "triple: sample weights weigh the training steps only; validation_data, evaluate "
+            "and train_eval do not take them yet. Yield (x, y) there, or turn train_eval off."
+        )
     got = (
         f"a {len(batch)}-item {type(batch).__name__}"
         if isinstance(batch, tuple | list)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from fitlens.adapters.data import BatchSource, batch_size_of, to_device, unpack
-from fitlens.adapters.losses import PER_SAMPLE, LossFn, resolve_loss
+from fitlens.adapters.dtypes import Float64Cast, input_dtype
+from fitlens.adapters.losses import LossFn, per_sample, resolve_loss
 from fitlens.adapters.metrics import Accuracy, TrackedMetric, resolve_metrics
 
 
@@ -60,30 +61,33 @@ def measure_batches(
     device: torch.device,
     *,
     name: str = "train",
+    cast: Float64Cast | None = None,
 ) -> dict[str, PassValue]:
     """Mean, sample count and per-sample spread of the loss and metrics over ``batches``.
 
     The model runs in its *current* mode; the caller sets it. Sums stay on the device and reach
     the host once, at the end. Stateful (torchmetrics) metrics must be fresh copies; their mean
-    is ``compute()``.
+    is ``compute()``. ``cast``: the float64 rule (`fitlens.adapters.dtypes`), one warning per
+    cast object; default: a new one for this pass.
     """
+    cast = cast or Float64Cast(input_dtype(model), name)
     names = [loss_name] + [m.name for m in metrics]
-    per_sample = PER_SAMPLE.get(loss_fn)
-    kinds = ["per_sample" if per_sample is not None else "batch"]
+    per_sample_fn = per_sample(loss_fn)
+    kinds = ["per_sample" if per_sample_fn is not None else "batch"]
     kinds += ["proportion" if isinstance(m.fn, Accuracy) else "batch" for m in metrics]
     totals: torch.Tensor | None = None
     samples = batches_seen = 0
     for batch in batches:
         x, y = unpack(batch, name)
-        x, y = to_device(x, device), to_device(y, device)
+        x, y = cast(to_device(x, device)), cast(to_device(y, device))
         outputs = forward(model, x)
         n = batch_size_of(y)
         values = [loss_fn(outputs, y).detach().reshape(())]
         values += [m.batch(outputs, y) for m in metrics]
         means = torch.stack([v.to(torch.float64) for v in values])
         squares = means * means * n  # batch-spread fallback: n_b * m_b**2
-        if per_sample is not None:
-            losses = per_sample(outputs, y).to(torch.float64).reshape(n, -1).mean(dim=1)
+        if per_sample_fn is not None:
+            losses = per_sample_fn(outputs, y).to(torch.float64)
             squares[0] = (losses * losses).sum()
         row = torch.cat([means * n, squares])
         totals = row if totals is None else totals + row
@@ -135,6 +139,10 @@ def evaluate(
     """
     _, loss_fn = resolve_loss(loss)
     tracked = [m.fresh() for m in resolve_metrics(metrics, reserved=("loss",))]
+    from_logits = getattr(loss_fn, "from_logits", None)
+    for m in tracked:  # binary accuracy reads outputs as the named loss does (0.5 or 0)
+        if isinstance(m.fn, Accuracy) and m.fn.from_logits is None and from_logits is not None:
+            m.fn.from_logits = from_logits
     dev = torch.device(device) if device is not None else model_device(model)
     for m in tracked:
         m.to(dev)

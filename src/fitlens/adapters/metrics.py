@@ -38,28 +38,59 @@ class Accuracy:
         self.from_logits = from_logits
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.correct(outputs, targets).mean(dtype=torch.get_default_dtype())
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per prediction, whether it is right (bool, the targets' shape)."""
         if outputs.ndim >= 2 and outputs.shape[-1] > 1:
             pred = outputs.argmax(-1)
             if targets.is_floating_point() and targets.shape == outputs.shape:
                 targets = targets.argmax(-1)
-            return (pred == targets).mean(dtype=torch.get_default_dtype())
+            return pred == targets
         if outputs.ndim == targets.ndim + 1:
             outputs = outputs.squeeze(-1)
         pred = outputs > (0.5 if self.from_logits is False else 0.0)
-        return (pred == (targets > 0.5)).mean(dtype=torch.get_default_dtype())
+        return pred == (targets > 0.5)
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One value per sample ``(N,)``: the fraction of its predictions that are right."""
+        right = self.correct(outputs, targets).to(torch.get_default_dtype())
+        return right.reshape(right.shape[0], -1).mean(dim=1)
 
 
-def configure_from_outputs(metrics: Sequence[TrackedMetric], outputs: Any) -> None:
+def configure_from_outputs(
+    metrics: Sequence[TrackedMetric], outputs: Any, from_logits: bool | None = None
+) -> list[str]:
     """Settle choices that depend on the model's outputs, on the first training batch.
 
-    Binary `Accuracy` with ``from_logits=None`` reads whether the outputs came out of a sigmoid
-    (the autograd node says so, without a host sync).
+    Binary `Accuracy` with ``from_logits=None`` takes the loss's reading (``from_logits``: a
+    named loss says whether it reads logits); without one, whether the outputs came out of a
+    sigmoid (the autograd node says so, without a host sync).
+
+    Returns:
+        One line per binary accuracy saying which threshold it uses (empty when none is binary).
     """
     grad_fn = getattr(outputs, "grad_fn", None)
     from_sigmoid = grad_fn is not None and "Sigmoid" in type(grad_fn).__name__
+    binary = isinstance(outputs, torch.Tensor) and (outputs.ndim < 2 or outputs.shape[-1] == 1)
+    notes = []
     for m in metrics:
-        if isinstance(m.fn, Accuracy) and m.fn.from_logits is None:
-            m.fn.from_logits = not from_sigmoid
+        if not isinstance(m.fn, Accuracy):
+            continue
+        why = "as set"
+        if m.fn.from_logits is None:
+            if from_logits is not None:
+                m.fn.from_logits, why = from_logits, "as the loss reads them"
+            else:
+                m.fn.from_logits = not from_sigmoid
+                why = "the model ends in a sigmoid" if from_sigmoid else "no sigmoid at the end"
+        if binary:
+            read, cut = ("logits", "0") if m.fn.from_logits else ("probabilities", "0.5")
+            notes.append(
+                f"{m.name}: binary outputs read as {read} ({why}): a sample counts as "
+                f"positive when its output > {cut}."
+            )
+    return notes
 
 
 _NAMED: dict[str, Callable[[], MetricFn]] = {"accuracy": Accuracy, "acc": Accuracy}
@@ -104,6 +135,22 @@ class TrackedMetric:
                 )
             value = value.reshape(())
         return value.detach() if value.requires_grad else value
+
+    def weighted(
+        self, outputs: Any, targets: Any, weights: torch.Tensor, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """``(value, weight)`` of the batch under per-sample ``weights`` (see
+        `fitlens.adapters.weights`): the weighted mean with weight ``sum(w)`` for a metric with
+        per-sample values; the plain batch value with weight ``size`` for the others."""
+        per_sample = getattr(self.fn, "per_sample", None)
+        if per_sample is None or self.stateful:
+            return self.batch(outputs, targets), size
+        values = per_sample(outputs, targets)
+        w = weights.to(values.dtype)
+        total = w.sum()
+        # an all-zero-weight batch: value 0 with weight 0 (it then counts for nothing)
+        value = (values * w).sum() / total.clamp_min(torch.finfo(values.dtype).tiny)
+        return value.detach(), total
 
     def reset(self) -> None:
         if self.stateful:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitlens.adapters.data import to_device, unpack
+from fitlens.adapters.data import to_device, unpack_weighted
 
 _END = object()  # the worker read the whole epoch
 
@@ -144,7 +144,7 @@ class Prefetcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def epoch(self, batches: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
+    def epoch(self, batches: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
         """Start reading ``batches`` in the background; iterate the result in the main thread."""
         self.close()
         self._stop = threading.Event()
@@ -165,11 +165,11 @@ class Prefetcher:
                 batch = next(batches, _END)
                 if batch is _END:
                     break
-                x, y = unpack(batch, "train")
+                parts = unpack_weighted(batch, "train")
                 if self._copier is not None:
-                    item = self._copier.send((x, y))
+                    item = self._copier.send(parts)
                 else:
-                    item = (to_device(x, self.device), to_device(y, self.device))
+                    item = tuple(to_device(p, self.device) for p in parts)
                 if not self._put(q, stop, item):
                     return
             item = _END
@@ -188,7 +188,7 @@ class Prefetcher:
                 continue
         return False
 
-    def _receive(self, q: queue.Queue[Any]) -> Iterator[tuple[Any, Any]]:
+    def _receive(self, q: queue.Queue[Any]) -> Iterator[tuple[Any, ...]]:
         copier = self._copier
         while True:
             item = q.get()

@@ -89,6 +89,7 @@ _NONNEGATIVE_NAMES = (
     "mean_absolute_error",
     "cross_entropy",
     "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
     "crossentropy",
 )
 

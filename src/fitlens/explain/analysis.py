@@ -22,14 +22,23 @@ This is where the Keras-version rules meet the numeric core in :mod:`.reconstruc
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from fitlens.explain.epochs import Epoch, Series, Shown
-from fitlens.explain.reconstruct import Window, WindowColumns, window_columns
+from fitlens.explain.reconstruct import (
+    Window,
+    WindowColumns,
+    end_bounds,
+    last_window,
+    window_columns,
+)
 
 MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
@@ -129,6 +138,9 @@ class MetricResult:
     _shown: list[Shown] | None = field(default=None, repr=False)
     _columns: WindowColumns | None = field(default=None, repr=False)
     _windows: list[Window] | None = field(default=None, repr=False)
+    _ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False
+    )
 
     def _reconstruct(self, last_only: bool) -> WindowColumns:
         steps, means, halves = self.series.arrays()
@@ -163,8 +175,45 @@ class MetricResult:
     @property
     def last_window(self) -> Window | None:
         """The window that ends the epoch, without reconstructing the others."""
-        columns = self._columns if self._columns is not None else self._reconstruct(True)
-        return columns.row(-1) if len(columns.first) else None
+        if self._columns is not None:
+            return self._columns.row(-1) if len(self._columns.first) else None
+        if self.tolerance is None:
+            return None
+        steps, means, halves = self.series.arrays()
+        if self.end_weight_low is not None or self.end_weight_high is not None:
+            # window_columns' last window: the shortest one ending the epoch that is precise
+            # enough, else the whole epoch.
+            first, value, low, high = self.end_windows
+            fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
+            i = int(fits[0]) if len(fits) else len(first) - 1
+            return Window(
+                int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i])
+            )
+        return last_window(
+            steps,
+            means,
+            halves,
+            self.tolerance,
+            end_weight_low=self.end_weight_low,
+            end_weight_high=self.end_weight_high,
+            clip=self.clip,
+        )
+
+    @property
+    def end_windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`~fitlens.explain.reconstruct.end_bounds` of the displays, computed once: every
+        window that ends at the last display, shortest first, then the whole epoch."""
+        if self._ends is None:
+            steps, means, halves = self.series.arrays()
+            self._ends = end_bounds(
+                steps,
+                means,
+                halves,
+                end_weight_low=self.end_weight_low,
+                end_weight_high=self.end_weight_high,
+                clip=self.clip,
+            )
+        return self._ends
 
     @property
     def shown(self) -> list[Shown]:
@@ -212,6 +261,17 @@ def clip_for(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if _UNIT_RANGE.search(name) else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _kind_and_clip(name: str) -> tuple[MetricKind, tuple[float, float] | None]:
+    """A metric's kind and range, from its name (the same few names come every epoch)."""
+    kind: MetricKind = "running_mean"
+    if name.startswith("val_"):
+        kind = "end_of_epoch"
+    elif _CUMULATIVE.search(name):
+        kind = "cumulative"
+    return kind, clip_for(name)
+
+
 def end_weights(epoch: Epoch, weighting: str, options: Options) -> tuple[LastBatch, float | None]:
     """How much weight the last display of a finished epoch may carry beyond the step before it.
 
@@ -244,12 +304,7 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     result = EpochResult(epoch, weighting, last_batch, mismatch)
     for name, series in epoch.series.items():
         steps, _, halves = series.arrays()
-        kind: MetricKind = "running_mean"
-        if name.startswith("val_"):
-            kind = "end_of_epoch"
-        elif _CUMULATIVE.search(name):
-            kind = "cumulative"
-        clip = clip_for(name)
+        kind, clip = _kind_and_clip(name)
         low = high = None
         last_step = int(steps[-1])
         if last_batch != "exact" and last_step == epoch.target:

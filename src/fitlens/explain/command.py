@@ -2,6 +2,10 @@
 
 User errors (missing file, empty or binary input, no progress lines, bad options) become one line
 on stderr starting with ``fitlens explain: `` and exit code 2, never a traceback.
+
+A big log (from :data:`PROGRESS_BYTES` up) gets a line on stderr per tenth read (per
+:data:`PROGRESS_BYTES` from a pipe, whose size is unknown); ``--quiet`` silences those and the
+notes about written files, leaving errors only.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import stat
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from fitlens.explain.analysis import EpochResult, Options, analyze
@@ -21,6 +27,8 @@ from fitlens.explain.report import summarize
 from fitlens.explain.writer import Explained, ReportWriter, replay
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+#: Inputs from this size up get progress lines on stderr (bytes; also the step on a pipe).
+PROGRESS_BYTES = 50_000_000
 
 
 class UserError(Exception):
@@ -75,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=None, metavar="B", help="samples per full batch"
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress lines on stderr (a big log gets one per tenth read) and no notes "
+        "about files written; errors only",
+    )
     return parser
 
 
@@ -89,6 +103,67 @@ def _open(path: str) -> BinaryIO:
         raise UserError(f"{path} is a directory; expected a log file") from None
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
+
+
+class ReadProgress:
+    """Says on stderr how far a big input has been read: a line per tenth of a file of
+    :data:`PROGRESS_BYTES` or more, a line per :data:`PROGRESS_BYTES` of a pipe.
+
+    Args:
+        name: The input's name for the lines.
+        size: The input's size in bytes, if known (a regular file).
+        say: Where the lines go (one call per line).
+    """
+
+    def __init__(self, name: str, size: int | None, say: Callable[[str], None]) -> None:
+        self.name = name
+        self.size = size
+        self.say = say
+        self.start = time.perf_counter()
+        self.shown = 0
+        self.epochs = 0
+
+    def __call__(self, done: int) -> None:
+        """Note that ``done`` bytes have been read."""
+        if self.size is not None:
+            if self.size < PROGRESS_BYTES:
+                return
+            tenth = done * 10 // self.size
+            if tenth > self.shown:
+                self.shown = tenth
+                self._line(
+                    f"read {tenth * 10}% of {self.name} ({done / 1e6:.0f} MB), "
+                    f"{self.epochs} epoch(s) so far"
+                )
+        elif done // PROGRESS_BYTES > self.shown:
+            self.shown = done // PROGRESS_BYTES
+            self._line(f"read {done / 1e6:.0f} MB of {self.name}, {self.epochs} epoch(s) so far")
+
+    def finish(self) -> None:
+        """A last line, when any came before it."""
+        if self.shown:
+            self._line(f"done: {self.epochs} epoch(s)")
+
+    def _line(self, text: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.say(f"fitlens explain: [{elapsed:6.1f}s] {text}")
+
+
+def _size(stream: BinaryIO) -> int | None:
+    """The size of a regular file behind ``stream``, else None (a pipe, a terminal)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # BytesIO has no descriptor
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _counted(chunks: Iterator[bytes], progress: ReadProgress) -> Iterator[bytes]:
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        progress(done)
+        yield chunk
 
 
 def _checked_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
@@ -112,6 +187,7 @@ def explain_stream(
     writer: ReportWriter | None = None,
     keep_windows: bool = False,
     keep_results: bool = False,
+    progress: ReadProgress | None = None,
 ) -> Explained:
     """Run the whole pipeline on a binary stream, one epoch at a time.
 
@@ -126,12 +202,16 @@ def explain_stream(
         writer: Takes each epoch's summary and boundaries as they come.
         keep_windows: Keep every display and window in the summaries (``--windows``).
         keep_results: Keep every full reconstruction too (``--plot``, ``--html``).
+        progress: Told how many bytes have been read and epochs explained, as they are.
 
     Raises:
         UserError: When the input holds no usable Keras progress output.
     """
     stats = ParseStats()
-    records = iter_records(_checked_chunks(stream, name), stats)
+    chunks = _checked_chunks(stream, name)
+    if progress is not None:
+        chunks = _counted(chunks, progress)
+    records = iter_records(chunks, stats)
     explained = Explained(name, [], [], stats, options, [] if keep_results else None)
     previous: EpochResult | None = None
     previous_training = False
@@ -140,6 +220,8 @@ def explain_stream(
     epochs = 0
     for result in analyze(split_epochs(records), options):
         epochs += 1
+        if progress is not None:
+            progress.epochs = epochs
         training = is_training(result, headers_seen)
         headers_seen = headers_seen or result.epoch.header is not None
         any_metric = any_metric or bool(result.metrics)
@@ -170,7 +252,7 @@ def explain_stream(
     return explained
 
 
-def _write_html(explained: Explained, path: str) -> None:
+def _write_html(explained: Explained, path: str, say: Callable[[str], None]) -> None:
     from fitlens.explain.html import CHART_CAPTION, render_html
     from fitlens.explain.plot import PlotError, explain_figure
 
@@ -192,7 +274,7 @@ def _write_html(explained: Explained, path: str) -> None:
             out.write(render_html(explained, charts))
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror}") from None
-    print(f"fitlens explain: page written to {path}{missing}", file=sys.stderr)
+    say(f"fitlens explain: page written to {path}{missing}")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -202,6 +284,11 @@ def main(argv: Sequence[str]) -> int:
         args = parser.parse_args(list(argv))
     except SystemExit as exit_:  # argparse already printed usage and the error
         return int(exit_.code or 0) if exit_.code in (0, None) else EXIT_USAGE
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
     try:
         try:
             options = Options(args.tolerance, args.samples, args.batch_size)
@@ -226,6 +313,7 @@ def main(argv: Sequence[str]) -> int:
         # the text or JSON report is replayed from them afterwards.
         writer = None if args.html else ReportWriter(name, options, as_json=args.json)
         stream = _open(args.log)
+        progress = ReadProgress(name, _size(stream), say)
         try:
             explained = explain_stream(
                 stream,
@@ -234,10 +322,12 @@ def main(argv: Sequence[str]) -> int:
                 writer=writer,
                 keep_windows=args.windows,
                 keep_results=bool(args.plot or args.html),
+                progress=progress,
             )
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
+        progress.finish()
         if writer is None:
             writer = replay(explained, as_json=args.json)
         if args.plot:
@@ -249,9 +339,9 @@ def main(argv: Sequence[str]) -> int:
                 raise UserError(str(err)) from None
             except OSError as err:
                 raise UserError(f"cannot write {args.plot}: {err.strerror}") from None
-            print(f"fitlens explain: plot written to {args.plot}", file=sys.stderr)
+            say(f"fitlens explain: plot written to {args.plot}")
         if args.html:
-            _write_html(explained, args.html)
+            _write_html(explained, args.html, say)
     except UserError as err:
         print(f"fitlens explain: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,6 +20,7 @@ and so is the fraction of the jump it explains. Verdicts, from those intervals:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,7 +29,7 @@ import numpy as np
 
 from fitlens.explain.analysis import EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
-from fitlens.explain.reconstruct import Window, end_bounds, window_bounds
+from fitlens.explain.reconstruct import Window, narrowest_end_window, window_bounds
 
 Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
 #: Why the verdict: the lag bounds decided it, the epoch's flat level did, the jump is within
@@ -85,6 +86,10 @@ def _display(steps: np.ndarray, means: np.ndarray, halves: np.ndarray, i: int) -
     return Shown(int(steps[i]), float(means[i]), float(halves[i]))
 
 
+#: How many end-window candidates are tried one by one before all are computed as arrays.
+_SCALAR_CANDIDATES = 8
+
+
 def choose_end_window(metric: MetricResult, jump: float) -> Window:
     """The level near the end of an epoch: the shortest trailing window that is precise enough.
 
@@ -98,11 +103,19 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
     weights = {"end_weight_low": metric.end_weight_low, "end_weight_high": metric.end_weight_high}
     if len(steps) == 1:
         return window_bounds(None, _display(steps, means, halves_, 0), clip=metric.clip, **weights)
-    first, value, low, high = end_bounds(
-        steps, means, halves_, clip=metric.clip, with_start=False, **weights
-    )
-    # Shortest first: candidate i starts after display n-2-i; keep those in the second half.
-    candidates = int(np.count_nonzero(steps[:-1] >= end / 2))
+    # Shortest first: candidate i starts after display n-2-i; keep those in the second half
+    # (steps increase, so they are the last ones), or the shortest window when there is none.
+    candidates = len(steps) - 1 - int(np.searchsorted(steps[:-1], end / 2, side="left"))
+    if metric.end_weight_low is None and metric.end_weight_high is None:
+        # The first few candidates on scalars: one of them is usually precise enough. With no
+        # candidate, the shortest window, whatever its width.
+        enough = abs(jump) / 4 if candidates else math.inf
+        count = min(max(candidates, 1), _SCALAR_CANDIDATES)
+        window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
+        if found or candidates <= count:
+            return window
+    # The windows from end_bounds, shortest first (the candidates are the first ones).
+    first, value, low, high = metric.end_windows
     if candidates == 0:
         return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
     width = (high[:candidates] - low[:candidates]) / 2
@@ -155,7 +168,8 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     early, late = halves(a)
     trend = _trend(early, late, jump)
     verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
-    sees_end = bool((a_steps[:-1] >= end.step / 2).any())
+    # Steps increase: some display before the last is in the second half if the one before it is.
+    sees_end = len(a_steps) > 1 and int(a_steps[-2]) >= end.step / 2
     sees_start = first.step < int(b_steps[-1]) or not after.epoch.complete
     if not (sees_end and sees_start) and reason != "within_rounding":
         # One display per epoch (verbose=2): the log has no view inside the epochs at all.

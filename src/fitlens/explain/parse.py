@@ -21,12 +21,14 @@ always a line trimmed by a paste, whose rounding bound would be a lie.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import numpy as np
 
+from fitlens.explain.layout import Layout, decimal_points
 from fitlens.explain.records import (
     CounterUnit,
     EpochHeader,
@@ -81,7 +83,7 @@ _METRIC = re.compile(
 # starts, and values alone (names are checked by counting). Same rules as _HEAD and _METRIC.
 _RUN_HEAD = re.compile(rb"\r(?:\x1b\[[0-9;]{0,8}m)?[ \t]{0,64}(\d{1,15})/(\d{1,15})(?![\d/])")
 _RUN_VALUE = re.compile(
-    rb" - [A-Za-z_][A-Za-z0-9_.\-/]{0,127}: ?"
+    rb" - ([A-Za-z_][A-Za-z0-9_.\-/]{0,127}): ?"
     rb"(-?(?:\d{1,40}\.\d{4}(?:e[+-]\d{2,3})?|nan|inf))(?=[ \t\r\x08]|$)"
 )
 
@@ -171,23 +173,60 @@ class _Parser:
         """:meth:`block` for text without ``\\r`` (pipes, files, one line per step).
 
         The lines that cannot start a progress record (headers, the user's prints, blank lines)
-        are found by one regex pass; the runs of lines between them go to :meth:`lines` whole.
+        are found by one regex pass; the runs of lines between them are progress lines, read
+        all at once by :func:`_bulk_lines` where they share a layout, else by :meth:`lines`.
         """
         data = b"\n" + block  # every line now follows a line break, which _BREAK starts with
+        text = np.frombuffer(data, dtype=np.uint8)
+        breaks = np.flatnonzero(text == ord("\n"))
+        items: list[tuple[int, int, bool]] = []  # (start, end, is a run of lines)
         pos = 1
         for match in _BREAK.finditer(data):
             start = match.start()
             if start > pos:
-                self.lines(data[pos:start], line)
-                line += data.count(b"\n", pos, start) + 1
+                items.append((pos, start, True))
             if match.end() > start + 1:
-                self.segment(data[start + 1 : match.end()], line)
+                items.append((start + 1, match.end(), False))
             pos = match.end() + 1
-            line += 1
         # The last run of progress lines: no break line follows it, only the block's own end.
-        tail = data[pos:-1] if data.endswith(b"\n") else data[pos:]
-        if tail:
-            self.lines(tail, line)
+        end = len(data) - 1 if data.endswith(b"\n") else len(data)
+        if end > pos:
+            items.append((pos, end, True))
+        # An item's line: the block's first, plus the line breaks before it (but data[0]).
+        lines = (np.searchsorted(breaks, [start for start, _, _ in items]) + (line - 1)).tolist()
+        bulk = _bulk_lines(data, text, breaks, [(start, end) for start, end, run in items if run])
+        for (start, end, run), at in zip(items, lines, strict=True):
+            if not run:
+                self.segment(data[start:end], at)
+                continue
+            found = bulk.get(start)
+            if found is None:
+                self.lines(data[start:end], at)
+                continue
+            steps, means, target, names = found
+            cut = data.rfind(b"\n", start, end)
+            head = data[start : data.find(b"\n", start, end)]
+            self._take_run(
+                ProgressRun(
+                    steps,
+                    target,
+                    tuple(_label(name) for name in names),
+                    means,
+                    _HALF_FIXED,
+                    _unit(head),
+                    "keras3" if _BAR3 in head else _bar_style(head),
+                    at,
+                ),
+                data[cut + 1 : end],
+            )
+
+    def _take_run(self, run: ProgressRun, last: bytes) -> None:
+        """Emit a bulk run of lines, then parse the run's last line (it may be wrapped)."""
+        self.flush()
+        self.after_header = False
+        self.out.append(run)
+        self.stats.progress += len(run.steps)
+        self.segment(last, run.line + len(run.steps))
 
     def lines(self, group: bytes, line: int) -> None:
         """Parse consecutive one-redraw-per-line progress lines (pipes, files, ``verbose=2``).
@@ -196,22 +235,12 @@ class _Parser:
         :meth:`redraws` does.
         """
         cut = group.rfind(b"\n")
-        if group.count(b"\n", 0, cut) > 0:
-            end = group.find(b"\n")
-            head = group[:end]
+        if group.find(b"\n", 0, cut) >= 0:
+            head = group[: group.find(b"\n")]
             style = "keras3" if _BAR3 in head else ""
-            unit: CounterUnit = "unknown"
-            if b"s/step" in head:
-                unit = "step"
-            elif b"s/sample" in head:
-                unit = "sample"
-            run = _fast_run(group[:cut].replace(b"\n", b"\r"), unit, style, line)
+            run = _fast_run(group[:cut], _unit(head), style, line, b"\n")
             if run is not None:
-                self.flush()
-                self.after_header = False
-                self.out.append(run)
-                self.stats.progress += len(run.steps)
-                self.segment(group[cut + 1 :], line + len(run.steps))
+                self._take_run(run, group[cut + 1 :])
                 return
         for offset, text in enumerate(group.split(b"\n")):
             self.segment(text, line + offset)
@@ -221,8 +250,8 @@ class _Parser:
 
         A terminal capture is almost all such lines, so this is the hot loop of the command.
         When every piece but the last is a progress redraw with the same target and metric
-        names (what Keras writes), they become one :class:`ProgressRun` parsed by two regex
-        passes and a NumPy conversion; otherwise, and always for the last piece (the epoch's
+        names (what Keras writes), they become one :class:`ProgressRun`, read by position
+        (:mod:`fitlens.explain.layout`) or by two regex passes; otherwise, and always for the last piece (the epoch's
         final line, with its ``val_*`` values), each piece takes the general path.
         """
         # The bar, when there is one, is within the first redraws: no need to scan the line.
@@ -235,12 +264,7 @@ class _Parser:
             # Units, when in-progress redraws print them at all (Keras 3), are in every one.
             cut_first = body.find(b"\r")
             first = body if cut_first < 0 else body[:cut_first]
-            unit: CounterUnit = "unknown"
-            if b"s/step" in first:
-                unit = "step"
-            elif b"s/sample" in first:
-                unit = "sample"
-            run = _fast_run(body, unit, style, line)
+            run = _fast_run(body, _unit(first), style, line)
             if run is not None:
                 self.flush()
                 self.after_header = False
@@ -275,14 +299,9 @@ class _Parser:
         if match is None:
             self._non_progress(seg, line)
             return
-        unit = "unknown"
-        if b"s/step" in seg:
-            unit = "step"
-        elif b"s/sample" in seg:
-            unit = "sample"
         step, target, bar = match.groups()
         record = self._record(
-            (step, target, bar or b""), parse_values(seg, match.end()), unit, line
+            (step, target, bar or b""), parse_values(seg, match.end()), _unit(seg), line
         )
         if record is not None:
             self._hold(record, seg)
@@ -340,12 +359,7 @@ class _Parser:
             if summary is not None:
                 values = parse_values(seg, summary.end())
                 if values:
-                    unit: CounterUnit = "unknown"
-                    if b"s/step" in seg:
-                        unit = "step"
-                    elif b"s/sample" in seg:
-                        unit = "sample"
-                    self._hold(Progress(1, 1, values, unit, "summary", line), seg)
+                    self._hold(Progress(1, 1, values, _unit(seg), "summary", line), seg)
                     return
         self.stats.other += 1
 
@@ -383,45 +397,212 @@ class _Parser:
             self.stats.first_rejected_line = line
 
 
-def _fast_run(body: bytes, unit: CounterUnit, style: str, line: int) -> ProgressRun | None:
-    """Parse ``\\r``-separated redraws in bulk, or return None to take the general path.
+def _fast_run(
+    body: bytes, unit: CounterUnit, style: str, line: int, sep: bytes = b"\r"
+) -> ProgressRun | None:
+    """Parse ``sep``-separated redraws in bulk, or return None to take the general path.
 
     Bulk parsing applies only when it gives what the general path would: every piece starts
     with a counter, all targets agree, counters never go backwards, every piece shows the same
-    names (each once) and every value is in ``%.4f`` form.
+    names (each once) and every value is in ``%.4f`` form. Pieces that all share one layout
+    (the usual case) are read by position (:func:`_fixed_run`), the others by two regex passes.
     """
-    n = body.count(b"\r") + 1  # an empty piece has no counter, so heads would not match n
-    heads = _RUN_HEAD.findall(b"\r" + body)
-    if len(heads) != n:
-        return None
-    target_text = heads[0][1]
-    if len({t for _, t in heads}) != 1:
-        return None
-    cut = body.find(b"\r")
-    first = body if cut < 0 else body[:cut]
-    pairs = _METRIC.findall(first)
-    values = _RUN_VALUE.findall(body)
-    joined = b"".join(values)
-    if len(values) != n * len(pairs) or b"e" in joined or b"n" in joined:
-        return None
-    for name, _ in pairs:
-        if body.count(b" - " + name + b":") != n:
+    fixed = _fixed_run(body, sep)
+    if fixed is not None:
+        steps, means, target, pairs = fixed
+        cut = body.find(sep)
+        first = body if cut < 0 else body[:cut]
+    else:
+        if sep != b"\r":
+            body = body.replace(sep, b"\r")
+        n = body.count(b"\r") + 1  # an empty piece has no counter, so heads would not match n
+        heads = _RUN_HEAD.findall(b"\r" + body)
+        if len(heads) != n:
             return None
-    # map() over Python's own parsers beats NumPy's bytes-to-number casts here.
-    steps = np.array(list(map(int, [s for s, _ in heads])), dtype=np.int64)
-    target = int(target_text)
+        target_text = heads[0][1]
+        if len({t for _, t in heads}) != 1:
+            return None
+        cut = body.find(b"\r")
+        first = body if cut < 0 else body[:cut]
+        pairs = tuple(name for name, _ in _METRIC.findall(first))
+        found = list(_RUN_VALUE.finditer(body))
+        values = [m.group(2) for m in found]
+        joined = b"".join(values)
+        if len(values) != n * len(pairs) or b"e" in joined or b"n" in joined:
+            return None
+        for name in pairs:
+            if body.count(b" - " + name + b":") != n:
+                return None
+        # Each piece shows the first piece's names in its order (a piece whose value is cut
+        # short must not shift the next piece's values into it).
+        if [m.group(1) for m in found] != list(pairs) * n:
+            return None
+        starts = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == ord("\r"))
+        piece = np.searchsorted(starts, [m.start() for m in found])
+        if not np.array_equal(piece, np.repeat(np.arange(n), len(pairs))):
+            return None
+        # map() over Python's own parsers beats NumPy's bytes-to-number casts here.
+        steps = np.array(list(map(int, [s for s, _ in heads])), dtype=np.int64)
+        target = int(target_text)
+        means = np.array(list(map(float, values)), dtype=np.float64).reshape(n, len(pairs))
     if target > MAX_COUNTER or int(steps[-1]) > target or int(steps[0]) < 1:
         return None
     if bool((np.diff(steps) < 0).any()):
         return None
-    means = np.array(list(map(float, values)), dtype=np.float64).reshape(n, len(pairs))
     if not bool((np.abs(means) <= MAX_VALUE).all()):
         return None
-    names = tuple(_label(name) for name, _ in pairs)
-    if not style:
-        bar = _HEAD.match(_ANSI.sub(b"", first.lstrip(b"\x08")))
-        style = "plain" if bar is None or not bar.group(3) else "bracket"
+    names = tuple(_label(name) for name in pairs)
+    style = style or _bar_style(first)
     return ProgressRun(steps, target, names, means, _HALF_FIXED, unit, style, line)
+
+
+def _fixed_run(
+    body: bytes, sep: bytes
+) -> tuple[np.ndarray, np.ndarray, int, tuple[bytes, ...]] | None:
+    """Read ``sep``-separated pieces that all share the first piece's :class:`Layout`.
+
+    Accepts only what :func:`_fast_run`'s regex passes accept, and gives the same numbers.
+
+    Returns:
+        ``(steps, means, target, names)``, or None when any piece differs.
+    """
+    cut = body.find(sep)
+    first = body if cut < 0 else body[:cut]
+    layout = _layout(first)
+    if layout is None:
+        return None
+    n = body.count(sep) + 1
+    if not _same_names(body, 0, len(body), layout.names, n):
+        return None
+    data = np.frombuffer(body, dtype=np.uint8)
+    ends = np.flatnonzero(data == sep[0])
+    starts = np.empty(n, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends + 1
+    ends = np.append(ends, len(body))
+    ok, steps, means = layout.read(data, starts, ends, decimal_points(data))
+    if not bool(ok.all()):
+        return None
+    return steps, means, layout.target, layout.names
+
+
+def _layout(first: bytes) -> Layout | None:
+    """The :class:`Layout` of a run's first piece, if the run's regexes accept it."""
+    head = _RUN_HEAD.match(b"\r" + first)
+    if head is None:
+        return None
+    return Layout.of(first, head, list(_METRIC.finditer(first)))
+
+
+def _same_names(data: bytes, start: int, end: int, names: tuple[bytes, ...], n: int) -> bool:
+    """What the regex path checks of ``n`` pieces in ``data[start:end]``: each name shows once
+    per piece, and no ``nan``/``inf`` is anywhere (the layout cannot see the middle of a piece)."""
+    if data.find(b"nan", start, end) >= 0 or data.find(b"inf", start, end) >= 0:
+        return False
+    return all(data.count(b" - " + name + b":", start, end) == n for name in names)
+
+
+def _unit(head: bytes) -> CounterUnit:
+    """The counter's unit as a progress line prints it, if it does."""
+    if b"s/step" in head:
+        return "step"
+    if b"s/sample" in head:
+        return "sample"
+    return "unknown"
+
+
+def _bar_style(first: bytes) -> str:
+    """``bracket`` or ``plain``, from the first piece of a run (no Keras 3 bar in it)."""
+    bar = _HEAD.match(_ANSI.sub(b"", first.lstrip(b"\x08")))
+    return "plain" if bar is None or not bar.group(3) else "bracket"
+
+
+def _bulk_lines(
+    data: bytes, text: np.ndarray, breaks: np.ndarray, runs: list[tuple[int, int]]
+) -> dict[int, tuple[np.ndarray, np.ndarray, int, tuple[bytes, ...]]]:
+    """Read every run of one-per-line progress lines in ``data`` that shares one layout at once.
+
+    A run ``data[start:end]`` of three lines or more is read as :meth:`_Parser.lines` would read
+    it in bulk: all its lines but the last (which may continue on the next line, and is parsed
+    on its own). The layout is the first run's first line's; a run with any line that differs
+    from it, or that the regex path would refuse, is left out and read by :meth:`_Parser.lines`.
+
+    Args:
+        data: Text that starts with ``\\n`` (so every line follows one) and holds no ``\\r``.
+        text: ``data`` as uint8.
+        breaks: Positions of every ``\\n`` in ``data``.
+        runs: ``(start, end)`` of each run of progress lines, in order.
+
+    Returns:
+        ``{start: (steps, means, target, names)}`` for the runs read.
+    """
+    bodies = []
+    for start, end in runs:
+        cut = data.rfind(b"\n", start, end)
+        if cut > start and data.find(b"\n", start, cut) >= 0:
+            bodies.append((start, cut))
+    layout = None
+    for start, cut in bodies[:3]:  # a run that starts oddly (an evaluate bar) should not decide
+        layout = _layout(data[start : data.find(b"\n", start, cut)])
+        if layout is not None:
+            break
+    if layout is None or layout.target > MAX_COUNTER:
+        return {}
+    # Line i of the text starts after breaks[i] and ends at breaks[i + 1].
+    first = np.searchsorted(breaks, [start - 1 for start, _ in bodies])
+    last = np.searchsorted(breaks, [cut for _, cut in bodies])
+    chosen = np.zeros(len(breaks), dtype=bool)
+    for i, j in zip(first.tolist(), last.tolist(), strict=True):
+        chosen[i:j] = True
+    rows = np.flatnonzero(chosen)
+    ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], decimal_points(text))
+    counts = last - first
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    bad = np.zeros(len(bodies), dtype=bool)
+    bad[np.searchsorted(offsets, np.flatnonzero(~ok), side="right") - 1] = True
+    # Counters go back within a run, or start below 1, or pass the target: the regex path's
+    # checks, run by run.
+    back = np.flatnonzero(steps[1:] < steps[:-1]) + 1
+    back = back[np.isin(back, offsets, invert=True)]
+    bad[np.searchsorted(offsets, back, side="right") - 1] = True
+    bad |= steps[offsets[:-1]] < 1
+    bad |= steps[offsets[1:] - 1] > layout.target
+    good = [
+        (start, cut, o, n)
+        for (start, cut), o, n, b in zip(
+            bodies, offsets[:-1].tolist(), counts.tolist(), bad.tolist(), strict=True
+        )
+        if not b
+    ]
+    if not _names_once(data, good, layout.names):
+        good = [g for g in good if _same_names(data, g[0], g[1], layout.names, g[3])]
+    return {
+        start: (steps[o : o + n], means[o : o + n], layout.target, layout.names)
+        for start, _, o, n in good
+    }
+
+
+def _names_once(
+    data: bytes, good: list[tuple[int, int, int, int]], names: tuple[bytes, ...]
+) -> bool:
+    """:func:`_same_names` for every run in ``good`` at once (``(start, cut, offset, n)``).
+
+    Each line of a run shows each name in its tail (its layout says so), so a run holds at least
+    ``n``; when the whole text holds no more than those plus what lies outside the runs, no run
+    holds more.
+    """
+    if b"nan" in data or b"inf" in data:
+        return False
+    expected = sum(n for _, _, _, n in good)
+    edges = [0, *itertools.chain.from_iterable((start, cut) for start, cut, _, _ in good)]
+    edges.append(len(data))
+    gaps = list(zip(edges[::2], edges[1::2], strict=True))
+    for name in names:
+        pattern = b" - " + name + b":"  # holds no line break: never straddles a run's edge
+        outside = sum(data.count(pattern, a, b) for a, b in gaps)
+        if data.count(pattern) - outside != expected:
+            return False
+    return True
 
 
 def _label(name: bytes) -> str:

@@ -439,6 +439,116 @@ def window_columns(
     return columns
 
 
+def last_window(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    tolerance: float,
+    *,
+    end_weight_low: float | None = None,
+    end_weight_high: float | None = None,
+    clip: tuple[float, float] | None = None,
+) -> Window | None:
+    """The window that ends the epoch: the last of :func:`window_columns`, computed alone.
+
+    Same arguments and the same numbers (the same float operations, on scalars); ``None`` when
+    there is no display. The report needs only this window of most epochs, and building the
+    columns for one row costs more than the arithmetic.
+    """
+    n = len(steps)
+    if n == 0:
+        return None
+    h = float(halves[0])
+    if end_weight_low is not None or end_weight_high is not None or not bool((halves == h).all()):
+        return window_columns(
+            steps,
+            means,
+            halves,
+            tolerance,
+            end_weight_low=end_weight_low,
+            end_weight_high=end_weight_high,
+            clip=clip,
+            last_only=True,
+        ).row(-1)
+    # window_columns' greedy choice for the last end only: the largest start j with
+    # W_j (h + tol) <= W_n (tol - h), index 0 being the epoch start (weight 0).
+    w = np.empty(n + 1)
+    w[0] = 0.0
+    w[1:] = steps
+    w_k = float(w[n])
+    j = int(np.searchsorted(w * (h + tolerance), w_k * (tolerance - h), side="right")) - 1
+    j = min(max(j, 0), n - 1)
+    w_j = float(w[j])
+    span = w_k - w_j
+    # means[j - 1] wraps around for the epoch start, as in window_columns: its weight is 0.
+    value = (w_k * float(means[n - 1]) - w_j * float(means[j - 1])) / span
+    half = h * (w_k + w_j) / span
+    half += _SLACK * (abs(value) + half + 1.0)
+    low, high = value - half, value + half
+    if clip is not None:
+        lo, hi = clip
+        low, high = max(low, lo), min(high, hi)
+        if low > high:
+            low, high = lo, hi
+        value = min(max(value, lo), hi)
+    return Window(int(w_j) + 1, int(w_k), value, low, high)
+
+
+def narrowest_end_window(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    count: int,
+    enough: float,
+    clip: tuple[float, float] | None = None,
+) -> tuple[Window, bool]:
+    """Among the ``count`` shortest windows that end at the last display (exact end weight),
+    the shortest whose half-width is at most ``enough``, else the narrowest (the first of equals).
+
+    The same windows and float operations as :func:`end_bounds` without end weights, on
+    scalars and shortest first, so that the scan stops at the first precise window; for a few
+    windows that beats :func:`end_bounds`'s array passes.
+
+    Args:
+        steps: Counters, strictly increasing, at least ``count + 1`` of them.
+        means: Displayed values.
+        halves: Rounding half-widths.
+        count: How many windows to consider (at least 1).
+        enough: Half-width that ends the search; a negative one means the narrowest.
+        clip: Known range of the metric.
+
+    Returns:
+        ``(window, precise)``: ``precise`` tells whether its half-width is at most ``enough``.
+    """
+    w_hi, m_k, h_k = float(steps[-1]), float(means[-1]), float(halves[-1])
+    rows = zip(
+        steps[-count - 1 : -1].tolist()[::-1],
+        means[-count - 1 : -1].tolist()[::-1],
+        halves[-count - 1 : -1].tolist()[::-1],
+        strict=True,
+    )
+    best: Window | None = None
+    best_width = math.inf
+    for step, m_j, h_j in rows:
+        w_j = float(step)
+        span = w_hi - w_j
+        value = (w_hi * m_k - w_j * m_j) / span
+        half = (w_hi * h_k + w_j * h_j) / span
+        low, high = value - half, value + half
+        slack = _SLACK * (abs(low) + abs(high) + 1.0)
+        if math.isfinite(slack):
+            low, high = low - slack, high + slack
+        if clip is not None:
+            value, low, high = _clip_one(value, low, high, clip)
+        width = (high - low) / 2
+        if width <= enough:
+            return Window(int(w_j) + 1, int(w_hi), value, low, high), True
+        if width < best_width:
+            best, best_width = Window(int(w_j) + 1, int(w_hi), value, low, high), width
+    assert best is not None, "count must be at least 1"
+    return best, False
+
+
 def trailing_windows(
     points: Sequence[Shown],
     *,

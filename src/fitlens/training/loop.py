@@ -45,6 +45,9 @@ def fit(
     epochs: int = 1,
     steps_per_epoch: int | None = None,
     batch_size: int | None = None,
+    shuffle: bool = True,
+    class_weight: Mapping[int, float] | None = None,
+    sample_weight: Any = None,
     validation_data: Any = None,
     validation_steps: int | None = None,
     callbacks: Sequence[Callback] = (),
@@ -78,9 +81,16 @@ def fit(
             ``model(**x)`` for a dict.
         train: a generator/iterator of ``(x, y)`` batches (needs ``steps_per_epoch``; continues
             across epochs), a re-iterable such as a ``DataLoader`` or a list of batches, or a
-            tuple ``(x, y)`` of tensors/arrays with ``batch_size`` (shuffled every epoch).
-        loss: ``"cross_entropy"``, ``"binary_cross_entropy"`` (from logits), ``"mse"``,
-            ``"mae"``, or a callable ``(outputs, targets) -> scalar tensor``.
+            tuple ``(x, y)`` of tensors/arrays with ``batch_size`` (shuffled every epoch). A
+            batch may carry sample weights: ``(x, y, w)``. A list ``[x, y]`` is refused (pass
+            the tuple). float64 inputs of every form are cast to the model's parameter dtype,
+            with one warning (see `fitlens.adapters.dtypes`).
+        loss: a name or a callable ``(outputs, targets) -> scalar tensor``. Keras names take
+            probabilities (``"binary_crossentropy"``, ``"categorical_crossentropy"``,
+            ``"sparse_categorical_crossentropy"``; ``fitlens.losses.*(from_logits=True)`` for
+            logits); PyTorch names follow ``torch.nn.functional`` (``"cross_entropy"`` and
+            ``"binary_cross_entropy_with_logits"`` take logits, ``"binary_cross_entropy"``
+            probabilities); ``"mse"``, ``"mae"``. See `fitlens.adapters.losses`.
         optimizer: a ``torch.optim.Optimizer`` or a name (``"adam"``, ``"sgd"``, ...) with
             Keras's default learning rate.
         metrics: a list (``["accuracy", my_fn]``) or a dict ``{name: metric}``: ``"accuracy"``,
@@ -90,7 +100,15 @@ def fit(
             inside an accumulation group).
         epochs: number of epochs (>= 1).
         steps_per_epoch: batches per epoch; required for a generator.
-        batch_size: batch size for array data (default 32).
+        batch_size: batch size for array data (default 32); an error with data that makes
+            its own batches (a ``DataLoader``, a generator, a list of batches).
+        shuffle: shuffle array data every epoch (default True, as Keras); ignored by the
+            other forms, which order their own batches.
+        class_weight: ``{class index: weight}``: each sample's loss (and weighted metrics)
+            counts with its class's weight, as in Keras; missing classes weigh 1.
+        sample_weight: one weight per sample ``(N,)`` for array ``train``; other forms yield
+            ``(x, y, w)`` batches instead. The loss is ``sum(w * loss) / N`` per batch and
+            accuracy the weighted mean, as in Keras (see `fitlens.adapters.weights`).
         validation_data: same forms as ``train``; evaluated at every epoch end.
         validation_steps: batches per validation pass; required for a generator.
         callbacks: `Callback` instances.
@@ -182,10 +200,10 @@ def fit(
     hooks.train_begin({})
     try:
         for epoch in range(first, end):
-            for x, y in t.begin_epoch(epoch):
+            for x, y, w in t.begin_epoch(epoch):
                 lens.begin_step()  # the wait for data ends
                 hooks.batch_begin(lens.step)
-                t.step.run(x, y)  # forward, backward, optimizer step; values to the lens
+                t.step.run(x, y, w)  # forward, backward, optimizer step; values to the lens
                 hooks.batch_end(lens.step, lens.logs)
                 lens.refresh_if_due()  # one host transfer per refresh; display; forecast check
                 safety.after_step(lens.step)  # checkpoint when due; stop on SIGINT/SIGTERM

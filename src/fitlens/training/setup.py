@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 
-from fitlens.adapters.data import BatchSource, to_device, unpack
+from fitlens.adapters.data import BatchSource, to_device, unpack_weighted
+from fitlens.adapters.dtypes import Float64Cast, input_dtype
 from fitlens.adapters.evaluation import measure_batches, model_device
-from fitlens.adapters.losses import LossFn, resolve_loss
+from fitlens.adapters.losses import LossFn, resolve_loss, weighable
 from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
+from fitlens.adapters.weights import BatchWeights, check_class_weight
 from fitlens.core.estimators import Estimator
 from fitlens.core.history import History, check_metric_names
 from fitlens.safety.checkpoint import Checkpointing
@@ -93,6 +95,9 @@ class Training:
         epochs: int,
         steps_per_epoch: int | None,
         batch_size: int | None,
+        shuffle: bool,
+        class_weight: Mapping[int, float] | None,
+        sample_weight: Any,
         validation_data: Any,
         validation_steps: int | None,
         callbacks: Sequence[Callback],
@@ -133,7 +138,25 @@ class Training:
         for m in self.metrics:
             m.to(dev)
         self.optimizer = resolve_optimizer(optimizer, model)
-        self.source = BatchSource(train, name="train", steps=steps_per_epoch, batch_size=batch_size)
+        self.source = BatchSource(
+            train,
+            name="train",
+            steps=steps_per_epoch,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sample_weight=sample_weight,
+        )
+        weights = check_class_weight(class_weight)
+        if weights is not None or sample_weight is not None:
+            weighable(self.loss_fn)  # a user callable's batch mean cannot be weighted
+        if train_eval and (weights is not None or sample_weight is not None):
+            raise ValueError(
+                "`train_eval` measures unweighted values, which would not compare with a "
+                "weighted training loss. Received train_eval together with class_weight or "
+                "sample_weight: pass one or the other."
+            )
+        self.cast = Float64Cast(input_dtype(model), "train")  # float64 inputs: one rule
+        self.val_cast = Float64Cast(self.cast.dtype, "validation_data")
         self.val_source = None
         if validation_data is not None:
             self.val_source = BatchSource(
@@ -233,7 +256,8 @@ class Training:
             else None
         )
         step_model = compiled(model, compile)
-        step_args = (step_model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
+        weigh = BatchWeights(weights, dev, self.cast.dtype) if weights is not None else None
+        step_args = (step_model, self.loss_fn, self.optimizer, self.metrics, lens, skips, weigh)
         self.step = (
             TunedStep(
                 *step_args,
@@ -251,9 +275,9 @@ class Training:
         self.logs: dict[str, float] = {}
         self.first_epoch: int | None = None  # set by fit once the resume point is known
 
-    def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
-        """Start 0-based ``epoch``; its ``(x, y)`` batches on the device, resumed mid-epoch when
-        a checkpoint says so."""
+    def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any, Any]]:
+        """Start 0-based ``epoch``; its ``(x, y, w)`` batches on the device (``w``: the batch's
+        sample weights or None), resumed mid-epoch when a checkpoint says so."""
         self.run.epoch = epoch
         self.model.train()
         self.callbacks.epoch_begin(epoch, {})
@@ -267,7 +291,7 @@ class Training:
         self.lens.resume_at(done, self.safety.resume_note)
         if self.feeder is not None:  # read ahead in a background thread
             batches = self.feeder.epoch(batches)
-        return _on_device(self.truth.watch(batches, epoch, done), self.device)
+        return _on_device(self.truth.watch(batches, epoch, done), self.device, self.cast)
 
     def end_epoch(self, epoch: int, end: int) -> None:
         """Validate, measure and record 0-based ``epoch`` (``end``: the loop's last + 1); sets
@@ -295,6 +319,7 @@ class Training:
                 [m.fresh() for m in self.val_metrics],
                 self.device,
                 name="validation_data",
+                cast=self.val_cast,
             )
             self.model.train()
             validation = {f"val_{k}": measured(v) for k, v in values.items()}
@@ -348,10 +373,14 @@ def _lens(
     )
 
 
-def _on_device(batches: Iterator[Any], device: torch.device) -> Iterator[tuple[Any, Any]]:
+def _on_device(
+    batches: Iterator[Any], device: torch.device, cast: Float64Cast
+) -> Iterator[tuple[Any, Any, Any]]:
     for batch in batches:
-        x, y = unpack(batch, "train")
-        yield to_device(x, device), to_device(y, device)
+        x, y, w = unpack_weighted(batch, "train")
+        if w is not None:
+            w = cast(to_device(w, device))
+        yield cast(to_device(x, device)), cast(to_device(y, device)), w
 
 
 __all__ = ["Training", "check_arguments"]

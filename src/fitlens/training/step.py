@@ -12,15 +12,19 @@ the host to decide before ``optimizer.step()``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from fitlens.adapters.data import batch_size_of
+from fitlens.adapters.dtypes import input_dtype
 from fitlens.adapters.evaluation import forward
-from fitlens.adapters.losses import LossFn, check_first_batch
+from fitlens.adapters.losses import LossFn, check_first_batch, weighted_loss
 from fitlens.adapters.metrics import TrackedMetric, configure_from_outputs
+from fitlens.adapters.output_kind import output_kind_warning
+from fitlens.adapters.weights import BatchWeights
 from fitlens.view.lens import Lens
 
 
@@ -34,6 +38,8 @@ class TrainStep:
             is True when the step must leave no trace (it then also clears the gradients; the
             step puts back the buffers, such as batch-norm statistics, that the forward pass
             updated); None otherwise.
+        weigh: the per-sample weights from ``class_weight`` (see `fitlens.adapters.weights`);
+            None without. A batch with its own weights ``(x, y, w)`` is weighted either way.
     """
 
     def __init__(
@@ -44,8 +50,12 @@ class TrainStep:
         metrics: Sequence[TrackedMetric],
         lens: Lens,
         skips: Callable[[torch.Tensor], bool] | None,
+        weigh: BatchWeights | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.weigh = weigh  # class weights; None without (a batch's own weights still count)
+        self.dtype = input_dtype(model)
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.metrics, self.lens, self.skips = list(metrics), lens, skips
         # The first call checks what only the first batch can show, then swaps in the plain ones.
         self._forward: Callable[[torch.nn.Module, Any], Any] = _first_forward
@@ -53,7 +63,12 @@ class TrainStep:
 
     def _first_loss(self, outputs: Any, y: Any) -> torch.Tensor:
         value = _first_loss(self.loss_fn, outputs, y)
-        configure_from_outputs(self.metrics, outputs)
+        warning = output_kind_warning(self.loss_fn, outputs)  # one host sync, first batch only
+        if warning is not None:
+            warnings.warn(warning, UserWarning, stacklevel=5)
+        from_logits = getattr(self.loss_fn, "from_logits", None)
+        for note in configure_from_outputs(self.metrics, outputs, from_logits):
+            self.lens.progress.write(note)
         self._forward, self._loss = forward, self.loss_fn
         return value
 
@@ -63,11 +78,18 @@ class TrainStep:
             return []
         return [b.detach().clone() for b in self.model.buffers()]
 
-    def run(self, x: Any, y: Any) -> None:
-        """One step on the batch ``(x, y)``, already on the device."""
+    def run(self, x: Any, y: Any, w: Any = None) -> None:
+        """One step on the batch ``(x, y)`` with sample weights ``w`` (or None), already on the
+        device."""
         saved = self._buffers()  # the forward pass updates them before the loss is known
         outputs = self._forward(self.model, x)
-        loss_value = self._loss(outputs, y)
+        weights = None if w is None and self.weigh is None else self._weights(y, w)
+        if weights is None:
+            loss_value = self._loss(outputs, y)
+        else:
+            if self._loss == self._first_loss:
+                self._first_loss(outputs, y)  # the first batch's checks (weights change no shape)
+            loss_value = weighted_loss(self.loss_fn, outputs, y, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
@@ -78,8 +100,18 @@ class TrainStep:
             return
         self.optimizer.step()
         detached = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
-        values = [loss_value.detach()] + [m.batch(detached, y) for m in self.metrics]
-        self.lens.record(values, batch_size_of(y))
+        if weights is None:
+            values = [loss_value.detach()] + [m.batch(detached, y) for m in self.metrics]
+            self.lens.record(values, batch_size_of(y))
+            return
+        n = batch_size_of(y)
+        pairs = [m.weighted(detached, y, weights, n) for m in self.metrics]
+        values = [loss_value.detach()] + [v for v, _ in pairs]
+        self.lens.record(values, n, weights=[n] + [weight for _, weight in pairs])
+
+    def _weights(self, y: Any, w: Any) -> torch.Tensor | None:
+        weigh = self.weigh or BatchWeights(None, self.device, self.dtype)
+        return weigh(y, w)
 
 
 def tensors_to_host(values: list[torch.Tensor]) -> Any:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from fitlens.adapters.data import batch_size_of
+from fitlens.adapters.losses import weighted_loss
 from fitlens.training.step import TrainStep
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
@@ -274,16 +275,22 @@ class TunedStep(TrainStep):
         super().__init__(*args, **kwargs)
         self.update, self.rate = update, rate
 
-    def run(self, x: Any, y: Any) -> None:
-        """One batch: forward under autocast, backward (accumulated), the optimizer step when
-        its group is complete, then the values to the lens (the loss, the metrics, then the
-        ``grad_norm`` and ``lr`` columns when on)."""
+    def run(self, x: Any, y: Any, w: Any = None) -> None:
+        """One batch (sample weights ``w`` or None): forward under autocast, backward
+        (accumulated), the optimizer step when its group is complete, then the values to the
+        lens (the loss, the metrics, then the ``grad_norm`` and ``lr`` columns when on)."""
         update, lens = self.update, self.lens
         index, steps = lens.step + 1, lens.steps
         saved = self._buffers()
+        sample_weights = None if w is None and self.weigh is None else self._weights(y, w)
         with update.autocast():
             outputs = self._forward(self.model, x)
-            loss_value = self._loss(outputs, y)
+            if sample_weights is None:
+                loss_value = self._loss(outputs, y)
+            else:
+                if self._loss == self._first_loss:
+                    self._first_loss(outputs, y)  # the first batch's checks
+                loss_value = weighted_loss(self.loss_fn, outputs, y, sample_weights)
         update.backward(loss_value, index, steps)
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
             with torch.no_grad():
@@ -295,14 +302,21 @@ class TunedStep(TrainStep):
         rate = [self.rate()] if self.rate is not None else []  # before a per-step schedule moves
         norm = update.step() if update.due(index, steps) else None
         detached = _float32(outputs)
-        values = [loss_value.detach().float()] + [m.batch(detached, y) for m in self.metrics]
         size = batch_size_of(y)
-        weights = None
-        if update.grad_norm:  # the lens takes weights for every step or for none
-            weights = [float(size)] * (len(values) + 1 + len(rate))
-            if norm is None:  # no optimizer step on this batch: no norm
-                weights[len(values)] = 0.0
-            values.append(update.norm_value(norm))
+        values: list[Any] = [loss_value.detach().float()]
+        weights: list[Any] | None = None
+        if sample_weights is None:
+            values += [m.batch(detached, y) for m in self.metrics]
+        else:
+            pairs = [m.weighted(detached, y, sample_weights, size) for m in self.metrics]
+            values += [v for v, _ in pairs]
+            weights = [size] + [weight for _, weight in pairs]
+        if update.grad_norm or weights is not None:  # the lens takes weights for all or none
+            weights = weights or [float(size)] * len(values)
+            if update.grad_norm:
+                weights.append(float(size) if norm is not None else 0.0)  # no update: no norm
+                values.append(update.norm_value(norm))
+            weights += [float(size)] * len(rate)
         lens.record([*values, *rate], size, weights=weights)
 
 

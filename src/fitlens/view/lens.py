@@ -111,7 +111,7 @@ class Lens:
         self.t_begin = self.t_record = self.t_ready = 0.0
         self._steps: list[int] = []
         self._values: list[Any] = []
-        self._weights: list[list[float]] = []
+        self._weights: list[list[Any]] = []
         self._sizes: list[float] = []
         self._step_times: list[float] = []
         self._data_times: list[float] = []
@@ -208,7 +208,7 @@ class Lens:
         values: Sequence[Any],
         size: float,
         step: int | None = None,
-        weights: Sequence[float] | None = None,
+        weights: Sequence[Any] | None = None,
     ) -> None:
         """The step's values, in the order of the metric names; nothing moves to the host.
 
@@ -216,7 +216,9 @@ class Lens:
             values: one per metric: 0-d tensors (still on the device) or floats.
             size: samples in the batch. step: its 1-based index in the epoch (default: the
                 next); for a group of batches, the group's last.
-            weights: the weight behind each value (default: ``size`` for every metric).
+            weights: the weight behind each value (default: ``size`` for every metric): floats,
+                or 0-d tensors still on the device (sums of sample weights), moved to the host
+                with the values, in the same transfer.
         """
         self.t_record = self.clock()
         self._values.extend(values)
@@ -305,13 +307,18 @@ class Lens:
         if n == 0 or self.stream is None:
             return
         k = len(self.stream.names)
-        values = self.to_host(self._values).reshape(n, k)
         sizes = np.asarray(self._sizes, dtype=np.float64)
-        weights = (
-            np.asarray(self._weights, dtype=np.float64)
-            if self._weights
-            else np.repeat(sizes[:, None], k, axis=1)
-        )
+        if not self._weights:
+            values = self.to_host(self._values).reshape(n, k)
+            weights = np.repeat(sizes[:, None], k, axis=1)
+        else:  # weights still on the device (sums of sample weights) travel with the values
+            flat: list[Any] = [w for row in self._weights for w in row]
+            queued = [i for i, w in enumerate(flat) if not isinstance(w, int | float)]
+            moved = np.asarray(self.to_host(self._values + [flat[i] for i in queued]))
+            values = moved[: n * k].reshape(n, k)
+            for i, w in zip(queued, moved[n * k :], strict=True):
+                flat[i] = w
+            weights = np.asarray(flat, dtype=np.float64).reshape(n, k)
         self.stream.append(
             np.asarray(self._steps),
             values,

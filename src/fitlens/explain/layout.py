@@ -1,0 +1,194 @@
+"""Read many progress lines at once by the position of their digits (the parser's fast path).
+
+Keras pads the counter to the target's width and prints every averaged value as ``%.4f``, so
+within a bar (and usually across a whole log) every progress line is the same bytes with other
+digits in the same places: ``  7/200 [=>....] - ETA: 3s - loss: 0.4299 - acc: 0.5220``. A
+:class:`Layout` is taken from one line that the regexes have read; :meth:`Layout.read` then
+checks every other line against it and reads its counter and values with a few NumPy passes,
+whatever the number of lines. Lines that differ anywhere it looks are marked, and the parser
+reads them with its regexes instead.
+
+Exactness: a value ``d...d.dddd`` is the integer of its digits divided by 10**4. Both are exact
+in float64 (at most 15 digits), so the quotient is the correctly rounded decimal: the same
+double as ``float(text)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+_ZERO = np.uint8(ord("0"))
+_SPACE = np.uint8(ord(" "))
+_POINT = np.uint8(ord("."))
+#: Longest counter slot and value (in digits) read by position: integers below 10**15 are
+#: exact in float64.
+_MAX_DIGITS = 15
+
+
+def decimal_points(data: np.ndarray) -> np.ndarray:
+    """Positions of every ``.`` in ``data`` (bytes as uint8) with a digit on each side.
+
+    Every value the parser's regexes accept (``\\d+\\.\\d{4}``) holds one, so a line with no
+    more of them than its layout's tail holds no value anywhere else (bars print ``.`` too, but
+    never between digits).
+    """
+    digit = (data - _ZERO) <= 9
+    return np.flatnonzero(digit[:-2] & (data[1:-1] == _POINT) & digit[2:]) + 1
+
+
+def _weights(widths: list[int]) -> np.ndarray:
+    """Matrix turning consecutive groups of digit columns into the integers they spell."""
+    out = np.zeros((sum(widths), len(widths)))
+    col = 0
+    for k, width in enumerate(widths):
+        out[col : col + width, k] = 10.0 ** np.arange(width - 1, -1, -1)
+        col += width
+    return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the counter and the values sit in a progress line, taken from one example.
+
+    A line has the layout when its first ``head`` bytes equal the example's except in the
+    counter's slot (right-aligned digits after spaces), its last ``len(tail)`` bytes equal the
+    example's except in the value digits, the two do not overlap, and nothing between them holds
+    a digit-point-digit.
+
+    Attributes:
+        names: Metric names in display order (bytes, as printed).
+        target: The counter's target.
+        head: The example's bytes up to the target and the byte after it, as uint8.
+        slot: ``(start, end)`` of the counter's digits and padding within ``head``.
+        tail: The example's bytes from its first ``" - name: "`` to its end, as uint8.
+        head_fixed: Mask of ``head`` bytes that every line must repeat.
+        tail_fixed: Mask of ``tail`` bytes that every line must repeat.
+        digits: Columns of ``tail`` that hold value digits, value after value.
+        weights: Turns those columns into one integer per value.
+        negative: Per value, whether it is printed with a minus sign.
+        points: Digit-point-digit sequences in ``tail``.
+    """
+
+    names: tuple[bytes, ...]
+    target: int
+    head: np.ndarray
+    slot: tuple[int, int]
+    tail: np.ndarray
+    head_fixed: np.ndarray
+    tail_fixed: np.ndarray
+    digits: np.ndarray
+    weights: np.ndarray
+    negative: np.ndarray
+    points: int
+
+    @classmethod
+    def of(
+        cls, line: bytes, head: re.Match[bytes], metrics: list[re.Match[bytes]]
+    ) -> Layout | None:
+        """The layout of ``line``, or None when it cannot be read by position.
+
+        Args:
+            line: One progress line (or redraw), trailing backspaces included.
+            head: The parser's counter regex matched on ``b"\\r" + line``.
+            metrics: The parser's ``name: value`` regex matches in ``line``, in order.
+
+        Returns:
+            None unless the values are contiguous, end the line (up to trailing backspaces),
+            each name shows once, every value is a plain ``%.4f`` number of at most 15 digits,
+            and the counter's slot is at most 15 bytes of spaces and digits.
+        """
+        if not metrics or any(a.end() != b.start() for a, b in itertools.pairwise(metrics)):
+            return None
+        if line[metrics[-1].end() :].strip(b"\x08"):
+            return None
+        names = tuple(m.group(1) for m in metrics)
+        if len(set(names)) != len(names):
+            return None
+        step_end = head.end(1) - 1  # ``head`` was matched with a leading "\r"
+        slot_start = len(line[: head.start(1) - 1].rstrip(b" "))
+        head_len = head.end()  # up to the target, plus the byte after it
+        tail_start = metrics[0].start()
+        if not 0 < step_end - slot_start <= _MAX_DIGITS or head_len > tail_start:
+            return None
+        tail = line[tail_start:]
+        tail_fixed = np.ones(len(tail), dtype=bool)
+        columns: list[int] = []
+        widths: list[int] = []
+        negative = []
+        for m in metrics:
+            text = m.group(2)
+            if not re.fullmatch(rb"-?\d+\.\d{4}", text):
+                return None
+            sign = text.startswith(b"-")
+            start, end = m.start(2) - tail_start + sign, m.end(2) - tail_start
+            digits = [i for i in range(start, end) if tail[i] != ord(".")]
+            if len(digits) > _MAX_DIGITS:
+                return None
+            tail_fixed[digits] = False
+            columns.extend(digits)
+            widths.append(len(digits))
+            negative.append(sign)
+        head_fixed = np.ones(head_len, dtype=bool)
+        head_fixed[slot_start:step_end] = False
+        tail_bytes = np.frombuffer(tail, dtype=np.uint8)
+        return cls(
+            names,
+            int(head.group(2)),
+            np.frombuffer(line[:head_len], dtype=np.uint8),
+            (slot_start, step_end),
+            tail_bytes,
+            head_fixed,
+            tail_fixed,
+            np.array(columns, dtype=np.intp),
+            _weights(widths),
+            np.array(negative, dtype=bool),
+            len(decimal_points(tail_bytes)),
+        )
+
+    def read(
+        self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, points: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Check and read lines ``data[starts[i]:ends[i]]``.
+
+        Args:
+            data: The text as uint8.
+            starts: Where each line starts, shape ``(n,)``.
+            ends: Where each ends (exclusive), shape ``(n,)``.
+            points: :func:`decimal_points` of ``data``.
+
+        Returns:
+            ``(ok, steps, means)``: whether each line has the layout, its counter (int64) and
+            its values (float64, shape ``(n, len(names))``); rows that are not ok hold garbage.
+        """
+        head_len, tail_len = len(self.head), len(self.tail)
+        ok = ends - starts >= head_len + tail_len
+        if len(data) < max(head_len, tail_len):
+            return np.zeros(len(starts), dtype=bool), starts, np.zeros((len(starts), 0))
+        # Rows that are too short read from the start of the text instead (and stay not ok).
+        head = data[np.where(ok, starts, 0)[:, None] + np.arange(head_len)]
+        tail = data[np.where(ok, ends - tail_len, 0)[:, None] + np.arange(tail_len)]
+        ok &= ((head == self.head) | ~self.head_fixed).all(axis=1)
+        ok &= ((tail == self.tail) | ~self.tail_fixed).all(axis=1)
+        raw = head[:, self.slot[0] : self.slot[1]]
+        counter = raw - _ZERO
+        is_digit = counter <= 9
+        is_space = raw == _SPACE
+        ok &= (is_digit | is_space).all(axis=1) & is_digit[:, -1]
+        ok &= ~(is_digit[:, :-1] & is_space[:, 1:]).any(axis=1)  # right-aligned
+        width = counter.shape[1]
+        steps = np.where(is_digit, counter, 0).astype(np.float64) @ (
+            10.0 ** np.arange(width - 1, -1, -1)
+        )
+        values = tail[:, self.digits] - _ZERO
+        ok &= (values <= 9).all(axis=1)
+        # Integers below 2**53: every product and partial sum is exact, in any order.
+        means = values.astype(np.float64) @ self.weights / 1e4
+        if self.negative.any():
+            means[:, self.negative] = -means[:, self.negative]
+        inside = np.searchsorted(points, ends) - np.searchsorted(points, starts)
+        ok &= inside == self.points
+        return ok, steps.astype(np.int64), means

@@ -1,0 +1,193 @@
+"""The positional fast path (`fitlens.explain.layout`) reads exactly what the regexes read.
+
+Every bulk path of the parser (lines read by layout, runs read by regex) must give the same
+records, line numbers and, through the whole command, the same report as the general path that
+parses one line at a time: these tests switch the bulk paths off and compare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fitlens.explain import parse
+from fitlens.explain.analysis import Options
+from fitlens.explain.command import explain_stream
+from fitlens.explain.layout import Layout, decimal_points
+from fitlens.explain.parse import EpochHeader, Progress, ProgressRun, iter_records
+from fitlens.explain.writer import render_text, to_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import explain_speed  # the benchmark's own log generator
+
+
+def _expanded(data: bytes, chunk: int = 1 << 20) -> list[tuple]:
+    """Records with runs expanded to one tuple per display, with their input lines (a run
+    records only its first line: its other rows get None)."""
+    out: list[tuple] = []
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    for r in iter_records(chunks):
+        if isinstance(r, ProgressRun):
+            for i, step in enumerate(r.steps.tolist()):
+                values = tuple(
+                    (n, v, r.half) for n, v in zip(r.names, r.means[i].tolist(), strict=True)
+                )
+                line = r.line if i == 0 else None
+                out.append(("p", step, r.target, values, r.unit, r.style, line))
+        elif isinstance(r, Progress):
+            values = tuple(tuple(v) for v in r.values)
+            out.append(("p", r.step, r.target, values, r.unit, r.style, r.line))
+        else:
+            assert isinstance(r, EpochHeader)
+            out.append(("e", r.number, r.total, r.line))
+    return out
+
+
+@contextlib.contextmanager
+def general_path() -> Iterator[None]:
+    """Switch every bulk path off: each line is parsed on its own."""
+    saved = parse._fast_run, parse._bulk_lines
+    parse._fast_run = lambda *args: None  # type: ignore[assignment]
+    parse._bulk_lines = lambda *args: {}  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        parse._fast_run, parse._bulk_lines = saved
+
+
+def _same(bulk: list[tuple], general: list[tuple]) -> bool:
+    """Equal, ignoring the lines of rows that a bulk run does not record."""
+    if len(bulk) != len(general):
+        return False
+    return all(
+        b == ((*g[:-1], None) if b[0] == "p" and b[-1] is None else g)
+        for b, g in zip(bulk, general, strict=True)
+    )
+
+
+def _value(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["small", "wide", "negative", "odd"]))
+    if kind == "small":
+        return f"{draw(st.floats(0, 1)):.4f}"
+    if kind == "wide":
+        return f"{draw(st.floats(0, 1e6)):.4f}"
+    if kind == "negative":
+        return f"{-draw(st.floats(0, 2)):.4f}"
+    return draw(st.sampled_from(["nan", "inf", "1.0000e-04", "0.5", "-0.0000", "12.3456"]))
+
+
+@st.composite
+def line_logs(draw: st.DrawFn) -> bytes:
+    """One-line-per-step logs whose lines mostly share a layout, with what breaks it mixed in:
+    widths that change, signs, nan, scientific values, user lines, stray decimals in the bar,
+    counters that go back, missing names and tabs."""
+    out = []
+    names = draw(st.sampled_from([["loss", "acc"], ["loss"], ["accuracy", "loss", "top_5"]]))
+    for epoch in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            out.append(f"Epoch {epoch + 1}/4")
+        target = draw(st.sampled_from([9, 40, 200, 1000]))
+        width = len(str(target))
+        steps = sorted(draw(st.sets(st.integers(1, target), min_size=1, max_size=12)))
+        if len(steps) > 3 and draw(st.integers(0, 4)) == 0:
+            steps[1], steps[2] = steps[2], steps[1]
+        # One bar style per epoch, as Keras prints (a run's unit and style come from its first
+        # line); the ETA's width varies, and a stray decimal may sit inside the bar.
+        bar = draw(st.sampled_from([" [==>....] - ETA: {}s", " [{}] - ETA: 1s", " - 1s {}ms/step"]))
+        for step in steps:
+            middle = bar.format(draw(st.sampled_from(["3", "12", "1.2345", "=>."])))
+            shown = names if draw(st.integers(0, 15)) else names[:-1]
+            values = "".join(f" - {n}: {_value(draw)}" for n in shown)
+            counter = f"{step:{width}d}" if draw(st.integers(0, 15)) else f"\t{step}"
+            out.append(f"{counter}/{target}{middle}{values}")
+            if draw(st.integers(0, 12)) == 0:
+                out.append(draw(st.sampled_from(["holdout - loss: 0.2000", "", "  12 done"])))
+    return ("\n".join(out) + draw(st.sampled_from(["\n", ""]))).encode()
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(line_logs(), st.sampled_from([1 << 20, 97, 1500]))
+def test_bulk_lines_give_the_general_paths_records_and_line_numbers(data, chunk):
+    bulk = _expanded(data, chunk)
+    with general_path():
+        assert _same(bulk, _expanded(data, chunk))
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(line_logs())
+def test_terminal_redraws_read_by_layout_give_the_general_paths_records(data):
+    # The same lines drawn over each other as a terminal capture does.
+    text = b"".join(
+        b"\x08" * 7 + b"\r" + line if line[:1] in b" \t0123456789" and line else b"\n" + line
+        for line in data.split(b"\n")
+    )
+    bulk = _expanded(text + b"\n")
+    with general_path():
+        assert _same(bulk, _expanded(text + b"\n"))
+
+
+@pytest.mark.parametrize("style", ["keras2-lines", "keras3", "keras2"])
+def test_the_benchmarks_logs_give_the_same_report_through_every_path(style):
+    path_log = io.BytesIO()
+    rng = random.Random(3)
+    for epoch in range(1, 41):
+        path_log.write(explain_speed._epoch_bytes(rng, epoch, 40, style))
+    data = path_log.getvalue()
+    reports = []
+    for path in (contextlib.nullcontext, general_path):
+        with path():
+            for options in (Options(), Options(samples=3190, batch_size=16)):
+                explained = explain_stream(io.BytesIO(data), "log", options, keep_windows=True)
+                reports.append((render_text(explained), to_json(explained)))
+    assert reports[:2] == reports[2:]
+    assert "Read 40 epoch(s)" in reports[0][0]
+
+
+def test_values_read_by_position_are_the_doubles_float_reads():
+    texts = ["0.1000", "-0.0000", "0.3000", "123456789.1234", "-7.0001", "0.0003", "99999.9999"]
+    rng = np.random.default_rng(0)
+    texts += [f"{x:.4f}" for x in rng.uniform(-1e5, 1e5, 2000)]
+    lines = [f"{i % 9 + 1}/9 - 1s - a: {t}".encode() for i, t in enumerate(texts)]
+    for line in lines:
+        head = parse._RUN_HEAD.match(b"\r" + line)
+        layout = Layout.of(line, head, list(parse._METRIC.finditer(line)))
+        assert layout is not None
+        data = np.frombuffer(line, dtype=np.uint8)
+        ok, steps, means = layout.read(
+            data, np.array([0]), np.array([len(line)]), decimal_points(data)
+        )
+        text = line.rsplit(b": ", 1)[1]
+        assert ok[0] and steps[0] == int(line.split(b"/")[0])
+        assert means[0, 0] == float(text) and np.signbit(means[0, 0]) == text.startswith(b"-")
+
+
+def test_a_line_that_differs_from_the_layout_is_not_read_by_position():
+    first = b"  7/200 [=>....] - ETA: 3s - loss: 0.4299 - acc: 0.5220"
+    others = [
+        b" 17/200 [=>....] - ETA: 3s - loss: 0.4299 - acc: 0.5220",  # same layout
+        b" 17/200 [=>....] - ETA: 3s - loss: 10.4299 - acc: 0.5220",  # wider value
+        b"1 7/200 [=>....] - ETA: 3s - loss: 0.4299 - acc: 0.5220",  # not right-aligned
+        b" 17/201 [=>....] - ETA: 3s - loss: 0.4299 - acc: 0.5220",  # another target
+        b" 17/200 [1.2345] - ETA: 3s - loss: 0.4299 - acc: 0.5220",  # a decimal in the bar
+        b" 17/200 [=>....] - ETA: 3s - loss: 0.4299 - acx: 0.5220",  # another name
+        b"17/200 - acc: 0.5220",  # too short
+    ]
+    head = parse._RUN_HEAD.match(b"\r" + first)
+    layout = Layout.of(first, head, list(parse._METRIC.finditer(first)))
+    assert layout is not None
+    text = b"\n".join([first, *others])
+    data = np.frombuffer(text, dtype=np.uint8)
+    ends = np.append(np.flatnonzero(data == 10), len(text))
+    starts = np.append(0, ends[:-1] + 1)
+    ok, steps, _ = layout.read(data, starts, ends, decimal_points(data))
+    assert ok.tolist() == [True, True, False, False, False, False, False, False]
+    assert steps[:2].tolist() == [7, 17]
