@@ -37,8 +37,12 @@ def test_fit_returns_keras_style_history_with_mean_now_and_validation(blobs, mlp
     assert list(h.history) == [
         "loss",
         "loss_now",
+        "loss_now_low",
+        "loss_now_high",
         "accuracy",
         "accuracy_now",
+        "accuracy_now_low",
+        "accuracy_now_high",
         "val_loss",
         "val_accuracy",
     ]
@@ -288,8 +292,9 @@ def test_callbacks_see_hooks_in_order_with_mean_and_now_and_can_stop_training(bl
         callbacks=[Recorder()],
         verbose=0,
     )
-    keys = "['accuracy', 'accuracy_now', 'loss', 'loss_now']"
-    val_keys = "['accuracy', 'accuracy_now', 'loss', 'loss_now', 'val_accuracy', 'val_loss']"
+    now = "'{0}', '{0}_now', '{0}_now_high', '{0}_now_low'"
+    keys = f"[{now.format('accuracy')}, {now.format('loss')}]"
+    val_keys = f"[{now.format('accuracy')}, {now.format('loss')}, 'val_accuracy', 'val_loss']"
     assert events == [
         "train_begin",
         "epoch_begin 0",

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fitlens.core.metric_range import NONNEGATIVE, UNBOUNDED, MetricRange, declared_range
+
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 
@@ -145,3 +147,30 @@ PER_SAMPLE: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     mse: _per_sample_mse,
     mae: _per_sample_mae,
 }
+
+
+#: torch.nn losses that cannot go below zero whatever their settings.
+_NONNEGATIVE_MODULES = (
+    torch.nn.CrossEntropyLoss,
+    torch.nn.BCELoss,
+    torch.nn.BCEWithLogitsLoss,
+    torch.nn.MSELoss,
+    torch.nn.L1Loss,
+    torch.nn.SmoothL1Loss,
+    torch.nn.HuberLoss,
+)
+
+
+def loss_range(fn: Any, name: str = "loss") -> MetricRange:
+    """The range of a loss's values, which its now estimate and interval never leave.
+
+    >= 0 for the built-in names and the torch.nn losses that cannot be negative (cross-entropy,
+    squared and absolute errors); what a callable declares with ``fitlens_range`` (see
+    `fitlens.core.metric_range.declared_range`); else unbounded.
+    """
+    declared = declared_range(fn, name)
+    if declared is not None:
+        return declared
+    if fn in LOSSES.values() or isinstance(fn, _NONNEGATIVE_MODULES):
+        return NONNEGATIVE
+    return UNBOUNDED

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Literal, cast
@@ -36,6 +37,17 @@ from fitlens.core.metric_range import UNBOUNDED, MetricRange
 #: How much of the estimated squared bend (beyond its noise) enters the interval's variance
 #: by default (the unbiased estimate of the squared bias: 1).
 BEND_WEIGHT = 1.0
+
+#: The level of the interval shown with every now value and stored in ``History.history``.
+NOW_LEVEL = 0.9
+#: A now interval wider than this (half-width) is said in words: for a rate, in absolute
+#: terms (5 points of accuracy); for other metrics, as a share of the value's magnitude.
+WIDE_RATE = 0.05
+WIDE_SHARE = 0.1
+#: The words said when a now interval is wide: the curve's bend dominates its error, or the
+#: noise of too few samples does.
+BENDING = "curve bending"
+FEW_BATCHES = "few batches yet"
 
 NanPolicy = Literal["propagate", "ignore"]
 _NAN_POLICIES = ("propagate", "ignore")
@@ -130,6 +142,19 @@ class Estimator:
     def interval(self, level: float = 0.9) -> tuple[float, float]:
         """A ``level`` interval for the quantity the estimate estimates (see `fit_interval`)."""
         return fit_interval(self.fit(), self.bounds, level, self.bend_weight)
+
+    def estimate(self, level: float = NOW_LEVEL) -> NowEstimate:
+        """The value and its ``level`` interval from one fit (a display reads both at once)."""
+        return NowEstimate.of(self.fit(), self.bounds, level, self.bend_weight)
+
+    def estimate_with(
+        self, values: np.ndarray, weights: np.ndarray, level: float = NOW_LEVEL
+    ) -> NowEstimate:
+        """`estimate` after also adding these batches, leaving this estimator unchanged (as
+        `value_with`): one copy, one fit."""
+        copy = self._copy()
+        copy.update(values, weights)
+        return copy.estimate(level)
 
     def value_with(self, values: np.ndarray, weights: np.ndarray) -> float:
         """The value after also adding these batches, leaving this estimator unchanged.
@@ -285,6 +310,77 @@ def fit_interval(
     )
     half += abs(fit.value - value)
     return bounds.clip(value - half), bounds.clip(value + half)
+
+
+def _why_wide(
+    fit: LocalFit, bounds: MetricRange, value: float, half: float, bend_weight: float
+) -> str | None:
+    """`NowEstimate.note`: None while the interval is narrow, else what makes it wide."""
+    if math.isnan(value):
+        return None
+    wide = WIDE_RATE if bounds.rate else WIDE_SHARE * abs(value)
+    if not half > wide:
+        return None
+    spread = _spread(fit, bounds)
+    if math.isnan(spread):
+        return FEW_BATCHES  # the scatter is not measurable yet
+    clipped = fit.value != value  # a line running out of the range: the curve bends there
+    return (
+        BENDING
+        if clipped or bend_weight * _bias2(fit, spread) > spread * fit.noise
+        else FEW_BATCHES
+    )
+
+
+@dataclass(frozen=True)
+class NowEstimate:
+    """A now value with its interval, from one fit of the estimator's state.
+
+    Attributes:
+        value: the estimate, inside the metric's range (NaN before any weight).
+        low, high: its ``level`` interval, ``low <= value <= high`` (NaN before any weight;
+            the metric's whole range, possibly infinite, while the scatter is unknown).
+        level: the interval's nominal coverage (`NOW_LEVEL` unless asked otherwise).
+        note: None while the half-width is at most `WIDE_RATE` (a rate) or `WIDE_SHARE` of
+            the value; else why it is wide, in words: `BENDING` (the squared bend beyond its
+            noise outweighs the noise, or the fit ran out of the range) or `FEW_BATCHES` (the
+            noise of too few samples). Depends on the values alone.
+    """
+
+    value: float
+    low: float = math.nan
+    high: float = math.nan
+    level: float = NOW_LEVEL
+    note: str | None = None
+    _fit: LocalFit | None = field(default=None, repr=False, compare=False)
+    _bounds: MetricRange = field(default=UNBOUNDED, repr=False, compare=False)
+    _bend_weight: float = field(default=BEND_WEIGHT, repr=False, compare=False)
+
+    @classmethod
+    def of(
+        cls, fit: LocalFit, bounds: MetricRange, level: float, bend_weight: float = BEND_WEIGHT
+    ) -> NowEstimate:
+        """The estimate of ``fit`` inside ``bounds`` with its ``level`` interval."""
+        value = bounds.clip(fit.value)
+        low, high = fit_interval(fit, bounds, level, bend_weight)
+        note = _why_wide(fit, bounds, value, max(value - low, high - value), bend_weight)
+        return cls(value, low, high, level, note, fit, bounds, bend_weight)
+
+    @property
+    def half_width(self) -> float:
+        """The larger distance from the value to an end of the interval (inf: unknown)."""
+        return max(self.value - self.low, self.high - self.value)
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """The interval at another ``level``, from the same fit (no estimator pass)."""
+        if level == self.level:
+            return self.low, self.high
+        if self._fit is None:
+            raise ValueError(
+                f"This {self.level} interval was read back without its fit; only level "
+                f"{self.level} is known. Received level={level!r}."
+            )
+        return fit_interval(self._fit, self._bounds, level, self._bend_weight)
 
 
 class EpochMean(Estimator):

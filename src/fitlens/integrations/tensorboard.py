@@ -40,7 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.report.series import MEASURED_KEYS, NowReplay, epoch_starts, metric_table
+from fitlens.report.series import (
+    MEASURED_KEYS,
+    NowReplay,
+    column_ranges,
+    epoch_starts,
+    metric_table,
+)
 from fitlens.training.callbacks import Callback
 
 
@@ -83,7 +89,10 @@ class TensorBoard(Callback):
     def on_train_begin(self, logs: Mapping[str, float]) -> None:
         history = self.run.history
         self.writer = self._writer_cls(log_dir=str(self.log_dir), flush_secs=self.flush_secs)
-        self._replay = NowReplay(len(history.batches.metric_names), history.params.get("now"))
+        names = history.batches.metric_names
+        self._replay = NowReplay(
+            len(names), history.params.get("now"), column_ranges(history.params, names)
+        )
         self._rows = 0
         self._sums = {}
         # A resumed run starts with the batches of its checkpoint: replay them, write nothing.

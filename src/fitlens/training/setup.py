@@ -18,7 +18,7 @@ import torch
 
 from fitlens.adapters.data import BatchSource, to_device, unpack
 from fitlens.adapters.evaluation import measure_batches, model_device
-from fitlens.adapters.losses import LossFn, resolve_loss
+from fitlens.adapters.losses import LossFn, loss_range, resolve_loss
 from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
@@ -135,7 +135,10 @@ class Training:
         }
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
-        self.lens.set_metrics(names, epoch_values={m.name: m for m in self.metrics if m.stateful})
+        ranges = {"loss": loss_range(self.loss_fn), **{m.name: m.range for m in self.metrics}}
+        self.lens.set_metrics(
+            names, epoch_values={m.name: m for m in self.metrics if m.stateful}, ranges=ranges
+        )
         self.lens.begin_run(end, self.source.steps)
         self.history = self.lens.history
         self.run = RunState(
