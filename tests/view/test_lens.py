@@ -66,7 +66,7 @@ def test_lens_records_history_timing_and_lines_like_fit():
     # no interval; the now value has one, cut at 0 (a loss), and says why it is wide; the
     # forecast's tolerance includes it.
     assert lines[1:4] == [
-        "gap loss (estimated): mean 0.6000 -> now ~0.60 [0.00, 1.59] (uncertain: curve "
+        "gap loss (estimated): mean 0.6000 -> now ~0.6 [0.0, 1.6] (uncertain: curve "
         "bending) (lag ~+0.0000) -> val 0.2500 (mode + generalisation ~-0.3500)",
         "forecast epoch 2: its first 3 batches should show loss ~0.6000 ± 1.1760 (the now "
         "estimate), not 0.6000 (the mean): a jump of +0.0000",
@@ -75,7 +75,7 @@ def test_lens_records_history_timing_and_lines_like_fit():
     ]
     assert lines[4].startswith("Epoch 2/2 - 3 steps - 2.5s")
     assert lines[5:] == [  # no forecast after the last epoch
-        "gap loss (estimated): mean 1.6000 -> now ~1.10 ±0.46 (uncertain: few batches yet) "
+        "gap loss (estimated): mean 1.6000 -> now ~1.1 ±0.5 (uncertain: few batches yet) "
         "(lag ~-0.5000) -> val 0.2500 (mode + generalisation ~-0.8500)"
     ]
     assert [g["epoch"] for g in history.gaps] == [1, 2]
@@ -248,3 +248,30 @@ def test_a_log_reads_the_now_estimates_only_for_the_lines_it_writes():
     assert reads == list(range(10, 101, 10))  # one read per line written
     obs.end_epoch()
     assert len(out.getvalue().splitlines()) == 11
+
+
+def test_an_epoch_end_fits_each_metrics_now_estimator_once_for_value_interval_and_lines():
+    # History row, summary line, gap line and forecast all come from one fit per metric.
+    from fitlens.core.estimators import EMATrend
+
+    fits: list[int] = []
+
+    class Counted(EMATrend):
+        def fit(self):
+            fits.append(1)
+            return super().fit()
+
+    clock = FakeClock()
+    obs = Lens(Progress(2, file=io.StringIO()), Counted(beta=0.9), clock=clock)
+    obs.begin_run(2, 100)
+    obs.begin_epoch(0)
+    for step in range(1, 101):
+        obs.begin_step()
+        clock.t += 0.05
+        obs.step_done(
+            step, {"loss": 1.0 / step, "accuracy": 0.5}, dict.fromkeys(("loss", "accuracy"), 4), 4
+        )
+    fits.clear()
+    obs.end_epoch({"val_loss": 0.5})
+    assert len(fits) == 2
+    assert obs.history.history["loss_now_low"][0] <= obs.history.history["loss_now"][0]
