@@ -23,10 +23,10 @@ from fitlens.core.estimators import (
     NowEstimate,
     TrendWindow,
     WindowMean,
-    _why_wide,
     fit_interval,
     make_estimator,
 )
+from fitlens.core.estimators.interval import _why_wide
 from fitlens.core.metric_range import NONNEGATIVE, RATE, UNBOUNDED, MetricRange
 
 MAKERS = {
