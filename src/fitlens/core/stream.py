@@ -13,6 +13,7 @@ Numpy only: no torch, no framework.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -192,8 +193,36 @@ class MetricStream:
         return self.means[name].count + float(self._tail.weights[:, column].sum())
 
     def snapshot(self) -> dict[str, tuple[float, NowEstimate]]:
-        """``{name: (epoch mean, now estimate with its interval)}``: one fit per metric."""
-        return {n: (self.mean(n), self.estimate(n)) for n in self.names}
+        """``{name: (epoch mean, now estimate with its interval)}``: one fit per metric.
+
+        A metric with its own epoch value (a torchmetrics ``compute()``) gets a now estimate
+        only while that value is the sample-weighted mean of its batch values (`is_mean`):
+        the now is a trend through batch values, and estimates the same quantity as the epoch
+        value only then. An F1 or an AUROC over the epoch is not the mean of per-batch F1s:
+        its now is NaN (no now), and no estimator is read for it.
+        """
+        out: dict[str, tuple[float, NowEstimate]] = {}
+        for n in self.names:
+            mean = self.mean(n)
+            if n in self.epoch_values and not self.is_mean(n, mean):
+                out[n] = (mean, NowEstimate(math.nan))
+            else:
+                out[n] = (mean, self.estimate(n))
+        return out
+
+    def is_mean(self, name: str, epoch_value: float | None = None) -> bool:
+        """Whether ``name``'s epoch value equals the sample-weighted mean of its batch values
+        this epoch, up to float32 rounding (relative 1e-5: about a hundred float32 steps).
+
+        Always true for a metric without an own epoch value, and before the epoch's first row
+        (one batch's value is its own mean). After a mid-epoch resume an own epoch value covers
+        the batches since the resume only, so it is not the mean until the next epoch.
+        """
+        if name not in self.epoch_values or self.rows == 0:
+            return True
+        own = self.mean(name) if epoch_value is None else epoch_value
+        mean = self._tail.read(self.means[name], self.names.index(name))
+        return math.isclose(own, mean, rel_tol=1e-5, abs_tol=1e-7)
 
     def state_dict(self) -> dict[str, Any]:
         """Estimator states and epoch counters, for a checkpoint.

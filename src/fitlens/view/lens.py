@@ -424,8 +424,11 @@ class Lens:
         }
         self.history.record_epoch(self.epoch, logs, timing)
         self.progress.end_epoch(self._state(end - self.epoch_start, shown, snapshot))
-        headline = self._headline(shown)
-        if headline is not None and self.stream is not None:
+        stream = self.stream
+        # the lines are about a metric with a now (an F1's epoch value is not a batch mean)
+        with_now = [n for n in self.valued if stream and stream.is_mean(n, snapshot[n][0])]
+        headline = self._headline(shown, with_now)
+        if headline is not None and stream is not None:
             valued = {n: measured[f"val_{n}"] for n in self.valued if f"val_{n}" in measured}
             end_lines = self.lines.end_epoch(
                 self.epoch,
@@ -434,7 +437,7 @@ class Lens:
                 {n: snapshot[n][1] for n in self.valued},
                 valued or None,
                 self.history.batches,
-                self.stream.rows,
+                stream.rows,
                 self.steps or self.step,  # unknown: this epoch's length
                 train_mode=train_mode,
                 eval_mode=eval_mode,
@@ -454,10 +457,13 @@ class Lens:
     def end_run(self) -> None:
         self.progress.close()
 
-    def _headline(self, validation: Mapping[str, float]) -> str | None:
-        """The metric of the end-of-epoch lines: the first with per-batch values other than the
-        loss (else the loss), preferring one with a validation value."""
-        candidates = sorted(self.valued, key=lambda n: n == "loss")
+    def _headline(
+        self, validation: Mapping[str, float], among: Sequence[str] | None = None
+    ) -> str | None:
+        """The metric of the end-of-epoch lines: the first with per-batch values (of ``among``,
+        default all) other than the loss (else the loss), preferring one with a validation
+        value."""
+        candidates = sorted(self.valued if among is None else among, key=lambda n: n == "loss")
         validated = [n for n in candidates if f"val_{n}" in validation]
         return (validated or candidates)[0] if candidates else None
 

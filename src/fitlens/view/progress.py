@@ -83,11 +83,17 @@ def format_metrics(
     metrics: Mapping[str, tuple[float, float]], nows: Mapping[str, NowEstimate] | None = None
 ) -> str:
     """``"loss: 0.4120 (now 0.305 ±0.012) - accuracy: 0.8740 (now 0.921 ±0.016)"``; a metric
-    without an entry in ``nows`` shows its now value alone (``(now 0.3050)``)."""
+    without an entry in ``nows`` shows its now value alone (``(now 0.3050)``), one without a
+    now (an F1 over the epoch, not a mean of batch values) ``(now —)``."""
     nows = nows or {}
+
+    def now_text(name: str, mean: float, now: float) -> str:
+        if math.isnan(now) and not math.isnan(mean):
+            return "—"
+        return format_now(nows[name]) if name in nows else format_value(now)
+
     return " - ".join(
-        f"{name}: {format_value(mean)} "
-        f"(now {format_now(nows[name]) if name in nows else format_value(now)})"
+        f"{name}: {format_value(mean)} (now {now_text(name, mean, now)})"
         for name, (mean, now) in metrics.items()
     )
 
