@@ -532,9 +532,7 @@ def test_the_returned_history_does_not_keep_the_model_or_optimizer_alive():
     assert history.lens is not None  # what a later fit(..., history=history) continues from
 
 
-def test_a_torchmetric_that_is_not_a_batch_mean_shows_no_now_and_one_that_is_keeps_it(
-    blobs, mlp
-):
+def test_a_torchmetric_that_is_not_a_batch_mean_shows_no_now_and_one_that_is_keeps_it(blobs, mlp):
     # A macro F1 over the epoch is not the mean of per-batch F1s: a trend through batch F1s
     # would estimate another quantity, so it shows "(now —)" and records NaN; a micro accuracy
     # is a batch mean, so it keeps its now and interval.
