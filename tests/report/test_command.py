@@ -16,6 +16,7 @@ import fitlens
 from fitlens.cli.main import main
 from fitlens.core.forecast import format_check_line, format_forecast_line
 from fitlens.core.gap import format_gap_line
+from fitlens.core.numbers import format_interval
 from fitlens.report.facts import forecasts, gap_table
 from fitlens.report.reader import read_run
 from fitlens.safety.run_dir import JSONL, SUMMARY
@@ -47,6 +48,10 @@ def test_show_prints_the_epochs_and_the_last_lines_fit_printed(finished_run, cap
     for e in (1, 2, 3):
         assert f"\n    {e}  " in out
     assert f"{history.history['val_accuracy'][-1]:.4f}" in out
+    h = history.history  # the now column shows the interval, as the display did
+    shown = " ".join(format_interval(h["accuracy_now"][-1], h["accuracy_now_low"][-1],
+                                     h["accuracy_now_high"][-1]))  # fmt: skip
+    assert f"  {shown}  " in out
     # A run directory has no intervals, so the gap line is fit's without them.
     last_check = format_check_line(forecasts(history)[-1].check)
     assert last_check in out and last_check in printed

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.core.estimators import DEFAULT_NOW, NOW_LEVEL, Estimator, NowEstimate, make_estimator
+from fitlens.core.estimators import DEFAULT_NOW, Estimator, NowEstimate, make_estimator
 from fitlens.core.gap import Measured
 from fitlens.core.history import BatchLog, History
 from fitlens.core.metric_range import MetricRange, for_name
@@ -54,7 +54,8 @@ def now_param(now: str | Estimator) -> str:
 
 def now_logs(snapshot: Mapping[str, tuple[float, NowEstimate]]) -> dict[str, float]:
     """A snapshot as log keys: ``m`` (epoch mean), ``m_now``, ``m_now_low``, ``m_now_high``
-    (the now estimate and its `NOW_LEVEL` interval; NaN for a metric with no now)."""
+    (the now estimate and its interval at `fitlens.core.estimators.NOW_LEVEL`, 90%; NaN for a
+    metric with no now)."""
     out: dict[str, float] = {}
     for name, (mean, now) in snapshot.items():
         out[name], out[f"{name}_now"] = mean, now.value
@@ -514,4 +515,4 @@ class Lens:
         return self.stream.data_time - data, self.stream.step_time - step
 
 
-__all__ = ["NOW_LEVEL", "Lens", "ToHost", "floats_to_host", "now_logs", "now_param"]
+__all__ = ["Lens", "ToHost", "floats_to_host", "now_logs", "now_param"]
