@@ -15,6 +15,8 @@ from fitlens.core.estimators import (
     DEFAULT_NOW,
     EMA,
     FEW_BATCHES,
+    FEW_STEPS,
+    NOISY,
     WIDE_RATE,
     AdaptiveTrend,
     EMATrend,
@@ -352,3 +354,13 @@ def test_an_interval_is_wide_past_5_points_for_a_rate_and_10_percent_otherwise(
     fit = est.fit()
     note = _why_wide(fit, est.bounds, value, half, 1.0)
     assert (note is not None) == wide
+
+
+def test_words_say_noisy_batches_when_noise_keeps_the_interval_wide_after_the_start():
+    # 4 samples a batch at a rate of 0.5: no bend, binomial noise alone; few batches first
+    est = AdaptiveTrend(bounds=RATE)
+    est.update(np.full(FEW_STEPS - 1, 0.5), 4)
+    assert est.estimate().note == FEW_BATCHES
+    est.update(np.full(100, 0.5), 4)
+    e = est.estimate()
+    assert e.note == NOISY and e.half_width > WIDE_RATE

@@ -116,7 +116,8 @@ class Estimator:
 
     def estimate(self, level: float = NOW_LEVEL) -> NowEstimate:
         """The value and its ``level`` interval from one fit (a display reads both at once)."""
-        return NowEstimate.of(self.fit(), self.bounds, level, self.bend_weight)
+        steps = getattr(self, "steps", None)  # batches seen, where the estimator counts them
+        return NowEstimate.of(self.fit(), self.bounds, level, self.bend_weight, steps)
 
     def estimate_with(
         self, values: np.ndarray, weights: np.ndarray, level: float = NOW_LEVEL

@@ -25,10 +25,14 @@ NOW_LEVEL = 0.9
 #: terms (5 points of accuracy); for other metrics, as a share of the value's magnitude.
 WIDE_RATE = 0.05
 WIDE_SHARE = 0.1
-#: The words said when a now interval is wide: the curve's bend dominates its error, or the
-#: noise of too few samples does.
+#: The words said when a now interval is wide: the curve's bend dominates its error; the noise
+#: dominates and fewer than `FEW_STEPS` batches were seen (or their scatter is not measurable
+#: yet); the noise dominates later (small batches, a rate near 0.5, a short memory chosen
+#: because the curve moves).
 BENDING = "curve bending"
 FEW_BATCHES = "few batches yet"
+NOISY = "noisy batches"
+FEW_STEPS = 20
 
 
 def _spread(fit: LocalFit, bounds: MetricRange) -> float:
@@ -83,9 +87,15 @@ def fit_interval(
 
 
 def _why_wide(
-    fit: LocalFit, bounds: MetricRange, value: float, half: float, bend_weight: float
+    fit: LocalFit,
+    bounds: MetricRange,
+    value: float,
+    half: float,
+    bend_weight: float,
+    steps: int | None = None,
 ) -> str | None:
-    """`NowEstimate.note`: None while the interval is narrow, else what makes it wide."""
+    """`NowEstimate.note`: None while the interval is narrow, else what makes it wide
+    (``steps``: batches the estimator has seen; None: not counted)."""
     if math.isnan(value):
         return None
     wide = WIDE_RATE if bounds.rate else WIDE_SHARE * abs(value)
@@ -95,11 +105,9 @@ def _why_wide(
     if math.isnan(spread):
         return FEW_BATCHES  # the scatter is not measurable yet
     clipped = fit.value != value  # a line running out of the range: the curve bends there
-    return (
-        BENDING
-        if clipped or bend_weight * _bias2(fit, spread) > spread * fit.noise
-        else FEW_BATCHES
-    )
+    if clipped or bend_weight * _bias2(fit, spread) > spread * fit.noise:
+        return BENDING
+    return FEW_BATCHES if steps is not None and steps < FEW_STEPS else NOISY
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,9 @@ class NowEstimate:
         level: the interval's nominal coverage (`NOW_LEVEL` unless asked otherwise).
         note: None while the half-width is at most `WIDE_RATE` (a rate) or `WIDE_SHARE` of
             the value; else why it is wide, in words: `BENDING` (the squared bend beyond its
-            noise outweighs the noise, or the fit ran out of the range) or `FEW_BATCHES` (the
-            noise of too few samples). Depends on the values alone.
+            noise outweighs the noise, or the fit ran out of the range), else `FEW_BATCHES`
+            (fewer than `FEW_STEPS` batches seen, or their scatter not measurable yet) or
+            `NOISY`. Depends on the values alone.
     """
 
     value: float
@@ -128,12 +137,19 @@ class NowEstimate:
 
     @classmethod
     def of(
-        cls, fit: LocalFit, bounds: MetricRange, level: float, bend_weight: float = BEND_WEIGHT
+        cls,
+        fit: LocalFit,
+        bounds: MetricRange,
+        level: float,
+        bend_weight: float = BEND_WEIGHT,
+        steps: int | None = None,
     ) -> NowEstimate:
-        """The estimate of ``fit`` inside ``bounds`` with its ``level`` interval."""
+        """The estimate of ``fit`` inside ``bounds`` with its ``level`` interval (``steps``:
+        batches seen, for the words)."""
         value = bounds.clip(fit.value)
         low, high = fit_interval(fit, bounds, level, bend_weight)
-        note = _why_wide(fit, bounds, value, max(value - low, high - value), bend_weight)
+        half = max(value - low, high - value)
+        note = _why_wide(fit, bounds, value, half, bend_weight, steps)
         return cls(value, low, high, level, note, fit, bounds, bend_weight)
 
     @property
