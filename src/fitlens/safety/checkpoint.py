@@ -315,8 +315,10 @@ class Checkpointing:
             time-based). The default, 10 minutes, bounds the loss on a crash to 10 minutes of
             training for any speed of step.
         keep: how many recent checkpoints to keep (>= 2).
-        scheduler: an LR scheduler to save and restore with the checkpoint (step it yourself,
-            e.g. in a callback's ``on_epoch_end``).
+        scheduler: an LR scheduler you step yourself (e.g. in a callback's ``on_epoch_end``),
+            to save and restore with the checkpoint. A scheduler given to ``fit(scheduler=...)``
+            is stepped, saved and restored by ``fit``: do not name it here (the same object is
+            accepted, another is refused).
 
     A checkpoint is also written at every epoch end and on SIGINT/SIGTERM.
 

@@ -72,6 +72,9 @@ NonFinitePolicy = Literal["stop", "skip"]
 _POLICIES = ("stop", "skip")
 Resume = bool | Literal["allow_fresh"]
 # What every checkpoint `fit` writes holds (besides "lens", checked first for its own message).
+# Batch columns that may be non-finite in a sound run: the pre-clip gradient norm is NaN inside
+# an accumulation group and inf on an fp16 overflow step (which the GradScaler skips).
+_NOT_CHECKED = ("grad_norm",)
 _REQUIRED = ("position", "model", "optimizer", "params", "history", "rng", "epoch_start")
 
 
@@ -314,9 +317,10 @@ class RunGuard:
         self.position.begin_epoch()
         return self.source.epoch(), 0
 
-    def skips(self, step: int, loss: torch.Tensor) -> bool:
+    def skips(self, step: int, loss: torch.Tensor, gradients: bool = True) -> bool:
         """True when ``on_nonfinite="skip"`` and this step's loss or a gradient is not finite
-        (1-based step; called after the backward pass).
+        (1-based step; called after the backward pass; ``gradients=False``: the loss only, for
+        fp16 scaled gradients, whose overflow the ``GradScaler`` skips itself).
 
         Raises:
             NonFiniteError: the epoch's skipped steps exceed ``max_skipped`` of its steps.
@@ -326,7 +330,8 @@ class RunGuard:
         # A NaN or inf anywhere makes its tensor's sum non-finite, so one value per gradient
         # suffices (4x cheaper than an isfinite per tensor); a finite gradient whose sum
         # overflows float32 (above 3e38) counts as non-finite too.
-        sums = [g.sum() for p in self.model.parameters() if (g := p.grad) is not None]
+        grads = [p.grad for p in self.model.parameters() if gradients and p.grad is not None]
+        sums = [g.sum() for g in grads]
         if bool(torch.isfinite(torch.stack([loss.detach().reshape(()), *sums])).all()):
             return False  # the one host sync per step of "skip"
         epoch = self.lens.epoch + 1
@@ -460,6 +465,8 @@ class RunGuard:
             return
         first: tuple[int, str] | None = None
         for name in batches.metric_names:
+            if name in _NOT_CHECKED:
+                continue
             bad = np.flatnonzero(~np.isfinite(batches[name][self.checked_rows : n]))
             if bad.size and (first is None or bad[0] < first[0]):
                 first = (int(bad[0]), name)
@@ -571,6 +578,8 @@ class RunGuard:
             },
             "skipped_batches": self.skipped,
         }
+        if "overflow_skipped_steps" in self.history.params:  # precision="16-mixed"
+            extra["overflow_skipped_steps"] = self.history.params["overflow_skipped_steps"]
         self.rundir.write_summary(finish_summary(self.summary, self.history, status, error, extra))
 
     def _summary_start(self) -> dict[str, Any]:

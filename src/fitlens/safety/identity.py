@@ -3,11 +3,12 @@
 `describe` records the run as a `fit` call sets it up, before any checkpoint is restored: the
 model's state names and shapes, the optimizer's class and hyper-parameters (as built, so that
 an LR scheduler's later changes are not mistaken for a new setting), the training data's kind
-and size, the epochs, the metric names and the fitlens version. It is saved in every checkpoint
+and size, the epochs, the metric names, the precision and gradient accumulation, and the
+fitlens version. It is saved in every checkpoint
 (as JSON) and carried across resumes unchanged: a run is compared with how it began.
 
 `compare` lists what differs between a checkpoint and the resuming call: the differences that
-would make the resume wrong (another architecture, optimizer, learning rate, data, or fewer
+would make the resume wrong (another architecture, optimizer, learning rate, data, precision, accumulation, or fewer
 epochs than the checkpoint has already passed) as errors, all in one message, before anything is
 restored; those where continuing is sound (more epochs, another fitlens version) as warnings.
 """
@@ -67,6 +68,8 @@ def describe(
         "steps": source.steps,
         "epochs": params.get("epochs"),
         "metrics": params.get("metrics"),
+        "precision": params.get("precision"),
+        "accumulate": params.get("accumulate"),
         "fitlens": fitlens.__version__,
     }
 
@@ -115,11 +118,13 @@ def compare(
     if saved["metrics"] != now["metrics"]:
         errors.append(f"metrics: {now['metrics']}, the checkpoint tracks {saved['metrics']}")
     for key, what in (
+        ("precision", "precision"),  # a scaler's state, a group's gradients belong to them
+        ("accumulate", "accumulate"),
         ("data", "training data"),
         ("samples", "training samples"),
         ("steps", "steps per epoch"),
     ):
-        if saved[key] != now[key] and None not in (saved[key], now[key]):
+        if saved.get(key) != now[key] and None not in (saved.get(key), now[key]):
             errors.append(f"{what}: {now[key]}, the checkpoint's: {saved[key]}")
     epoch, step = position
     end, started = now["epochs"], saved["epochs"]

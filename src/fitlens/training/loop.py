@@ -28,7 +28,9 @@ from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume
 from fitlens.training.callbacks import Callback
+from fitlens.training.schedules import SchedulerInterval
 from fitlens.training.setup import Training, check_arguments
+from fitlens.training.update import Precision
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock
 
@@ -58,6 +60,14 @@ def fit(
     max_skipped: float = 0.1,
     initial_epoch: int | None = None,
     history: History | None = None,
+    precision: Precision = "32",
+    accumulate: int = 1,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    scheduler: Any = None,
+    scheduler_interval: SchedulerInterval = "epoch",
+    monitor: str = "val_loss",
+    compile: bool | Mapping[str, Any] = False,
     clock: Clock | None = None,
 ) -> History:
     """Train ``model`` on ``train`` and return its `History`, showing mean *and* now per metric.
@@ -74,6 +84,9 @@ def fit(
             Keras's default learning rate.
         metrics: a list (``["accuracy", my_fn]``) or a dict ``{name: metric}``: ``"accuracy"``,
             callables ``(outputs, targets) -> tensor`` (batch mean), torchmetrics metrics.
+            ``"grad_norm"`` in a list adds the pre-clip global gradient 2-norm at each optimizer
+            step as a column (display, ``history.batches``; NaN with weight 0 on the batches
+            inside an accumulation group).
         epochs: number of epochs (>= 1).
         steps_per_epoch: batches per epoch; required for a generator.
         batch_size: batch size for array data (default 32).
@@ -112,6 +125,28 @@ def fit(
         history: the `History` an earlier call returned: this call continues that run (epochs
             numbered on, rows appended, the now estimates and the pending forecast carried
             across); without ``initial_epoch`` it runs ``epochs`` more epochs.
+        precision: ``"32"`` (default), ``"bf16-mixed"`` (forward and loss under
+            ``torch.autocast`` in bfloat16 on the model's device type) or ``"16-mixed"``
+            (float16 autocast and a ``GradScaler``: an overflowing step is skipped by the scaler,
+            counted in ``history.params["overflow_skipped_steps"]`` and said after the epoch
+            line, never taken for a non-finite loss). Loss and metrics stay float32;
+            validation and ``train_eval`` run in float32.
+        accumulate: step the optimizer every this many batches (and after an epoch's last);
+            each batch's loss is divided by its group's batch count. Steps, ``steps_per_epoch``,
+            the display and the ETA count batches. Not with ``on_nonfinite="skip"``.
+        clip_grad_norm: clip the global gradient 2-norm to this value at each optimizer step
+            (after unscaling under ``"16-mixed"``). None (default): no clipping.
+        clip_grad_value: clip each gradient element to ``[-x, x]`` (after the norm clip).
+        scheduler: a torch LR scheduler on ``optimizer``, or a factory ``optimizer ->
+            scheduler``; stepped per ``scheduler_interval``, checkpointed and resumed. The
+            rate shows as ``lr`` in the display, ``history.history["lr"]`` (at epoch end) and
+            ``history.batches["lr"]`` (the rate each batch's update used).
+        scheduler_interval: ``"epoch"`` (default, as Keras) or ``"step"`` (after every
+            optimizer step, so every ``accumulate`` batches).
+        monitor: the epoch log that drives a ``ReduceLROnPlateau`` (default ``"val_loss"``);
+            for known metrics a scheduler ``mode`` of the wrong direction is refused.
+        compile: ``True`` trains through ``torch.compile(model)`` (or a dict of its
+            arguments); checkpoints, validation and ``train_eval`` use the model itself.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
 
     Returns:
@@ -139,7 +174,7 @@ def fit(
     first, end = check_arguments(model, epochs, initial_epoch, history)
     t = Training(**arguments, end=end)  # resolves and checks the rest before the first step
     lens, safety, hooks, run = t.lens, t.safety, t.callbacks, t.run
-    first = safety.begin(first)  # the checkpoint's epoch when resuming
+    first = t.first_epoch = safety.begin(first)  # the checkpoint's epoch when resuming
     hooks.train_begin({})
     try:
         for epoch in range(first, end):

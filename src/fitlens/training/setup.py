@@ -28,7 +28,17 @@ from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.epoch_truth import EpochTruth, measured
+from fitlens.training.schedules import LR, SchedulerInterval, resolve_schedule
 from fitlens.training.step import TrainStep, tensors_to_host
+from fitlens.training.update import (
+    GRAD_NORM,
+    Precision,
+    TunedStep,
+    Update,
+    check_update_options,
+    compiled,
+    split_grad_norm,
+)
 from fitlens.view.lens import Lens, now_param
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock, default_clock
@@ -99,10 +109,20 @@ class Training:
         history: History | None,
         clock: Clock | None,
         end: int,
+        precision: Precision = "32",
+        accumulate: int = 1,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        scheduler: Any = None,
+        scheduler_interval: SchedulerInterval = "epoch",
+        monitor: str = "val_loss",
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         clock = clock or default_clock()
         progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
+        check_update_options(precision, accumulate, clip_grad_norm, clip_grad_value, on_nonfinite)
         _, self.loss_fn = resolve_loss(loss)
+        metrics, grad_norm = split_grad_norm(metrics)
         self.metrics = resolve_metrics(metrics, reserved=("loss",))
         check_metric_names(m.name for m in self.metrics)
         self.device = dev = torch.device(device) if device is not None else model_device(model)
@@ -119,7 +139,17 @@ class Training:
         self.val_metrics = [m.fresh().to(dev) for m in self.metrics]
         self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
         self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
-        names = ["loss"] + [m.name for m in self.metrics]
+        self.schedule = resolve_schedule(
+            scheduler,
+            scheduler_interval,
+            monitor,
+            self.optimizer,
+            dev,
+            validation_data is not None,
+            checkpointing.scheduler if checkpointing is not None else None,
+        )
+        extra = [GRAD_NORM] * grad_norm + [LR] * (self.schedule is not None)
+        names = ["loss"] + [m.name for m in self.metrics] + extra
         data = self.source.iterable
         loader = data if isinstance(data, torch.utils.data.DataLoader) else None
         params = {
@@ -132,12 +162,21 @@ class Training:
             "data": "dataloader" if loader else self.source.kind,
             "workers": loader.num_workers if loader else None,
             "prefetch": prefetch,
+            "precision": precision,
+            "accumulate": accumulate,
+            "clip_grad_norm": clip_grad_norm,
+            "clip_grad_value": clip_grad_value,
+            "scheduler": type(self.schedule.scheduler).__name__ if self.schedule else None,
+            "scheduler_interval": self.schedule.interval if self.schedule else None,
         }
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
         ranges = {"loss": loss_range(self.loss_fn), **{m.name: m.range for m in self.metrics}}
         self.lens.set_metrics(
-            names, epoch_values={m.name: m for m in self.metrics if m.stateful}, ranges=ranges
+            names,
+            valued=names[: len(names) - len(extra)],
+            epoch_values={m.name: m for m in self.metrics if m.stateful},
+            ranges=ranges,
         )
         self.lens.begin_run(end, self.source.steps)
         self.history = self.lens.history
@@ -161,12 +200,45 @@ class Training:
             clock=clock,
             parts={"train_eval": self.truth},
         )
+        self.update = Update(
+            model,
+            self.optimizer,
+            dev,
+            precision=precision,
+            accumulate=accumulate,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            grad_norm=grad_norm,
+        )
+        tuned = self.update.active or self.schedule is not None
+        if tuned:  # the defaults keep the plain step: no extra work per step
+            self.safety.parts["update"] = self.update
+        if self.schedule is not None:
+            self.safety.parts["schedule"] = self.schedule
+            self.schedule.reported = self.lens.reported
+            self.update.after_step.append(self.schedule.after_optimizer_step)
         self.lens.after_refresh.append(self.safety.on_refresh)  # append history; "stop" check
         lens, safety = self.lens, self.safety
-        skips = (lambda loss: safety.skips(lens.step + 1, loss)) if on_nonfinite == "skip" else None
-        self.step = TrainStep(model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
+        grads = self.update.scaler is None  # a scaler skips overflowing gradients itself
+        skips = (
+            (lambda loss: safety.skips(lens.step + 1, loss, gradients=grads))
+            if on_nonfinite == "skip"
+            else None
+        )
+        step_model = compiled(model, compile)
+        step_args = (step_model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
+        self.step = (
+            TunedStep(
+                *step_args,
+                update=self.update,
+                rate=self.schedule.column if self.schedule is not None else None,
+            )
+            if tuned
+            else TrainStep(*step_args)
+        )
         self.stop = False
         self.logs: dict[str, float] = {}
+        self.first_epoch: int | None = None  # set by fit once the resume point is known
 
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
         """Start 0-based ``epoch``; its ``(x, y)`` batches on the device, resumed mid-epoch when
@@ -175,6 +247,11 @@ class Training:
         self.model.train()
         self.callbacks.epoch_begin(epoch, {})
         self.lens.begin_epoch(epoch)
+        note = self.update.describe(self.source.steps) if epoch == self.first_epoch else None
+        if note is not None:
+            self.lens.progress.write(note)
+        if self.schedule is not None:
+            self.schedule.show()
         batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch
         self.lens.resume_at(done, self.safety.resume_note)
         if self.feeder is not None:  # read ahead in a background thread
@@ -192,6 +269,7 @@ class Training:
             )
             self.stop = True
             return
+        self.update.finish()  # gradients of an unfinished accumulation group
         ran_out = source.steps is not None and lens.step < source.steps and not run.stop_training
         if source.steps is None:  # no len(): now we know
             source.steps = lens.steps = self.history.params["steps"] = lens.step
@@ -217,6 +295,9 @@ class Training:
             extra_logs=train_eval_logs,
             last=epoch == end - 1 or ran_out or run.stop_training,
         )
+        if self.schedule is not None:  # step a per-epoch schedule, before the checkpoint
+            self.schedule.end_epoch(self.logs, self.history.history)
+        self.update.end_epoch(self.history.params, self.lens.progress.write)
         self.callbacks.epoch_end(epoch, self.logs)
         self.safety.on_epoch_end(epoch)  # history files, checkpoint
         if ran_out:

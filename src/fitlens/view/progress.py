@@ -83,17 +83,17 @@ def format_metrics(
     metrics: Mapping[str, tuple[float, float]], nows: Mapping[str, NowEstimate] | None = None
 ) -> str:
     """``"loss: 0.4120 (now 0.305 ±0.012) - accuracy: 0.8740 (now 0.921 ±0.016)"``; a metric
-    without an entry in ``nows`` shows its now value alone (``(now 0.3050)``), one without a
-    now (an F1 over the epoch, not a mean of batch values) ``(now —)``."""
+    without an entry in ``nows`` shows its now value alone (``(now 0.3050)``); a value with
+    no now estimate (``lr``, a framework's reported metric, an F1 over the epoch that is not a
+    mean of batch values) shows alone: ``"lr: 0.0100"``."""
     nows = nows or {}
 
-    def now_text(name: str, mean: float, now: float) -> str:
-        if math.isnan(now) and not math.isnan(mean):
-            return "—"
+    def now_text(name: str, now: float) -> str:
         return format_now(nows[name]) if name in nows else format_value(now)
 
     return " - ".join(
-        f"{name}: {format_value(mean)} (now {now_text(name, mean, now)})"
+        f"{name}: {format_value(mean)}"
+        + ("" if math.isnan(now) and not math.isnan(mean) else f" (now {now_text(name, now)})")
         for name, (mean, now) in metrics.items()
     )
 
