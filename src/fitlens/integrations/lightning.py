@@ -157,7 +157,7 @@ class FitlensCallback(pl.Callback):
             self.lens.flush()
             snapshot = self.lens.snapshot()
             for name in values:
-                now = snapshot[name][1]
+                now = snapshot[name][1].value
                 pl_module.log(f"{name}_now", now, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -7,6 +7,7 @@ tag                          value                                             w
 ===========================  ================================================  ==============
 ``train/m_mean``             the epoch's running mean (what Keras shows)       every refresh
 ``train/m_now``              the now estimate                                  every refresh
+``train/m_now_low``, ``_high`` its 90% interval (``history["m_now_low"]``...)   epoch end
 ``lr``                       learning rate of the first parameter group        every refresh
                              (``lr/group_i`` for each group when several)
 ``val/m``                    validation at the epoch end                       epoch end
@@ -40,7 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.report.series import MEASURED_KEYS, NowReplay, epoch_starts, metric_table
+from fitlens.report.series import (
+    MEASURED_KEYS,
+    NowReplay,
+    column_ranges,
+    epoch_starts,
+    metric_table,
+)
 from fitlens.training.callbacks import Callback
 
 
@@ -83,7 +90,10 @@ class TensorBoard(Callback):
     def on_train_begin(self, logs: Mapping[str, float]) -> None:
         history = self.run.history
         self.writer = self._writer_cls(log_dir=str(self.log_dir), flush_secs=self.flush_secs)
-        self._replay = NowReplay(len(history.batches.metric_names), history.params.get("now"))
+        names = history.batches.metric_names
+        self._replay = NowReplay(
+            len(names), history.params.get("now"), column_ranges(history.params, names)
+        )
         self._rows = 0
         self._sums = {}
         # A resumed run starts with the batches of its checkpoint: replay them, write nothing.
@@ -101,7 +111,9 @@ class TensorBoard(Callback):
         names = history.batches.metric_names
         scalars: dict[str, float] = {}
         for name in names:
-            for tag, key in ((f"train/{name}_mean", name), (f"train/{name}_now", f"{name}_now")):
+            keys = (name, f"{name}_now", f"{name}_now_low", f"{name}_now_high")
+            tags = (f"train/{name}_mean", *(f"train/{k}" for k in keys[1:]))
+            for tag, key in zip(tags, keys, strict=True):
                 if key in logs:
                     scalars[tag] = logs[key]
             for role, pattern in MEASURED_KEYS.items():

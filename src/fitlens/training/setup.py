@@ -19,7 +19,7 @@ import torch
 from fitlens.adapters.data import BatchSource, to_device, unpack_weighted
 from fitlens.adapters.dtypes import Float64Cast, input_dtype
 from fitlens.adapters.evaluation import measure_batches, model_device
-from fitlens.adapters.losses import LossFn, resolve_loss, weighable
+from fitlens.adapters.losses import LossFn, loss_range, resolve_loss, weighable
 from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
@@ -194,10 +194,12 @@ class Training:
         }
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
+        ranges = {"loss": loss_range(self.loss_fn), **{m.name: m.range for m in self.metrics}}
         self.lens.set_metrics(
             names,
             valued=names[: len(names) - len(extra)],
             epoch_values={m.name: m for m in self.metrics if m.stateful},
+            ranges=ranges,
         )
         self.lens.begin_run(end, self.source.steps)
         self.history = self.lens.history

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
+from fitlens.core.estimators import DEFAULT_NOW, Estimator, NowEstimate, make_estimator
 from fitlens.core.gap import Measured
 from fitlens.core.history import BatchLog, History
+from fitlens.core.metric_range import MetricRange, for_name
 from fitlens.core.stream import EpochValue, MetricStream
 from fitlens.view.data_wait import DataWaitHint
 from fitlens.view.epoch_end import EpochEndLines
@@ -49,6 +50,17 @@ def now_param(now: str | Estimator) -> str:
     name as given (``"ema_trend"``), or a configured estimator's repr
     (``"EMATrend(memory=800.0)"``); `fitlens.report` reads either back."""
     return now if isinstance(now, str) else repr(now)
+
+
+def now_logs(snapshot: Mapping[str, tuple[float, NowEstimate]]) -> dict[str, float]:
+    """A snapshot as log keys: ``m`` (epoch mean), ``m_now``, ``m_now_low``, ``m_now_high``
+    (the now estimate and its interval at `fitlens.core.estimators.NOW_LEVEL`, 90%; NaN for a
+    metric with no now)."""
+    out: dict[str, float] = {}
+    for name, (mean, now) in snapshot.items():
+        out[name], out[f"{name}_now"] = mean, now.value
+        out[f"{name}_now_low"], out[f"{name}_now_high"] = now.low, now.high
+    return out
 
 
 def floats_to_host(values: list[Any]) -> np.ndarray:
@@ -126,12 +138,16 @@ class Lens:
         names: Sequence[str],
         valued: Sequence[str] | None = None,
         epoch_values: Mapping[str, EpochValue] | None = None,
+        ranges: Mapping[str, MetricRange] | None = None,
     ) -> None:
         """Name the metrics, in the order `record` receives their values (the loss first).
 
         Args:
             valued: the metrics with per-batch values (default: all).
             epoch_values: metrics whose epoch value they compute themselves (torchmetrics).
+            ranges: each metric's range, which its now estimate and interval never leave;
+                a metric not named gets the range its name implies (`for_name`: accuracies
+                [0, 1], losses >= 0, else unbounded).
         """
         names = list(dict.fromkeys(names))
         batches = self.history.batches
@@ -142,12 +158,15 @@ class Lens:
                     f"reports {names}. Continue a run with the same metrics."
                 )
             batches = self.history.batches = BatchLog(names)
-        stream = MetricStream(names, self.now_spec, batches, epoch_values)
+        given = dict(ranges or {})
+        ranges = {n: given.get(n, for_name(n)) for n in names}
+        stream = MetricStream(names, self.now_spec, batches, epoch_values, ranges)
         if self.stream is not None and self.stream.names == names:
             stream.load_state_dict(self.stream.state_dict())  # a continued run: carry on
         self.stream = stream
         self.valued = list(valued) if valued is not None else names
         self.history.params["metrics"] = names
+        self.history.params["ranges"] = {n: r.to_param() for n, r in ranges.items()}
 
     # -- run and epoch ------------------------------------------------------------------------
 
@@ -338,22 +357,21 @@ class Lens:
 
     # -- values -------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, tuple[float, float]]:
-        """``{name: (epoch mean, now estimate)}`` over the steps flushed so far."""
+    def snapshot(self) -> dict[str, tuple[float, NowEstimate]]:
+        """``{name: (epoch mean, now estimate with its interval)}`` over the steps flushed so
+        far: one estimator fit per metric. A framework's reported metric has no now (NaN)."""
         if self.stream is None:
             return {}
         out = self.stream.snapshot()
         for name, value in self.reported.items():
-            out[name] = (value, math.nan)
+            out[name] = (value, NowEstimate(math.nan))
         return out
 
     def logs(self) -> dict[str, float]:
-        """``{name: epoch mean, name_now: now estimate}``, flushing first."""
+        """``{name: epoch mean, name_now: now estimate, name_now_low, name_now_high: its
+        interval}``, flushing first."""
         self.flush()
-        out: dict[str, float] = {}
-        for name, (mean, now) in self.snapshot().items():
-            out[name], out[f"{name}_now"] = mean, now
-        return out
+        return now_logs(self.snapshot())
 
     def state_dict(self) -> dict[str, Any]:
         """The estimators' state, for a checkpoint (flushes first)."""
@@ -402,9 +420,7 @@ class Lens:
         if shown:
             self.eval_seconds = end - train_end
         snapshot = self.snapshot()
-        logs: dict[str, float] = {}
-        for name, (mean, now) in snapshot.items():
-            logs[name], logs[f"{name}_now"] = mean, now
+        logs = now_logs(snapshot)
         logs.update(shown)
         logs.update(extra_logs or {})
         data_time, step_time = self._times()
@@ -415,9 +431,12 @@ class Lens:
             "eval": end - train_end,
         }
         self.history.record_epoch(self.epoch, logs, timing)
-        self.progress.end_epoch(self._state(end - self.epoch_start, shown))
-        headline = self._headline(shown)
-        if headline is not None and self.stream is not None:
+        self.progress.end_epoch(self._state(end - self.epoch_start, shown, snapshot))
+        stream = self.stream
+        # the lines are about a metric with a now (an F1's epoch value is not a batch mean)
+        with_now = [n for n in self.valued if stream and stream.is_mean(n, snapshot[n][0])]
+        headline = self._headline(shown, with_now)
+        if headline is not None and stream is not None:
             valued = {n: measured[f"val_{n}"] for n in self.valued if f"val_{n}" in measured}
             end_lines = self.lines.end_epoch(
                 self.epoch,
@@ -426,7 +445,7 @@ class Lens:
                 {n: snapshot[n][1] for n in self.valued},
                 valued or None,
                 self.history.batches,
-                self.stream.rows,
+                stream.rows,
                 self.steps or self.step,  # unknown: this epoch's length
                 train_mode=train_mode,
                 eval_mode=eval_mode,
@@ -446,10 +465,13 @@ class Lens:
     def end_run(self) -> None:
         self.progress.close()
 
-    def _headline(self, validation: Mapping[str, float]) -> str | None:
-        """The metric of the end-of-epoch lines: the first with per-batch values other than the
-        loss (else the loss), preferring one with a validation value."""
-        candidates = sorted(self.valued, key=lambda n: n == "loss")
+    def _headline(
+        self, validation: Mapping[str, float], among: Sequence[str] | None = None
+    ) -> str | None:
+        """The metric of the end-of-epoch lines: the first with per-batch values (of ``among``,
+        default all) other than the loss (else the loss), preferring one with a validation
+        value."""
+        candidates = sorted(self.valued if among is None else among, key=lambda n: n == "loss")
         validated = [n for n in candidates if f"val_{n}" in validation]
         return (validated or candidates)[0] if candidates else None
 
@@ -460,8 +482,13 @@ class Lens:
                 self.progress.write(line)
 
     def _state(
-        self, elapsed: float, validation: Mapping[str, float] | None = None
+        self,
+        elapsed: float,
+        validation: Mapping[str, float] | None = None,
+        snapshot: Mapping[str, tuple[float, NowEstimate]] | None = None,
     ) -> ProgressState:
+        if snapshot is None:
+            snapshot = self.snapshot()
         left = None if self.steps is None else max(self.steps - self.step, 0)
         data_time = self._times()[0]
         return ProgressState(
@@ -480,7 +507,8 @@ class Lens:
                 evals_left=self.epochs - self.epoch if math.isfinite(self.eval_seconds) else 0,
             ),
             data_share=data_time / elapsed if elapsed > 0 else math.nan,
-            metrics=self.snapshot(),
+            metrics={n: (mean, now.value) for n, (mean, now) in snapshot.items()},
+            nows={n: now for n, (_, now) in snapshot.items()},
             validation=validation or {},
             headline=self._headline({}),
             resumed_at=self.resumed_at,
@@ -494,4 +522,4 @@ class Lens:
         return self.stream.data_time - data, self.stream.step_time - step
 
 
-__all__ = ["Lens", "ToHost", "floats_to_host", "now_param"]
+__all__ = ["Lens", "ToHost", "floats_to_host", "now_logs", "now_param"]
