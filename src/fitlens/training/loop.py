@@ -28,6 +28,7 @@ from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume
 from fitlens.training.callbacks import Callback
+from fitlens.training.distributed import Strategy
 from fitlens.training.setup import Training, check_arguments
 from fitlens.view.progress import Progress
 from fitlens.view.timing import Clock
@@ -59,6 +60,8 @@ def fit(
     initial_epoch: int | None = None,
     history: History | None = None,
     clock: Clock | None = None,
+    strategy: Strategy = "auto",
+    ddp_timeout: float = 60.0,
 ) -> History:
     """Train ``model`` on ``train`` and return its `History`, showing mean *and* now per metric.
 
@@ -113,6 +116,13 @@ def fit(
             numbered on, rows appended, the now estimates and the pending forecast carried
             across); without ``initial_epoch`` it runs ``epochs`` more epochs.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        strategy: ``"auto"`` (default: data-parallel under ``torchrun`` with more than one
+            process, else one process), ``"ddp"`` (DistributedDataParallel; fails outside
+            torchrun with the command to run) or ``"single"``. Under DDP ``batch_size`` is per
+            process and every reported number is global; see `fitlens.training.distributed`
+            and the README's "Several GPUs or machines".
+        ddp_timeout: seconds a rank waits for the others in a collective before failing, when
+            `fit` initialises the process group (default 60).
 
     Returns:
         A `History`: ``history.history`` per epoch, ``history.batches`` per batch.
@@ -157,6 +167,8 @@ def fit(
             if t.stop:
                 break
     except BaseException as e:
+        if t.dist is not None:
+            t.dist.failed(e)  # names this rank in the error
         safety.close(e)  # the summary records why the run ended
         raise
     finally:

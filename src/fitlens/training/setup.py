@@ -9,6 +9,7 @@ methods keep the loop short: ``begin_epoch`` returns the epoch's batches on the 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,13 @@ from fitlens.core.history import History, check_metric_names
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
+from fitlens.training.distributed import (
+    Distributed,
+    Strategy,
+    check_ddp_timeout,
+    check_supported,
+    resolve_strategy,
+)
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.step import TrainStep, tensors_to_host
 from fitlens.view.lens import Lens, now_param
@@ -98,6 +106,8 @@ class Training:
         initial_epoch: int | None,
         history: History | None,
         clock: Clock | None,
+        strategy: Strategy,
+        ddp_timeout: float,
         end: int,
     ) -> None:
         clock = clock or default_clock()
@@ -105,12 +115,32 @@ class Training:
         _, self.loss_fn = resolve_loss(loss)
         self.metrics = resolve_metrics(metrics, reserved=("loss",))
         check_metric_names(m.name for m in self.metrics)
+        check_ddp_timeout(ddp_timeout)
+        wrapped, self.dist = model, None  # under DDP: the wrapped model runs the step
+        if resolve_strategy(strategy):
+            check_supported(
+                on_nonfinite=on_nonfinite,
+                train_eval=train_eval,
+                resume=resume,
+                stateful=[m.name for m in self.metrics if m.stateful],
+            )
+            self.dist = d = Distributed(model, device, ddp_timeout)
+            wrapped, model, device = d.wrapped, d.module, d.device
+            if d.rank != 0:  # one voice: the other ranks write nothing, on the same schedule
+                progress = Progress(0, refresh_per_second=1.0 / progress.refresh_interval)
+                run_dir = None
+            # Checkpoints at epoch ends only: a mid-epoch one would flush (a collective) on
+            # rank 0 alone.
+            base = checkpointing or Checkpointing()
+            checkpointing = dataclasses.replace(base, every_steps=None, every_minutes=None)
         self.device = dev = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(dev)
         for m in self.metrics:
             m.to(dev)
         self.optimizer = resolve_optimizer(optimizer, model)
         self.source = BatchSource(train, name="train", steps=steps_per_epoch, batch_size=batch_size)
+        if self.dist is not None:
+            self.dist.shard(self.source, batch_size)
         self.val_source = None
         if validation_data is not None:
             self.val_source = BatchSource(
@@ -137,6 +167,9 @@ class Training:
         self.lens.history.params.update(params)
         self.lens.set_metrics(names, epoch_values={m.name: m for m in self.metrics if m.stateful})
         self.lens.begin_run(end, self.source.steps)
+        if self.dist is not None:
+            self.dist.attach(self.lens)
+            self.lens.history.params["world_size"] = self.dist.world
         self.history = self.lens.history
         self.run = RunState(
             model, self.optimizer, self.history, self.history.params, lens=self.lens
@@ -161,7 +194,7 @@ class Training:
         self.lens.after_refresh.append(self.safety.on_refresh)  # append history; "stop" check
         lens, safety = self.lens, self.safety
         skips = (lambda loss: safety.skips(lens.step + 1, loss)) if on_nonfinite == "skip" else None
-        self.step = TrainStep(model, self.loss_fn, self.optimizer, self.metrics, lens, skips)
+        self.step = TrainStep(wrapped, self.loss_fn, self.optimizer, self.metrics, lens, skips)
         self.stop = False
         self.logs: dict[str, float] = {}
 
@@ -172,6 +205,8 @@ class Training:
         self.model.train()
         self.callbacks.epoch_begin(epoch, {})
         self.lens.begin_epoch(epoch)
+        if self.dist is not None:
+            self.dist.begin_epoch(epoch)  # a new order per epoch, the same on every rank
         batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch
         self.lens.resume_at(done, self.safety.resume_note)
         if self.feeder is not None:  # read ahead in a background thread
@@ -231,6 +266,8 @@ class Training:
         if self.feeder is not None:
             self.feeder.close()
         self.lens.end_run()
+        if self.dist is not None:
+            self.dist.close(self.lens)
         self.lens.after_refresh.clear()  # the History must not keep the model alive through it
         self.history.lens = self.lens  # a later fit(..., history=...) continues from here
 

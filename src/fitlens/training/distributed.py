@@ -1,0 +1,399 @@
+"""`fit` under torch.distributed: DistributedDataParallel launched by ``torchrun``.
+
+What this module holds, in the order `fit` uses it:
+
+* `resolve_strategy`: ``strategy="auto"`` runs DDP when a process group is already initialised
+  with more than one process, or when ``torchrun``'s environment (``WORLD_SIZE`` > 1) is set;
+  ``"ddp"`` outside torchrun fails with the command to run instead.
+* `Distributed`: initialises the process group from torchrun's environment when the caller has
+  not (``gloo`` on CPU, ``nccl`` on CUDA, timeout ``ddp_timeout`` seconds), moves the model to
+  this process's device (``cuda:LOCAL_RANK`` on CUDA), wraps it in ``DistributedDataParallel``
+  unless it is wrapped already, and tears down only what it set up.
+* Sharding (`ShardSampler`): arrays and ``DataLoader``s with PyTorch's default sampler are split
+  across ranks; every rank runs the same number of steps.
+* The lens's reduction hook (`Distributed.gather_rows`): at each display refresh and epoch end
+  one ``all_gather`` brings every rank's queued per-step rows to every rank, and each step's rows
+  become one global row (see `combine_rows`). Every rank then feeds the same rows to its
+  estimators, so epoch means, now estimates and ``History`` are global and identical on every
+  rank; no collective runs between refreshes.
+
+How a global batch is split: with ``W`` ranks and a per-rank ``batch_size`` ``b``, global batch
+``i`` is the ``W * b`` samples at positions ``[i*W*b, (i+1)*W*b)`` of the epoch's order, dealt to
+the ranks in turn (rank ``r`` takes positions ``r, r + W, ...``): the same samples, in the same
+global steps, as one process with ``batch_size=W*b``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import timedelta
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+
+from fitlens.adapters.data import ArrayData, BatchSource, take
+from fitlens.view.lens import Lens, Rows
+
+Strategy = Literal["auto", "ddp", "single"]
+STRATEGIES: tuple[str, ...] = ("auto", "ddp", "single")
+
+
+def _torchrun_world() -> int:
+    """WORLD_SIZE from torchrun's environment (1 when unset)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def resolve_strategy(strategy: Any) -> bool:
+    """True when `fit` must run data-parallel; raises for a bad or impossible ``strategy``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}. Received: {strategy!r}.")
+    if strategy == "single":
+        return False
+    initialised = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialised else _torchrun_world()
+    if strategy == "auto":
+        return world > 1
+    if not initialised and "RANK" not in os.environ:
+        script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
+        raise RuntimeError(
+            'strategy="ddp" needs one process per device, started by torchrun; this process '
+            "was not. Run:\n"
+            f"    torchrun --nproc-per-node 2 {script}\n"
+            '(or pass strategy="auto", which trains on one process outside torchrun).'
+        )
+    return True
+
+
+def check_ddp_timeout(seconds: Any) -> float:
+    """Validate ``ddp_timeout`` (seconds > 0)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(
+            f"Expected `ddp_timeout` to be a number of seconds > 0. Received: {seconds!r}."
+        )
+    return float(seconds)
+
+
+def check_supported(
+    *, on_nonfinite: str, train_eval: Any, resume: Any, stateful: list[str]
+) -> None:
+    """Refuse, before any step, what `fit` does not yet do under DDP (each message says why)."""
+    if on_nonfinite == "skip":
+        raise ValueError(
+            'on_nonfinite="skip" is not supported under DDP: one rank skipping a step while '
+            "the others apply it would desynchronise the replicas. Use the default "
+            '"stop", or train on one process (strategy="single").'
+        )
+    if train_eval:
+        raise ValueError(
+            "`train_eval` is not supported under DDP yet (its passes would measure each "
+            "rank's shard only). Leave it off under DDP, or train on one process."
+        )
+    if resume:
+        raise ValueError(
+            "`resume` is not supported under DDP yet: the checkpoints rank 0 writes hold its "
+            "own data position and random state only. Resume on one process "
+            '(strategy="single"), or start a new run_dir.'
+        )
+    if stateful:
+        raise ValueError(
+            f"torchmetrics metrics {stateful} are not supported under DDP yet (their compute() "
+            "is a collective of its own, which only the displaying rank would call). Pass a "
+            "callable (outputs, targets) -> batch mean instead."
+        )
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's sample indices of an epoch, global batches dealt across ranks in turn.
+
+    The epoch's order is ``torch.randperm(n)`` from a generator seeded with ``seed + epoch``
+    (every rank draws the same order; call `set_epoch` each epoch) or ``0..n-1`` without
+    ``shuffle``. Rank ``rank`` takes positions ``rank, rank + world, ...``, so batching its
+    indices by ``batch_size`` gives it its share of each global batch of ``world * batch_size``.
+
+    Every rank must run the same number of steps (DDP's gradient all-reduce pairs them). When the
+    last global batch holds fewer than ``world`` samples (some rank would get none) or
+    ``drop_last`` is set, the last partial global batch is left out of the epoch; otherwise
+    every sample is used exactly once and the last batches are uneven (counted by their size).
+    No sample is duplicated (unlike ``DistributedSampler``'s padding).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        rank: int,
+        world: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+    ) -> None:
+        self.n, self.rank, self.world, self.shuffle, self.seed = n, rank, world, shuffle, seed
+        self.epoch = 0
+        per_step = world * batch_size
+        tail = n % per_step
+        self.used = n - tail if drop_last or 0 < tail < world else n
+        self.dropped = n - self.used
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.used, self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        return iter(order[self.rank : self.used : self.world].tolist())
+
+
+class ShardedArrays:
+    """`ArrayData` served through a `ShardSampler`: this rank's batches of ``(x, y)``."""
+
+    def __init__(self, data: ArrayData, sampler: ShardSampler) -> None:
+        self.data, self.sampler = data, sampler
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.data.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        index = torch.tensor(list(self.sampler), dtype=torch.long)
+        b = self.data.batch_size
+        for start in range(0, len(index), b):
+            part = index[start : start + b]
+            yield take(self.data.x, part), take(self.data.y, part)
+
+
+def _all_gather(out: torch.Tensor, local: torch.Tensor) -> None:
+    """Every rank's ``local`` into ``out``, rank after rank (one collective)."""
+    gather = getattr(dist, "all_gather_single", None)  # the name from torch 2.10 on
+    if gather is None:
+        gather = dist.all_gather_into_tensor
+    gather(out, local)
+
+
+def combine_rows(gathered: np.ndarray, k: int) -> Rows:
+    """One global row per step from every rank's rows.
+
+    Args:
+        gathered: ``(world, n, 2k + 4)``: per rank and step, the step, ``k`` values, ``k``
+            weights, the size, the step time and the data time.
+        k: metrics.
+
+    Returns:
+        `Rows` where each value is the weight-averaged value over the ranks (weights summed; a
+        value with no weight anywhere is NaN at weight 0), sizes summed, and times the slowest
+        rank's (the ranks wait for each other in the gradient all-reduce).
+    """
+    values, weights = gathered[:, :, 1 : 1 + k], gathered[:, :, 1 + k : 1 + 2 * k]
+    total = weights.sum(axis=0)
+    summed = np.where(weights > 0, values * weights, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(total > 0, summed / np.where(total > 0, total, 1.0), np.nan)
+    return Rows(
+        steps=gathered[0, :, 0].astype(np.int64),
+        values=mean,
+        weights=total,
+        sizes=gathered[:, :, 1 + 2 * k].sum(axis=0),
+        step_times=gathered[:, :, 2 + 2 * k].max(axis=0),
+        data_times=gathered[:, :, 3 + 2 * k].max(axis=0),
+    )
+
+
+class Distributed:
+    """This process's part in a data-parallel `fit`: process group, device, wrapped model.
+
+    Args:
+        model: the user's model (or one they wrapped in ``DistributedDataParallel`` already).
+        device: `fit`'s ``device`` (None: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU).
+        timeout: seconds a collective may wait for the other ranks before failing (used when
+            this object initialises the process group).
+
+    Attributes:
+        rank, world: this process's rank and the number of processes.
+        device: where this rank trains. module: the model without the DDP wrapper (for
+            checkpoints, validation, callbacks). wrapped: the model the step runs.
+        collectives: collectives this object has run (the reduction's, counted per call).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: Any, timeout: float) -> None:
+        self.owns_group = not dist.is_initialized()
+        cuda = torch.cuda.is_available()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is not None:
+            self.device = torch.device(device)
+        else:
+            self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.owns_group:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.collectives = 0
+        if isinstance(model, DistributedDataParallel):
+            self.wrapped, self.module = model, model.module
+        else:
+            self.module = model.to(self.device)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.module, device_ids=ids)
+        self._quiet = ExitStack()
+        if self.rank != 0:  # one voice: rank 0 shows and warns; the others speak only to fail
+            self._quiet.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+        self._samplers: list[Any] = []
+        self._seed: int | None = None
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def seed(self) -> int:
+        """The shuffling seed every rank uses: drawn from rank 0's torch generator, broadcast."""
+        if self._seed is None:
+            seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)
+            dist.broadcast(seed, src=0)  # once per fit call, before the first step
+            self.collectives += 1
+            self._seed = int(seed.item())
+        return self._seed
+
+    def shard(self, source: BatchSource, batch_size: int | None) -> None:
+        """Split ``source`` across the ranks (in place), when fitlens knows how.
+
+        Arrays and a ``DataLoader`` with PyTorch's default sampler (``shuffle`` kept) are dealt
+        by a `ShardSampler`; a ``DataLoader`` with its own sampler (a ``DistributedSampler``
+        included) is left alone, ``set_epoch`` called on it each epoch when it has one; a
+        generator is taken as this rank's own stream (each rank must yield its own shard).
+        """
+        data = source.iterable
+        if isinstance(data, ArrayData):
+            sampler = self._sampler(data.n, data.batch_size, data.shuffle, False)
+            source.iterable = ShardedArrays(data, sampler)
+        elif isinstance(data, DataLoader):
+            source.iterable = self._loader(data)
+        else:
+            return
+        full = len(source.iterable)
+        source.steps = min(full, source.steps) if source.steps else full
+
+    def _sampler(self, n: int, batch_size: int, shuffle: bool, drop_last: bool) -> ShardSampler:
+        sampler = ShardSampler(
+            n,
+            self.rank,
+            self.world,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed() if shuffle else 0,
+            drop_last=drop_last,
+        )
+        if sampler.dropped and not drop_last:
+            warnings.warn(
+                f"{n} samples do not split into {self.world} ranks x batch {batch_size} with "
+                f"every rank getting a share of the last global batch: its {sampler.dropped} "
+                "sample(s) are left out of each epoch (every rank must run the same steps).",
+                stacklevel=4,
+            )
+        self._samplers.append(sampler)
+        return sampler
+
+    def _loader(self, loader: DataLoader) -> DataLoader:
+        default = type(loader.sampler) in (SequentialSampler, RandomSampler)
+        if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None or not default:
+            if hasattr(loader.sampler, "set_epoch"):
+                self._samplers.append(loader.sampler)
+            return loader
+        sampler = self._sampler(
+            len(loader.dataset),  # type: ignore[arg-type]
+            loader.batch_size,
+            isinstance(loader.sampler, RandomSampler),
+            loader.drop_last,
+        )
+        workers = loader.num_workers
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            drop_last=False,  # the sampler already left out what drop_last drops
+            timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context,
+            prefetch_factor=loader.prefetch_factor if workers else None,
+            persistent_workers=loader.persistent_workers,
+        )
+
+    def begin_epoch(self, epoch: int) -> None:
+        """``set_epoch`` on every sampler, so each epoch draws a new order, the same on all ranks."""
+        for sampler in self._samplers:
+            sampler.set_epoch(epoch)
+
+    # -- the lens's reduction -----------------------------------------------------------------
+
+    def attach(self, lens: Lens) -> None:
+        """Make ``lens`` reduce its rows across ranks at each flush."""
+        lens.reduce = self.gather_rows
+
+    def gather_rows(self, rows: Rows) -> Rows:
+        """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows."""
+        n, k = rows.values.shape
+        packed = np.concatenate(
+            [
+                rows.steps[:, None].astype(np.float64),
+                rows.values,
+                rows.weights,
+                rows.sizes[:, None],
+                rows.step_times[:, None],
+                rows.data_times[:, None],
+            ],
+            axis=1,
+        )
+        local = torch.from_numpy(np.ascontiguousarray(packed)).to(self._comm_device)
+        out = torch.empty((self.world * n, 2 * k + 4), dtype=local.dtype, device=local.device)
+        _all_gather(out, local)
+        self.collectives += 1
+        gathered = out.cpu().numpy().reshape(self.world, n, 2 * k + 4)
+        if not np.array_equal(
+            gathered[:, :, 0], np.broadcast_to(gathered[0, :, 0], (self.world, n))
+        ):
+            raise RuntimeError(
+                "The ranks reached a display refresh at different steps: every rank must run "
+                "the same number of steps per epoch (give each the same number of batches)."
+            )
+        return combine_rows(gathered, k)
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    # -- end ----------------------------------------------------------------------------------
+
+    def failed(self, error: BaseException) -> None:
+        """Say which rank failed, and why, on stderr (the other ranks are silent; torchrun stops
+        them when this process exits) and in ``error``'s notes (Python 3.11+)."""
+        line = f"fitlens: rank {self.rank} of {self.world} failed: {type(error).__name__}: {error}"
+        print(line, file=sys.stderr, flush=True)
+        add_note = getattr(error, "add_note", None)
+        if add_note is not None:
+            add_note(line)
+
+    def close(self, lens: Lens) -> None:
+        """Detach from ``lens``, restore warnings, and destroy the process group if ours."""
+        lens.reduce = None
+        self._quiet.close()
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
