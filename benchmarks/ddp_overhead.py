@@ -14,8 +14,8 @@ for a tiny MLP (64->64->2, batch 32 per rank: overhead dominates) and a medium o
 epoch), after a barrier, repeated ``--repeats`` times in alternating order after one untimed
 warm-up each; rank 0 prints the median steps/s, the ratio b/a by wall clock and the median over
 repeats of each repeat's CPU-time ratio ("paired", less disturbed by other processes on a
-shared machine), and the collectives fitlens ran per step (counted at the torch.distributed
-calls; DDP's own gradient all-reduce is the same in both and not counted).
+shared machine), and the collectives fitlens ran per step (``history.params["collectives"]``;
+DDP's own gradient all-reduce is the same in both and not counted).
 
 Usage::
 
@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,7 +45,7 @@ from _machine import describe_machine
 import fitlens
 
 Times = tuple[float, float]  # (wall seconds, CPU seconds of this process)
-calls = [0]
+collectives: list[int] = []  # per fitlens run, as fit counts them (history.params)
 
 
 @dataclass(frozen=True)
@@ -55,19 +54,6 @@ class Case:
     sizes: tuple[int, ...]
     batch: int
     steps: int
-
-
-def count_collectives() -> None:
-    for name in ("all_gather_single", "all_gather_into_tensor", "all_reduce", "broadcast"):
-        real = getattr(dist, name, None)
-        if real is None:
-            continue
-
-        def counted(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            calls[0] += 1
-            return _real(*args, **kwargs)
-
-        setattr(dist, name, counted)
 
 
 def now() -> Times:
@@ -127,7 +113,7 @@ def run_fitlens(case: Case, batches: list, device: torch.device, out: io.TextIOB
     progress = fitlens.Progress(1, file=out)
     dist.barrier()
     start = now()
-    fitlens.fit(
+    history = fitlens.fit(
         model,
         batches,
         loss="cross_entropy",
@@ -138,6 +124,7 @@ def run_fitlens(case: Case, batches: list, device: torch.device, out: io.TextIOB
         device=device,
     )
     wall, cpu = now()
+    collectives.append(history.params["collectives"])
     return wall - start[0], cpu - start[1]
 
 
@@ -148,7 +135,6 @@ def worker(repeats: int) -> None:
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
-    count_collectives()
     rank = dist.get_rank()
     cases = [
         Case("tiny MLP 64-64-2, batch 32/rank", (64, 64, 2), 32, 400),
@@ -170,21 +156,19 @@ def worker(repeats: int) -> None:
         run_fitlens(case, batches, device, sink)
         hand: list[Times] = []
         lens: list[Times] = []
-        collectives = 0
+        collectives.clear()
         for r in range(repeats):
             order = ("hand", "fitlens") if r % 2 == 0 else ("fitlens", "hand")
             for which in order:
                 if which == "hand":
                     hand.append(run_hand_loop(case, batches, device))
                 else:
-                    before = calls[0]
                     lens.append(run_fitlens(case, batches, device, sink))
-                    collectives += calls[0] - before
         if rank == 0:
             hand_rate = case.steps / statistics.median(t[0] for t in hand)
             lens_rate = case.steps / statistics.median(t[0] for t in lens)
             paired = statistics.median(h[1] / f[1] for h, f in zip(hand, lens, strict=True))
-            per_step = collectives / (repeats * case.steps)
+            per_step = sum(collectives) / (repeats * case.steps)
             print(
                 f"{case.name:44} {hand_rate:12.1f} {lens_rate:15.1f} "
                 f"{lens_rate / hand_rate:6.3f} {paired:10.3f} {per_step:16.4f}"

@@ -85,7 +85,9 @@ def test_two_ranks_of_16_give_the_epoch_metrics_and_weights_of_one_process_of_32
 def test_collectives_run_once_per_refresh_and_never_between(pair):
     two, _ = pair
     for rank in (0, 1):
-        per_step = _load(two, "even", rank)["per_step"]
+        run = _load(two, "even", rank)
+        per_step = run["per_step"]
+        assert sum(row[3] for row in per_step) == run["collectives"]  # fit's own count agrees
         ends = {(e, s) for e, s, *_ in per_step}
         assert len(per_step) == len(ends)
         for i, (epoch, step, refreshed, collectives) in enumerate(per_step):

@@ -392,8 +392,10 @@ class Distributed:
             add_note(line)
 
     def close(self, lens: Lens) -> None:
-        """Detach from ``lens``, restore warnings, and destroy the process group if ours."""
+        """Detach from ``lens`` (recording ``params["collectives"]``: how many this fit call
+        ran), restore warnings, and destroy the process group if ours."""
         lens.reduce = None
+        lens.history.params["collectives"] = self.collectives
         self._quiet.close()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -112,6 +112,7 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
         "weights": {k: v.tolist() for k, v in model.state_dict().items()},
         "per_step": recorder.per_step,
         "world_size": history.params.get("world_size", 1),
+        "collectives": history.params.get("collectives", 0),
     }
     (out / f"{name}-rank{rank()}.json").write_text(json.dumps(result))
 
