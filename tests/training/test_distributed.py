@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,12 @@ import pytest
 import torch
 
 import fitlens
-from fitlens.training.distributed import ShardSampler, combine_rows, resolve_strategy
+from fitlens.training.distributed import (
+    Distributed,
+    ShardSampler,
+    combine_rows,
+    resolve_strategy,
+)
 from fitlens.view.lens import Lens, Rows
 from fitlens.view.progress import Progress
 
@@ -40,7 +46,24 @@ def _torchrun(out: Path, mode: str) -> subprocess.CompletedProcess[str]:
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     command += ["--standalone", str(SCRIPT), str(out), mode]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    # Its own session, so that a hang is ended with the workers, not only torchrun.
+    with subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(
+                f"torchrun {mode} did not end within 150 s: {stdout[-3000:]}{stderr[-5000:]}"
+            )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _load(out: Path, name: str, rank: int = 0) -> dict[str, Any]:
@@ -127,17 +150,50 @@ def test_fit_uses_a_process_group_the_user_initialised_and_leaves_it_up(pair):
     assert json.loads((two / "group-rank1.json").read_text()) is True
 
 
-@pytest.mark.parametrize("mode", ["crash", "kill"])
-def test_a_failing_rank_stops_every_rank_with_a_message_naming_it(tmp_path, mode):
-    done = _torchrun(tmp_path, mode)  # a hang would run into the subprocess timeout
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A run_dir whose run lost rank 1 to an exception in its second epoch, and the output."""
+    out = tmp_path_factory.mktemp("crashed")
+    done = _torchrun(out, "crash")  # a hang would run into the subprocess timeout
+    assert done.returncode != 0
+    return out, done.stdout + done.stderr
+
+
+def test_a_raising_rank_stops_every_rank_with_a_message_naming_it(crashed):
+    out, output = crashed
+    assert "fitlens: rank 1 of 2 failed: ValueError: bad batch on purpose" in output
+    assert not list(out.glob("*.json"))  # no rank finished training
+
+
+def test_a_killed_rank_stops_every_rank(tmp_path):
+    done = _torchrun(tmp_path, "kill")  # a hang would run into the subprocess timeout
     assert done.returncode != 0
     output = done.stdout + done.stderr
-    if mode == "crash":
-        assert "fitlens: rank 1 of 2 failed: ValueError: bad batch on purpose" in output
-    else:  # SIGKILL leaves no message of its own: rank 0 names the lost peer, torchrun the rank
-        assert "fitlens: rank 0 of 2 failed: RuntimeError" in output
-        assert "local_rank: 1" in output and "exitcode: -9" in output
-    assert not list(tmp_path.glob("*.json"))  # no rank finished training
+    # SIGKILL leaves no message of its own: rank 0 names the lost peer, torchrun the rank.
+    assert "fitlens: rank 0 of 2 failed: RuntimeError" in output
+    assert "local_rank: 1" in output and "exitcode: -9" in output
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_run_resumed_under_torchrun_ends_as_the_uninterrupted_run_bit_for_bit(pair, crashed):
+    two, _ = pair
+    out, _ = crashed
+    done = _torchrun(out, "resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    want = _load(two, "uninterrupted")
+    for rank in (0, 1):
+        got = _load(out, "resume", rank)
+        assert got["weights"] == want["weights"]
+        assert got["history"] == want["history"]
+
+
+def test_resuming_with_another_world_size_is_refused_with_the_command():
+    ddp = Distributed.__new__(Distributed)  # no process group needed for this check
+    ddp.world = 4
+    with pytest.raises(
+        ValueError, match=r"written by 2 processes, this run has 4.*--nproc-per-node 2"
+    ):
+        ddp.load_state_dict({"world": 2, "seed": 1, "rngs": []})
 
 
 # -- in-process: strategy resolution, sharding, the reduction --------------------------------

@@ -16,6 +16,11 @@ What this module holds, in the order `fit` uses it:
   become one global row (see `combine_rows`). Every rank then feeds the same rows to its
   estimators, so epoch means, now estimates and ``History`` are global and identical on every
   rank; no collective runs between refreshes.
+* Checkpoints and resume: rank 0 alone has the ``run_dir`` and writes at epoch ends only
+  (`Distributed.state_dict`: world size, shuffling seed, every rank's random states, gathered
+  by `gather_rng`); on resume rank 0 restores as on one process and `share_resume` broadcasts
+  the checkpoint to the other ranks. Another world size is refused.
+* Faults: a failing rank names itself on stderr (`Distributed.failed`); torchrun stops the rest.
 
 How a global batch is split: with ``W`` ranks and a per-rank ``batch_size`` ``b``, global batch
 ``i`` is the ``W * b`` samples at positions ``[i*W*b, (i+1)*W*b)`` of the epoch's order, dealt to
@@ -41,6 +46,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from fitlens.adapters.data import ArrayData, BatchSource, take
+from fitlens.adapters.rng import capture_rng, restore_rng
+from fitlens.safety.signals import InterruptGuard
 from fitlens.view.lens import Lens, Rows
 
 Strategy = Literal["auto", "ddp", "single"]
@@ -85,9 +92,7 @@ def check_ddp_timeout(seconds: Any) -> float:
     return float(seconds)
 
 
-def check_supported(
-    *, on_nonfinite: str, train_eval: Any, resume: Any, stateful: list[str]
-) -> None:
+def check_supported(*, on_nonfinite: str, train_eval: Any, stateful: list[str]) -> None:
     """Refuse, before any step, what `fit` does not yet do under DDP (each message says why)."""
     if on_nonfinite == "skip":
         raise ValueError(
@@ -100,18 +105,20 @@ def check_supported(
             "`train_eval` is not supported under DDP yet (its passes would measure each "
             "rank's shard only). Leave it off under DDP, or train on one process."
         )
-    if resume:
-        raise ValueError(
-            "`resume` is not supported under DDP yet: the checkpoints rank 0 writes hold its "
-            "own data position and random state only. Resume on one process "
-            '(strategy="single"), or start a new run_dir.'
-        )
     if stateful:
         raise ValueError(
             f"torchmetrics metrics {stateful} are not supported under DDP yet (their compute() "
             "is a collective of its own, which only the displaying rank would call). Pass a "
             "callable (outputs, targets) -> batch mean instead."
         )
+
+
+class DefaultSignals(InterruptGuard):
+    """Under DDP, SIGINT/SIGTERM keep their default action (the process ends; torchrun stops
+    the others): a checkpoint taken by rank 0 alone, mid-epoch, could not be resumed."""
+
+    def __enter__(self) -> DefaultSignals:
+        return self  # installs no handler
 
 
 class ShardSampler(Sampler[int]):
@@ -258,6 +265,7 @@ class Distributed:
             warnings.simplefilter("ignore")
         self._samplers: list[Any] = []
         self._seed: int | None = None
+        self._rngs: list[Any] = []
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -341,6 +349,72 @@ class Distributed:
         """``set_epoch`` on every sampler, so each epoch draws a new order, the same on all ranks."""
         for sampler in self._samplers:
             sampler.set_epoch(epoch)
+
+    # -- checkpoints and resume ----------------------------------------------------------------
+
+    def gather_rng(self) -> None:
+        """Every rank's random states, to rank 0's next checkpoint (one collective; call on
+        every rank at the epoch end, before the checkpoint)."""
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, capture_rng())
+        self.collectives += 1
+        self._rngs = states
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the DDP run (rank 0 writes it): the world size, the
+        shuffling seed and every rank's random states at the epoch end."""
+        return {"world": self.world, "seed": self._seed, "rngs": self._rngs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore on rank 0 (inside the run safety's restore); refuses another world size."""
+        if int(state["world"]) != self.world:
+            raise ValueError(
+                f"Cannot resume: the checkpoint was written by {state['world']} processes, this "
+                f"run has {self.world}. Each rank's data shard and random state belong to the "
+                f"world size; resume with `torchrun --nproc-per-node {state['world']}` (x "
+                "nodes), or start a new run_dir."
+            )
+
+    def share_resume(
+        self, pending: dict[str, Any] | None, first: int, parts: dict[str, Any]
+    ) -> int:
+        """After rank 0's run safety restored a checkpoint: hand it to every rank (one
+        broadcast) and restore it there; returns the epoch to start at (the same everywhere).
+
+        Args:
+            pending: rank 0's restored checkpoint (None: a fresh start); ignored elsewhere.
+            first: this rank's start epoch. parts: ``model``, ``optimizer``, ``scheduler``,
+                ``callbacks``, ``history``, ``lens`` to restore on the other ranks.
+        """
+        box: list[Any] = [pending if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        self.collectives += 1
+        state = box[0]
+        if state is None:
+            return first
+        position = state["position"]
+        if int(position["step"]) != 0:
+            raise ValueError(
+                "Cannot resume under DDP from a mid-epoch checkpoint (written on one process?): "
+                "under DDP checkpoints are taken at epoch ends. Resume it on one process."
+            )
+        ddp = state["parts"]["ddp"]
+        self._seed = ddp["seed"]
+        for sampler in self._samplers:
+            if isinstance(sampler, ShardSampler) and sampler.shuffle:
+                sampler.seed = int(self._seed)
+        if self.rank != 0:
+            self.module.load_state_dict(state["model"])
+            parts["optimizer"].load_state_dict(state["optimizer"])
+            if parts["scheduler"] is not None and state["scheduler"] is not None:
+                parts["scheduler"].load_state_dict(state["scheduler"])
+            for cb, cb_state in zip(parts["callbacks"], state["callbacks"], strict=False):
+                cb.load_state_dict(cb_state)
+            parts["history"].load_state_dict(state["history"])
+            lens: Lens = parts["lens"]
+            lens.load_state_dict(state["lens"], epoch_means=False)
+            restore_rng(ddp["rngs"][self.rank])
+        return int(position["epoch"])
 
     # -- the lens's reduction -----------------------------------------------------------------
 

@@ -150,6 +150,7 @@ def fit(
     t = Training(**arguments, end=end)  # resolves and checks the rest before the first step
     lens, safety, hooks, run = t.lens, t.safety, t.callbacks, t.run
     first = safety.begin(first)  # the checkpoint's epoch when resuming
+    first = t.share_resume(first)  # under DDP: every rank restores rank 0's checkpoint
     hooks.train_begin({})
     try:
         for epoch in range(first, end):

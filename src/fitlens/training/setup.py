@@ -29,6 +29,7 @@ from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.distributed import (
+    DefaultSignals,
     Distributed,
     Strategy,
     check_ddp_timeout,
@@ -117,18 +118,18 @@ class Training:
         check_metric_names(m.name for m in self.metrics)
         check_ddp_timeout(ddp_timeout)
         wrapped, self.dist = model, None  # under DDP: the wrapped model runs the step
+        self.resume, self.checkpoints = resume, run_dir is not None
         if resolve_strategy(strategy):
             check_supported(
                 on_nonfinite=on_nonfinite,
                 train_eval=train_eval,
-                resume=resume,
                 stateful=[m.name for m in self.metrics if m.stateful],
             )
             self.dist = d = Distributed(model, device, ddp_timeout)
             wrapped, model, device = d.wrapped, d.module, d.device
             if d.rank != 0:  # one voice: the other ranks write nothing, on the same schedule
                 progress = Progress(0, refresh_per_second=1.0 / progress.refresh_interval)
-                run_dir = None
+                run_dir, resume = None, False  # rank 0 reads the checkpoint and shares it
             # Checkpoints at epoch ends only: a mid-epoch one would flush (a collective) on
             # rank 0 alone.
             base = checkpointing or Checkpointing()
@@ -189,14 +190,30 @@ class Training:
             source=self.source,
             callbacks=callbacks,
             clock=clock,
-            parts={"train_eval": self.truth},
+            parts={"train_eval": self.truth, **({"ddp": self.dist} if self.dist else {})},
         )
+        if self.dist is not None:
+            self.safety.guard = DefaultSignals()
         self.lens.after_refresh.append(self.safety.on_refresh)  # append history; "stop" check
         lens, safety = self.lens, self.safety
         skips = (lambda loss: safety.skips(lens.step + 1, loss)) if on_nonfinite == "skip" else None
         self.step = TrainStep(wrapped, self.loss_fn, self.optimizer, self.metrics, lens, skips)
         self.stop = False
         self.logs: dict[str, float] = {}
+
+    def share_resume(self, first: int) -> int:
+        """Under DDP with ``resume``: every rank restores the checkpoint rank 0's run safety
+        read (one broadcast); returns the epoch to start at."""
+        if self.dist is None or not self.resume:
+            return first
+        parts = {
+            "optimizer": self.optimizer,
+            "scheduler": self.safety.config.scheduler,
+            "callbacks": self.safety.callbacks,
+            "history": self.history,
+            "lens": self.lens,
+        }
+        return self.dist.share_resume(self.safety.pending_resume, first, parts)
 
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any]]:
         """Start 0-based ``epoch``; its ``(x, y)`` batches on the device, resumed mid-epoch when
@@ -250,6 +267,8 @@ class Training:
             last=epoch == end - 1 or ran_out or run.stop_training,
         )
         self.callbacks.epoch_end(epoch, self.logs)
+        if self.dist is not None and self.checkpoints:
+            self.dist.gather_rng()  # every rank's random states, for rank 0's checkpoint
         self.safety.on_epoch_end(epoch)  # history files, checkpoint
         if ran_out:
             warnings.warn(

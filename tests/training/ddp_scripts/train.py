@@ -4,8 +4,10 @@
 
 * ``pair``: the script initialises the process group itself (fit must use it and leave it
   alone), then runs `run_pair`: the runs the tests compare with one process.
-* ``crash`` / ``kill``: fit initialises the group; rank 1 raises ``ValueError`` (``crash``) or
-  SIGKILLs itself (``kill``) at the third step of the first epoch.
+* ``crash`` / ``kill``: fit initialises the group; `run_shuffled` with a ``run_dir``, where
+  rank 1 raises ``ValueError`` (``crash``) or SIGKILLs itself (``kill``) at the third step of
+  the second epoch (after rank 0's first checkpoint).
+* ``resume``: `run_shuffled` resuming that ``run_dir``.
 
 Writes ``OUT/<run>-rank<r>.json`` per run and rank: the history, the batch sizes, the final
 weights and, per step, the collectives run (counted at the torch.distributed calls) and the
@@ -68,7 +70,7 @@ class Recorder(fitlens.Callback):
         if step > 0:  # ``step`` steps are done: what the last one's refresh (if any) cost
             self.per_step.append([lens.epoch, step, lens.refreshed_step, calls[0] - self.before])
         self.before = calls[0]
-        if self.fail and rank() == 1 and lens.epoch == 0 and step == 2:
+        if self.fail and rank() == 1 and lens.epoch == 1 and step == 2:
             if self.fail == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise ValueError("bad batch on purpose")
@@ -117,6 +119,12 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
     (out / f"{name}-rank{rank()}.json").write_text(json.dumps(result))
 
 
+def run_shuffled(out: Path, name: str, **kwargs: Any) -> None:
+    """Shuffled arrays, 16 per rank, 3 epochs: the run interrupted, resumed and compared."""
+    x, y = data(128)
+    train(out, name, 128, 16, 3, train=(x, y), batch_size=16, verbose=0, **kwargs)
+
+
 def run_pair(out: Path, world: int) -> None:
     """The runs compared across world sizes: 32 samples per global step either way."""
     train(out, "even", 128, 32 // world, 2, verbose=0)
@@ -124,6 +132,7 @@ def run_pair(out: Path, world: int) -> None:
     if world > 1:  # arrays: sharded by fitlens, shuffled the same on every rank
         x, y = data(101)
         train(out, "arrays", 101, 16, 2, verbose=0, train=(x, y), batch_size=16)
+        run_shuffled(out, "uninterrupted")
 
 
 def main() -> None:
@@ -134,8 +143,10 @@ def main() -> None:
         run_pair(out, dist.get_world_size())
         (out / f"group-rank{rank()}.json").write_text(json.dumps(dist.is_initialized()))
         dist.destroy_process_group()
+    elif mode == "resume":
+        run_shuffled(out, mode, run_dir=out / "run", resume=True)
     else:
-        train(out, mode, 128, 16, 2, fail=mode, verbose=1, ddp_timeout=20)
+        run_shuffled(out, mode, run_dir=out / "run", fail=mode, ddp_timeout=20)
 
 
 if __name__ == "__main__":
