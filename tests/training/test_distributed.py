@@ -38,14 +38,14 @@ EPS32 = float(np.finfo(np.float32).eps)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _torchrun(out: Path, mode: str) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node 2 --standalone train.py out mode``; a hang fails the test."""
+def _torchrun(out: Path, mode: str, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node 2 --standalone script out mode``; a hang fails the test."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     src = str(Path(fitlens.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--standalone", str(SCRIPT), str(out), mode]
+    command += ["--standalone", str(script), str(out), mode]
     # Its own session, so that a hang is ended with the workers, not only torchrun.
     with subprocess.Popen(
         command,
@@ -194,6 +194,16 @@ def test_resuming_with_another_world_size_is_refused_with_the_command():
         ValueError, match=r"written by 2 processes, this run has 4.*--nproc-per-node 2"
     ):
         ddp.load_state_dict({"world": 2, "seed": 1, "rngs": []})
+
+
+def test_the_lightning_callback_under_lightnings_ddp_shows_global_values(tmp_path):
+    done = _torchrun(tmp_path, "-", Path(__file__).parent / "ddp_scripts" / "lightning_ddp.py")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0, rank1 = _load(tmp_path, "lightning", 0), _load(tmp_path, "lightning", 1)
+    assert rank0["history"] == rank1["history"]
+    assert rank0["rows"] == 12  # 96 samples, 2 ranks x 3 batches of 16, 2 epochs
+    # Each rank logged its own batch losses; the history holds the global sample-weighted mean.
+    np.testing.assert_allclose(rank0["history"]["loss"], rank0["reference"], rtol=1e-12)
 
 
 # -- in-process: strategy resolution, sharding, the reduction --------------------------------

@@ -194,6 +194,38 @@ def _all_gather(out: torch.Tensor, local: torch.Tensor) -> None:
     gather(out, local)
 
 
+def gather_rows(rows: Rows) -> Rows:
+    """The run's rows from this rank's: one ``all_gather`` over the default process group, then
+    `combine_rows`. A `ReduceRows` for any lens in a data-parallel run (`fit`'s, or a framework
+    callback's under the framework's own DDP); every rank must call it at the same steps."""
+    n, k = rows.values.shape
+    world = dist.get_world_size()
+    packed = np.concatenate(
+        [
+            rows.steps[:, None].astype(np.float64),
+            rows.values,
+            rows.weights,
+            rows.sizes[:, None],
+            rows.step_times[:, None],
+            rows.data_times[:, None],
+        ],
+        axis=1,
+    )
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    local = torch.from_numpy(np.ascontiguousarray(packed)).to(device)
+    out = torch.empty((world * n, 2 * k + 4), dtype=local.dtype, device=device)
+    _all_gather(out, local)
+    gathered = out.cpu().numpy().reshape(world, n, 2 * k + 4)
+    if not np.array_equal(gathered[:, :, 0], np.broadcast_to(gathered[0, :, 0], (world, n))):
+        raise RuntimeError(
+            "The ranks reached a display refresh at different steps: every rank must run "
+            "the same number of steps per epoch (give each the same number of batches)."
+        )
+    return combine_rows(gathered, k)
+
+
 def combine_rows(gathered: np.ndarray, k: int) -> Rows:
     """One global row per step from every rank's rows.
 
@@ -424,35 +456,8 @@ class Distributed:
 
     def gather_rows(self, rows: Rows) -> Rows:
         """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows."""
-        n, k = rows.values.shape
-        packed = np.concatenate(
-            [
-                rows.steps[:, None].astype(np.float64),
-                rows.values,
-                rows.weights,
-                rows.sizes[:, None],
-                rows.step_times[:, None],
-                rows.data_times[:, None],
-            ],
-            axis=1,
-        )
-        local = torch.from_numpy(np.ascontiguousarray(packed)).to(self._comm_device)
-        out = torch.empty((self.world * n, 2 * k + 4), dtype=local.dtype, device=local.device)
-        _all_gather(out, local)
         self.collectives += 1
-        gathered = out.cpu().numpy().reshape(self.world, n, 2 * k + 4)
-        if not np.array_equal(
-            gathered[:, :, 0], np.broadcast_to(gathered[0, :, 0], (self.world, n))
-        ):
-            raise RuntimeError(
-                "The ranks reached a display refresh at different steps: every rank must run "
-                "the same number of steps per epoch (give each the same number of batches)."
-            )
-        return combine_rows(gathered, k)
-
-    @property
-    def _comm_device(self) -> torch.device:
-        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        return gather_rows(rows)
 
     # -- end ----------------------------------------------------------------------------------
 
