@@ -24,12 +24,9 @@ import pytest
 import torch
 
 import fitlens
-from fitlens.training.distributed import (
-    Distributed,
-    ShardSampler,
-    combine_rows,
-    resolve_strategy,
-)
+from fitlens.training.distributed import Distributed, resolve_strategy
+from fitlens.training.reduction import combine_rows
+from fitlens.training.sharding import ShardSampler
 from fitlens.view.lens import Lens, Rows
 from fitlens.view.progress import Progress
 

@@ -115,7 +115,7 @@ class FitlensCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:  # Lightning's own DDP: global values, rank 0 shows them
-            from fitlens.training.distributed import gather_rows
+            from fitlens.training.reduction import gather_rows
 
             self.lens.reduce = gather_rows
             if not trainer.is_global_zero:

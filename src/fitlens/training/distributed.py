@@ -9,11 +9,11 @@ What this module holds, in the order `fit` uses it:
   not (``gloo`` on CPU, ``nccl`` on CUDA, timeout ``ddp_timeout`` seconds), moves the model to
   this process's device (``cuda:LOCAL_RANK`` on CUDA), wraps it in ``DistributedDataParallel``
   unless it is wrapped already, and tears down only what it set up.
-* Sharding (`ShardSampler`): arrays and ``DataLoader``s with PyTorch's default sampler are split
-  across ranks; every rank runs the same number of steps.
+* Sharding (`fitlens.training.sharding`): arrays and ``DataLoader``s with PyTorch's default
+  sampler are split across ranks; every rank runs the same number of steps.
 * The lens's reduction hook (`Distributed.gather_rows`): at each display refresh and epoch end
   one ``all_gather`` brings every rank's queued per-step rows to every rank, and each step's rows
-  become one global row (see `combine_rows`). Every rank then feeds the same rows to its
+  become one global row (`fitlens.training.reduction`). Every rank then feeds the same rows to its
   estimators, so epoch means, now estimates and ``History`` are global and identical on every
   rank; no collective runs between refreshes.
 * Checkpoints and resume: rank 0 alone has the ``run_dir`` and writes at epoch ends only
@@ -21,33 +21,27 @@ What this module holds, in the order `fit` uses it:
   by `gather_rng`); on resume rank 0 restores as on one process and `share_resume` broadcasts
   the checkpoint to the other ranks. Another world size is refused.
 * Faults: a failing rank names itself on stderr (`Distributed.failed`); torchrun stops the rest.
-
-How a global batch is split: with ``W`` ranks and a per-rank ``batch_size`` ``b``, global batch
-``i`` is the ``W * b`` samples at positions ``[i*W*b, (i+1)*W*b)`` of the epoch's order, dealt to
-the ranks in turn (rank ``r`` takes positions ``r, r + W, ...``): the same samples, in the same
-global steps, as one process with ``batch_size=W*b``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-from fitlens.adapters.data import ArrayData, BatchSource, take
+from fitlens.adapters.data import ArrayData, BatchSource
 from fitlens.adapters.rng import capture_rng, restore_rng
 from fitlens.safety.signals import InterruptGuard
+from fitlens.training.reduction import gather_rows
+from fitlens.training.sharding import ShardedArrays, ShardSampler, rebuild_loader
 from fitlens.view.lens import Lens, Rows
 
 Strategy = Literal["auto", "ddp", "single"]
@@ -119,139 +113,6 @@ class DefaultSignals(InterruptGuard):
 
     def __enter__(self) -> DefaultSignals:
         return self  # installs no handler
-
-
-class ShardSampler(Sampler[int]):
-    """This rank's sample indices of an epoch, global batches dealt across ranks in turn.
-
-    The epoch's order is ``torch.randperm(n)`` from a generator seeded with ``seed + epoch``
-    (every rank draws the same order; call `set_epoch` each epoch) or ``0..n-1`` without
-    ``shuffle``. Rank ``rank`` takes positions ``rank, rank + world, ...``, so batching its
-    indices by ``batch_size`` gives it its share of each global batch of ``world * batch_size``.
-
-    Every rank must run the same number of steps (DDP's gradient all-reduce pairs them). When the
-    last global batch holds fewer than ``world`` samples (some rank would get none) or
-    ``drop_last`` is set, the last partial global batch is left out of the epoch; otherwise
-    every sample is used exactly once and the last batches are uneven (counted by their size).
-    No sample is duplicated (unlike ``DistributedSampler``'s padding).
-    """
-
-    def __init__(
-        self,
-        n: int,
-        rank: int,
-        world: int,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool = False,
-    ) -> None:
-        self.n, self.rank, self.world, self.shuffle, self.seed = n, rank, world, shuffle, seed
-        self.epoch = 0
-        per_step = world * batch_size
-        tail = n % per_step
-        self.used = n - tail if drop_last or 0 < tail < world else n
-        self.dropped = n - self.used
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.used, self.world))
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
-        return iter(order[self.rank : self.used : self.world].tolist())
-
-
-class ShardedArrays:
-    """`ArrayData` served through a `ShardSampler`: this rank's batches of ``(x, y)``."""
-
-    def __init__(self, data: ArrayData, sampler: ShardSampler) -> None:
-        self.data, self.sampler = data, sampler
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.data.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        index = torch.tensor(list(self.sampler), dtype=torch.long)
-        b = self.data.batch_size
-        for start in range(0, len(index), b):
-            part = index[start : start + b]
-            yield take(self.data.x, part), take(self.data.y, part)
-
-
-def _all_gather(out: torch.Tensor, local: torch.Tensor) -> None:
-    """Every rank's ``local`` into ``out``, rank after rank (one collective)."""
-    gather = getattr(dist, "all_gather_single", None)  # the name from torch 2.10 on
-    if gather is None:
-        gather = dist.all_gather_into_tensor
-    gather(out, local)
-
-
-def gather_rows(rows: Rows) -> Rows:
-    """The run's rows from this rank's: one ``all_gather`` over the default process group, then
-    `combine_rows`. A `ReduceRows` for any lens in a data-parallel run (`fit`'s, or a framework
-    callback's under the framework's own DDP); every rank must call it at the same steps."""
-    n, k = rows.values.shape
-    world = dist.get_world_size()
-    packed = np.concatenate(
-        [
-            rows.steps[:, None].astype(np.float64),
-            rows.values,
-            rows.weights,
-            rows.sizes[:, None],
-            rows.step_times[:, None],
-            rows.data_times[:, None],
-        ],
-        axis=1,
-    )
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    local = torch.from_numpy(np.ascontiguousarray(packed)).to(device)
-    out = torch.empty((world * n, 2 * k + 4), dtype=local.dtype, device=device)
-    _all_gather(out, local)
-    gathered = out.cpu().numpy().reshape(world, n, 2 * k + 4)
-    if not np.array_equal(gathered[:, :, 0], np.broadcast_to(gathered[0, :, 0], (world, n))):
-        raise RuntimeError(
-            "The ranks reached a display refresh at different steps: every rank must run "
-            "the same number of steps per epoch (give each the same number of batches)."
-        )
-    return combine_rows(gathered, k)
-
-
-def combine_rows(gathered: np.ndarray, k: int) -> Rows:
-    """One global row per step from every rank's rows.
-
-    Args:
-        gathered: ``(world, n, 2k + 4)``: per rank and step, the step, ``k`` values, ``k``
-            weights, the size, the step time and the data time.
-        k: metrics.
-
-    Returns:
-        `Rows` where each value is the weight-averaged value over the ranks (weights summed; a
-        value with no weight anywhere is NaN at weight 0), sizes summed, and times the slowest
-        rank's (the ranks wait for each other in the gradient all-reduce).
-    """
-    values, weights = gathered[:, :, 1 : 1 + k], gathered[:, :, 1 + k : 1 + 2 * k]
-    total = weights.sum(axis=0)
-    summed = np.where(weights > 0, values * weights, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(total > 0, summed / np.where(total > 0, total, 1.0), np.nan)
-    return Rows(
-        steps=gathered[0, :, 0].astype(np.int64),
-        values=mean,
-        weights=total,
-        sizes=gathered[:, :, 1 + 2 * k].sum(axis=0),
-        step_times=gathered[:, :, 2 + 2 * k].max(axis=0),
-        data_times=gathered[:, :, 3 + 2 * k].max(axis=0),
-    )
 
 
 class Distributed:
@@ -361,21 +222,7 @@ class Distributed:
             isinstance(loader.sampler, RandomSampler),
             loader.drop_last,
         )
-        workers = loader.num_workers
-        return DataLoader(
-            loader.dataset,
-            batch_size=loader.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            drop_last=False,  # the sampler already left out what drop_last drops
-            timeout=loader.timeout,
-            worker_init_fn=loader.worker_init_fn,
-            multiprocessing_context=loader.multiprocessing_context,
-            prefetch_factor=loader.prefetch_factor if workers else None,
-            persistent_workers=loader.persistent_workers,
-        )
+        return rebuild_loader(loader, sampler)
 
     def begin_epoch(self, epoch: int) -> None:
         """``set_epoch`` on every sampler, so each epoch draws a new order, the same on all ranks."""
