@@ -74,6 +74,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     two = tmp_path_factory.mktemp("two_ranks")
     done = _torchrun(two, "pair")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (two / "output.txt").write_text(done.stdout + done.stderr)
     one = tmp_path_factory.mktemp("one_process")
     spec = importlib.util.spec_from_file_location("ddp_train_script", SCRIPT)
     assert spec is not None and spec.loader is not None
@@ -134,11 +135,18 @@ def test_a_dataset_not_divisible_by_the_world_size_is_counted_exactly(pair):
     assert abs(correct - round(correct)) < 101 * 32 * EPS32  # a whole number of samples
 
 
-def test_arrays_are_dealt_across_ranks_and_every_sample_is_seen_once_per_epoch(pair):
+def test_arrays_are_dealt_across_ranks_and_a_last_batch_too_small_to_share_is_left_out(pair):
     two, _ = pair
     rank0, rank1 = _load(two, "arrays", 0), _load(two, "arrays", 1)
     assert rank0["history"] == rank1["history"]
-    assert rank0["sizes"] == [32.0, 32.0, 32.0, 5.0] * 2
+    assert rank0["sizes"] == [32.0, 32.0, 32.0] * 2  # 97 samples: the 97th is left out
+
+
+def test_only_rank_0_shows_the_display_and_the_warnings(pair):
+    two, _ = pair
+    output = (two / "output.txt").read_text()
+    assert output.count("Epoch 1/1 - 4 steps") == 1  # the uneven run's summary line
+    assert output.count("sample(s) are left out of each epoch") == 1  # the arrays run's
 
 
 def test_fit_uses_a_process_group_the_user_initialised_and_leaves_it_up(pair):
