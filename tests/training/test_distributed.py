@@ -211,6 +211,34 @@ def test_the_lightning_callback_under_lightnings_ddp_shows_global_values(tmp_pat
     np.testing.assert_allclose(rank0["history"]["loss"], rank0["reference"], rtol=1e-12)
 
 
+def test_a_set_up_error_tears_down_the_process_group_fit_started(monkeypatch, capsys):
+    # A one-process "torchrun" environment: fit initialises a gloo group, then fails set-up.
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**env, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    model = torch.nn.Linear(2, 2)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    with pytest.raises(TypeError, match="Expected `validation_data`"):
+        fitlens.fit(
+            model,
+            (x, y),
+            loss="cross_entropy",
+            optimizer="sgd",
+            strategy="ddp",
+            validation_data="not data",
+            verbose=0,
+        )
+    assert not dist.is_initialized()
+    assert "fitlens: rank 0 of 1 failed: TypeError" in capsys.readouterr().err
+
+
 # -- in-process: strategy resolution, sharding, the reduction --------------------------------
 
 

@@ -25,9 +25,11 @@ What this module holds, in the order `fit` uses it:
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any, Literal
@@ -317,11 +319,30 @@ class Distributed:
         if add_note is not None:
             add_note(line)
 
-    def close(self, lens: Lens) -> None:
+    def close(self, lens: Lens | None) -> None:
         """Detach from ``lens`` (recording ``params["collectives"]``: how many this fit call
         ran), restore warnings, and destroy the process group if ours."""
-        lens.reduce = None
-        lens.history.params["collectives"] = self.collectives
+        if lens is not None:
+            lens.reduce = None
+            lens.history.params["collectives"] = self.collectives
         self._quiet.close()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def closed_on_error(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorates `Training.__init__`: when it raises after setting ``self.dist`` up, that rank
+    names itself and the process group fit initialised is torn down (nothing else was built)."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except BaseException as e:
+            ddp = getattr(self, "dist", None)
+            if isinstance(ddp, Distributed):
+                ddp.failed(e)
+                ddp.close(None)
+            raise
+
+    return wrapper

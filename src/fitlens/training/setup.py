@@ -34,6 +34,7 @@ from fitlens.training.distributed import (
     Strategy,
     check_ddp_timeout,
     check_supported,
+    closed_on_error,
     resolve_strategy,
 )
 from fitlens.training.epoch_truth import EpochTruth, measured
@@ -80,6 +81,7 @@ class Training:
     Takes `fit`'s arguments as they are, and ``end``: the 0-based epoch after the last to run.
     """
 
+    @closed_on_error  # under DDP: a failing set-up tears down the process group fit started
     def __init__(
         self,
         model: torch.nn.Module,
