@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,6 +43,22 @@ from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 
 #: Moves the queued per-step values (a flat list, metric after metric per step) to the host.
 ToHost = Callable[[list[Any]], np.ndarray]
+
+
+class Rows(NamedTuple):
+    """Per-step rows on the host, as a flush hands them to the estimators (n rows, k metrics)."""
+
+    steps: np.ndarray  # (n,) 1-based step in the epoch
+    values: np.ndarray  # (n, k)
+    weights: np.ndarray  # (n, k) samples behind each value
+    sizes: np.ndarray  # (n,) samples
+    step_times: np.ndarray  # (n,) seconds
+    data_times: np.ndarray  # (n,) seconds
+
+
+#: Turns this process's rows into the run's rows (`fit` under DDP: every rank's, combined). The
+#: lens calls it once per flush with rows; every process must then flush at the same steps.
+ReduceRows = Callable[[Rows], Rows]
 
 
 def now_param(now: str | Estimator) -> str:
@@ -80,6 +96,10 @@ class Lens:
         prefetch: `fit`'s read-ahead depth, for the data-wait hint's advice (None: not `fit`).
 
     Attributes:
+        reduce: a `ReduceRows` called at each flush with rows (None: one process). With it the
+            display refreshes on a step schedule, the same on every process: every
+            ``refresh_interval`` worth of steps at the run's mean step time so far (data wait
+            included, from the reduced rows, so all processes compute the same count).
         history: the `History` being recorded.
         epoch: the current 0-based epoch. step: steps done in it (1-based index of the last).
     """
@@ -101,6 +121,8 @@ class Lens:
         self.history = history if history is not None else History()
         self.history.params.setdefault("now", now_param(now))
         self.to_host = to_host
+        self.reduce: ReduceRows | None = None
+        self._due_step = 0  # with `reduce`: the step of the next refresh
         self.prefetch = prefetch
         self.stream: MetricStream | None = None
         self.valued: list[str] = []  # metrics with per-batch values (and so a now estimate)
@@ -292,12 +314,9 @@ class Lens:
     def refresh_if_due(self) -> None:
         """Refresh the display at the epoch's first step, every refresh interval and every
         ``log_every`` steps (in line mode)."""
-        every = self._line_every
-        if (
-            self.t_record >= self.next_refresh
-            or self._first_in_epoch
-            or (every and self.step % every < self._done)
-        ):
+        every = self._line_every if self.reduce is None else None  # lines wait for a refresh
+        due = self.step >= self._due_step if self.reduce else self.t_record >= self.next_refresh
+        if due or self._first_in_epoch or (every and self.step % every < self._done):
             self.refresh()
 
     def end_step(self) -> None:
@@ -312,6 +331,9 @@ class Lens:
         self.timer.observe(self.step - self.refreshed_step, t - self.last_refresh)
         self.last_refresh, self.refreshed_step = t, self.step
         self.next_refresh = t + self.progress.refresh_interval
+        if self.reduce is not None and self.stream is not None and self.stream.rows:
+            per_step = (self.stream.step_time + self.stream.data_time) / self.stream.rows
+            self._due_step = self.step + max(1, int(self.progress.refresh_interval / per_step))
         elapsed = t - self.epoch_start
         if self.progress.will_draw(self.step, elapsed):  # a line mode's quiet refresh reads no now
             self.progress.refresh(self._state(elapsed))
@@ -337,7 +359,7 @@ class Lens:
             for i, w in zip(queued, moved[n * k :], strict=True):
                 flat[i] = w
             weights = np.asarray(flat, dtype=np.float64).reshape(n, k)
-        self.stream.append(
+        rows = Rows(
             np.asarray(self._steps),
             values,
             weights,
@@ -345,6 +367,7 @@ class Lens:
             np.asarray(self._step_times),
             np.asarray(self._data_times),
         )
+        self.stream.append(*(self.reduce(rows) if self.reduce is not None else rows))
         for queue in (self._steps, self._values, self._weights, self._sizes):
             queue.clear()
         self._step_times.clear()
@@ -522,4 +545,4 @@ class Lens:
         return self.stream.data_time - data, self.stream.step_time - step
 
 
-__all__ = ["Lens", "ToHost", "floats_to_host", "now_logs", "now_param"]
+__all__ = ["Lens", "ReduceRows", "Rows", "ToHost", "floats_to_host", "now_logs", "now_param"]
