@@ -11,17 +11,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fitlens.core.estimators import (
+    BENDING,
     DEFAULT_NOW,
     EMA,
+    FEW_BATCHES,
+    FEW_STEPS,
+    NOISY,
+    WIDE_RATE,
     AdaptiveTrend,
     EMATrend,
     EpochMean,
     LastValue,
+    NowEstimate,
     TrendWindow,
     WindowMean,
     fit_interval,
     make_estimator,
 )
+from fitlens.core.estimators.interval import _why_wide
 from fitlens.core.metric_range import NONNEGATIVE, RATE, UNBOUNDED, MetricRange
 
 MAKERS = {
@@ -253,3 +260,107 @@ def test_batches_without_weights_count_one_sample_each():
     est = EpochMean()
     est.update([0.5, 0.7])
     assert est.weight == 2.0
+
+
+@pytest.mark.parametrize("name", MAKERS)
+@given(data=rate_batches(), cut=st.integers(0, 50))
+def test_an_estimate_read_with_its_interval_equals_value_and_interval_read_apart(name, data, cut):
+    # the display reads value and interval in one fit; it must be the same numbers
+    v, n = data
+    est = MAKERS[name](bounds=RATE)
+    est.update(v[:cut], n[:cut])
+    e = est.estimate()
+    same = (e.value, e.low, e.high)
+    assert np.array_equal(same, (est.value, *est.interval(0.9)), equal_nan=True)
+    if e.value == e.value:  # some weight seen
+        assert 0.0 <= e.low <= e.value <= e.high <= 1.0
+        assert e.interval(0.95) == est.interval(0.95)  # another level from the same fit
+    rest = est.estimate_with(v[cut:], n[cut:])
+    est.update(v[cut:], n[cut:])
+    assert np.array_equal(
+        (rest.value, rest.low, rest.high), (est.value, *est.interval(0.9)), equal_nan=True
+    )
+
+
+@given(
+    values=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=40),
+    sizes=st.lists(st.integers(1, 64), min_size=40, max_size=40),
+)
+def test_a_loss_estimate_and_interval_stay_at_or_above_zero(values, sizes):
+    est = AdaptiveTrend((100.0, 400.0), bounds=NONNEGATIVE)
+    est.update(np.abs(values), sizes[: len(values)])
+    e = est.estimate()
+    assert 0.0 <= e.low <= e.value <= e.high
+
+
+def test_the_estimate_is_fitted_once_for_value_interval_and_words():
+    fits = []
+
+    class Counted(EMATrend):
+        def fit(self):
+            fits.append(1)
+            return super().fit()
+
+    est = Counted(beta=0.9, bounds=RATE)
+    est.update([0.5, 0.6, 0.7, 0.8], 32)
+    est.estimate()
+    assert len(fits) == 1
+    est.estimate_with(np.array([0.9]), np.array([32.0]))
+    assert len(fits) == 2
+
+
+def test_a_now_read_back_from_a_file_knows_only_its_own_level():
+    e = NowEstimate(0.9, 0.88, 0.92)
+    assert e.interval(0.9) == (0.88, 0.92)
+    with pytest.raises(ValueError, match=r"only level 0\.9 is known"):
+        e.interval(0.95)
+
+
+def test_words_say_few_batches_at_the_start_and_nothing_once_the_interval_is_narrow():
+    est = AdaptiveTrend(bounds=RATE)
+    est.update([0.5, 0.75], 8)  # 16 samples: ±0.2
+    assert est.estimate().note == FEW_BATCHES
+    loss = AdaptiveTrend(bounds=NONNEGATIVE)
+    loss.update([1.0], 8)  # one batch: its scatter is unknown, the interval unbounded
+    assert loss.estimate().note == FEW_BATCHES and loss.estimate().high == math.inf
+    steady = AdaptiveTrend(bounds=RATE)
+    steady.update(np.full(100, 0.9), 256)
+    e = steady.estimate()
+    assert e.note is None and e.half_width < WIDE_RATE
+
+
+def test_words_say_the_curve_bends_where_a_line_overshoots_a_plateau():
+    est = EMATrend(beta=0.9, bounds=RATE)
+    est.update(np.r_[np.linspace(0.2, 0.9, 20), np.full(10, 0.9)], 1000)  # noise-free samples
+    e = est.estimate()
+    assert e.note == BENDING
+    assert e.value > 0.95 and e.low < 0.9 <= e.high  # overshoots, and the interval says so
+
+
+@pytest.mark.parametrize(
+    ("value", "half", "rate", "wide"),
+    [
+        (0.9, 0.05, True, False),
+        (0.9, 0.0501, True, True),
+        (2.0, 0.2, False, False),
+        (2.0, 0.2001, False, True),
+    ],
+)
+def test_an_interval_is_wide_past_5_points_for_a_rate_and_10_percent_otherwise(
+    value, half, rate, wide
+):
+    est = EpochMean(bounds=RATE if rate else NONNEGATIVE)
+    est.update([value], 100)
+    fit = est.fit()
+    note = _why_wide(fit, est.bounds, value, half, 1.0)
+    assert (note is not None) == wide
+
+
+def test_words_say_noisy_batches_when_noise_keeps_the_interval_wide_after_the_start():
+    # 4 samples a batch at a rate of 0.5: no bend, binomial noise alone; few batches first
+    est = AdaptiveTrend(bounds=RATE)
+    est.update(np.full(FEW_STEPS - 1, 0.5), 4)
+    assert est.estimate().note == FEW_BATCHES
+    est.update(np.full(100, 0.5), 4)
+    e = est.estimate()
+    assert e.note == NOISY and e.half_width > WIDE_RATE

@@ -17,6 +17,7 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":
     pytest.skip("these tests run Keras on its torch backend", allow_module_level=True)
 
+from fitlens.core.numbers import format_interval  # noqa: E402
 from fitlens.keras import FitlensCallback  # noqa: E402
 
 TOL = 1e-6
@@ -181,8 +182,12 @@ def test_history_has_fit_format_with_validation_and_the_display_shows_gap_and_fo
     keras_history = _fit_two_epochs(model, x, y, lens)
     history = lens.history.history
     assert list(history) == [
-        "loss", "loss_now", "accuracy", "accuracy_now", "val_accuracy", "val_loss",
+        "loss", "loss_now", "loss_now_low", "loss_now_high", "accuracy", "accuracy_now",
+        "accuracy_now_low", "accuracy_now_high", "val_accuracy", "val_loss",
     ]  # fmt: skip
+    # ranges from the names: accuracy in [0, 1], the loss >= 0
+    assert min(history["accuracy_now_low"]) >= 0.0 and max(history["accuracy_now_high"]) <= 1.0
+    assert min(history["loss_now_low"]) >= 0.0
     for key in ("val_loss", "val_accuracy"):
         np.testing.assert_allclose(history[key], keras_history.history[key], atol=TOL, rtol=0)
     assert lens.history.epoch == [0, 1]
@@ -198,9 +203,11 @@ def _assert_end_lines_match_the_history(lines, history):
     """fit's gap, forecast and check lines (fitlens.view.epoch_end), with the run's own numbers."""
     h, log = history.history, history.batches
     mean, now, val = h["accuracy"][0], h["accuracy_now"][0], h["val_accuracy"][0]
-    assert lines[1] == (
-        f"gap accuracy (estimated): mean {mean:.4f} -> now ~{now:.4f} (lag ~{now - mean:+.4f}) "
-        f"-> val {val:.4f} (mode + generalisation ~{val - now:+.4f})"
+    shown = " ".join(format_interval(now, h["accuracy_now_low"][0], h["accuracy_now_high"][0]))
+    assert f"accuracy: {mean:.4f} (now {shown}" in lines[0]  # the display shows the interval
+    assert lines[1].startswith(f"gap accuracy (estimated): mean {mean:.4f} -> now ~{shown} ")
+    assert lines[1].endswith(
+        f"(lag ~{now - mean:+.4f}) -> val {val:.4f} (mode + generalisation ~{val - now:+.4f})"
     )
     assert lines[2].startswith(
         f"forecast epoch 2: its first 3 batches should show accuracy ~{now:.4f} ± "

@@ -16,6 +16,7 @@ L = pytest.importorskip("lightning.pytorch")
 
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from fitlens.core.numbers import format_interval  # noqa: E402
 from fitlens.lightning import FitlensCallback  # noqa: E402
 
 TOL = 1e-6
@@ -132,9 +133,12 @@ def test_the_display_replaces_lightnings_bar_with_mean_now_gap_forecast_and_chec
     # fit's lines (fitlens.view.epoch_end) for the loss, the one metric with a validation value.
     h, log = lens.history.history, lens.history.batches
     mean, now, val = h["loss"][0], h["loss_now"][0], h["val_loss"][0]
-    assert lines[1] == (
-        f"gap loss (estimated): mean {mean:.4f} -> now ~{now:.4f} (lag ~{now - mean:+.4f}) "
-        f"-> val {val:.4f} (mode + generalisation ~{val - now:+.4f})"
+    shown = " ".join(format_interval(now, h["loss_now_low"][0], h["loss_now_high"][0]))
+    assert f"loss: {mean:.4f} (now {shown}" in lines[0]  # the display shows the interval
+    assert 0.0 <= h["loss_now_low"][0] <= now <= h["loss_now_high"][0]  # a loss: >= 0
+    assert lines[1].startswith(f"gap loss (estimated): mean {mean:.4f} -> now ~{shown} ")
+    assert lines[1].endswith(
+        f"(lag ~{now - mean:+.4f}) -> val {val:.4f} (mode + generalisation ~{val - now:+.4f})"
     )
     assert lines[2].startswith(f"forecast epoch 2: its first 3 batches should show loss ~{now:.4f}")
     second = log["epoch"] == 2
@@ -152,7 +156,8 @@ def test_with_lightnings_bar_on_a_silent_callback_still_records_the_history():
     _fit(Classifier(), [lens], epochs=1, enable_progress_bar=True)
     assert len(lens.history.batches) == 4
     assert set(lens.history.history) == {
-        "loss", "loss_now", "accuracy", "accuracy_now", "val_loss",
+        "loss", "loss_now", "loss_now_low", "loss_now_high", "accuracy", "accuracy_now",
+        "accuracy_now_low", "accuracy_now_high", "val_loss",
     }  # fmt: skip
 
 

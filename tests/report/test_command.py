@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,7 +17,10 @@ import pytest
 import fitlens
 from fitlens.cli.main import main
 from fitlens.core.forecast import format_check_line, format_forecast_line
+from fitlens.core.gap import format_gap_line
+from fitlens.core.numbers import format_interval
 from fitlens.report.facts import forecasts, gap_table
+from fitlens.report.reader import read_run
 from fitlens.safety.run_dir import JSONL, SUMMARY
 
 from .runs import InterruptAt, train
@@ -46,6 +50,10 @@ def test_show_prints_the_epochs_and_the_last_lines_fit_printed(finished_run, cap
     for e in (1, 2, 3):
         assert f"\n    {e}  " in out
     assert f"{history.history['val_accuracy'][-1]:.4f}" in out
+    h = history.history  # the now column shows the interval, as the display did
+    shown = " ".join(format_interval(h["accuracy_now"][-1], h["accuracy_now_low"][-1],
+                                     h["accuracy_now_high"][-1]))  # fmt: skip
+    assert f"  {shown}  " in out
     # A run directory has no intervals, so the gap line is fit's without them.
     last_check = format_check_line(forecasts(history)[-1].check)
     assert last_check in out and last_check in printed
@@ -308,6 +316,43 @@ def test_report_chart_writes_the_chart_alone_and_refuses_other_formats(
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["report", str(path), "--chart", str(tmp_path / "c.jpg"), "--quiet"]) == 2
     assert "expected a file name ending in .png or .svg" in capsys.readouterr().err
+
+
+def test_the_run_files_hold_each_now_interval_and_the_report_reads_it_back(finished_run):
+    path, history, _ = finished_run
+    back = read_run(path).history
+    for key in ("accuracy_now_low", "accuracy_now_high", "loss_now_low", "loss_now_high"):
+        assert back.history[key] == history.history[key]
+    for rebuilt, recorded in zip(gap_table(back), history.gaps, strict=True):
+        assert rebuilt["accuracy"].now_low == recorded["metrics"]["accuracy"]["now_low"]
+    summary = json.loads((path / SUMMARY).read_text())
+    assert summary["final_metrics"]["accuracy_now_high"] == history.history["accuracy_now_high"][-1]
+
+
+def test_run_files_written_before_the_now_interval_still_read_show_and_report(
+    finished_run, tmp_path
+):
+    path, _, _ = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    lines = []
+    for line in (old / JSONL).read_text().splitlines():
+        record = json.loads(line)
+        if record["type"] == "epoch":
+            record["logs"] = {
+                k: v for k, v in record["logs"].items() if not k.endswith(("_low", "_high"))
+            }
+        lines.append(json.dumps(record) + "\n")
+    (old / JSONL).write_text("".join(lines))
+    back = read_run(old).history
+    assert "accuracy_now_low" not in back.history
+    gaps = gap_table(back)
+    assert math.isnan(gaps[0]["accuracy"].now_low)
+    assert format_gap_line(gaps[0]["accuracy"]).startswith("gap accuracy: mean ")
+    rows = forecasts(back)  # the tolerance falls back to the batch noise alone
+    assert len(rows) == 2 and all(math.isfinite(r.forecast.tolerance) for r in rows)
+    assert main(["show", str(old), "--quiet"]) == 0
+    assert main(["report", str(old), "-o", str(tmp_path / "r.html"), "--quiet"]) == 0
 
 
 @pytest.mark.parametrize("command", [["show", "--json"], ["report", "-o", "page.html"]])

@@ -37,6 +37,8 @@ def test_epoch_end_values_equal_the_history_as_float32(logged):
         tags |= {
             f"train/{name}_mean": name,
             f"train/{name}_now": f"{name}_now",
+            f"train/{name}_now_low": f"{name}_now_low",
+            f"train/{name}_now_high": f"{name}_now_high",
             f"val/{name}": f"val_{name}",
             f"train_eval/{name}": f"train_eval_{name}",
             f"train_eval/{name}_train_mode": f"train_eval_train_mode_{name}",

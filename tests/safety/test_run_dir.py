@@ -234,13 +234,24 @@ def test_failed_checkpoint_writes_are_counted_and_the_last_line_says_how_old(
 
 
 @pytest.mark.parametrize(
-    "name", ["accuracy_now", "val_loss", "train_eval_accuracy", "lr", "type", "step", "values"]
+    "name",
+    [
+        "accuracy_now",
+        "accuracy_now_low",
+        "val_loss",
+        "train_eval_accuracy",
+        "lr",
+        "type",
+        "step",
+        "values",
+    ],
 )
 def test_metric_names_that_clash_with_fitlens_keys_are_refused(name: str) -> None:
     def metric(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.argmax(1) == targets).float().mean()
 
-    with pytest.raises(ValueError, match=r"Reserved: \*_now, val_\*, train_eval_\*") as caught:
+    reserved = r"Reserved: \*_now, \*_now_low, \*_now_high, val_\*, train_eval_\*"
+    with pytest.raises(ValueError, match=reserved) as caught:
         fitlens.fit(torch.nn.Linear(3, 2), _xy(), loss="cross_entropy", optimizer="sgd",
                     metrics={name: metric}, verbose=0)  # fmt: skip
     assert repr(name) in str(caught.value)

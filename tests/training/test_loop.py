@@ -4,6 +4,7 @@ bad input, and host synchronisation."""
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 
@@ -37,8 +38,12 @@ def test_fit_returns_keras_style_history_with_mean_now_and_validation(blobs, mlp
     assert list(h.history) == [
         "loss",
         "loss_now",
+        "loss_now_low",
+        "loss_now_high",
         "accuracy",
         "accuracy_now",
+        "accuracy_now_low",
+        "accuracy_now_high",
         "val_loss",
         "val_accuracy",
     ]
@@ -288,8 +293,9 @@ def test_callbacks_see_hooks_in_order_with_mean_and_now_and_can_stop_training(bl
         callbacks=[Recorder()],
         verbose=0,
     )
-    keys = "['accuracy', 'accuracy_now', 'loss', 'loss_now']"
-    val_keys = "['accuracy', 'accuracy_now', 'loss', 'loss_now', 'val_accuracy', 'val_loss']"
+    now = "'{0}', '{0}_now', '{0}_now_high', '{0}_now_low'"
+    keys = f"[{now.format('accuracy')}, {now.format('loss')}]"
+    val_keys = f"[{now.format('accuracy')}, {now.format('loss')}, 'val_accuracy', 'val_loss']"
     assert events == [
         "train_begin",
         "epoch_begin 0",
@@ -527,3 +533,27 @@ def test_the_returned_history_does_not_keep_the_model_or_optimizer_alive():
     gc.collect()
     assert alive() is None
     assert history.lens is not None  # what a later fit(..., history=history) continues from
+
+
+def test_a_torchmetric_that_is_not_a_batch_mean_shows_no_now_and_one_that_is_keeps_it(blobs, mlp):
+    # A macro F1 over the epoch is not the mean of per-batch F1s: a trend through batch F1s
+    # would estimate another quantity, so it shows its value alone and records NaN; a micro accuracy
+    # is a batch mean, so it keeps its now and interval.
+    torchmetrics = pytest.importorskip("torchmetrics")
+    x, y = blobs
+    f1 = torchmetrics.classification.MulticlassF1Score(num_classes=3, average="macro")
+    acc = torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro")
+    out = io.StringIO()
+    h = fitlens.fit(mlp, (x, y), loss="cross_entropy", optimizer="adam",
+                    metrics={"f1": f1, "acc": acc}, epochs=2, batch_size=40,
+                    validation_data=(x, y), verbose=fitlens.Progress(2, file=out))  # fmt: skip
+    assert all(math.isnan(v) for v in h.history["f1_now"] + h.history["f1_now_high"])
+    assert all(0.0 <= lo <= v <= hi <= 1.0 for lo, v, hi in zip(
+        h.history["acc_now_low"], h.history["acc_now"], h.history["acc_now_high"], strict=True
+    ))  # fmt: skip
+    epoch_lines = [line for line in out.getvalue().splitlines() if line.startswith("Epoch ")]
+    f1_mean = h.history["f1"][0]
+    assert f"f1: {f1_mean:.4f} - acc: " in epoch_lines[0]  # the value alone, no "(now ...)"
+    assert "acc: " in epoch_lines[0] and "acc: 0" in epoch_lines[0]
+    gap_lines = [line for line in out.getvalue().splitlines() if line.startswith("gap ")]
+    assert gap_lines and all(line.startswith("gap acc (estimated)") for line in gap_lines)

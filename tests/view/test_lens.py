@@ -36,7 +36,24 @@ def test_lens_records_history_timing_and_lines_like_fit():
     assert history.history["loss"] == pytest.approx([0.6, 1.6])  # (4 + 2 + 0) / 10, + 1
     assert history.history["loss_now"] == pytest.approx([0.6, 1.1])  # all 6 batches: 22 / 20
     assert history.history["val_loss"] == [0.25, 0.25]
-    assert logs == {"loss": pytest.approx(1.6), "loss_now": pytest.approx(1.1), "val_loss": 0.25}
+    assert logs == {
+        "loss": pytest.approx(1.6),
+        "loss_now": pytest.approx(1.1),
+        "loss_now_low": history.history["loss_now_low"][1],
+        "loss_now_high": history.history["loss_now_high"][1],
+        "val_loss": 0.25,
+    }
+    # the interval holds the estimate and stays in the loss's range (>= 0): clipped at 0
+    assert history.history["loss_now_low"][0] == 0.0
+    assert all(
+        lo <= now <= hi
+        for lo, now, hi in zip(
+            history.history["loss_now_low"],
+            history.history["loss_now"],
+            history.history["loss_now_high"],
+            strict=True,
+        )
+    )
     assert history.timing["data_wait"] == pytest.approx([0.3, 0.3])
     assert history.timing["compute"] == pytest.approx([1.2, 1.2])
     assert history.timing["eval"] == pytest.approx([1.0, 1.0])
@@ -45,19 +62,21 @@ def test_lens_records_history_timing_and_lines_like_fit():
     assert history.batches["size"].tolist() == [4, 4, 2] * 2
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("Epoch 1/2 - 3 steps - 2.5s")
-    # fit's lines (fitlens.view.epoch_end): the validation value comes without a spread, so no interval.
+    # fit's lines (fitlens.view.epoch_end): the validation value comes without a spread, so
+    # no interval; the now value has one, cut at 0 (a loss), and says why it is wide; the
+    # forecast's tolerance includes it.
     assert lines[1:4] == [
-        "gap loss (estimated): mean 0.6000 -> now ~0.6000 (lag ~+0.0000) -> val 0.2500 "
-        "(mode + generalisation ~-0.3500)",
-        "forecast epoch 2: its first 3 batches should show loss ~0.6000 ± 0.0000 (the now "
+        "gap loss (estimated): mean 0.6000 -> now ~0.6 [0.0, 1.6] (uncertain: curve "
+        "bending) (lag ~+0.0000) -> val 0.2500 (mode + generalisation ~-0.3500)",
+        "forecast epoch 2: its first 3 batches should show loss ~0.6000 ± 1.1760 (the now "
         "estimate), not 0.6000 (the mean): a jump of +0.0000",
         "forecast check epoch 2: loss 1.6000 after 3 batches (jump +1.0000) vs forecast "
-        "0.6000 ± 0.0000 (jump +0.0000): not as forecast (off by +1.0000)",
+        "0.6000 ± 1.1760 (jump +0.0000): as forecast",
     ]
     assert lines[4].startswith("Epoch 2/2 - 3 steps - 2.5s")
     assert lines[5:] == [  # no forecast after the last epoch
-        "gap loss (estimated): mean 1.6000 -> now ~1.1000 (lag ~-0.5000) -> val 0.2500 "
-        "(mode + generalisation ~-0.8500)"
+        "gap loss (estimated): mean 1.6000 -> now ~1.1 ±0.5 (uncertain: few batches yet) "
+        "(lag ~-0.5000) -> val 0.2500 (mode + generalisation ~-0.8500)"
     ]
     assert [g["epoch"] for g in history.gaps] == [1, 2]
     assert history.gaps[1]["metrics"]["loss"]["total"] == pytest.approx(0.25 - 1.6)
@@ -80,7 +99,10 @@ def test_lines_are_about_the_first_metric_with_a_validation_value_and_never_a_re
     val = {"val_auc": 0.5, "val_mae": 0.5, "val_loss": 1.0}
     _run(obs, FakeClock(), [[(1, batch, 8)], [(1, batch, 8)]], val)
     text = out.getvalue()
-    assert "gap mae (estimated): mean 0.2500 -> now ~0.2500 (lag ~+0.0000) -> val 0.5000" in text
+    assert (
+        "gap mae (estimated): mean 0.2500 -> now ~0.2500 ±? (uncertain: few batches yet) "
+        "(lag ~+0.0000) -> val 0.5000" in text
+    )
     assert "forecast epoch 2: its first 1 batches should show mae ~0.2500" in text
     assert "forecast check epoch 2: mae 0.2500 after 1 batches" in text
     ends = [line for line in text.splitlines() if line.startswith(("gap", "forecast"))]
@@ -170,7 +192,8 @@ def test_a_log_gets_a_line_every_30_seconds_of_a_long_epoch_with_etas_and_data_s
     assert _steps_logged(lines) == [30, 60, 90, 100, 130, 160, 190, 200]
     # 970 steps left at 1 s each; the run adds the second epoch's 1000 steps.
     assert lines[0] == (
-        "Epoch 1/2 - 30/1000 - 00:30<16:10 (run 32:50) - data 25% - loss: 0.5000 (now 0.5000)"
+        "Epoch 1/2 - 30/1000 - 00:30<16:10 (run 32:50) - data 25% - loss: 0.5000 (now 0.5000 "
+        "±0.0000)"
     )
 
 
@@ -225,3 +248,30 @@ def test_a_log_reads_the_now_estimates_only_for_the_lines_it_writes():
     assert reads == list(range(10, 101, 10))  # one read per line written
     obs.end_epoch()
     assert len(out.getvalue().splitlines()) == 11
+
+
+def test_an_epoch_end_fits_each_metrics_now_estimator_once_for_value_interval_and_lines():
+    # History row, summary line, gap line and forecast all come from one fit per metric.
+    from fitlens.core.estimators import EMATrend
+
+    fits: list[int] = []
+
+    class Counted(EMATrend):
+        def fit(self):
+            fits.append(1)
+            return super().fit()
+
+    clock = FakeClock()
+    obs = Lens(Progress(2, file=io.StringIO()), Counted(beta=0.9), clock=clock)
+    obs.begin_run(2, 100)
+    obs.begin_epoch(0)
+    for step in range(1, 101):
+        obs.begin_step()
+        clock.t += 0.05
+        obs.step_done(
+            step, {"loss": 1.0 / step, "accuracy": 0.5}, dict.fromkeys(("loss", "accuracy"), 4), 4
+        )
+    fits.clear()
+    obs.end_epoch({"val_loss": 0.5})
+    assert len(fits) == 2
+    assert obs.history.history["loss_now_low"][0] <= obs.history.history["loss_now"][0]

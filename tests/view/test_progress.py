@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from fitlens.core.estimators import NowEstimate
 from fitlens.core.numbers import format_value
 from fitlens.view.progress import (
     Progress,
@@ -308,3 +309,40 @@ def test_a_resumed_epochs_line_times_the_resumed_steps_and_says_which():
     assert format_epoch_line(state) == (
         "Epoch 2/5 - 45 steps - 1.6s for steps 21-45 (64ms/step, data 12%)"
     )
+
+
+_NOWS = {
+    "loss": NowEstimate(0.2512, 0.2391, 0.2633),
+    "accuracy": NowEstimate(0.94123, 0.92923, 0.95323),
+}
+
+
+def test_the_display_shows_each_now_value_with_its_interval_in_every_line():
+    metrics = {"loss": (0.5, 0.2512), "accuracy": (0.8918, 0.94123)}
+    spelled = "loss: 0.5000 (now 0.251 ±0.012) - accuracy: 0.8918 (now 0.941 ±0.012)"
+    assert format_metrics(metrics, _NOWS) == spelled
+    state = _wide_state(**metrics)
+    state = ProgressState(**{**state.__dict__, "nows": _NOWS})
+    assert format_step_line(state).endswith(f"data 36% - {spelled}")
+    assert format_terminal(state, 80) == [_HEAD, spelled]
+    narrow = format_terminal(state, 50)
+    assert narrow[1:] == ["mean→now:  accuracy .8918→.941±.012", "loss .5000→.251±.012"]
+
+
+def test_a_wide_now_interval_says_why_in_words_in_the_spelled_and_compact_display():
+    nows = {
+        "loss": NowEstimate(0.2512, 0.2391, 0.2633),
+        "accuracy": NowEstimate(0.9, 0.82, 0.98, note="few batches yet"),
+    }
+    metrics = {"loss": (0.5, 0.2512), "accuracy": (0.8918, 0.9)}
+    assert format_metrics(metrics, nows) == (
+        "loss: 0.5000 (now 0.251 ±0.012) - accuracy: 0.8918 (now 0.90 ±0.08, uncertain: few "
+        "batches yet)"
+    )
+    state = ProgressState(**{**_wide_state(**metrics).__dict__, "nows": nows})
+    lines = format_terminal(state, 70)
+    assert lines[1:] == [
+        "mean→now:  loss .5000→.251±.012  accuracy .8918→.90±.08",
+        "now uncertain: accuracy (few batches yet)",
+    ]
+    assert all(len(line) <= 70 for line in lines)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import fitlens
+
 # Skips only outside CI: under CI=true a missing tmux is a failure (.ci/run installs it).
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None and os.environ.get("CI") != "true",
@@ -68,12 +70,17 @@ def _wait_for(condition, what: str, seconds: float = 120.0) -> None:
 def test_an_80_column_terminal_shows_the_bar_and_every_mean_and_now_uncut(tmp_path: Path):
     script = tmp_path / "train.py"
     script.write_text(_SCRIPT)
-    session = f"fitlens-{tmp_path.name}"
+    session = f"fitlens-{os.getpid()}-{tmp_path.name}"  # unique across concurrent test runs
     command = f"{sys.executable} {script} {tmp_path / 'go'}; sleep 60"
     subprocess.run(
         ["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", command],
         check=True,
-        env={"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "HOME": str(tmp_path)},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TERM": "xterm-256color",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(Path(fitlens.__file__).parents[1]),  # the fitlens under test
+        },
     )
     try:
         _wait_for((tmp_path / "paused").exists, "batch 15")
@@ -85,14 +92,21 @@ def test_an_80_column_terminal_shows_the_bar_and_every_mean_and_now_uncut(tmp_pa
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
 
-    assert len(mid) == 2, mid  # the bar line and the metrics line, nothing else
-    bar, metrics = mid
+    # the bar line, then the metrics: spelled out on one line when they fit, else compact
+    # (mean→now with the interval) and, when an interval is wide, a line saying why
+    bar, *metrics = mid
+    assert 1 <= len(metrics) <= 3 and all(len(line) <= 80 for line in mid), mid
     assert re.fullmatch(
         r"Epoch 1/1 \d+/50 \|[█▏▎▍▌▋▊▉ ]{20}\| \d\d:\d\d<\S+ \(run \S+\) - data \d+%", bar
     ), bar
-    value = r"(-?\d+\.\d{4}(e[+-]\d\d)?|nan)"  # format_value's forms
-    assert re.fullmatch(
-        rf"loss: {value} \(now {value}\) - accuracy: {value} \(now {value}\)", metrics
-    ), metrics
+    band = r"(±\S+|\[\S+, ?\S+\])"  # format_interval's forms, spelled or compact
+    for name in ("loss", "accuracy"):
+        spelled = rf"{name}: \S+ \(now \S+ {band}"
+        compact = rf"{name} \S+→[^±\[\s]+{band}"
+        assert re.search(spelled, metrics[0]) or re.search(compact, " ".join(metrics)), metrics
+    notes = [line for line in metrics if line.startswith("now uncertain: ")]
+    assert all(
+        re.fullmatch(r"now uncertain: .*\((few batches yet|curve bending)\)", n) for n in notes
+    )
     # The status lines are gone; the epoch's summary line stays (-J joins its wrapped rows).
     assert len(end) == 2 and end[0].startswith("Epoch 1/1 - 50 steps - ") and end[1] == "DONE"

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fitlens.core.metric_range import NONNEGATIVE, UNBOUNDED, MetricRange, declared_range
+
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 #: Keras's ``backend.epsilon()``: probabilities are clipped to ``[EPSILON, 1 - EPSILON]``.
@@ -337,6 +339,33 @@ def check_first_batch(fn: LossFn, outputs: Any, targets: Any) -> None:
         fn.check(outputs, targets, got)
 
 
+#: torch.nn losses that cannot go below zero whatever their settings.
+_NONNEGATIVE_MODULES = (
+    torch.nn.CrossEntropyLoss,
+    torch.nn.BCELoss,
+    torch.nn.BCEWithLogitsLoss,
+    torch.nn.MSELoss,
+    torch.nn.L1Loss,
+    torch.nn.SmoothL1Loss,
+    torch.nn.HuberLoss,
+)
+
+
+def loss_range(fn: Any, name: str = "loss") -> MetricRange:
+    """The range of a loss's values, which its now estimate and interval never leave.
+
+    >= 0 for the built-in names and the torch.nn losses that cannot be negative (cross-entropy,
+    squared and absolute errors); what a callable declares with ``fitlens_range`` (see
+    `fitlens.core.metric_range.declared_range`); else unbounded.
+    """
+    declared = declared_range(fn, name)
+    if declared is not None:
+        return declared
+    if isinstance(fn, (Loss, *_NONNEGATIVE_MODULES)):  # every named loss is >= 0
+        return NONNEGATIVE
+    return UNBOUNDED
+
+
 __all__ = [
     "EPSILON",
     "LOSSES",
@@ -347,6 +376,7 @@ __all__ = [
     "LossFn",
     "SparseCategoricalCrossentropy",
     "check_first_batch",
+    "loss_range",
     "per_sample",
     "resolve_loss",
     "weighable",

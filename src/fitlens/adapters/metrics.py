@@ -4,16 +4,28 @@ A metric produces, per batch, a 0-d tensor that stays on the device (no host syn
 weights it by the batch size for the epoch mean, exactly like the loss. A torchmetrics
 ``Metric`` is *stateful*: its epoch value is ``metric.compute()`` over the epoch's accumulated
 state (what torchmetrics would report), and its per-batch value is what ``metric(...)`` returns.
+
+Every metric has a range (`fitlens.core.metric_range.MetricRange`) that its now estimate and
+interval never leave: ``"accuracy"`` is a rate in [0, 1]; a torchmetrics metric has the bounds
+it declares (``plot_lower_bound`` / ``plot_upper_bound``); a callable is unbounded unless it
+says otherwise with an attribute ``fitlens_range``: a ``(low, high)`` pair (``None`` for no
+bound) or a ``MetricRange``::
+
+    def precision_at_1(outputs, targets): ...
+    precision_at_1.fitlens_range = (0.0, 1.0)
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+
+from fitlens.core.metric_range import RATE, UNBOUNDED, MetricRange, declared_range
 
 MetricFn = Callable[[Any, Any], torch.Tensor]
 
@@ -101,18 +113,36 @@ def _is_torchmetric(obj: Any) -> bool:
     return tm is not None and isinstance(obj, tm.Metric)
 
 
+def metric_range(fn: Any, name: str) -> MetricRange:
+    """The range of a metric's values: declared (``fitlens_range``), a rate for `Accuracy`,
+    a torchmetrics metric's ``plot_lower_bound``/``plot_upper_bound``, else unbounded."""
+    declared = declared_range(fn, name)
+    if declared is not None:
+        return declared
+    if isinstance(fn, Accuracy):
+        return RATE
+    if _is_torchmetric(fn):
+        low, high = getattr(fn, "plot_lower_bound", None), getattr(fn, "plot_upper_bound", None)
+        return MetricRange(
+            -math.inf if low is None else float(low), math.inf if high is None else float(high)
+        )
+    return UNBOUNDED
+
+
 class TrackedMetric:
     """One named metric as the loop uses it.
 
     Attributes:
         name: the display name, exactly as the user gave it.
         stateful: True for torchmetrics metrics (epoch value from ``compute()``).
+        range: the `MetricRange` of its values (`metric_range`).
     """
 
     def __init__(self, name: str, fn: Any) -> None:
         self.name = name
         self.fn = fn
         self.stateful = _is_torchmetric(fn)
+        self.range = metric_range(fn, name)
 
     def to(self, device: torch.device) -> TrackedMetric:
         if self.stateful:

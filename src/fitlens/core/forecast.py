@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -101,6 +102,7 @@ def make_forecast(
     recent: np.ndarray,
     steps: int = FORECAST_STEPS,
     now_interval: tuple[float, float] | None = None,
+    now_level: float = 0.95,
 ) -> Forecast:
     """The forecast for 1-based ``epoch`` from the previous epoch's end.
 
@@ -109,14 +111,19 @@ def make_forecast(
         reported: the mean at the previous epoch's end. now: the now estimate there.
         recent: the last batch values of the previous epoch (for the noise).
         steps: how many first batches the forecast covers.
-        now_interval: the now estimate's own 95% interval (``Estimator.interval(0.95)``): its
-            larger half-width is added in quadrature to the noise of the first batches' mean,
-            since the forecast is only as sure as the now estimate. None: batch noise alone.
+        now_interval: the now estimate's own interval at ``now_level``: its larger
+            half-width, scaled to 95%, is added in quadrature to the noise of the first
+            batches' mean, since the forecast is only as sure as the now estimate. `fit`, the
+            callbacks and the report all pass the interval stored as ``m_now_low`` and
+            ``m_now_high`` (the one shown), so they agree. None (or NaN ends, a history
+            written before intervals): batch noise alone; an infinite one: no tolerance (NaN).
+        now_level: the interval's level, in (0, 1).
     """
     tolerance = Z95 * batch_noise(recent[-NOISE_WINDOW:]) / math.sqrt(steps)
-    if now_interval is not None:
+    if now_interval is not None and not any(math.isnan(b) for b in now_interval):
         half = max(now - now_interval[0], now_interval[1] - now)
-        tolerance = math.hypot(tolerance, half)
+        half *= Z95 / NormalDist().inv_cdf(0.5 + now_level / 2)
+        tolerance = math.hypot(tolerance, half) if math.isfinite(half) else math.nan
     return Forecast(metric, epoch, steps, reported, now, tolerance)
 
 

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fitlens.core.numbers import format_value, signed_value
+from fitlens.core.numbers import format_interval, format_value, signed_value
 
 #: two-sided 95% normal quantile.
 Z95 = 1.959963984540054
@@ -120,6 +120,9 @@ class GapDecomposition:
         metric: the metric's name (``"loss"``, ``"accuracy"``, ...).
         reported: the epoch's running mean, what Keras shows.
         now: the now estimate at epoch end.
+        now_low, now_high: its interval (``History``'s ``m_now_low``/``m_now_high``, at
+            `fitlens.core.estimators.NOW_LEVEL`); NaN when unknown (files written before).
+        now_note: why that interval is wide, in words (`NowEstimate.note`); None: it is not.
         train_mode: the current model on training data in train mode (None without train_eval).
         eval_mode: the current model on training data in eval mode (None without train_eval).
         validation: the current model on validation data in eval mode (None without it).
@@ -131,6 +134,9 @@ class GapDecomposition:
     train_mode: Measured | None = None
     eval_mode: Measured | None = None
     validation: Measured | None = None
+    now_low: float = math.nan
+    now_high: float = math.nan
+    now_note: str | None = None
 
     @property
     def estimated(self) -> bool:
@@ -189,6 +195,8 @@ class GapDecomposition:
             "estimated": self.estimated,
             "reported": self.reported,
             "now": self.now,
+            "now_low": self.now_low,
+            "now_high": self.now_high,
         }
         for key in ("train_mode", "eval_mode", "validation"):
             m = getattr(self, key)
@@ -215,15 +223,20 @@ def format_gap_line(d: GapDecomposition) -> str:
 
     Estimated (free)::
 
-        gap accuracy (estimated): mean 0.8740 -> now ~0.9210 (lag ~+0.0470) -> val 0.9150
-        [0.8800, 0.9400] (mode + generalisation ~-0.0060)
+        gap accuracy (estimated): mean 0.8740 -> now ~0.921 ±0.012 (lag ~+0.0470) -> val
+        0.9150 [0.8800, 0.9400] (mode + generalisation ~-0.0060)
 
-    (each printed on a single line).
+    (each printed on a single line). The now value's decimals follow its interval; a wide
+    interval says why: ``now ~0.94 ±0.08 (uncertain: curve bending)``.
     """
     if d.estimated:
+        value, band = format_interval(d.now, d.now_low, d.now_high)
+        now = f"{value} {band}" if band else value
+        if d.now_note:
+            now += f" (uncertain: {d.now_note})"
         parts = [
             f"gap {d.metric} (estimated): mean {format_value(d.reported)}",
-            f"now ~{format_value(d.now)} (lag ~{signed_value(d.averaging_lag)})",
+            f"now ~{now} (lag ~{signed_value(d.averaging_lag)})",
         ]
         if d.validation is not None:
             parts.append(

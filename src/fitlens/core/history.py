@@ -1,8 +1,15 @@
 """What a run recorded: per-epoch metrics (`History.history`) and per-batch rows (`History.batches`).
 
 `History.history` follows Keras (``{"loss": [...], "val_loss": [...]}``, one entry per epoch) and
-adds, for every training metric ``m``, ``m_now``: the lag-free now estimate at the epoch's end.
-``m`` itself is the epoch's running mean exactly as Keras would report it (weighted by samples).
+adds, for every training metric ``m``, ``m_now``: the lag-free now estimate at the epoch's end,
+and ``m_now_low``/``m_now_high``: its 90% interval (`fitlens.core.estimators.NOW_LEVEL`), never
+outside the metric's range. ``m`` itself is the epoch's running mean exactly as Keras would
+report it (weighted by samples).
+
+The interval is recorded at epoch ends only, not in `History.batches`: a value read at a
+display refresh depends on when the display refreshed, and reading one at fixed steps would
+cost an estimator fit per metric in the loop; the batch rows hold the values the estimate is
+computed from, so the report replays it at any step (`fitlens.report.series`).
 
 `History.batches` is a column store: numpy arrays grown geometrically, so a million steps cost
 tens of megabytes, not a dict per batch. Both export to CSV that pandas reads back.
@@ -37,19 +44,19 @@ BASE_COLUMNS = tuple(_BASE_COLUMNS)  # the batch log's own columns, before the m
 # Keys of fitlens's own: the batch log's columns, the record keys of history.jsonl, the
 # learning rate. With the forms below, a metric may not take these names.
 RESERVED_NAMES = ("lr", "type", "values", "logs", "timing", *_BASE_COLUMNS)
-RESERVED_FORMS = ("*_now", "val_*", "train_eval_*")
+RESERVED_FORMS = ("*_now", "*_now_low", "*_now_high", "val_*", "train_eval_*")
 
 
 def check_metric_names(names: Iterable[str]) -> None:
     """Refuse metric names that clash with keys fitlens makes itself.
 
     Raises:
-        ValueError: a name ends in ``_now``, starts with ``val_`` or ``train_eval_``, or is one
+        ValueError: a name ends in ``_now``, ``_now_low`` or ``_now_high``, starts with ``val_`` or ``train_eval_``, or is one
             of `RESERVED_NAMES`; the message lists the reserved forms.
     """
     for name in names:
         if (
-            name.endswith("_now")
+            name.endswith(("_now", "_now_low", "_now_high"))
             or name.startswith(("val_", "train_eval_"))
             or (name in RESERVED_NAMES)
         ):
@@ -168,7 +175,8 @@ class History:
     Attributes:
         history: ``{name: [value per epoch]}`` with, for every training metric ``m``: ``m`` (the
             epoch's running mean, as Keras reports it), ``m_now`` (the now estimate at epoch
-            end) and, when validation ran, ``val_m``.
+            end), ``m_now_low`` and ``m_now_high`` (its 90% interval) and, when validation
+            ran, ``val_m``.
         epoch: the 0-based epoch indices recorded (Keras's ``History.epoch``).
         timing: ``{name: [seconds per epoch]}`` with ``time`` (wall time of the epoch),
             ``data_wait`` (waiting for batches), ``compute`` (training steps) and ``eval``

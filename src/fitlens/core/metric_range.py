@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,28 @@ class MetricRange:
             return value
         return min(max(value, self.low), self.high)
 
+    def to_param(self) -> list[float | bool | None]:
+        """``[low, high, rate]`` as JSON can hold it (an infinite bound as None), for
+        ``History.params["ranges"]``; `from_param` reads it back."""
+        return [
+            self.low if math.isfinite(self.low) else None,
+            self.high if math.isfinite(self.high) else None,
+            self.rate,
+        ]
+
+    @classmethod
+    def from_param(cls, param: Any) -> MetricRange:
+        """The range `to_param` wrote (None or a malformed entry: unbounded, as runs before
+        ranges were recorded)."""
+        if not isinstance(param, list | tuple) or len(param) != 3:
+            return UNBOUNDED
+        low, high, rate = param
+        return cls(
+            -math.inf if low is None else float(low),
+            math.inf if high is None else float(high),
+            bool(rate),
+        )
+
     def __repr__(self) -> str:
         if self == RATE:
             return "RATE"
@@ -92,6 +115,36 @@ _NONNEGATIVE_NAMES = (
     "binary_cross_entropy_with_logits",
     "crossentropy",
 )
+
+
+def declared_range(fn: Any, name: str) -> MetricRange | None:
+    """The range a metric or loss declares with a ``fitlens_range`` attribute, if any:
+    a `MetricRange`, or a ``(low, high)`` pair with None for no bound.
+
+    Example:
+        >>> def error_rate(outputs, targets): ...
+        >>> error_rate.fitlens_range = (0.0, 1.0)
+        >>> declared_range(error_rate, "error_rate")
+        MetricRange(0.0, 1.0, rate=False)
+
+    Raises:
+        TypeError: the attribute is neither a ``MetricRange`` nor a ``(low, high)`` pair.
+    """
+    declared = getattr(fn, "fitlens_range", None)
+    if declared is None or isinstance(declared, MetricRange):
+        return declared
+    if isinstance(declared, tuple | list) and len(declared) == 2:
+        low, high = declared
+        try:
+            return MetricRange(
+                -math.inf if low is None else float(low), math.inf if high is None else float(high)
+            )
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name!r}.fitlens_range: {e}") from None
+    raise TypeError(
+        f"Expected {name!r}.fitlens_range to be a (low, high) pair (None: no bound) or a "
+        f"fitlens MetricRange. Received: {declared!r}; e.g. fn.fitlens_range = (0.0, 1.0)."
+    )
 
 
 def for_name(name: str) -> MetricRange:

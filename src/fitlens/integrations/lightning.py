@@ -26,6 +26,12 @@ fitlens adds, under the plain ``name``:
 Validation values (logged in ``validation_step`` with ``on_epoch=True``) appear as ``val_*``:
 names that already start with ``val`` are kept, others get the ``val_`` prefix.
 
+Under Lightning's DDP (``strategy="ddp"``, more than one process) the training values are
+global, as in `fitlens.fit` under torchrun: at each display refresh and epoch end one
+``all_gather`` combines every rank's per-batch values into sample-weighted global rows, the same
+on every rank (log them with ``sync_dist=False``: each rank's own value); rank 0 shows them.
+Validation values are what Lightning reports: global when logged with ``sync_dist=True``.
+
 With ``enable_progress_bar=False`` the callback's display replaces Lightning's bar; with the bar
 on, both show (pass ``verbose=0`` to only record the history). Reading the values costs one
 device-to-host copy per batch, as Lightning's own progress bar does.
@@ -116,6 +122,13 @@ class FitlensCallback(pl.Callback):
         self._validation: dict[str, float] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:  # Lightning's own DDP: global values, rank 0 shows them
+            from fitlens.training.reduction import gather_rows
+
+            self.lens.reduce = gather_rows
+            if not trainer.is_global_zero:
+                interval = self.progress.refresh_interval
+                self.lens.progress = Progress(0, refresh_per_second=1.0 / interval)
         steps = trainer.num_training_batches
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         self.lens.begin_run(epochs, int(steps) if math.isfinite(steps) else None)
@@ -167,7 +180,7 @@ class FitlensCallback(pl.Callback):
             self.lens.flush()
             snapshot = self.lens.snapshot()
             for name in values:
-                now = snapshot[name][1]
+                now = snapshot[name][1].value
                 pl_module.log(f"{name}_now", now, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -188,5 +201,6 @@ class FitlensCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.lens.end_run()
+        self.lens.reduce = None
         if self.tensorboard is not None:
             self.tensorboard.detach()

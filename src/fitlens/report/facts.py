@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fitlens.core.estimators import NOW_LEVEL
 from fitlens.core.forecast import (
     FORECAST_STEPS,
     NOISE_WINDOW,
@@ -74,6 +75,12 @@ def _measured(history: Any, name: str, role: str, i: int) -> Measured | None:
     return Measured(float(column[i]))
 
 
+def _logged(history: Any, key: str, i: int) -> float:
+    """``history.history[key][i]``, NaN when the run did not record ``key`` (older files)."""
+    column = history.history.get(key)
+    return math.nan if column is None or i >= len(column) else float(column[i])
+
+
 def gap_table(history: Any) -> list[dict[str, GapDecomposition]]:
     """Per recorded epoch, ``{metric: GapDecomposition}`` rebuilt from ``history.history``."""
     out = []
@@ -86,7 +93,9 @@ def gap_table(history: Any) -> list[dict[str, GapDecomposition]]:
             row[name] = GapDecomposition(
                 metric=name,
                 reported=float(history.history[name][i]),
-                now=float(history.history.get(f"{name}_now", [math.nan] * (i + 1))[i]),
+                now=_logged(history, f"{name}_now", i),
+                now_low=_logged(history, f"{name}_now_low", i),
+                now_high=_logged(history, f"{name}_now_high", i),
                 train_mode=modes["train_mode"] if modes["eval_mode"] else None,
                 eval_mode=modes["eval_mode"] if modes["train_mode"] else None,
                 validation=modes["validation"],
@@ -135,9 +144,14 @@ def forecasts(history: Any, metric: str | None = None) -> list[ForecastRow]:
             name,
             e0 + 2,
             float(history.history[name][i]),
-            float(history.history.get(f"{name}_now", [math.nan] * (i + 1))[i]),
+            _logged(history, f"{name}_now", i),
             np.asarray(recent),
             min(FORECAST_STEPS, per_epoch or FORECAST_STEPS),
+            now_interval=(
+                _logged(history, f"{name}_now_low", i),
+                _logged(history, f"{name}_now_high", i),
+            ),
+            now_level=NOW_LEVEL,
         )
         a, b = following
         reached = np.flatnonzero(steps[a:b] >= f.steps)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
+from fitlens.core.metric_range import UNBOUNDED, MetricRange
 from fitlens.core.stream import BLOCK, Blocks
 
 _ESTIMATORS = {
@@ -152,10 +153,15 @@ class NowReplay:
     Args:
         columns: how many metrics (the batch log's metric columns, in order).
         spec: the run's ``params["now"]`` or an `Estimator`.
+        ranges: each column's range (the run's ``params["ranges"]``, see `column_ranges`);
+            None: unbounded, as runs recorded before ranges were.
     """
 
-    def __init__(self, columns: int, spec: Any = DEFAULT_NOW) -> None:
-        self.estimators = [now_estimator(spec) for _ in range(columns)]
+    def __init__(
+        self, columns: int, spec: Any = DEFAULT_NOW, ranges: Sequence[MetricRange] | None = None
+    ) -> None:
+        bounds = list(ranges) if ranges is not None else [UNBOUNDED] * columns
+        self.estimators = [now_estimator(spec).clone(b) for b in bounds]
         self.epoch: int | None = None
         self._tail = Blocks(columns)
         self._cached: list[float] | None = None
@@ -193,6 +199,7 @@ def replay_now(
     epochs: np.ndarray,
     spec: Any = DEFAULT_NOW,
     points: int = 2000,
+    ranges: Sequence[MetricRange] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The now estimates after selected batches, replayed as the run computed them.
 
@@ -204,6 +211,7 @@ def replay_now(
     Args:
         table: ``(batches, metrics)``: every metric column of the batch log, in its order.
         sizes, epochs: the batch log's ``size`` and ``epoch`` columns.
+        ranges: each metric's range, as in `NowReplay`.
 
     Returns:
         ``(rows, now)``: the row indices evaluated (increasing) and a ``(len(rows), metrics)``
@@ -222,7 +230,7 @@ def replay_now(
     if 4 * len(starts) <= points:
         wanted[ends - 1] = True
     wanted[n - 1] = True
-    replay = NowReplay(v.shape[1], spec)
+    replay = NowReplay(v.shape[1], spec, ranges)
     rows: list[int] = []
     out: list[list[float]] = []
     epoch_of = np.asarray(epochs)
@@ -235,6 +243,14 @@ def replay_now(
             rows.append(int(i))
             out.append(replay.values)
     return np.asarray(rows, dtype=np.int64), np.asarray(out).reshape(len(rows), v.shape[1])
+
+
+def column_ranges(params: Mapping[str, Any], names: Sequence[str]) -> list[MetricRange]:
+    """Each metric's range as the run recorded it in ``params["ranges"]`` (unbounded when it
+    did not: runs written before ranges were recorded computed their estimates unbounded)."""
+    recorded = params.get("ranges")
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    return [MetricRange.from_param(recorded.get(n)) for n in names]
 
 
 def metric_table(batches: Any, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -309,7 +325,14 @@ def history_curves(
     epochs, sizes = batches["epoch"], batches["size"]
     x = positions(epochs, batches["step"], history.params.get("steps"))
     table = metric_table(batches)
-    rows, now = replay_now(table, sizes, epochs, history.params.get("now", DEFAULT_NOW), points)
+    rows, now = replay_now(
+        table,
+        sizes,
+        epochs,
+        history.params.get("now", DEFAULT_NOW),
+        points,
+        column_ranges(history.params, batches.metric_names),
+    )
     ends = np.asarray([e + 1 for e in history.epoch], dtype=np.float64)
     out = {}
     for name in wanted:
@@ -359,6 +382,7 @@ __all__ = [
     "EpochPoint",
     "MetricCurves",
     "NowReplay",
+    "column_ranges",
     "history_curves",
     "metric_table",
     "now_estimator",

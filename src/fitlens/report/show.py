@@ -11,6 +11,7 @@ from typing import Any
 
 from fitlens.core.forecast import format_check_line, format_forecast_line
 from fitlens.core.gap import format_gap_line
+from fitlens.core.numbers import format_interval
 from fitlens.report.facts import (
     forecasts,
     gap_table,
@@ -110,6 +111,16 @@ def _cell(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _now_cell(logs: dict[str, Any], name: str) -> str:
+    """The now value with its interval (``0.941 ±0.012``) as the display showed it; the value
+    alone for a run recorded before intervals were."""
+    now = logs.get(f"{name}_now")
+    low, high = logs.get(f"{name}_now_low"), logs.get(f"{name}_now_high")
+    if now is None or not math.isfinite(now) or low is None or high is None:
+        return _cell(now)
+    return " ".join(format_interval(now, low, high))
+
+
 def render_text(data: dict[str, Any]) -> str:
     """The terminal view of `show_data`'s output."""
     out = [f"run: {data['source']}", f"status: {data['outcome']}"]
@@ -128,7 +139,7 @@ def render_text(data: dict[str, Any]) -> str:
         logs, gap, t = e["logs"], e["gaps"].get(head, {}), e["timing"]
         row = [str(e["epoch"])]
         for n in names:
-            row += [_cell(logs.get(n)), _cell(logs.get(f"{n}_now")), _cell(logs.get(f"val_{n}"))]
+            row += [_cell(logs.get(n)), _now_cell(logs, n), _cell(logs.get(f"val_{n}"))]
         rest = gap.get("rest") if gap.get("estimated", True) else gap.get("generalisation")
         share = None
         if t["time"] and t["data_wait"] is not None:

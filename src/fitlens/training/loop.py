@@ -28,6 +28,7 @@ from fitlens.core.history import History
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume
 from fitlens.training.callbacks import Callback
+from fitlens.training.distributed import Strategy
 from fitlens.training.schedules import SchedulerInterval
 from fitlens.training.setup import Training, check_arguments
 from fitlens.training.update import Precision
@@ -73,6 +74,8 @@ def fit(
     monitor: str = "val_loss",
     compile: bool | Mapping[str, Any] = False,
     clock: Clock | None = None,
+    strategy: Strategy = "auto",
+    ddp_timeout: float = 60.0,
 ) -> History:
     """Train ``model`` on ``train`` and return its `History`, showing mean *and* now per metric.
 
@@ -170,6 +173,13 @@ def fit(
         compile: ``True`` trains through ``torch.compile(model)`` (or a dict of its
             arguments); checkpoints, validation and ``train_eval`` use the model itself.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        strategy: ``"auto"`` (default: data-parallel under ``torchrun`` with more than one
+            process, else one process), ``"ddp"`` (DistributedDataParallel; fails outside
+            torchrun with the command to run) or ``"single"``. Under DDP ``batch_size`` is per
+            process and every reported number is global; see `fitlens.training.distributed`
+            and the README's "Several GPUs or machines".
+        ddp_timeout: seconds a rank waits for the others in a collective before failing, when
+            `fit` initialises the process group (default 60).
 
     Returns:
         A `History`: ``history.history`` per epoch, ``history.batches`` per batch.
@@ -181,8 +191,8 @@ def fit(
         >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
         >>> h = fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd",
         ...                 metrics=["accuracy"], epochs=2, batch_size=16, verbose=0)
-        >>> sorted(h.history), len(h.batches)
-        (['accuracy', 'accuracy_now', 'loss', 'loss_now'], 8)
+        >>> [k for k in h.history if k.startswith("accuracy")], len(h.batches)
+        (['accuracy', 'accuracy_now', 'accuracy_now_low', 'accuracy_now_high'], 8)
 
     Raises:
         ValueError / TypeError: before the first step, for invalid arguments; on the first
@@ -196,7 +206,8 @@ def fit(
     first, end = check_arguments(model, epochs, initial_epoch, history)
     t = Training(**arguments, end=end)  # resolves and checks the rest before the first step
     lens, safety, hooks, run = t.lens, t.safety, t.callbacks, t.run
-    first = t.first_epoch = safety.begin(first)  # the checkpoint's epoch when resuming
+    first = safety.begin(first)  # the checkpoint's epoch when resuming
+    first = t.first_epoch = t.share_resume(first)  # under DDP: every rank restores rank 0's one
     hooks.train_begin({})
     try:
         for epoch in range(first, end):
@@ -214,6 +225,8 @@ def fit(
             if t.stop:
                 break
     except BaseException as e:
+        if t.dist is not None:
+            t.dist.failed(e)  # names this rank in the error
         safety.close(e)  # the summary records why the run ended
         raise
     finally:

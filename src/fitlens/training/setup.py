@@ -9,6 +9,7 @@ methods keep the loop short: ``begin_epoch`` returns the epoch's batches on the 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from fitlens.adapters.data import BatchSource, to_device, unpack_weighted
 from fitlens.adapters.dtypes import Float64Cast, input_dtype
 from fitlens.adapters.evaluation import measure_batches, model_device
-from fitlens.adapters.losses import LossFn, resolve_loss, weighable
+from fitlens.adapters.losses import LossFn, loss_range, resolve_loss, weighable
 from fitlens.adapters.metrics import resolve_metrics
 from fitlens.adapters.optimizers import resolve_optimizer
 from fitlens.adapters.prefetch import Prefetcher, validate_prefetch
@@ -29,6 +30,15 @@ from fitlens.core.history import History, check_metric_names
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
 from fitlens.training.callbacks import Callback, CallbackList, RunState
+from fitlens.training.distributed import (
+    DefaultSignals,
+    Distributed,
+    Strategy,
+    check_ddp_timeout,
+    check_supported,
+    closed_on_error,
+    resolve_strategy,
+)
 from fitlens.training.epoch_truth import EpochTruth, measured
 from fitlens.training.schedules import LR, SchedulerInterval, resolve_schedule
 from fitlens.training.step import TrainStep, tensors_to_host
@@ -84,6 +94,7 @@ class Training:
     Takes `fit`'s arguments as they are, and ``end``: the 0-based epoch after the last to run.
     """
 
+    @closed_on_error  # under DDP: a failing set-up tears down the process group fit started
     def __init__(
         self,
         model: torch.nn.Module,
@@ -115,6 +126,8 @@ class Training:
         initial_epoch: int | None,
         history: History | None,
         clock: Clock | None,
+        strategy: Strategy,
+        ddp_timeout: float,
         end: int,
         precision: Precision = "32",
         accumulate: int = 1,
@@ -133,6 +146,24 @@ class Training:
         metrics, grad_norm = split_grad_norm(metrics)
         self.metrics = resolve_metrics(metrics, reserved=("loss",))
         check_metric_names(m.name for m in self.metrics)
+        check_ddp_timeout(ddp_timeout)
+        wrapped, self.dist = model, None  # under DDP: the wrapped model runs the step
+        self.resume, self.checkpoints = resume, run_dir is not None
+        if resolve_strategy(strategy):
+            check_supported(
+                on_nonfinite=on_nonfinite,
+                train_eval=train_eval,
+                stateful=[m.name for m in self.metrics if m.stateful],
+            )
+            self.dist = d = Distributed(model, device, ddp_timeout)
+            wrapped, model, device = d.wrapped, d.module, d.device
+            if d.rank != 0:  # one voice: the other ranks write nothing, on the same schedule
+                progress = Progress(0, refresh_per_second=1.0 / progress.refresh_interval)
+                run_dir, resume = None, False  # rank 0 reads the checkpoint and shares it
+            # Checkpoints at epoch ends only: a mid-epoch one would flush (a collective) on
+            # rank 0 alone.
+            base = checkpointing or Checkpointing()
+            checkpointing = dataclasses.replace(base, every_steps=None, every_minutes=None)
         self.device = dev = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(dev)
         for m in self.metrics:
@@ -157,6 +188,14 @@ class Training:
             )
         self.cast = Float64Cast(input_dtype(model), "train")  # float64 inputs: one rule
         self.val_cast = Float64Cast(self.cast.dtype, "validation_data")
+        if self.dist is not None:
+            if weights is not None or sample_weight is not None:
+                raise ValueError(
+                    "class_weight and sample_weight are not supported under DDP yet. "
+                    "Received them with strategy='ddp' (or a torchrun launch with "
+                    "strategy='auto'): train on one process, or weigh the loss yourself."
+                )
+            self.dist.shard(self.source, batch_size)
         self.val_source = None
         if validation_data is not None:
             self.val_source = BatchSource(
@@ -203,12 +242,17 @@ class Training:
         }
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
+        ranges = {"loss": loss_range(self.loss_fn), **{m.name: m.range for m in self.metrics}}
         self.lens.set_metrics(
             names,
             valued=names[: len(names) - len(extra)],
             epoch_values={m.name: m for m in self.metrics if m.stateful},
+            ranges=ranges,
         )
         self.lens.begin_run(end, self.source.steps)
+        if self.dist is not None:
+            self.dist.attach(self.lens)
+            self.lens.history.params["world_size"] = self.dist.world
         self.history = self.lens.history
         self.run = RunState(
             model, self.optimizer, self.history, self.history.params, lens=self.lens
@@ -228,7 +272,7 @@ class Training:
             source=self.source,
             callbacks=callbacks,
             clock=clock,
-            parts={"train_eval": self.truth},
+            parts={"train_eval": self.truth, **({"ddp": self.dist} if self.dist else {})},
         )
         self.update = Update(
             model,
@@ -247,6 +291,8 @@ class Training:
             self.safety.parts["schedule"] = self.schedule
             self.schedule.reported = self.lens.reported
             self.update.after_step.append(self.schedule.after_optimizer_step)
+        if self.dist is not None:
+            self.safety.guard = DefaultSignals()
         self.lens.after_refresh.append(self.safety.on_refresh)  # append history; "stop" check
         lens, safety = self.lens, self.safety
         grads = self.update.scaler is None  # a scaler skips overflowing gradients itself
@@ -255,7 +301,7 @@ class Training:
             if on_nonfinite == "skip"
             else None
         )
-        step_model = compiled(model, compile)
+        step_model = compiled(wrapped, compile)  # under DDP: the wrapped model
         weigh = BatchWeights(weights, dev, self.cast.dtype) if weights is not None else None
         step_args = (step_model, self.loss_fn, self.optimizer, self.metrics, lens, skips, weigh)
         self.step = (
@@ -275,6 +321,22 @@ class Training:
         self.logs: dict[str, float] = {}
         self.first_epoch: int | None = None  # set by fit once the resume point is known
 
+    def share_resume(self, first: int) -> int:
+        """Under DDP with ``resume``: every rank restores the checkpoint rank 0's run safety
+        read (one broadcast); returns the epoch to start at."""
+        if self.dist is None or not self.resume:
+            return first
+        parts = {
+            "optimizer": self.optimizer,
+            "scheduler": self.safety.config.scheduler,
+            "callbacks": self.safety.callbacks,
+            "history": self.history,
+            "lens": self.lens,
+            # what else run safety checkpoints (the update's scaler, the LR schedule)
+            "extra": {k: v for k, v in self.safety.parts.items() if k != "ddp"},
+        }
+        return self.dist.share_resume(self.safety.pending_resume, first, parts)
+
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any, Any]]:
         """Start 0-based ``epoch``; its ``(x, y, w)`` batches on the device (``w``: the batch's
         sample weights or None), resumed mid-epoch when a checkpoint says so."""
@@ -287,6 +349,8 @@ class Training:
             self.lens.progress.write(note)
         if self.schedule is not None:
             self.schedule.show()
+        if self.dist is not None:
+            self.dist.begin_epoch(epoch)  # a new order per epoch, the same on every rank
         batches, done = self.safety.epoch_batches(epoch)  # done > 0 when resuming mid-epoch
         self.lens.resume_at(done, self.safety.resume_note)
         if self.feeder is not None:  # read ahead in a background thread
@@ -335,6 +399,8 @@ class Training:
             self.schedule.end_epoch(self.logs, self.history.history)
         self.update.end_epoch(self.history.params, self.lens.progress.write)
         self.callbacks.epoch_end(epoch, self.logs)
+        if self.dist is not None and self.checkpoints:
+            self.dist.gather_rng()  # every rank's random states, for rank 0's checkpoint
         self.safety.on_epoch_end(epoch)  # history files, checkpoint
         if ran_out:
             warnings.warn(
@@ -353,6 +419,8 @@ class Training:
         self.lens.end_run()
         if self.tensorboard is not None:
             self.tensorboard.detach()
+        if self.dist is not None:
+            self.dist.close(self.lens)
         self.lens.after_refresh.clear()  # the History must not keep the model alive through it
         self.lens.after_epoch.clear()
         self.history.lens = self.lens  # a later fit(..., history=...) continues from here

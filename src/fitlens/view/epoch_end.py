@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fitlens.core.estimators import NowEstimate
 from fitlens.core.forecast import (
     FORECAST_STEPS,
     NOISE_WINDOW,
@@ -56,7 +57,7 @@ class EpochEndLines:
         >>> log.append({"epoch": np.ones(4), "step": np.arange(1, 5), "size": np.full(4, 8.0),
         ...             "step_time": np.zeros(4), "data_time": np.zeros(4),
         ...             "loss": np.array([0.9, 0.7, 0.6, 0.5])})
-        >>> end = lines.end_epoch(0, "loss", {"loss": 0.675}, {"loss": 0.5},
+        >>> end = lines.end_epoch(0, "loss", {"loss": 0.675}, {"loss": NowEstimate(0.5)},
         ...                       {"loss": Measured(0.55)}, log, rows=4, steps_per_epoch=4)
         >>> print(end.lines[0])
         gap loss (estimated): mean 0.6750 -> now ~0.5000 (lag ~-0.1750) -> val 0.5500 (mode + generalisation ~+0.0500)
@@ -76,7 +77,7 @@ class EpochEndLines:
         epoch: int,
         headline: str,
         means: Mapping[str, float],
-        nows: Mapping[str, float],
+        nows: Mapping[str, NowEstimate],
         validation: Mapping[str, Measured] | None,
         batches: BatchLog,
         rows: int,
@@ -90,7 +91,9 @@ class EpochEndLines:
 
         Args:
             epoch: 0-based. headline: the metric the lines are about (a key of ``means``).
-            means, nows: each metric's epoch mean and now estimate; their keys are the metrics.
+            means, nows: each metric's epoch mean and now estimate (with its interval, which
+                the gap line shows and the forecast's tolerance includes); their keys are the
+                metrics.
             validation: values on validation data (a metric may be missing); None without it.
             batches: the run's batch log, flushed; its last ``rows`` rows are this epoch's.
             steps_per_epoch: batches per epoch (None: unknown), caps the forecast's batches.
@@ -106,7 +109,10 @@ class EpochEndLines:
             name: GapDecomposition(
                 metric=name,
                 reported=means[name],
-                now=nows[name],
+                now=nows[name].value,
+                now_low=nows[name].low,
+                now_high=nows[name].high,
+                now_note=nows[name].note,
                 train_mode=train_mode[name] if train_mode else None,
                 eval_mode=eval_mode[name] if eval_mode else None,
                 validation=validation.get(name) if validation else None,
@@ -123,7 +129,17 @@ class EpochEndLines:
             out.lines.append(format_gap_line(head))
         recent = batches[headline][len(batches) - min(rows, NOISE_WINDOW) :]
         steps = min(FORECAST_STEPS, steps_per_epoch or FORECAST_STEPS)
-        self.forecast = make_forecast(headline, epoch + 2, head.reported, head.now, recent, steps)
+        now = nows[headline]
+        self.forecast = make_forecast(
+            headline,
+            epoch + 2,
+            head.reported,
+            head.now,
+            recent,
+            steps,
+            now_interval=(now.low, now.high),
+            now_level=now.level,
+        )
         self.held = format_forecast_line(self.forecast)
         if not last:
             out.lines.append(self.release() or "")

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
+from fitlens.core.estimators import DEFAULT_NOW, Estimator, NowEstimate, make_estimator
 from fitlens.core.gap import Measured
 from fitlens.core.history import BatchLog, History
+from fitlens.core.metric_range import MetricRange, for_name
 from fitlens.core.stream import EpochValue, MetricStream
 from fitlens.view.data_wait import DataWaitHint
 from fitlens.view.epoch_end import EpochEndLines
@@ -44,11 +45,38 @@ from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 ToHost = Callable[[list[Any]], np.ndarray]
 
 
+class Rows(NamedTuple):
+    """Per-step rows on the host, as a flush hands them to the estimators (n rows, k metrics)."""
+
+    steps: np.ndarray  # (n,) 1-based step in the epoch
+    values: np.ndarray  # (n, k)
+    weights: np.ndarray  # (n, k) samples behind each value
+    sizes: np.ndarray  # (n,) samples
+    step_times: np.ndarray  # (n,) seconds
+    data_times: np.ndarray  # (n,) seconds
+
+
+#: Turns this process's rows into the run's rows (`fit` under DDP: every rank's, combined). The
+#: lens calls it once per flush with rows; every process must then flush at the same steps.
+ReduceRows = Callable[[Rows], Rows]
+
+
 def now_param(now: str | Estimator) -> str:
     """How ``history.params["now"]`` (and so ``summary.json``) names the now estimator: the
     name as given (``"ema_trend"``), or a configured estimator's repr
     (``"EMATrend(memory=800.0)"``); `fitlens.report` reads either back."""
     return now if isinstance(now, str) else repr(now)
+
+
+def now_logs(snapshot: Mapping[str, tuple[float, NowEstimate]]) -> dict[str, float]:
+    """A snapshot as log keys: ``m`` (epoch mean), ``m_now``, ``m_now_low``, ``m_now_high``
+    (the now estimate and its interval at `fitlens.core.estimators.NOW_LEVEL`, 90%; NaN for a
+    metric with no now)."""
+    out: dict[str, float] = {}
+    for name, (mean, now) in snapshot.items():
+        out[name], out[f"{name}_now"] = mean, now.value
+        out[f"{name}_now_low"], out[f"{name}_now_high"] = now.low, now.high
+    return out
 
 
 def floats_to_host(values: list[Any]) -> np.ndarray:
@@ -68,6 +96,10 @@ class Lens:
         prefetch: `fit`'s read-ahead depth, for the data-wait hint's advice (None: not `fit`).
 
     Attributes:
+        reduce: a `ReduceRows` called at each flush with rows (None: one process). With it the
+            display refreshes on a step schedule, the same on every process: every
+            ``refresh_interval`` worth of steps at the run's mean step time so far (data wait
+            included, from the reduced rows, so all processes compute the same count).
         history: the `History` being recorded.
         epoch: the current 0-based epoch. step: steps done in it (1-based index of the last).
     """
@@ -89,6 +121,8 @@ class Lens:
         self.history = history if history is not None else History()
         self.history.params.setdefault("now", now_param(now))
         self.to_host = to_host
+        self.reduce: ReduceRows | None = None
+        self._due_step = 0  # with `reduce`: the step of the next refresh
         self.prefetch = prefetch
         self.stream: MetricStream | None = None
         self.valued: list[str] = []  # metrics with per-batch values (and so a now estimate)
@@ -127,12 +161,16 @@ class Lens:
         names: Sequence[str],
         valued: Sequence[str] | None = None,
         epoch_values: Mapping[str, EpochValue] | None = None,
+        ranges: Mapping[str, MetricRange] | None = None,
     ) -> None:
         """Name the metrics, in the order `record` receives their values (the loss first).
 
         Args:
             valued: the metrics with per-batch values (default: all).
             epoch_values: metrics whose epoch value they compute themselves (torchmetrics).
+            ranges: each metric's range, which its now estimate and interval never leave;
+                a metric not named gets the range its name implies (`for_name`: accuracies
+                [0, 1], losses >= 0, else unbounded).
         """
         names = list(dict.fromkeys(names))
         batches = self.history.batches
@@ -143,12 +181,15 @@ class Lens:
                     f"reports {names}. Continue a run with the same metrics."
                 )
             batches = self.history.batches = BatchLog(names)
-        stream = MetricStream(names, self.now_spec, batches, epoch_values)
+        given = dict(ranges or {})
+        ranges = {n: given.get(n, for_name(n)) for n in names}
+        stream = MetricStream(names, self.now_spec, batches, epoch_values, ranges)
         if self.stream is not None and self.stream.names == names:
             stream.load_state_dict(self.stream.state_dict())  # a continued run: carry on
         self.stream = stream
         self.valued = list(valued) if valued is not None else names
         self.history.params["metrics"] = names
+        self.history.params["ranges"] = {n: r.to_param() for n, r in ranges.items()}
 
     # -- run and epoch ------------------------------------------------------------------------
 
@@ -274,12 +315,9 @@ class Lens:
     def refresh_if_due(self) -> None:
         """Refresh the display at the epoch's first step, every refresh interval and every
         ``log_every`` steps (in line mode)."""
-        every = self._line_every
-        if (
-            self.t_record >= self.next_refresh
-            or self._first_in_epoch
-            or (every and self.step % every < self._done)
-        ):
+        every = self._line_every if self.reduce is None else None  # lines wait for a refresh
+        due = self.step >= self._due_step if self.reduce else self.t_record >= self.next_refresh
+        if due or self._first_in_epoch or (every and self.step % every < self._done):
             self.refresh()
 
     def end_step(self) -> None:
@@ -294,6 +332,9 @@ class Lens:
         self.timer.observe(self.step - self.refreshed_step, t - self.last_refresh)
         self.last_refresh, self.refreshed_step = t, self.step
         self.next_refresh = t + self.progress.refresh_interval
+        if self.reduce is not None and self.stream is not None and self.stream.rows:
+            per_step = (self.stream.step_time + self.stream.data_time) / self.stream.rows
+            self._due_step = self.step + max(1, int(self.progress.refresh_interval / per_step))
         elapsed = t - self.epoch_start
         if self.progress.will_draw(self.step, elapsed):  # a line mode's quiet refresh reads no now
             self.progress.refresh(self._state(elapsed))
@@ -319,7 +360,7 @@ class Lens:
             for i, w in zip(queued, moved[n * k :], strict=True):
                 flat[i] = w
             weights = np.asarray(flat, dtype=np.float64).reshape(n, k)
-        self.stream.append(
+        rows = Rows(
             np.asarray(self._steps),
             values,
             weights,
@@ -327,6 +368,7 @@ class Lens:
             np.asarray(self._step_times),
             np.asarray(self._data_times),
         )
+        self.stream.append(*(self.reduce(rows) if self.reduce is not None else rows))
         for queue in (self._steps, self._values, self._weights, self._sizes):
             queue.clear()
         self._step_times.clear()
@@ -339,22 +381,21 @@ class Lens:
 
     # -- values -------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, tuple[float, float]]:
-        """``{name: (epoch mean, now estimate)}`` over the steps flushed so far."""
+    def snapshot(self) -> dict[str, tuple[float, NowEstimate]]:
+        """``{name: (epoch mean, now estimate with its interval)}`` over the steps flushed so
+        far: one estimator fit per metric. A framework's reported metric has no now (NaN)."""
         if self.stream is None:
             return {}
         out = self.stream.snapshot()
         for name, value in self.reported.items():
-            out[name] = (value, math.nan)
+            out[name] = (value, NowEstimate(math.nan))
         return out
 
     def logs(self) -> dict[str, float]:
-        """``{name: epoch mean, name_now: now estimate}``, flushing first."""
+        """``{name: epoch mean, name_now: now estimate, name_now_low, name_now_high: its
+        interval}``, flushing first."""
         self.flush()
-        out: dict[str, float] = {}
-        for name, (mean, now) in self.snapshot().items():
-            out[name], out[f"{name}_now"] = mean, now
-        return out
+        return now_logs(self.snapshot())
 
     def state_dict(self) -> dict[str, Any]:
         """The estimators' state, for a checkpoint (flushes first)."""
@@ -403,9 +444,7 @@ class Lens:
         if shown:
             self.eval_seconds = end - train_end
         snapshot = self.snapshot()
-        logs: dict[str, float] = {}
-        for name, (mean, now) in snapshot.items():
-            logs[name], logs[f"{name}_now"] = mean, now
+        logs = now_logs(snapshot)
         logs.update(shown)
         logs.update(extra_logs or {})
         data_time, step_time = self._times()
@@ -416,9 +455,12 @@ class Lens:
             "eval": end - train_end,
         }
         self.history.record_epoch(self.epoch, logs, timing)
-        self.progress.end_epoch(self._state(end - self.epoch_start, shown))
-        headline = self._headline(shown)
-        if headline is not None and self.stream is not None:
+        self.progress.end_epoch(self._state(end - self.epoch_start, shown, snapshot))
+        stream = self.stream
+        # the lines are about a metric with a now (an F1's epoch value is not a batch mean)
+        with_now = [n for n in self.valued if stream and stream.is_mean(n, snapshot[n][0])]
+        headline = self._headline(shown, with_now)
+        if headline is not None and stream is not None:
             valued = {n: measured[f"val_{n}"] for n in self.valued if f"val_{n}" in measured}
             end_lines = self.lines.end_epoch(
                 self.epoch,
@@ -427,7 +469,7 @@ class Lens:
                 {n: snapshot[n][1] for n in self.valued},
                 valued or None,
                 self.history.batches,
-                self.stream.rows,
+                stream.rows,
                 self.steps or self.step,  # unknown: this epoch's length
                 train_mode=train_mode,
                 eval_mode=eval_mode,
@@ -449,10 +491,13 @@ class Lens:
     def end_run(self) -> None:
         self.progress.close()
 
-    def _headline(self, validation: Mapping[str, float]) -> str | None:
-        """The metric of the end-of-epoch lines: the first with per-batch values other than the
-        loss (else the loss), preferring one with a validation value."""
-        candidates = sorted(self.valued, key=lambda n: n == "loss")
+    def _headline(
+        self, validation: Mapping[str, float], among: Sequence[str] | None = None
+    ) -> str | None:
+        """The metric of the end-of-epoch lines: the first with per-batch values (of ``among``,
+        default all) other than the loss (else the loss), preferring one with a validation
+        value."""
+        candidates = sorted(self.valued if among is None else among, key=lambda n: n == "loss")
         validated = [n for n in candidates if f"val_{n}" in validation]
         return (validated or candidates)[0] if candidates else None
 
@@ -463,8 +508,13 @@ class Lens:
                 self.progress.write(line)
 
     def _state(
-        self, elapsed: float, validation: Mapping[str, float] | None = None
+        self,
+        elapsed: float,
+        validation: Mapping[str, float] | None = None,
+        snapshot: Mapping[str, tuple[float, NowEstimate]] | None = None,
     ) -> ProgressState:
+        if snapshot is None:
+            snapshot = self.snapshot()
         left = None if self.steps is None else max(self.steps - self.step, 0)
         data_time = self._times()[0]
         return ProgressState(
@@ -483,7 +533,8 @@ class Lens:
                 evals_left=self.epochs - self.epoch if math.isfinite(self.eval_seconds) else 0,
             ),
             data_share=data_time / elapsed if elapsed > 0 else math.nan,
-            metrics=self.snapshot(),
+            metrics={n: (mean, now.value) for n, (mean, now) in snapshot.items()},
+            nows={n: now for n, (_, now) in snapshot.items()},
             validation=validation or {},
             headline=self._headline({}),
             resumed_at=self.resumed_at,
@@ -497,4 +548,4 @@ class Lens:
         return self.stream.data_time - data, self.stream.step_time - step
 
 
-__all__ = ["Lens", "ToHost", "floats_to_host", "now_param"]
+__all__ = ["Lens", "ReduceRows", "Rows", "ToHost", "floats_to_host", "now_logs", "now_param"]

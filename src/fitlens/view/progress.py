@@ -21,12 +21,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from fitlens.core.numbers import format_value
+from fitlens.core.estimators import NowEstimate
+from fitlens.core.numbers import format_interval, format_value
 from fitlens.view.timing import format_seconds
 
 
@@ -45,6 +47,8 @@ class ProgressState:
         headline: the metric shown first when the terminal is narrow (None: the first).
         resumed_at: steps of this epoch done before a resume; ``elapsed`` and ``data_share``
             then cover the steps after it only (0: not resumed).
+        nows: ``{name: NowEstimate}``, the now values of ``metrics`` with their intervals
+            (a metric missing here shows its now value alone).
     """
 
     epoch: int
@@ -59,14 +63,37 @@ class ProgressState:
     validation: Mapping[str, float] = field(default_factory=dict)
     headline: str | None = None
     resumed_at: int = 0
+    nows: Mapping[str, NowEstimate] = field(default_factory=dict)
 
 
-def format_metrics(metrics: Mapping[str, tuple[float, float]]) -> str:
-    """``"loss: 0.4120 (now 0.3050) - accuracy: 0.8740 (now 0.9210)"``; a value with no now
-    estimate (``lr``, a framework's reported metric) shows alone: ``"lr: 0.0100"``."""
+def format_now(now: NowEstimate) -> str:
+    """A now value with its interval, decimals following the interval's size, and words when
+    the interval is wide: ``"0.941 ±0.012"``, ``"0.94 ±0.08, uncertain: few batches yet"``.
+
+    Example:
+        >>> format_now(NowEstimate(0.94123, 0.92923, 0.95323))
+        '0.941 ±0.012'
+    """
+    value, band = format_interval(now.value, now.low, now.high)
+    text = f"{value} {band}" if band else value
+    return f"{text}, uncertain: {now.note}" if now.note else text
+
+
+def format_metrics(
+    metrics: Mapping[str, tuple[float, float]], nows: Mapping[str, NowEstimate] | None = None
+) -> str:
+    """``"loss: 0.4120 (now 0.305 ±0.012) - accuracy: 0.8740 (now 0.921 ±0.016)"``; a metric
+    without an entry in ``nows`` shows its now value alone (``(now 0.3050)``); a value with
+    no now estimate (``lr``, a framework's reported metric, an F1 over the epoch that is not a
+    mean of batch values) shows alone: ``"lr: 0.0100"``."""
+    nows = nows or {}
+
+    def now_text(name: str, now: float) -> str:
+        return format_now(nows[name]) if name in nows else format_value(now)
+
     return " - ".join(
         f"{name}: {format_value(mean)}"
-        + ("" if math.isnan(now) and not math.isnan(mean) else f" (now {format_value(now)})")
+        + ("" if math.isnan(now) and not math.isnan(mean) else f" (now {now_text(name, now)})")
         for name, (mean, now) in metrics.items()
     )
 
@@ -102,7 +129,7 @@ def format_step_line(s: ProgressState) -> str:
         f"data {_share(s.data_share)}",
     ]
     if s.metrics:
-        parts.append(format_metrics(s.metrics))
+        parts.append(format_metrics(s.metrics, s.nows))
     return " - ".join(parts)
 
 
@@ -123,7 +150,7 @@ def format_epoch_line(s: ProgressState) -> str:
         f"data {_share(s.data_share)})",
     ]
     if s.metrics:
-        parts.append(format_metrics(s.metrics))
+        parts.append(format_metrics(s.metrics, s.nows))
     parts += [f"{k}: {format_value(v)}" for k, v in s.validation.items()]
     return " - ".join(parts)
 
@@ -163,7 +190,7 @@ def _times(s: ProgressState) -> str:
 
 def _postfix(s: ProgressState) -> str:
     """The text after a tqdm widget's bar (in a notebook)."""
-    return f"{_times(s)} - {format_metrics(s.metrics)}" if s.metrics else _times(s)
+    return f"{_times(s)} - {format_metrics(s.metrics, s.nows)}" if s.metrics else _times(s)
 
 
 #: At this many columns and more, the bar and every metric share one line.
@@ -189,11 +216,31 @@ def compact_value(x: float) -> str:
     return "-" + text[2:] if text.startswith("-0.") else text
 
 
-def compact_metric(name: str, mean: float, now: float) -> str:
-    """``"acc .8918→.9412"``: epoch mean, then now; a metric with no now shows its mean alone."""
+def _compact_text(text: str) -> str:
+    """`compact_value`'s rule on a formatted number (``"0.941"`` -> ``".941"``)."""
+    if text.startswith("0."):
+        return text[1:]
+    return "-" + text[2:] if text.startswith("-0.") else text
+
+
+def compact_metric(name: str, mean: float, now: float, estimate: NowEstimate | None = None) -> str:
+    """``"acc .8918→.9412"``, or with the now's interval ``"acc .8918→.941±.012"``: epoch
+    mean, then now; a metric with no now shows its mean alone."""
     if math.isnan(now) and not math.isnan(mean):
         return f"{name} {compact_value(mean)}"
-    return f"{name} {compact_value(mean)}→{compact_value(now)}"
+    if estimate is None:
+        return f"{name} {compact_value(mean)}→{compact_value(now)}"
+    value, band = format_interval(estimate.value, estimate.low, estimate.high)
+    band = band.replace(", ", ",")
+    for number in re.findall(r"-?\d+\.\d+", band):
+        band = band.replace(number, _compact_text(number), 1)
+    return f"{name} {compact_value(mean)}→{_compact_text(value)}{band}"
+
+
+def uncertain_note(nows: Mapping[str, NowEstimate]) -> str | None:
+    """``"now uncertain: acc (few batches yet)"`` for the metrics whose interval is wide."""
+    noted = [f"{name} ({now.note})" for name, now in nows.items() if now.note]
+    return f"now uncertain: {', '.join(noted)}" if noted else None
 
 
 def _wrap(items: list[str], width: int) -> list[str]:
@@ -238,7 +285,7 @@ def format_terminal(s: ProgressState, columns: int) -> list[str]:
     metrics = dict(s.metrics)
     if columns < NARROW and s.headline in metrics:
         metrics = {s.headline: metrics[s.headline], **metrics}
-    full = format_metrics(metrics)
+    full = format_metrics(metrics, s.nows)
     if not metrics:
         lines = heads
     elif columns >= WIDE and len(heads[0]) + 3 + len(full) <= columns:
@@ -246,8 +293,11 @@ def format_terminal(s: ProgressState, columns: int) -> list[str]:
     elif columns >= NARROW and len(full) <= columns:
         lines = [*heads, full]
     else:
-        compact = [compact_metric(n, mean, now) for n, (mean, now) in metrics.items()]
-        lines = [*heads, *_wrap(["mean→now:", *compact], columns)]
+        compact = [
+            compact_metric(n, mean, now, s.nows.get(n)) for n, (mean, now) in metrics.items()
+        ]
+        note = uncertain_note({n: s.nows[n] for n in metrics if n in s.nows})
+        lines = [*heads, *_wrap(["mean→now:", *compact, *([note] if note else [])], columns)]
     return [line[:columns] for line in lines]
 
 

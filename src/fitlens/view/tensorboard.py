@@ -10,6 +10,7 @@ tag                          value                                             w
 ===========================  ================================================  ==============
 ``train/m_mean``             the epoch's running mean (what Keras shows)       every refresh
 ``train/m_now``              the now estimate                                  every refresh
+``train/m_now_low``, ``_high`` its interval (``history["m_now_low"]``...)      epoch end
 ``lr``                       learning rate of the first parameter group        every refresh
                              (``lr/group_i`` for each group when several)
 ``val/m``                    validation at the epoch end                       epoch end
@@ -53,6 +54,8 @@ LearningRates = Callable[[], Mapping[str, float]]
 _EPOCH_TAGS = (
     ("{}", "train/{}_mean"),
     ("{}_now", "train/{}_now"),
+    ("{}_now_low", "train/{}_now_low"),
+    ("{}_now_high", "train/{}_now_high"),
     ("val_{}", "val/{}"),
     ("train_eval_{}", "train_eval/{}"),
     ("train_eval_train_mode_{}", "train_eval/{}_train_mode"),
@@ -169,7 +172,7 @@ class TensorBoardWriter:
             if name in _NOT_METRICS:
                 continue
             scalars[f"train/{name}_mean"] = mean
-            scalars[f"train/{name}_now"] = now
+            scalars[f"train/{name}_now"] = now.value
         scalars.update(self._rates())
         self._write(scalars, len(lens.history.batches))
 

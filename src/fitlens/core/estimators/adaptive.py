@@ -1,0 +1,126 @@
+"""`AdaptiveTrend`: `EMATrend` at several memories, read from the one with the smallest
+estimated error (the default now estimator)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import numpy as np
+
+from fitlens.core.estimators.base import Estimator, NanPolicy
+from fitlens.core.estimators.discounted import EMATrend
+from fitlens.core.estimators.interval import _bias2, _spread
+from fitlens.core.local_fit import LocalFit, local_fits
+from fitlens.core.metric_range import UNBOUNDED, MetricRange
+
+
+class AdaptiveTrend(Estimator):
+    """`EMATrend` at several memories, read from the one with the smallest estimated error.
+
+    A short memory follows a bending curve but is noisy; a long one is quiet but lags and
+    overshoots where the curve bends. Each memory's squared error is estimated as its noise
+    (``s2 * noise``, binomial for a rate) plus its squared bend beyond that bend's own noise,
+    and the estimate (with its interval) is that of the memory where the sum is smallest. Every
+    memory keeps its own sums, so updates stay O(1) and states merge and extend exactly.
+
+    Picking the smallest estimate favours a memory whose bend happens to look small, so the
+    interval counts the squared bend twice (``bend_weight = 2``, tuned with the memories on
+    seeds 0-4 of ``benchmarks/now_estimate.py``).
+
+    State: each memory's `EMATrend` state, keys prefixed ``"<index>."``.
+
+    Args:
+        memories: samples of memory of each line (each > 0, at least one), shortest first.
+    """
+
+    name = "adaptive_trend"
+    bend_weight = 2.0
+
+    def __init__(
+        self,
+        memories: tuple[float, ...] = (300.0, 600.0, 1200.0, 2400.0, 4800.0),
+        nan_policy: NanPolicy = "propagate",
+        bounds: MetricRange = UNBOUNDED,
+    ) -> None:
+        memories = tuple(float(m) for m in memories)
+        if not memories:
+            raise ValueError("Expected at least one memory (samples). Received: ().")
+        self.memories = memories
+        self.lines = [EMATrend(m) for m in memories]  # fed only finite batches, read raw
+        super().__init__(nan_policy, bounds)
+
+    def _config(self) -> dict[str, Any]:
+        return {"memories": self.memories}
+
+    def reset(self) -> None:
+        for line in self.lines:
+            line.reset()
+
+    def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
+        for line in self.lines:
+            line._update(values, weights)
+
+    @property
+    def steps(self) -> int:
+        return self.lines[0].steps
+
+    @property
+    def weight(self) -> float:
+        return self.lines[0].weight
+
+    def fit(self) -> LocalFit:
+        stale = [line for line in self.lines if line._fit is None]
+        if len(stale) > 1:  # the lines share their steps: fit them in one stacked solve
+            fits = local_fits(
+                np.array([line.m for line in stale]),
+                np.array([line.my for line in stale]),
+                np.array([line.t for line in stale]),
+                np.array([line.syy for line in stale]),
+                np.array([line.batches for line in stale]),
+                self.steps,
+                EMATrend.degree,
+            )
+            for line, fit in zip(stale, fits, strict=True):
+                line._fit = fit
+        fits = [line.fit() for line in self.lines]
+        # a bend that cannot be measured is no evidence of a small error: only the shortest
+        # memory may be read without one
+        usable = [fits[0], *(f for f in fits[1:] if not math.isnan(f.bend))]
+        return min(usable, key=self._error)
+
+    def _error(self, fit: LocalFit) -> float:
+        """Estimated squared error of a line: noise plus squared bend beyond its noise."""
+        spread = _spread(fit, self.bounds)
+        error = spread * fit.noise + _bias2(fit, spread)
+        return math.inf if math.isnan(error) else error
+
+    def _copy(self) -> Estimator:
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.lines = [cast(EMATrend, line._copy()) for line in self.lines]
+        return copy
+
+    def merge(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, AdaptiveTrend)
+        for i, line in enumerate(self.lines):  # same memories: `_check_compatible`
+            line.merge(other.lines[i])
+
+    def extend(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, AdaptiveTrend)
+        for i, line in enumerate(self.lines):
+            line.extend(other.lines[i])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            f"{i}.{k}": v for i, line in enumerate(self.lines) for k, v in line.state_dict().items()
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        for i, line in enumerate(self.lines):
+            prefix = f"{i}."
+            line.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )

@@ -1,0 +1,243 @@
+"""Exponentially discounted fits of the batch values: `EMA` (a level) and `EMATrend` (a line),
+kept as moment sums so that an update is O(1) and states merge and extend exactly."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from fitlens.core.estimators.base import Estimator, NanPolicy, _check_same_steps
+from fitlens.core.local_fit import LocalFit, local_fit
+from fitlens.core.metric_range import UNBOUNDED, MetricRange
+
+
+@lru_cache(maxsize=64)
+def _move(size: int, n: int) -> np.ndarray:
+    """The matrix that rewrites moment sums ``sum w x^k`` as sums of ``(x - n)^k``."""
+    k = np.arange(size)
+    binom = np.array([[math.comb(int(i), int(j)) for j in k] for i in k], dtype=np.float64)
+    move = binom * float(-n) ** np.maximum(k[:, None] - k[None, :], 0) * (k[:, None] >= k)
+    move.flags.writeable = False
+    return move
+
+
+@lru_cache(maxsize=64)
+def _block_powers(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` of a block of ``n`` batches (the newest at 0) and its powers ``x^k``, k < size."""
+    x = -np.arange(n - 1, -1, -1, dtype=np.float64)
+    powers = x[None, :] ** np.arange(size)[:, None]
+    x.flags.writeable = powers.flags.writeable = False
+    return x, powers
+
+
+@lru_cache(maxsize=256)
+def _discounts(decay: float, n: int) -> np.ndarray:
+    """``decay**(-x)`` over a block of ``n`` batches: the newest batch's discount is 1."""
+    d = decay ** (-_block_powers(1, n)[0])
+    d.flags.writeable = False
+    return d
+
+
+class _Discounted(Estimator):
+    """A polynomial fit of ``degree`` with exponentially fading weights, read at the newest batch.
+
+    Batch ``i`` of ``t`` sits at ``x = i - t`` (the newest at 0) with weight ``decay**(t - i) *
+    samples``. State: the moment sums of `fitlens.core.local_fit` up to the degree above
+    (``m``, ``my``, ``t``; ``syy``; ``batches``, the discounted count of batches with weight),
+    ``steps`` (batches seen) and ``decay`` (per batch; NaN until it is known). An update is O(1)
+    per batch; ranks' states add, later states append after aging ours by their steps.
+    """
+
+    degree = 0
+    _state_names = ("m", "my", "t", "syy", "batches", "steps", "decay")
+
+    def _initial_decay(self, first_size: float) -> float:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        size = 2 * self.degree + 3
+        self.m = np.zeros(size)
+        self.t = np.zeros(size)
+        self.my = np.zeros(self.degree + 2)
+        self.syy = 0.0
+        self.batches = 0.0
+        self.steps = 0
+        self.decay = self._initial_decay(math.nan)
+        self._fit: LocalFit | None = None
+
+    def _shift(self, n: int) -> None:
+        """Age the sums by ``n`` batches: every x decreases by n, every weight decays."""
+        if n == 0 or self.steps == 0:
+            return
+        self._fit = None
+        move = _move(self.m.size, n)
+        carry = self.decay**n
+        self.m = carry * (move @ self.m)
+        self.t = carry * carry * (move @ self.t)
+        self.my = carry * (move[: self.my.size, : self.my.size] @ self.my)
+        self.syy *= carry
+        self.batches *= carry
+
+    def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
+        if math.isnan(self.decay):
+            self.decay = self._initial_decay(float(weights[0]))
+        n = values.size
+        d = _discounts(self.decay, n)
+        w = d * weights
+        powers = _block_powers(self.m.size, n)[1]
+        self._shift(n)
+        self._fit = None
+        self.m += powers @ w
+        self.t += powers @ (d * w)
+        self.my += powers[: self.my.size] @ (w * values)
+        self.syy += float(np.dot(w, values * values))
+        self.batches += float(np.dot(d, weights > 0))
+        self.steps += n
+
+    def fit(self) -> LocalFit:
+        if self._fit is None:  # the fit depends on the state only: kept until it changes
+            self._fit = local_fit(
+                self.m, self.my, self.t, self.syy, self.batches, self.steps, self.degree
+            )
+        return self._fit
+
+    def _load(self, state: dict[str, Any]) -> None:
+        super()._load(state)
+        self._fit = None
+
+    @property
+    def weight(self) -> float:
+        return float(self.m[0])
+
+    def merge(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, _Discounted)
+        _check_same_steps(type(self).__name__, self.steps, other.steps)
+        self._check_decay(other)
+        self._add(other)
+
+    def _add(self, other: _Discounted) -> None:
+        self._fit = None
+        self.m = self.m + other.m
+        self.t = self.t + other.t
+        self.my = self.my + other.my
+        self.syy += other.syy
+        self.batches += other.batches
+
+    def _check_decay(self, other: _Discounted) -> None:
+        if math.isnan(self.decay):
+            self.decay = other.decay
+        elif not math.isnan(other.decay) and other.decay != self.decay:
+            raise ValueError(
+                f"Can only combine trends with the same decay per batch. Received {self.decay!r} "
+                f"and {other.decay!r} (memory in samples sized from first batches of "
+                "different sizes); pass a fixed `beta` instead."
+            )
+
+    def extend(self, other: Estimator) -> None:
+        self._check_compatible(other)
+        assert isinstance(other, _Discounted)
+        self._check_decay(other)
+        self._shift(other.steps)
+        self._add(other)
+        self.steps += other.steps
+
+
+class EMA(_Discounted):
+    """Debiased, sample-weighted exponential moving average (the smoothing fastai uses for loss).
+
+    After batches 1..t it returns ``sum_i beta**(t-i) * v_i * w_i / sum_i beta**(t-i) * w_i``:
+    an EMA of sums divided by an EMA of weights. With equal weights this equals the
+    bias-corrected EMA ``(1 - beta) * sum beta**(t-i) v_i / (1 - beta**t)``, so the first batches
+    are not pulled towards zero. Its effective memory is about ``1 / (1 - beta)`` batches. Its
+    interval adds to the noise the lag a straight line through the same memory shows.
+
+    Args:
+        beta: decay per batch, in [0, 1). 0 keeps only the last batch.
+    """
+
+    name = "ema"
+    degree = 0
+
+    def __init__(
+        self,
+        beta: float = 0.98,
+        nan_policy: NanPolicy = "propagate",
+        bounds: MetricRange = UNBOUNDED,
+    ) -> None:
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Expected `beta` in [0, 1). Received: {beta!r}.")
+        self.beta = float(beta)
+        super().__init__(nan_policy, bounds)
+
+    def _config(self) -> dict[str, Any]:
+        return {"beta": self.beta}
+
+    def _initial_decay(self, first_size: float) -> float:
+        return self.beta
+
+
+class EMATrend(_Discounted):
+    """Lag-free level from an exponentially weighted straight-line fit, read at the newest batch.
+
+    Fits ``value ~ a + b * x`` by weighted least squares where batch ``i`` of ``t`` sits at
+    ``x = i - t`` (the newest at 0) with weight ``beta**(t - i) * samples``, and returns ``a``:
+    the line at the newest batch (discounted least squares, as in Brown's double exponential
+    smoothing). Like `TrendWindow` it removes the lag of an average on a steady trend, but its
+    memory fades smoothly instead of dropping old batches, and its state is a few sums: an
+    update is O(1) and two states merge by addition. With fewer than three batches (or all
+    weight on one batch) it returns their weighted mean. Its interval adds to the noise of the
+    line how far a parabola through the same memory disagrees at the newest batch (the bend).
+
+    The memory is set in *samples* by default: ``beta = exp(-n / memory)`` with ``n`` the first
+    batch's size, so large batches (less noise per batch) get a shorter memory in steps (less lag
+    from the model changing) and small batches a longer one. The default of 800 samples was
+    tuned on ``benchmarks/now_estimate.py``. Pass ``beta`` to fix the decay per batch instead.
+    Under torch.distributed each rank sizes its memory from its own shard of the batch, which
+    is the same on every rank, so per-rank states still merge exactly.
+
+    Args:
+        memory: samples of memory (> 0); used when ``beta`` is None.
+        beta: decay per batch, in (0, 1); overrides ``memory``.
+
+    Example:
+        >>> est = EMATrend(beta=0.9)
+        >>> est.update([1.0, 2.0, 3.0, 4.0], weights=32)
+        >>> round(est.value, 6)  # a straight line is followed without lag
+        4.0
+    """
+
+    name = "ema_trend"
+    degree = 1
+
+    def __init__(
+        self,
+        memory: float = 800.0,
+        beta: float | None = None,
+        nan_policy: NanPolicy = "propagate",
+        bounds: MetricRange = UNBOUNDED,
+    ) -> None:
+        if beta is not None and not 0.0 < beta < 1.0:
+            raise ValueError(f"Expected `beta` in (0, 1) or None. Received: {beta!r}.")
+        if not memory > 0:
+            raise ValueError(f"Expected `memory` (samples) > 0. Received: {memory!r}.")
+        self.memory = float(memory)
+        self.beta = None if beta is None else float(beta)
+        super().__init__(nan_policy, bounds)
+
+    def _config(self) -> dict[str, Any]:
+        return {"memory": self.memory, "beta": self.beta}
+
+    def __repr__(self) -> str:
+        bounds = "" if self.bounds == UNBOUNDED else f", bounds={self.bounds!r}"
+        if self.beta is not None:
+            return f"EMATrend(beta={self.beta!r}{bounds})"
+        return f"EMATrend(memory={self.memory!r}{bounds})"
+
+    def _initial_decay(self, first_size: float) -> float:
+        if self.beta is not None:
+            return self.beta
+        return math.exp(-max(first_size, 1.0) / self.memory)

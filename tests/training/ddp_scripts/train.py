@@ -1,0 +1,153 @@
+"""Small `fitlens.fit` runs, launched under ``torchrun`` by tests/training/test_distributed.py.
+
+``python -m torch.distributed.run --nproc-per-node 2 --standalone train.py OUT MODE``:
+
+* ``pair``: the script initialises the process group itself (fit must use it and leave it
+  alone), then runs `run_pair`: the runs the tests compare with one process.
+* ``crash`` / ``kill``: fit initialises the group; `run_shuffled` with a ``run_dir``, where
+  rank 1 raises ``ValueError`` (``crash``) or SIGKILLs itself (``kill``) at the third step of
+  the second epoch (after rank 0's first checkpoint).
+* ``resume``: `run_shuffled` resuming that ``run_dir``.
+
+Writes ``OUT/<run>-rank<r>.json`` per run and rank: the history, the batch sizes, the final
+weights and, per step, the collectives run (counted at the torch.distributed calls) and the
+lens's last refreshed step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import fitlens
+
+COUNTED = (
+    "all_gather_single",
+    "all_gather_into_tensor",
+    "all_gather",
+    "all_reduce",
+    "broadcast",
+    "barrier",
+)
+calls = [0]
+
+
+def count_collectives() -> None:
+    """Count every call of the torch.distributed collectives fitlens could use."""
+    for name in COUNTED:
+        real = getattr(dist, name, None)
+        if real is None:
+            continue
+
+        def counted(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return _real(*args, **kwargs)
+
+        setattr(dist, name, counted)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+class Recorder(fitlens.Callback):
+    """Per step: ``[epoch, step, lens.refreshed_step, collectives during the step's end]``."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        self.per_step: list[list[int]] = []
+        self.before = 0
+
+    def on_batch_begin(self, step: int, logs: Any = None) -> None:
+        lens = self.run.lens
+        if step > 0:  # ``step`` steps are done: what the last one's refresh (if any) cost
+            self.per_step.append([lens.epoch, step, lens.refreshed_step, calls[0] - self.before])
+        self.before = calls[0]
+        if self.fail and rank() == 1 and lens.epoch == 1 and step == 2:
+            if self.fail == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("bad batch on purpose")
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        lens = self.run.lens
+        self.per_step.append([epoch, lens.step, lens.refreshed_step, calls[0] - self.before])
+        self.before = calls[0]
+
+
+def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    return x, y
+
+
+def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) -> None:
+    """One fit on ``n`` samples in order (``batch`` per process); results to ``out``."""
+    x, y = data(n)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=False
+    )
+    recorder = Recorder(kwargs.pop("fail", None))
+    history = fitlens.fit(
+        model,
+        kwargs.pop("train", loader),
+        loss="cross_entropy",
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        metrics=["accuracy"],
+        epochs=epochs,
+        validation_data=(x[:40], y[:40]),
+        callbacks=[recorder],
+        **kwargs,
+    )
+    result = {
+        "history": history.history,
+        "sizes": [float(s) for s in history.batches["size"]],
+        "weights": {k: v.tolist() for k, v in model.state_dict().items()},
+        "per_step": recorder.per_step,
+        "world_size": history.params.get("world_size", 1),
+        "collectives": history.params.get("collectives", 0),
+    }
+    (out / f"{name}-rank{rank()}.json").write_text(json.dumps(result))
+
+
+def run_shuffled(out: Path, name: str, **kwargs: Any) -> None:
+    """Shuffled arrays, 16 per rank, 3 epochs: the run interrupted, resumed and compared."""
+    x, y = data(128)
+    train(out, name, 128, 16, 3, train=(x, y), batch_size=16, verbose=0, **kwargs)
+
+
+def run_pair(out: Path, world: int) -> None:
+    """The runs compared across world sizes: 32 samples per global step either way."""
+    train(out, "even", 128, 32 // world, 2, verbose=0)
+    train(out, "uneven", 101, 32 // world, 1, verbose=1)  # 101 = 3 x 32 + 5: ranks get 3 and 2
+    if world > 1:  # arrays: sharded by fitlens, shuffled the same on every rank
+        x, y = data(97)  # 97 = 3 x 32 + 1: rank 1 would get none of the last; left out, warned
+        train(out, "arrays", 97, 16, 2, verbose=0, train=(x, y), batch_size=16)
+        run_shuffled(out, "uninterrupted")
+
+
+def main() -> None:
+    out, mode = Path(sys.argv[1]), sys.argv[2]
+    count_collectives()
+    if mode == "pair":
+        dist.init_process_group("gloo")
+        run_pair(out, dist.get_world_size())
+        (out / f"group-rank{rank()}.json").write_text(json.dumps(dist.is_initialized()))
+        dist.destroy_process_group()
+    elif mode == "resume":
+        run_shuffled(out, mode, run_dir=out / "run", resume=True)
+    else:
+        run_shuffled(out, mode, run_dir=out / "run", fail=mode, ddp_timeout=20)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""`fit` under DDP: real ``torchrun`` launches (gloo, 2 CPU processes) and the pieces they use.
+
+The launched script is tests/training/ddp_scripts/train.py. Tolerances: a global step's loss is
+the mean of 32 float32 per-sample losses either way, summed in a different order (2 x 16 on two
+ranks, combined in float64, vs 32 on one), so per step values differ by at most about
+``32 * eps32``; the gradient likewise, and SGD (lr 0.5) moves the weights by ``lr * grad`` per
+step, so after ``S`` steps the weights differ by at most ``S * 0.5 * 32 * eps32`` (gradients here
+are below 1). Epoch metrics, computed from those weights, get the same bound.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import fitlens
+from fitlens.training.distributed import Distributed, resolve_strategy
+from fitlens.training.reduction import combine_rows
+from fitlens.training.sharding import ShardSampler
+from fitlens.view.lens import Lens, Rows
+from fitlens.view.progress import Progress
+
+SCRIPT = Path(__file__).parent / "ddp_scripts" / "train.py"
+EPS32 = float(np.finfo(np.float32).eps)
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _torchrun(out: Path, mode: str, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node 2 --standalone script out mode``; a hang fails the test."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    src = str(Path(fitlens.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--standalone", str(script), str(out), mode]
+    # Its own session, so that a hang is ended with the workers, not only torchrun.
+    with subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(
+                f"torchrun {mode} did not end within 150 s: {stdout[-3000:]}{stderr[-5000:]}"
+            )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _load(out: Path, name: str, rank: int = 0) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((out / f"{name}-rank{rank}.json").read_text())
+    return result
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The script's comparison runs on 2 ranks (torchrun) and on one process (here)."""
+    two = tmp_path_factory.mktemp("two_ranks")
+    done = _torchrun(two, "pair")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (two / "output.txt").write_text(done.stdout + done.stderr)
+    one = tmp_path_factory.mktemp("one_process")
+    spec = importlib.util.spec_from_file_location("ddp_train_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.run_pair(one, world=1)
+    return two, one
+
+
+def _assert_history_close(got: dict[str, list[float]], want: dict[str, list[float]], tol: float):
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=tol, err_msg=key)
+
+
+def test_two_ranks_of_16_give_the_epoch_metrics_and_weights_of_one_process_of_32(pair):
+    two, one = pair
+    rank0, rank1, single = _load(two, "even", 0), _load(two, "even", 1), _load(one, "even")
+    assert rank0["world_size"] == 2 and single["world_size"] == 1
+    assert rank0["history"] == rank1["history"]  # identical on every rank, bit for bit
+    assert rank0["sizes"] == single["sizes"] == [32.0] * 8  # one global row per global step
+    steps = len(single["sizes"])
+    tol = steps * 0.5 * 32 * EPS32
+    _assert_history_close(rank0["history"], single["history"], tol)
+    for name, want in single["weights"].items():
+        np.testing.assert_allclose(rank0["weights"][name], want, rtol=0, atol=tol, err_msg=name)
+
+
+def test_collectives_run_once_per_refresh_and_never_between(pair):
+    two, _ = pair
+    for rank in (0, 1):
+        run = _load(two, "even", rank)
+        per_step = run["per_step"]
+        assert sum(row[3] for row in per_step) == run["collectives"]  # fit's own count agrees
+        ends = {(e, s) for e, s, *_ in per_step}
+        assert len(per_step) == len(ends)
+        for i, (epoch, step, refreshed, collectives) in enumerate(per_step):
+            epoch_end = i + 1 == len(per_step) or per_step[i + 1][0] != epoch
+            if epoch_end:  # the end flush, or the last step's refresh: one either way
+                assert collectives == 1, per_step
+            else:
+                assert collectives == (1 if refreshed == step else 0), per_step
+
+
+def test_a_dataset_not_divisible_by_the_world_size_is_counted_exactly(pair):
+    two, one = pair
+    rank0, rank1, single = _load(two, "uneven", 0), _load(two, "uneven", 1), _load(one, "uneven")
+    assert rank0["history"] == rank1["history"]
+    # 101 = 3 x 32 + 5: the last global step is 3 samples on rank 0 and 2 on rank 1.
+    assert rank0["sizes"] == single["sizes"] == [32.0, 32.0, 32.0, 5.0]
+    # The training metrics are the same batches under the same weights. Validation is not: DDP
+    # averages the last step's gradient over ranks (3 and 2 samples) as equals, one process
+    # over its 5 samples, so the weights after that step differ by design.
+    trained = {k: v for k, v in single["history"].items() if not k.startswith("val_")}
+    got = {k: rank0["history"][k] for k in trained}
+    _assert_history_close(got, trained, 4 * 0.5 * 32 * EPS32)
+    correct = rank0["history"]["accuracy"][0] * 101
+    assert abs(correct - round(correct)) < 101 * 32 * EPS32  # a whole number of samples
+
+
+def test_arrays_are_dealt_across_ranks_and_a_last_batch_too_small_to_share_is_left_out(pair):
+    two, _ = pair
+    rank0, rank1 = _load(two, "arrays", 0), _load(two, "arrays", 1)
+    assert rank0["history"] == rank1["history"]
+    assert rank0["sizes"] == [32.0, 32.0, 32.0] * 2  # 97 samples: the 97th is left out
+
+
+def test_only_rank_0_shows_the_display_and_the_warnings(pair):
+    two, _ = pair
+    output = (two / "output.txt").read_text()
+    assert output.count("Epoch 1/1 - 4 steps") == 1  # the uneven run's summary line
+    assert output.count("sample(s) are left out of each epoch") == 1  # the arrays run's
+
+
+def test_fit_uses_a_process_group_the_user_initialised_and_leaves_it_up(pair):
+    two, _ = pair
+    assert json.loads((two / "group-rank0.json").read_text()) is True
+    assert json.loads((two / "group-rank1.json").read_text()) is True
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A run_dir whose run lost rank 1 to an exception in its second epoch, and the output."""
+    out = tmp_path_factory.mktemp("crashed")
+    done = _torchrun(out, "crash")  # a hang would run into the subprocess timeout
+    assert done.returncode != 0
+    return out, done.stdout + done.stderr
+
+
+def test_a_raising_rank_stops_every_rank_with_a_message_naming_it(crashed):
+    out, output = crashed
+    assert "fitlens: rank 1 of 2 failed: ValueError: bad batch on purpose" in output
+    assert not list(out.glob("*.json"))  # no rank finished training
+
+
+def test_a_killed_rank_stops_every_rank(tmp_path):
+    done = _torchrun(tmp_path, "kill")  # a hang would run into the subprocess timeout
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    # SIGKILL leaves no message of its own: rank 0 names the lost peer, torchrun the rank.
+    assert "fitlens: rank 0 of 2 failed: RuntimeError" in output
+    assert "local_rank: 1" in output and "exitcode: -9" in output
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_run_resumed_under_torchrun_ends_as_the_uninterrupted_run_bit_for_bit(pair, crashed):
+    two, _ = pair
+    out, _ = crashed
+    done = _torchrun(out, "resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    want = _load(two, "uninterrupted")
+    for rank in (0, 1):
+        got = _load(out, "resume", rank)
+        assert got["weights"] == want["weights"]
+        assert got["history"] == want["history"]
+
+
+def test_resuming_with_another_world_size_is_refused_with_the_command():
+    ddp = Distributed.__new__(Distributed)  # no process group needed for this check
+    ddp.world = 4
+    with pytest.raises(
+        ValueError, match=r"written by 2 processes, this run has 4.*--nproc-per-node 2"
+    ):
+        ddp.load_state_dict({"world": 2, "seed": 1, "rngs": []})
+
+
+def test_the_lightning_callback_under_lightnings_ddp_shows_global_values(tmp_path):
+    done = _torchrun(tmp_path, "-", Path(__file__).parent / "ddp_scripts" / "lightning_ddp.py")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0, rank1 = _load(tmp_path, "lightning", 0), _load(tmp_path, "lightning", 1)
+    assert rank0["history"] == rank1["history"]
+    assert rank0["rows"] == 12  # 96 samples, 2 ranks x 3 batches of 16, 2 epochs
+    # Each rank logged its own batch losses; the history holds the global sample-weighted mean.
+    np.testing.assert_allclose(rank0["history"]["loss"], rank0["reference"], rtol=1e-12)
+
+
+def test_a_set_up_error_tears_down_the_process_group_fit_started(monkeypatch, capsys):
+    # A one-process "torchrun" environment: fit initialises a gloo group, then fails set-up.
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**env, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    model = torch.nn.Linear(2, 2)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    with pytest.raises(TypeError, match="Expected `validation_data`"):
+        fitlens.fit(
+            model,
+            (x, y),
+            loss="cross_entropy",
+            optimizer="sgd",
+            strategy="ddp",
+            validation_data="not data",
+            verbose=0,
+        )
+    assert not dist.is_initialized()
+    assert "fitlens: rank 0 of 1 failed: TypeError" in capsys.readouterr().err
+
+
+# -- in-process: strategy resolution, sharding, the reduction --------------------------------
+
+
+def test_strategy_ddp_outside_torchrun_fails_with_the_torchrun_command(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun --nproc-per-node 2"):
+        resolve_strategy("ddp")
+    assert resolve_strategy("auto") is False
+    model = torch.nn.Linear(2, 2)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match="Expected `strategy` to be one of"):
+        fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd", strategy="many")
+    with pytest.raises(ValueError, match="Expected `ddp_timeout`"):
+        fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd", ddp_timeout=0)
+
+
+@pytest.mark.parametrize("n, used", [(101, 101), (97, 96), (128, 128)])
+def test_shards_deal_each_global_batch_across_ranks_without_duplicates(n, used):
+    world, batch = 2, 16
+    shards = [
+        ShardSampler(n, r, world, batch, shuffle=True, seed=3, drop_last=False)
+        for r in range(world)
+    ]
+    for s in shards:
+        s.set_epoch(1)
+    parts = [list(s) for s in shards]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3 + 1)).tolist()
+    assert sorted(parts[0] + parts[1]) == sorted(order[:used])  # each used sample once
+    steps = [-(-len(p) // batch) for p in parts]
+    assert steps[0] == steps[1]  # every rank runs the same number of steps
+    for i in range(steps[0]):  # global batch i: the same samples as one process's batch i
+        global_batch = parts[0][i * batch : (i + 1) * batch] + parts[1][i * batch : (i + 1) * batch]
+        assert sorted(global_batch) == sorted(order[i * 32 : min((i + 1) * 32, used)])
+
+
+def test_combined_rows_are_sample_weighted_means_over_the_ranks():
+    # ranks x steps x (step, 2 values, 2 weights, size, step time, data time)
+    gathered = np.array(
+        [
+            [[1, 1.0, 0.5, 3, 3, 3, 0.1, 0.01], [2, 2.0, np.nan, 1, 0, 1, 0.2, 0.0]],
+            [[1, 3.0, 0.0, 1, 1, 1, 0.3, 0.02], [2, 4.0, np.nan, 3, 0, 3, 0.1, 0.0]],
+        ]
+    )
+    rows = combine_rows(gathered, 2)
+    np.testing.assert_array_equal(rows.steps, [1, 2])
+    np.testing.assert_allclose(rows.values[:, 0], [(3 * 1 + 3) / 4, (2 + 3 * 4) / 4])
+    assert rows.values[0, 1] == pytest.approx(1.5 / 4) and np.isnan(rows.values[1, 1])
+    np.testing.assert_array_equal(rows.weights, [[4, 4], [4, 0]])
+    np.testing.assert_array_equal(rows.sizes, [4, 4])
+    np.testing.assert_array_equal(rows.step_times, [0.3, 0.2])  # the slowest rank's
+
+
+def test_a_lens_with_a_reduction_refreshes_on_a_step_schedule_not_the_clock():
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.05  # every read: 0.05 s (a step reads the clock twice: 0.1 s per step)
+        return now[0]
+
+    reduced: list[int] = []
+
+    def reduce(rows: Rows) -> Rows:
+        reduced.append(len(rows.steps))
+        return rows
+
+    lens = Lens(Progress(0, refresh_per_second=2.0), "ema", clock=clock)
+    lens.reduce = reduce
+    lens.set_metrics(["loss"])
+    lens.begin_run(1, 20)
+    lens.begin_epoch(0)
+    for _ in range(20):
+        lens.begin_step()
+        lens.record([1.0], 4)
+        lens.refresh_if_due()
+        lens.end_step()
+    lens.end_epoch()
+    assert sum(reduced) == 20
+    # The first step refreshes; then every 0.5 s / (measured s per step) steps, and the end.
+    assert reduced[0] == 1 and len(reduced) > 2 and max(reduced) < 20
