@@ -161,12 +161,9 @@ def test_groups_of_batches_give_the_groups_weighted_mean_as_steps_per_execution_
         )
 
 
-def test_history_has_fit_format_with_validation_and_the_display_shows_gap_and_forecast():
-    x, y, _ = _data(120)
-    model = _model(metrics=["accuracy"])
-    out = io.StringIO()
-    lens = FitlensCallback(verbose=2, file=out)
-    keras_history = model.fit(
+def _fit_two_epochs(model, x, y, lens):
+    """Two epochs of 6 batches of 16 on ``x[:96]``, validated on the rest."""
+    return model.fit(
         x[:96],
         y[:96],
         batch_size=16,
@@ -175,6 +172,14 @@ def test_history_has_fit_format_with_validation_and_the_display_shows_gap_and_fo
         verbose=0,
         callbacks=[lens],
     )
+
+
+def test_history_has_fit_format_with_validation_and_the_display_shows_gap_and_forecast():
+    x, y, _ = _data(120)
+    model = _model(metrics=["accuracy"])
+    out = io.StringIO()
+    lens = FitlensCallback(verbose=2, file=out)
+    keras_history = _fit_two_epochs(model, x, y, lens)
     history = lens.history.history
     assert list(history) == [
         "loss", "loss_now", "loss_now_low", "loss_now_high", "accuracy", "accuracy_now",
@@ -238,3 +243,25 @@ def test_kerass_own_bar_left_on_draws_a_warning():
 def test_a_bad_now_estimator_fails_before_training():
     with pytest.raises(ValueError, match="estimator name"):
         FitlensCallback(now="median")
+
+
+def test_tensorboard_writes_the_lenss_figures_at_refreshes_and_epoch_ends_only(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tb_events import assert_epoch_ends_equal_the_history, scalars
+
+    x, y, _ = _data(120)
+    model = _model(metrics=["accuracy"])
+    # A frozen clock: the lens refreshes only at each epoch's first step.
+    lens = FitlensCallback(verbose=0, clock=lambda: 0.0, tensorboard=tmp_path / "tb")
+    _fit_two_epochs(model, x, y, lens)
+    written = scalars(tmp_path / "tb")
+    history = lens.history
+    tags = {f"train/{m}_mean": m for m in ("loss", "accuracy")}
+    tags |= {f"train/{m}_now": f"{m}_now" for m in ("loss", "accuracy")}
+    tags |= {f"val/{m}": f"val_{m}" for m in ("loss", "accuracy")}
+    assert_epoch_ends_equal_the_history(history, written, tags)
+    # One point per refresh (each epoch's first step) and one per epoch end: none per step.
+    assert sorted(written["train/loss_mean"]) == [1, 6, 7, 12]
+    for step in (1, 7):  # the mean of one batch of 16 is its value
+        assert written["train/loss_mean"][step] == np.float32(history.batches["loss"][step - 1])
+    assert set(written["lr"].values()) == {np.float32(0.1)}

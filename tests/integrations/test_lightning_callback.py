@@ -172,3 +172,23 @@ def test_log_now_puts_the_now_estimate_next_to_lightnings_step_and_epoch_names()
 def test_a_bad_now_estimator_fails_before_training():
     with pytest.raises(ValueError, match="estimator name"):
         FitlensCallback(now="median")
+
+
+def test_tensorboard_writes_the_lenss_figures_at_refreshes_and_epoch_ends_only(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tb_events import assert_epoch_ends_equal_the_history, scalars
+
+    # A frozen clock: the lens refreshes only at each epoch's first step.
+    lens = FitlensCallback(verbose=0, clock=lambda: 0.0, tensorboard=tmp_path / "tb")
+    _fit(Classifier(), [lens])
+    written = scalars(tmp_path / "tb")
+    history = lens.history
+    tags = {f"train/{m}_mean": m for m in ("loss", "accuracy")}
+    tags |= {f"train/{m}_now": f"{m}_now" for m in ("loss", "accuracy")}
+    tags |= {"val/loss": "val_loss"}
+    assert_epoch_ends_equal_the_history(history, written, tags)
+    # One point per refresh (each epoch's first step) and one per epoch end: none per step.
+    assert sorted(written["train/loss_mean"]) == [1, 4, 5, 8]
+    for step in (1, 5):  # the mean of one batch is its value
+        assert written["train/loss_mean"][step] == np.float32(history.batches["loss"][step - 1])
+    assert set(written["lr"].values()) == {np.float32(0.2)}

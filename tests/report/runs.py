@@ -34,6 +34,7 @@ def train(
     resume: bool = False,
     n: int = 240,
     clock: Any = None,
+    tensorboard: Any = None,
 ) -> tuple[fitlens.History, str]:
     """Train the seeded MLP; returns the history and everything the display printed."""
     torch.manual_seed(0)
@@ -55,6 +56,7 @@ def train(
         resume=resume,
         callbacks=list(callbacks),
         clock=clock,
+        tensorboard=tensorboard,
     )
     return history, out.getvalue()
 

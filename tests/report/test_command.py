@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +165,64 @@ def test_a_report_from_the_history_in_memory_shows_the_intervals(finished_run):
     assert "not recorded in a run directory" not in page
 
 
+def _gap_intervals(gaps):
+    """``(epoch, metric, role) -> (low, high)`` of every measured value in ``History.gaps``."""
+    return {
+        (g["epoch"], name, role): (d[role]["low"], d[role]["high"])
+        for g in gaps
+        for name, d in g["metrics"].items()
+        for role in ("train_mode", "eval_mode", "validation")
+        if d[role] is not None
+    }
+
+
+def test_a_report_from_the_run_directory_shows_the_intervals_fit_recorded(finished_run):
+    from fitlens.report.html import render_page
+    from fitlens.report.reader import read_run
+
+    path, history, _ = finished_run
+    recorded = _gap_intervals(history.gaps)
+    assert len(recorded) == 3 * 2 * 3  # epochs x metrics x measured values, all with intervals
+    assert _gap_intervals(fitlens.read_history(path).gaps) == recorded
+    run = read_run(path)
+    assert _gap_intervals(run.history.gaps) == recorded
+    page = render_page(run, [])
+    val = history.gaps[0]["metrics"]["accuracy"]["validation"]
+    assert f"[{val['low']:.4f}, {val['high']:.4f}]" in page
+    assert "not recorded in this run directory" not in page
+
+
+def test_a_run_directory_of_an_earlier_version_without_intervals_still_reports(
+    finished_run, tmp_path
+):
+    from fitlens.report.html import render_page
+    from fitlens.report.reader import read_run
+
+    path, history, _ = finished_run
+    copy = tmp_path / "old"
+    shutil.copytree(path, copy)
+    records = [json.loads(line) for line in (copy / JSONL).read_text().splitlines()]
+    for record in records:
+        record.pop("gaps", None)
+    (copy / JSONL).write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = read_run(copy)
+    assert run.history.gaps == [] and run.history.history == history.history
+    assert "not recorded in this run directory" in render_page(run, [])
+
+
+def test_the_intervals_of_epochs_before_a_resume_stay_in_the_run_directory(tmp_path):
+    path = tmp_path / "run"
+    with pytest.raises(fitlens.TrainingInterrupted):
+        train(path, epochs=3, train_eval=True, callbacks=[InterruptAt(epoch=1, step=4)])
+    before = _gap_intervals(fitlens.read_history(path).gaps)
+    assert {k[0] for k in before} == {1}
+    history, _ = train(path, epochs=3, train_eval=True, resume=True)
+    after = _gap_intervals(fitlens.read_history(path).gaps)
+    assert {k[0] for k in after} == {1, 2, 3}
+    assert after == _gap_intervals(history.gaps)
+    assert {k: v for k, v in after.items() if k[0] == 1} == before
+
+
 def test_report_without_matplotlib_names_the_extra_and_show_still_works(finished_run):
     path, _, _ = finished_run
     code = textwrap.dedent(
@@ -293,3 +353,25 @@ def test_run_files_written_before_the_now_interval_still_read_show_and_report(
     assert len(rows) == 2 and all(math.isfinite(r.forecast.tolerance) for r in rows)
     assert main(["show", str(old), "--quiet"]) == 0
     assert main(["report", str(old), "-o", str(tmp_path / "r.html"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("command", [["show", "--json"], ["report", "-o", "page.html"]])
+def test_show_and_report_read_a_run_directory_without_importing_torch(
+    finished_run, tmp_path, command
+):
+    path, _, _ = finished_run
+    src = Path(fitlens.__file__).parents[1]
+    argv = [sys.executable, "-X", "importtime", "-m", "fitlens", command[0], str(path)]
+    result = subprocess.run(
+        [*argv, *command[1:], "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "fitlens.report.reader" in imported  # the log is the one of the run just made
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "keras", "lightning")]

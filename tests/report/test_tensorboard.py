@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -14,15 +15,10 @@ from fitlens.core.estimators import EpochMean
 
 from .runs import train
 
-event_accumulator = pytest.importorskip(
-    "tensorboard.backend.event_processing.event_accumulator", reason="needs fitlens[tensorboard]"
-)
+pytest.importorskip("tensorboard", reason="needs fitlens[tensorboard]")
 
-
-def _scalars(log_dir) -> dict[str, dict[int, float]]:
-    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+from tb_events import assert_epoch_ends_equal_the_history
+from tb_events import scalars as _scalars
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +32,18 @@ def logged(tmp_path_factory):
 
 def test_epoch_end_values_equal_the_history_as_float32(logged):
     history, scalars = logged
-    epochs = history.batches["epoch"]
-    end_steps = [int(np.flatnonzero(epochs == e + 1)[-1]) + 1 for e in history.epoch]
+    tags = {}
     for name in ("loss", "accuracy"):
-        for tag, key in (
-            (f"train/{name}_mean", name),
-            (f"train/{name}_now", f"{name}_now"),
-            (f"train/{name}_now_low", f"{name}_now_low"),
-            (f"train/{name}_now_high", f"{name}_now_high"),
-            (f"val/{name}", f"val_{name}"),
-            (f"train_eval/{name}", f"train_eval_{name}"),
-            (f"train_eval/{name}_train_mode", f"train_eval_train_mode_{name}"),
-        ):
-            got = [scalars[tag][s] for s in end_steps]
-            # Event files hold float32: the only difference allowed is that one rounding.
-            assert got == [np.float32(v) for v in history.history[key]], tag
-    for key, tag in (
-        ("data_wait", "time/data_wait"),
-        ("compute", "time/compute"),
-        ("eval", "time/eval"),
-        ("time", "time/epoch"),
-    ):
-        assert [scalars[tag][s] for s in end_steps] == [np.float32(v) for v in history.timing[key]]
+        tags |= {
+            f"train/{name}_mean": name,
+            f"train/{name}_now": f"{name}_now",
+            f"train/{name}_now_low": f"{name}_now_low",
+            f"train/{name}_now_high": f"{name}_now_high",
+            f"val/{name}": f"val_{name}",
+            f"train_eval/{name}": f"train_eval_{name}",
+            f"train_eval/{name}_train_mode": f"train_eval_train_mode_{name}",
+        }
+    assert_epoch_ends_equal_the_history(history, scalars, tags)
     assert set(scalars["lr"].values()) == {np.float32(3e-3)}
 
 
@@ -105,7 +91,41 @@ def test_without_tensorboard_the_callback_names_the_extra():
     assert "pip install 'fitlens[tensorboard]'" in result.stdout, result.stderr
 
 
-def test_the_callback_adds_not_one_device_to_host_read(tmp_path, monkeypatch):
+def _ticking_clock():
+    """Advances 13 ms per read: two runs refresh (and so write points) at the same steps."""
+    ticks = itertools.count()
+    return lambda: next(ticks) * 0.013
+
+
+def test_fit_tensorboard_writes_exactly_what_the_callback_writes(tmp_path):
+    train(epochs=2, callbacks=[fitlens.TensorBoard(tmp_path / "cb")], clock=_ticking_clock())
+    history, _ = train(epochs=2, tensorboard=tmp_path / "fit", clock=_ticking_clock())
+    by_callback, by_fit = _scalars(tmp_path / "cb"), _scalars(tmp_path / "fit")
+    assert by_fit == by_callback
+    assert len(by_fit["train/accuracy_now"]) > len(history.epoch)  # refresh points too
+    end = len(history.batches)
+    assert by_fit["train/accuracy_now"][end] == np.float32(history.history["accuracy_now"][-1])
+
+
+@pytest.mark.parametrize(
+    ("tensorboard", "message"),
+    [(3, "Expected `tensorboard` to be a directory path"), ("", "a non-empty str")],
+)
+def test_fit_refuses_a_tensorboard_that_is_not_a_directory_before_training(
+    tensorboard, message, mlp
+):
+    with pytest.raises(ValueError, match=message):
+        fitlens.fit(mlp, [], loss="mse", optimizer="sgd", tensorboard=tensorboard)
+
+
+def test_fit_refuses_a_tensorboard_path_that_is_a_file(tmp_path, mlp):
+    (tmp_path / "tb").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        fitlens.fit(mlp, [], loss="mse", optimizer="sgd", tensorboard=tmp_path / "tb")
+
+
+@pytest.mark.parametrize("form", ["callback", "fit"])
+def test_tensorboard_adds_not_one_device_to_host_read(tmp_path, monkeypatch, form):
     import functools
 
     import torch
@@ -123,5 +143,29 @@ def test_the_callback_adds_not_one_device_to_host_read(tmp_path, monkeypatch):
     train(epochs=2, clock=lambda: 0.0)
     without = counts["reads"]
     counts["reads"] = 0
-    train(epochs=2, callbacks=[fitlens.TensorBoard(tmp_path)], clock=lambda: 0.0)
+    if form == "callback":
+        train(epochs=2, callbacks=[fitlens.TensorBoard(tmp_path)], clock=lambda: 0.0)
+    else:
+        train(epochs=2, tensorboard=tmp_path, clock=lambda: 0.0)
     assert counts["reads"] == without
+    assert _scalars(tmp_path)["train/loss_mean"]  # it did write
+
+
+def test_with_fits_scheduler_the_rate_is_the_lr_tag_not_a_metric(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    history = fitlens.fit(
+        model, (x, y), loss="cross_entropy", optimizer=optimizer, epochs=3, batch_size=16,
+        verbose=0, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5),
+        tensorboard=tmp_path, clock=lambda: 0.0,
+    )  # fmt: skip
+    written = _scalars(tmp_path)
+    assert not [tag for tag in written if tag.startswith("train/lr")]
+    # Epoch ends come before the per-epoch scheduler steps: the rate the epoch trained with.
+    ends = [4, 8, 12]
+    assert [written["lr"][s] for s in ends] == [np.float32(r) for r in (0.1, 0.05, 0.025)]
+    assert len(history.epoch) == 3

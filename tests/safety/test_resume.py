@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import signal
@@ -80,11 +81,12 @@ def _fit(kind: str, run_dir: Path | None = None, **kwargs: Any) -> tuple[torch.n
     torch.manual_seed(2)
     kwargs.setdefault("checkpointing", Checkpointing(every_steps=4, every_minutes=None))
     kwargs.setdefault("clock", lambda: 0.0)  # deterministic refresh points
+    optimizer = kwargs.pop("optimizer", "adam")  # a name, or a function of the model
     history = fitlens.fit(
         model,
         _train_data(kind),
         loss="cross_entropy",
-        optimizer="adam",
+        optimizer=optimizer(model) if callable(optimizer) else optimizer,
         metrics=["accuracy"],
         epochs=3,
         batch_size=10 if kind == "arrays" else None,  # loaders make their own batches
@@ -425,3 +427,102 @@ def test_a_checkpoint_without_the_keys_fit_writes_is_refused_by_name(tmp_path: P
         save_checkpoint(path, state)
     with pytest.raises(ValueError, match=r"it lacks \['params'\]"):
         _resume_differently(tmp_path)
+
+
+class SetLR(fitlens.Callback):
+    """Sets the learning rate at the start of 0-based ``epoch`` and records the rate of every
+    step it sees."""
+
+    def __init__(self, epoch: int, lr: float) -> None:
+        self.epoch, self.lr, self.seen = epoch, lr, []
+
+    def on_epoch_begin(self, epoch: int, logs: Any) -> None:
+        if epoch == self.epoch:
+            for group in self.run.optimizer.param_groups:
+                group["lr"] = self.lr
+
+    def on_batch_begin(self, step: int, logs: Any) -> None:
+        self.seen.append((self.run.epoch, self.run.optimizer.param_groups[0]["lr"]))
+
+
+def _adam(lr: float) -> Any:
+    return lambda model: torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def test_override_on_resume_trains_on_with_the_new_lr_and_restores_everything_else(
+    tmp_path: Path,
+) -> None:
+    # The reference changes the rate at the start of epoch 2 in one uninterrupted run.
+    reference = _fit("arrays", tmp_path / "ref", optimizer=_adam(1e-3), callbacks=[SetLR(1, 1e-2)])
+    with pytest.raises(Crash):  # crashes at epoch 2, step 1: the latest checkpoint is epoch 1's end
+        _fit("arrays", tmp_path / "run", optimizer=_adam(1e-3), callbacks=[CrashAt(1, 1)])
+    seen = SetLR(-1, math.nan)  # records only
+    overriding = Checkpointing(every_steps=4, every_minutes=None, override_on_resume=("lr",))
+    with pytest.warns(RuntimeWarning, match=re.escape("'lr' (group 0): 0.01 as this call sets it, "
+                                                      "instead of the checkpoint's 0.001")):  # fmt: skip
+        resumed = _fit(
+            "arrays",
+            tmp_path / "run",
+            optimizer=_adam(1e-2),
+            resume=True,
+            checkpointing=overriding,
+            callbacks=[seen],
+        )
+    assert seen.seen == [(e, 1e-2) for e in (1, 2) for _ in range(6)]
+    # Weights, Adam's moments and step counts, data order and history: bit for bit.
+    _assert_same(resumed, reference)
+
+
+def test_after_an_override_the_new_lr_is_the_runs_and_a_later_resume_needs_no_option(
+    tmp_path: Path,
+) -> None:
+    reference = _fit("arrays", tmp_path / "ref", optimizer=_adam(1e-3), callbacks=[SetLR(1, 1e-2)])
+    with pytest.raises(Crash):
+        _fit("arrays", tmp_path / "run", optimizer=_adam(1e-3), callbacks=[CrashAt(1, 1)])
+    overriding = Checkpointing(every_steps=4, every_minutes=None, override_on_resume=("lr",))
+    with pytest.warns(RuntimeWarning, match="override_on_resume"), pytest.raises(Crash):
+        _fit("arrays", tmp_path / "run", optimizer=_adam(1e-2), resume=True,
+             checkpointing=overriding, callbacks=[CrashAt(2, 3)])  # fmt: skip
+    resumed = _fit("arrays", tmp_path / "run", optimizer=_adam(1e-2), resume=True)
+    _assert_same(resumed, reference)
+
+
+def test_without_override_on_resume_a_new_lr_is_refused_naming_the_option(tmp_path: Path) -> None:
+    _crashed_run(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("Checkpointing(override_on_resume=('lr',))")):
+        _resume_differently(tmp_path, optimizer=_adam(1e-2))
+
+
+def test_override_on_resume_with_an_unknown_hyper_parameter_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match=r"names \['lrate'\], which Adam's .* are \[.*'lr'"):
+        _fit("arrays", tmp_path / "run", checkpointing=Checkpointing(override_on_resume=("lrate",)))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"override_on_resume": "lr"}, "a tuple of optimizer hyper-parameter names"),
+        ({"override_on_resume": ("params",)}, "not 'params'"),
+        (
+            {"override_on_resume": ("lr",), "scheduler": torch.optim.lr_scheduler.StepLR(
+                torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 1)},
+            "cannot be combined with `scheduler`",
+        ),
+    ],
+)  # fmt: skip
+def test_override_on_resume_rejects_invalid_settings(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Checkpointing(**kwargs)
+
+
+def test_override_on_resume_of_lr_with_fits_scheduler_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    overriding = Checkpointing(override_on_resume=("lr",))
+    with pytest.raises(ValueError, match=r"cannot be combined with fit\(scheduler=\.\.\.\)"):
+        _fit("arrays", tmp_path / "run", checkpointing=overriding,
+             scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))  # fmt: skip
+    assert not (tmp_path / "run").exists()

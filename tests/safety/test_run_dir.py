@@ -278,3 +278,131 @@ def test_read_history_still_reads_the_flat_records_of_earlier_versions(tmp_path:
     assert again.history == history.history
     for col in history.batches.columns:
         np.testing.assert_array_equal(again.batches[col], history.batches[col].astype(float))
+
+
+# -- a read-only file system and a directory the user may not write -------------------------
+# Tests run as root here, and root ignores permission bits, so chmod cannot make a directory
+# unwritable. A user and mount namespace (`unshare -rm`, no privilege needed) can mount a
+# directory read-only for real (EROFS, which binds root too); `setpriv` runs a check as the
+# unprivileged user nobody (EACCES).
+_WORKER = Path(__file__).with_name("ro_worker.py")
+_ENV = {**os.environ, "PYTHONPATH": str(Path(fitlens.__file__).parents[1])}
+
+
+def _namespaces_work() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o ro tmpfs /mnt"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+needs_namespaces = pytest.mark.skipif(
+    sys.platform != "linux" or not _namespaces_work(),
+    reason="needs `unshare -rm` (user and mount namespaces) to mount a directory read-only",
+)
+
+
+def _in_namespace(shell: str) -> dict[str, Any]:
+    """Runs ``shell`` (which runs the worker) in a new user and mount namespace; the worker's
+    JSON line."""
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        env=_ENV,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def _read_only(mountpoint: Path) -> str:
+    return f"mount --bind {mountpoint} {mountpoint} && mount -o remount,ro,bind {mountpoint}"
+
+
+@needs_namespaces
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_run_dir_on_a_read_only_file_system_is_one_clear_error_before_training(
+    tmp_path: Path, existing: bool
+) -> None:
+    run_dir = tmp_path / "run"
+    if existing:
+        run_dir.mkdir()
+    out = _in_namespace(f"{_read_only(tmp_path)} && {sys.executable} {_WORKER} {run_dir}")
+    assert out["error"] == (
+        f"OSError: [Errno 30] Cannot write to run_dir {run_dir}: Read-only file system. Choose "
+        "a directory you can write to (not on a read-only file system)."
+    )
+    assert not out["chained"]  # no second error from a clean-up hiding the cause
+    assert "epochs" not in out
+
+
+@needs_namespaces
+def test_resuming_a_run_whose_disk_became_read_only_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    _fit(tmp_path / "run")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    out = _in_namespace(
+        f"{_read_only(tmp_path)} && {sys.executable} {_WORKER} {tmp_path / 'run'} --resume"
+    )
+    assert out["error"].startswith("OSError: [Errno 30] Cannot write to run_dir ")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+@needs_namespaces
+def test_a_disk_that_runs_full_mid_run_leaves_training_going_and_says_so(tmp_path: Path) -> None:
+    # A real full disk: a 4 MB tmpfs, filled at the start of epoch 2 (a read-only remount is
+    # refused while the history files are open for appending: "mount point is busy").
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = _in_namespace(
+        f"mount -t tmpfs -o size=4m tmpfs {disk} && {sys.executable} {_WORKER} {disk / 'run'} "
+        f"--fill-at-epoch 1 {disk / 'filler'}"
+    )
+    assert out["epochs"] == 3  # training finished
+    warned = " ".join(out["warnings"])
+    assert "Could not write a checkpoint" in warned and "No space left on device" in warned
+    assert "Cannot write the history" in warned
+    # The latest checkpoint is epoch 1's end: 16 steps old after epochs 2 and 3 of 8 steps.
+    assert "2 checkpoint write(s) failed" in out["stderr"]
+    assert "is 16 steps old" in out["stderr"]
+    assert out["checkpoints"] == ["ckpt-00000001.pt"]  # epoch 1's end, kept; no torn file
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+    reason="runs the check as the user nobody: needs root and setpriv",
+)
+def test_a_run_dir_the_user_may_not_write_is_one_clear_error_before_training(
+    tmp_path: Path,
+) -> None:
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="fitlens-perm-"))  # pytest's tmp_path is 0700
+    try:
+        shared.chmod(0o755)  # root's directory: nobody may read it, not write it
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, str(_WORKER), str(shared / "run")],
+            capture_output=True, text=True, env=_ENV, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout.splitlines()[-1])
+        assert out["error"] == (
+            f"PermissionError: [Errno 13] Cannot write to run_dir {shared / 'run'}: Permission denied. "
+            "Choose a directory you can write to (not on a read-only file system)."
+        )
+        assert not out["chained"]
+        assert not (shared / "run").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(shared)

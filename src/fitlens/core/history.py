@@ -221,15 +221,19 @@ class History:
             "epoch": self.epoch,
             "timing": self.timing,
             "batches": {c: np.array(b[c]) for c in b.columns},
+            "gaps": self.gaps,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Replace what is recorded with a `state_dict` (``params`` and ``gaps`` are kept)."""
+        """Replace what is recorded with a `state_dict` (``params`` are kept, and ``gaps`` when
+        the state has none: checkpoints of earlier versions)."""
         self.history.clear()
         self.history.update({k: [float(x) for x in v] for k, v in state["history"].items()})
         self.timing.clear()
         self.timing.update({k: [float(x) for x in v] for k, v in state["timing"].items()})
         self.epoch[:] = [int(e) for e in state["epoch"]]
+        if "gaps" in state:
+            self.gaps[:] = [dict(g) for g in state["gaps"]]
         self.batches.truncate(0)
         columns = state["batches"]
         if len(next(iter(columns.values()))):

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import IO, Any
 
 try:
@@ -60,6 +61,7 @@ from fitlens.core.history import History
 from fitlens.core.window import window_mean
 from fitlens.view.lens import Lens
 from fitlens.view.progress import Progress
+from fitlens.view.tensorboard import TensorBoardWriter
 from fitlens.view.timing import Clock
 
 if int(keras.__version__.split(".")[0]) < 3:
@@ -113,6 +115,10 @@ class FitlensCallback(keras.callbacks.Callback):
             ``"ema"``, ``"window"``, ``"last"`` or a configured `fitlens.Estimator`).
         file: where to write (default ``sys.stdout``), when ``verbose`` is an int.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        tensorboard: a directory for TensorBoard event files, written from the same lens as
+            `fitlens.fit`'s (``fit(..., tensorboard=dir)``): the running means, now estimates
+            and learning rate at every display refresh, the epoch-end values and times; see
+            `fitlens.view.tensorboard` (``pip install 'fitlens[tensorboard]'``).
 
     Attributes:
         history: the `fitlens.History` of the run (``history.history`` per epoch with ``m``,
@@ -134,10 +140,12 @@ class FitlensCallback(keras.callbacks.Callback):
         now: str | Estimator = DEFAULT_NOW,
         file: IO[str] | None = None,
         clock: Clock | None = None,
+        tensorboard: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.progress = verbose if isinstance(verbose, Progress) else Progress(verbose, file=file)
         self.lens = Lens(self.progress, now, clock=clock)  # validates `now` here
+        self.tensorboard = TensorBoardWriter(tensorboard) if tensorboard is not None else None
         self.history: History = self.lens.history
         self.history.params["framework"] = "keras"
 
@@ -152,6 +160,8 @@ class FitlensCallback(keras.callbacks.Callback):
         self.lens.begin_run(int(params.get("epochs") or 1), params.get("steps"))
         self._sources: dict[str, Any] | None = None
         self._warned_equal_weights = False
+        if self.tensorboard is not None:
+            self.tensorboard.attach(self.lens, self._learning_rates)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._previous: dict[str, tuple[float, float]] = {}  # key -> (count, mean)
@@ -213,3 +223,13 @@ class FitlensCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self.lens.end_run()
+        if self.tensorboard is not None:
+            self.tensorboard.detach()
+
+    def _learning_rates(self) -> dict[str, float]:
+        """The optimizer's current learning rate (a schedule's value at this step), read at
+        display refreshes and epoch ends only."""
+        rate = getattr(getattr(self.model, "optimizer", None), "learning_rate", None)
+        if rate is None:
+            return {}
+        return {"lr": float(keras.ops.convert_to_numpy(rate))}

@@ -40,6 +40,7 @@ device-to-host copy per batch, as Lightning's own progress bar does.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import IO, Any
 
 try:
@@ -59,6 +60,7 @@ from fitlens.core.estimators import DEFAULT_NOW, Estimator
 from fitlens.core.history import History
 from fitlens.view.lens import Lens
 from fitlens.view.progress import Progress
+from fitlens.view.tensorboard import TensorBoardWriter, param_group_rates
 from fitlens.view.timing import Clock
 
 _TRAIN_FX = "training_step"
@@ -81,6 +83,10 @@ class FitlensCallback(pl.Callback):
             ``"ema"``, ``"window"``, ``"last"`` or a configured `fitlens.Estimator`).
         file: where to write (default ``sys.stdout``), when ``verbose`` is an int.
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
+        tensorboard: a directory for TensorBoard event files, written from the same lens as
+            `fitlens.fit`'s (``fit(..., tensorboard=dir)``): the running means, now estimates
+            and learning rate at every display refresh, the epoch-end values and times; see
+            `fitlens.view.tensorboard` (``pip install 'fitlens[tensorboard]'``).
         log_now: also ``self.log`` each ``name_now`` every step (``prog_bar=True``), so that
             Lightning's bar and loggers show it next to ``name_step`` and ``name_epoch``.
 
@@ -103,11 +109,13 @@ class FitlensCallback(pl.Callback):
         now: str | Estimator = DEFAULT_NOW,
         file: IO[str] | None = None,
         clock: Clock | None = None,
+        tensorboard: str | Path | None = None,
         log_now: bool = False,
     ) -> None:
         super().__init__()
         self.progress = verbose if isinstance(verbose, Progress) else Progress(verbose, file=file)
         self.lens = Lens(self.progress, now, clock=clock)  # validates `now` here
+        self.tensorboard = TensorBoardWriter(tensorboard) if tensorboard is not None else None
         self.log_now = bool(log_now)
         self.history: History = self.lens.history
         self.history.params["framework"] = "lightning"
@@ -124,6 +132,8 @@ class FitlensCallback(pl.Callback):
         steps = trainer.num_training_batches
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         self.lens.begin_run(epochs, int(steps) if math.isfinite(steps) else None)
+        if self.tensorboard is not None:
+            self.tensorboard.attach(self.lens, lambda: param_group_rates(*trainer.optimizers))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._counts: dict[str, float] = {}  # result key -> Lightning's cumulated batch size
@@ -192,3 +202,5 @@ class FitlensCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.lens.end_run()
         self.lens.reduce = None
+        if self.tensorboard is not None:
+            self.tensorboard.detach()

@@ -5,10 +5,10 @@ with the same code that printed the lines during training: `fitlens.core.gap.Gap
 `fitlens.core.forecast.make_forecast` / `check_forecast`, `fitlens.view.data_wait`. The HTML page
 (`fitlens.report.html`) and the terminal view (`fitlens.report.show`) only format these.
 
-Intervals: ``History.gaps`` (a history from `fit` or a callback, in memory) holds the 95%
-intervals of the measured values. A run directory does not record them (``history.jsonl``
-stores the values only), so a report read from one shows the values without intervals and says
-so.
+Intervals: ``History.gaps`` holds the 95% intervals of the measured values, in memory (a
+history from `fit` or a callback) and in a run directory's ``history.jsonl`` (its epoch
+records' ``gaps``). Files written by earlier versions have no ``gaps``: a report read from one
+shows the values without intervals and says so.
 
 numpy only: no torch, no matplotlib.
 """

@@ -160,9 +160,10 @@ def _gaps_section(run: Run) -> str:
     ]
     if not has_intervals(h):
         out.append(
-            "<p class=note>95% intervals: not recorded in a run directory "
-            "(<code>history.jsonl</code> keeps values only); a report made from the "
-            "<code>History</code> that <code>fit</code> returned shows them.</p>"
+            "<p class=note>95% intervals: not recorded in this run directory (its "
+            "<code>history.jsonl</code> was written by a fitlens that kept values only); a "
+            "report made from the <code>History</code> that <code>fit</code> returned shows "
+            "them.</p>"
         )
     for name in h.batches.metric_names:
         rows = _gap_rows(gaps, name)

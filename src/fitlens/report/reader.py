@@ -22,7 +22,7 @@ import numpy as np
 
 from fitlens.core.history import BASE_COLUMNS, History, flat_batch_record
 from fitlens.report.facts import RunFacts, run_facts
-from fitlens.safety.run_dir import JSONL, SUMMARY
+from fitlens.safety.run_dir import JSONL, SUMMARY, record_epoch_json
 
 #: Batch rows parsed before they are moved into the history's numpy columns.
 CHUNK = 65536
@@ -79,9 +79,7 @@ def stream_history(run_dir: str | Path, progress: Callable[[float], None] | None
         history = History()
     move_rows()
     for e in sorted(epochs, key=lambda r: r["epoch"]):
-        logs = {k: math.nan if v is None else v for k, v in e["logs"].items()}
-        timing = {k: math.nan if v is None else v for k, v in e["timing"].items()}
-        history.record_epoch(e["epoch"] - 1, logs, timing)
+        record_epoch_json(history, e)
     return history
 
 

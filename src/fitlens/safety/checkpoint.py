@@ -319,6 +319,14 @@ class Checkpointing:
             to save and restore with the checkpoint. A scheduler given to ``fit(scheduler=...)``
             is stepped, saved and restored by ``fit``: do not name it here (the same object is
             accepted, another is refused).
+        override_on_resume: optimizer hyper-parameters (keys of its ``param_groups``, e.g.
+            ``("lr",)`` or ``("lr", "weight_decay")``) that a resume takes from this call's
+            optimizer instead of the checkpoint: a deliberate new learning rate. Everything
+            else (weights, the optimizer's moments and step counts, the other
+            hyper-parameters, the data position) is restored exactly; each value that changes
+            is named in a warning. Without it, a resume whose optimizer settings differ from
+            the run's stops with an error. Not with ``"lr"`` and a scheduler (this one or
+            ``fit``'s: the restored scheduler would steer the rate from the checkpoint's values).
 
     A checkpoint is also written at every epoch end and on SIGINT/SIGTERM.
 
@@ -331,8 +339,27 @@ class Checkpointing:
     every_minutes: float | None = 10.0
     keep: int = 2
     scheduler: Any = None
+    override_on_resume: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        keys = self.override_on_resume
+        if isinstance(keys, str) or not isinstance(keys, tuple | list):
+            raise ValueError(
+                "Expected `override_on_resume` to be a tuple of optimizer hyper-parameter names, "
+                f"e.g. ('lr',). Received: {keys!r}."
+            )
+        if not all(isinstance(k, str) and k and k != "params" for k in keys):
+            raise ValueError(
+                "Expected `override_on_resume` to hold hyper-parameter names (str, not "
+                f"'params'). Received: {keys!r}."
+            )
+        object.__setattr__(self, "override_on_resume", tuple(keys))
+        if "lr" in keys and self.scheduler is not None:
+            raise ValueError(
+                "override_on_resume=('lr', ...) cannot be combined with `scheduler`: the restored "
+                "scheduler would keep steering the learning rate from the checkpoint's values. "
+                "Change the rate through the scheduler instead."
+            )
         s = self.every_steps
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
             raise ValueError(

@@ -147,6 +147,7 @@ class RunGuard:
         self.policy = on_nonfinite
         self.max_skipped = float(max_skipped)
         self.config = checkpointing or Checkpointing()
+        self.overrides = _override_values(optimizer, self.config.override_on_resume)
         self.model, self.optimizer, self.history = model, optimizer, history
         self.lens, self.source, self.clock = lens, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
@@ -250,6 +251,7 @@ class RunGuard:
             self.source.steps = self.history.params["steps"] = saved_steps
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._apply_overrides(path)
         if self.config.scheduler is not None and state["scheduler"] is not None:
             self.config.scheduler.load_state_dict(state["scheduler"])
         for name, part_state in state.get("parts", {}).items():
@@ -268,15 +270,18 @@ class RunGuard:
     def _compare_identity(self, path: Path, saved: dict[str, Any], position: Any) -> None:
         """One error listing every difference that makes the resume wrong; a warning for those
         where continuing is sound. Afterwards the run keeps the identity it began with."""
-        errors, notes = compare(saved, self.identity, (position["epoch"], position["step"]))
+        keys = self.config.override_on_resume
+        errors, notes = compare(
+            saved, self.identity, (position["epoch"], position["step"]), overridden=keys
+        )
         if errors:
             listing = "".join(f"\n  - {e}" for e in errors)
             raise ValueError(
                 f"Cannot resume from {path}: this call differs from the run that wrote it:"
                 f"{listing}\nPass the same model, optimizer (class and settings), training data, "
                 "metrics and enough epochs, or start a new `run_dir`. To change the learning "
-                "rate of the resumed run on purpose, set it in a callback's on_train_begin "
-                "(it runs after the checkpoint is restored)."
+                "rate (or another optimizer hyper-parameter) of the resumed run on purpose, pass "
+                "checkpointing=fitlens.Checkpointing(override_on_resume=('lr',))."
             )
         if notes:
             warnings.warn(
@@ -284,11 +289,37 @@ class RunGuard:
                 RuntimeWarning,
                 stacklevel=4,
             )
+        groups = [dict(g) for g in saved["hyperparameters"]]
+        for group, mine in zip(groups, self.identity["hyperparameters"], strict=False):
+            group.update({k: mine[k] for k in keys if k in mine})  # the run's new settings
         self.identity = {
             **saved,
+            "hyperparameters": groups,
             "epochs": self.identity["epochs"],
             "fitlens": self.identity["fitlens"],
         }
+
+    def _apply_overrides(self, path: Path) -> None:
+        """Put this call's values of ``override_on_resume`` over the restored optimizer's,
+        naming each value that changes in one warning."""
+        changed = []
+        for i, (group, values) in enumerate(
+            zip(self.optimizer.param_groups, self.overrides, strict=True)
+        ):
+            for key, value in values.items():
+                restored = group[key]
+                if not _same_value(restored, value):
+                    changed.append(
+                        f"optimizer hyper-parameter {key!r} (group {i}): {_shown(value)} as this "
+                        f"call sets it, instead of the checkpoint's {_shown(restored)}"
+                    )
+                group[key] = value
+        if changed:
+            warnings.warn(
+                f"Resuming from {path} with override_on_resume: " + "; ".join(changed) + ".",
+                RuntimeWarning,
+                stacklevel=5,
+            )
 
     # -- per epoch and per step -------------------------------------------------------------
 
@@ -591,15 +622,50 @@ class RunGuard:
                 "every_minutes": c.every_minutes,
                 "keep": c.keep,
                 "scheduler": type(c.scheduler).__name__ if c.scheduler is not None else None,
+                "override_on_resume": list(c.override_on_resume),
             },
         }
-        return start_summary(self.history, self.model, self.optimizer, settings, self.resumed_from)
+        return start_summary(
+            self.history,
+            self.model,
+            self.optimizer,
+            settings,
+            self.resumed_from,
+            {"torch": torch.__version__},
+        )
 
 
 def _parameters_finite(model: torch.nn.Module) -> bool:
     tensors = [*model.parameters(), *model.buffers()]
     flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True  # one host sync
+
+
+def _override_values(optimizer: torch.optim.Optimizer, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Each parameter group's values of ``keys`` as this call built them (copied: the restore
+    replaces the groups' values), or a clear error for a key the optimizer does not have."""
+    missing = [k for k in keys if any(k not in g for g in optimizer.param_groups)]
+    if missing:
+        known = sorted({k for g in optimizer.param_groups for k in g if k != "params"})
+        raise ValueError(
+            f"Checkpointing(override_on_resume=...) names {missing}, which "
+            f"{type(optimizer).__name__}'s parameter groups do not hold. Its hyper-parameters "
+            f"are {known}."
+        )
+    return [
+        {k: g[k].clone() if isinstance(g[k], torch.Tensor) else g[k] for k in keys}
+        for g in optimizer.param_groups
+    ]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return bool(torch.equal(torch.as_tensor(a), torch.as_tensor(b)))
+    return bool(a == b)
+
+
+def _shown(value: Any) -> str:
+    return repr(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value)
 
 
 def _two_checkpoints(model: torch.nn.Module) -> int:

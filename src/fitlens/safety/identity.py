@@ -16,6 +16,7 @@ restored; those where continuing is sound (more epochs, another fitlens version)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -94,10 +95,14 @@ def _model_differences(saved: dict[str, list[int]], now: dict[str, list[int]]) -
 
 
 def compare(
-    saved: dict[str, Any], now: dict[str, Any], position: tuple[int, int]
+    saved: dict[str, Any],
+    now: dict[str, Any],
+    position: tuple[int, int],
+    overridden: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
     """``(errors, warnings)``: each difference between the checkpoint's identity ``saved`` and
-    this call's ``now``, in words; ``position``: the checkpoint's 0-based epoch and step."""
+    this call's ``now``, in words; ``position``: the checkpoint's 0-based epoch and step;
+    ``overridden``: hyper-parameters this call sets anew on purpose (not differences)."""
     errors = _model_differences(saved["model"], now["model"])
     if saved["optimizer"] != now["optimizer"]:
         errors.append(f"optimizer: {now['optimizer']}, the checkpoint's is {saved['optimizer']}")
@@ -109,7 +114,7 @@ def compare(
                 f"{len(old_groups)}"
             )
         for i, (old, new) in enumerate(zip(old_groups, new_groups, strict=False)):
-            for key in sorted(set(old) | set(new)):
+            for key in sorted((set(old) | set(new)) - set(overridden)):
                 if not _same(old.get(key), new.get(key)):
                     errors.append(
                         f"optimizer hyper-parameter {key!r} (group {i}): {new.get(key)!r}, the "

@@ -8,7 +8,10 @@ Layout of ``run_dir``::
     history.jsonl    the same rows as JSON Lines: {"type": "batch", "epoch": 1, "step": 1, ...,
                      "values": {"loss": ...}} (earlier versions did not nest the values; both
                      forms are read) and
-                     {"type": "epoch", "epoch": 1, "logs": {...}, "timing": {...}}; NaN is null
+                     {"type": "epoch", "epoch": 1, "logs": {...}, "timing": {...}, "gaps":
+                     {"estimated": ..., "metrics": {...}}} (the gap decomposition with the 95%
+                     intervals of the measured values, History.gaps; absent in files of
+                     earlier versions); NaN is null
     summary.json     config, versions, timings, final metrics and status (replaced atomically)
     checkpoints/     ckpt-00000001.pt, ... (see fitlens.safety.checkpoint)
 
@@ -296,10 +299,14 @@ def start_summary(
     optimizer: Any,
     settings: dict[str, Any],
     resumed_from: str | None,
+    versions: dict[str, str],
 ) -> dict[str, Any]:
-    """The summary written when a run starts: config and versions, status ``"running"``."""
-    import torch
+    """The summary written when a run starts: config and versions, status ``"running"``.
 
+    ``versions``: the framework's (``{"torch": torch.__version__}``), given by the caller so
+    that this module, which `fitlens report` and `fitlens show` read runs through, imports no
+    torch.
+    """
     import fitlens
 
     groups = optimizer.param_groups
@@ -318,7 +325,7 @@ def start_summary(
         },
         "versions": {
             "fitlens": fitlens.__version__,
-            "torch": torch.__version__,
+            **versions,
             "numpy": np.__version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -365,13 +372,29 @@ def _batch_json(columns: list[str], row: list[Any]) -> str:
 
 
 def _epoch_json(history: History, i: int) -> str:
-    record = {
+    epoch = history.epoch[i] + 1
+    record: dict[str, Any] = {
         "type": "epoch",
-        "epoch": history.epoch[i] + 1,
+        "epoch": epoch,
         "logs": {k: _clean(v[i]) for k, v in history.history.items()},
         "timing": {k: _clean(v[i]) for k, v in history.timing.items()},
     }
+    gap = next((g for g in reversed(history.gaps) if g.get("epoch") == epoch), None)
+    if gap is not None:  # the gap decomposition with the measured values' intervals
+        record["gaps"] = _deep_clean({k: v for k, v in gap.items() if k != "epoch"})
     return json.dumps(record) + "\n"
+
+
+def record_epoch_json(history: History, record: dict[str, Any]) -> None:
+    """Add one ``history.jsonl`` epoch record to ``history``: its logs and timing (``null`` as
+    NaN) and, when recorded (files written since the gap intervals were), its ``History.gaps``
+    entry."""
+    logs = {k: math.nan if v is None else v for k, v in record["logs"].items()}
+    timing = {k: math.nan if v is None else v for k, v in record["timing"].items()}
+    history.record_epoch(record["epoch"] - 1, logs, timing)
+    gaps = record.get("gaps")
+    if isinstance(gaps, dict):
+        history.gaps.append({"epoch": record["epoch"], **gaps})
 
 
 def read_history(run_dir: str | Path) -> History:
@@ -410,7 +433,5 @@ def read_history(run_dir: str | Path) -> History:
             }
         )
     for e in sorted(epochs, key=lambda r: r["epoch"]):
-        nan = {k: math.nan if v is None else v for k, v in e["logs"].items()}
-        timing = {k: math.nan if v is None else v for k, v in e["timing"].items()}
-        history.record_epoch(e["epoch"] - 1, nan, timing)
+        record_epoch_json(history, e)
     return history

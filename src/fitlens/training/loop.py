@@ -53,6 +53,7 @@ def fit(
     validation_steps: int | None = None,
     callbacks: Sequence[Callback] = (),
     verbose: int | Progress = 1,
+    tensorboard: str | Path | None = None,
     device: torch.device | str | None = None,
     now: str | Estimator = DEFAULT_NOW,
     train_eval: bool | float | int | None = None,
@@ -115,6 +116,9 @@ def fit(
         validation_steps: batches per validation pass; required for a generator.
         callbacks: `Callback` instances.
         verbose: 0, 1 or 2, or a configured `Progress`.
+        tensorboard: a directory for TensorBoard event files: the running means, now
+            estimates and learning rate at every display refresh, the epoch-end values and
+            times (`fitlens.view.tensorboard`; needs ``pip install 'fitlens[tensorboard]'``).
         device: where to train; default: where the model's parameters are.
         now: the now estimator: ``"adaptive_trend"`` (default: `AdaptiveTrend`, straight-line
             fits over 300 to 4800 samples read from the one with the smallest estimated error,

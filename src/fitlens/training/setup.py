@@ -53,6 +53,7 @@ from fitlens.training.update import (
 )
 from fitlens.view.lens import Lens, now_param
 from fitlens.view.progress import Progress
+from fitlens.view.tensorboard import TensorBoardWriter, param_group_rates
 from fitlens.view.timing import Clock, default_clock
 
 
@@ -112,6 +113,7 @@ class Training:
         validation_steps: int | None,
         callbacks: Sequence[Callback],
         verbose: int | Progress,
+        tensorboard: str | Path | None,
         device: torch.device | str | None,
         now: str | Estimator,
         train_eval: bool | float | int | None,
@@ -138,6 +140,7 @@ class Training:
     ) -> None:
         clock = clock or default_clock()
         progress = verbose if isinstance(verbose, Progress) else Progress(verbose)
+        board = TensorBoardWriter(tensorboard) if tensorboard is not None else None
         check_update_options(precision, accumulate, clip_grad_norm, clip_grad_value, on_nonfinite)
         _, self.loss_fn = resolve_loss(loss)
         metrics, grad_norm = split_grad_norm(metrics)
@@ -210,6 +213,12 @@ class Training:
             validation_data is not None,
             checkpointing.scheduler if checkpointing is not None else None,
         )
+        if self.schedule is not None and "lr" in getattr(checkpointing, "override_on_resume", ()):
+            raise ValueError(
+                "Checkpointing(override_on_resume=('lr', ...)) cannot be combined with "
+                "fit(scheduler=...): the restored scheduler would keep steering the learning "
+                "rate from the checkpoint's values. Change the rate through the scheduler instead."
+            )
         extra = [GRAD_NORM] * grad_norm + [LR] * (self.schedule is not None)
         names = ["loss"] + [m.name for m in self.metrics] + extra
         data = self.source.iterable
@@ -304,6 +313,10 @@ class Training:
             if tuned
             else TrainStep(*step_args)
         )
+        self.tensorboard = board
+        if board is not None:
+            optimizer = self.optimizer
+            board.attach(lens, lambda: param_group_rates(optimizer))
         self.stop = False
         self.logs: dict[str, float] = {}
         self.first_epoch: int | None = None  # set by fit once the resume point is known
@@ -404,9 +417,12 @@ class Training:
         if self.feeder is not None:
             self.feeder.close()
         self.lens.end_run()
+        if self.tensorboard is not None:
+            self.tensorboard.detach()
         if self.dist is not None:
             self.dist.close(self.lens)
         self.lens.after_refresh.clear()  # the History must not keep the model alive through it
+        self.lens.after_epoch.clear()
         self.history.lens = self.lens  # a later fit(..., history=...) continues from here
 
 
@@ -418,6 +434,7 @@ def _lens(
     if isinstance(carried, Lens):
         carried.progress, carried.clock, carried.prefetch = progress, clock, prefetch
         carried.after_refresh.clear()  # the earlier call's run safety is closed
+        carried.after_epoch.clear()
         return carried
     return Lens(
         progress, now, clock=clock, history=history, to_host=tensors_to_host, prefetch=prefetch

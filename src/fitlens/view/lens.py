@@ -131,6 +131,7 @@ class Lens:
         self.timer = StepTimer()
         self.data_hint = DataWaitHint()
         self.after_refresh: list[Callable[[], None]] = []  # e.g. run safety's history append
+        self.after_epoch: list[Callable[[int, dict[str, float]], None]] = []  # (epoch, logs)
         self.epochs = 1
         self.steps: int | None = None
         self.epoch = self.step = self.refreshed_step = self.resumed_at = 0
@@ -483,6 +484,8 @@ class Lens:
         )
         if hint:  # data wait > 30% of the epoch: said once per run
             self.progress.write(hint)
+        for listener in self.after_epoch:  # e.g. TensorBoard: the epoch's row is recorded
+            listener(self.epoch, logs)
         return logs
 
     def end_run(self) -> None:
