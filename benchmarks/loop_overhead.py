@@ -5,10 +5,12 @@ steps through:
 
     a. a minimal hand-written loop keeping the loss and accuracy sums on the device (the floor);
     b. the same loop calling ``.item()`` on the loss every step (what most people write);
-    c. ``fitlens.fit`` with its display on, writing to a file;
+    c. ``fitlens.fit`` with its display on, writing to a file (a log's lines);
     d. Keras 3 ``model.fit`` on the torch backend, ``verbose=1`` (if keras is installed);
     e. Lightning's ``Trainer`` with ``self.log(on_step=True, on_epoch=True, prog_bar=True)``
-       (if lightning is installed).
+       (if lightning is installed);
+    f. ``fitlens.fit`` with the terminal display (status lines redrawn in place, 10 times a
+       second), written to a file.
 
 for a tiny MLP (64->64->2, batch 32: overhead dominates) and a medium one (784->512->512->10,
 batch 128). Each runner is timed around its training call only (one epoch over the batches),
@@ -127,10 +129,12 @@ def run_hand_loop(case: Case, batches: list, item_every_step: bool) -> Times:
     return elapsed(start)
 
 
-def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase) -> Times:
+def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase, bar: bool = False) -> Times:
     model = torch_mlp(case.sizes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    progress = fitlens.Progress(1, file=out_file)
+    # bar: what a terminal gets (status lines redrawn 10 times a second, each reading the now
+    # estimates); otherwise a log file's lines
+    progress = fitlens.Progress(1, file=out_file, mode="bar" if bar else "auto")
     start = now()
     fitlens.fit(
         model, batches, loss="cross_entropy", optimizer=opt, metrics=["accuracy"], verbose=progress
@@ -260,6 +264,8 @@ def main() -> None:
             "b. hand loop, .item() per step": lambda c, b: run_hand_loop(c, b, True),
             "c. fitlens.fit, display to file": lambda c, b: run_fitlens(c, b, out_file),
         }
+        if "f" not in skip:
+            runners["f. fitlens.fit, terminal bar"] = lambda c, b: run_fitlens(c, b, out_file, True)
         if available("keras") and "d" not in skip:
             runners["d. Keras 3 (torch) fit verbose=1"] = lambda c, b: run_keras(c, b, out_file)
         if available("lightning") and "e" not in skip:
