@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import re
 
 import pytest
 
@@ -275,3 +277,25 @@ def test_an_epoch_end_fits_each_metrics_now_estimator_once_for_value_interval_an
     obs.end_epoch({"val_loss": 0.5})
     assert len(fits) == 2
     assert obs.history.history["loss_now_low"][0] <= obs.history.history["loss_now"][0]
+
+
+def test_a_bar_reads_the_now_estimates_at_most_twice_a_second_and_the_means_at_every_redraw():
+    # A bar redraws 10 times a second; reading the now estimates costs about half a millisecond
+    # per metric, so they are read every NOW_READ_SECONDS (0.5 s) and held in between.
+    clock, out = FakeClock(), io.StringIO()
+    obs = Lens(Progress(1, file=out, mode="bar"), "adaptive_trend", clock=clock)
+    reads: list[float] = []
+    snapshot = obs.snapshot
+    obs.snapshot = lambda: reads.append(clock.t) or snapshot()  # type: ignore[method-assign]
+    obs.begin_run(1, 100)
+    obs.begin_epoch(0)
+    for step in range(1, 101):
+        obs.begin_step()
+        clock.t += 0.05
+        obs.step_done(step, {"loss": 1.0 / step}, {"loss": 4}, 4)
+    gaps = [b - a for a, b in itertools.pairwise(reads)]
+    assert len(reads) >= 9 and min(gaps) >= 0.5 - 1e-9  # 5 s of training
+    drawn = re.findall(r"loss: ([0-9.]+) \(now ([0-9.-]+)", out.getvalue())
+    means, nows = {m for m, _ in drawn}, {n for _, n in drawn}
+    assert len(drawn) > 3 * len(reads)  # redrawn far more often than read
+    assert len(nows) <= len(reads) < len(means)  # fresh means, held nows

@@ -41,6 +41,9 @@ from fitlens.view.epoch_end import EpochEndLines
 from fitlens.view.progress import Progress, ProgressState
 from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 
+#: Seconds between two reads of the now estimates for a display redrawn in place (a bar).
+NOW_READ_SECONDS = 0.5
+
 #: Moves the queued per-step values (a flat list, metric after metric per step) to the host.
 ToHost = Callable[[list[Any]], np.ndarray]
 
@@ -140,6 +143,8 @@ class Lens:
         self._offset: int | None = None
         self._first_in_epoch = True
         self._done = 0  # steps the last record covered
+        self._shown_nows: dict[str, NowEstimate] | None = None  # see `_shown_snapshot`
+        self._shown_at = 0.0
         self._line_every: int | None = None
         self.epoch_start = self.last_refresh = self.next_refresh = 0.0
         self.t_begin = self.t_record = self.t_ready = 0.0
@@ -211,6 +216,7 @@ class Lens:
         if self.stream is not None:
             self.stream.begin_epoch(self.epoch)
         self.reported.clear()
+        self._shown_nows = None  # the display's first refresh in an epoch reads the estimates
         self.step = self.refreshed_step = self.resumed_at = 0
         self._times_before = (0.0, 0.0)
         self._first_in_epoch = True
@@ -337,7 +343,7 @@ class Lens:
             self._due_step = self.step + max(1, int(self.progress.refresh_interval / per_step))
         elapsed = t - self.epoch_start
         if self.progress.will_draw(self.step, elapsed):  # a line mode's quiet refresh reads no now
-            self.progress.refresh(self._state(elapsed))
+            self.progress.refresh(self._state(elapsed, snapshot=self._shown_snapshot(t)))
         self._check_forecast()
         for listener in self.after_refresh:
             listener()
@@ -506,6 +512,27 @@ class Lens:
             line = self.lines.check(self.history.batches, self.stream.rows)
             if line is not None:
                 self.progress.write(line)
+
+    def _shown_snapshot(self, t: float) -> dict[str, tuple[float, NowEstimate]]:
+        """The snapshot a mid-epoch display shows at time ``t``: epoch means always fresh; a
+        redrawn display (a bar, 10 refreshes a second) reads the now estimates (about half a
+        millisecond per metric) at most every `NOW_READ_SECONDS` and shows the last read in
+        between. Display only: the history never reads this."""
+        held = self._shown_nows
+        if (
+            held is None
+            or not self.progress.redraws
+            or t - self._shown_at >= NOW_READ_SECONDS
+            or self.stream is None
+        ):
+            snapshot = self.snapshot()
+            self._shown_nows = {n: now for n, (_, now) in snapshot.items()}
+            self._shown_at = t
+            return snapshot
+        out = {n: (self.stream.mean(n), held.get(n, NowEstimate(math.nan))) for n in self.names}
+        for name, value in self.reported.items():
+            out[name] = (value, NowEstimate(math.nan))
+        return out
 
     def _state(
         self,

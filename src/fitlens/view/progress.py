@@ -454,12 +454,17 @@ class Progress:
         elif self._bar_mode:
             self._screen = Screen(self.out)
 
+    @property
+    def redraws(self) -> bool:
+        """Whether the display is redrawn in place at every refresh (a bar or status lines)."""
+        return self._bar is not None or self._screen is not None
+
     def will_draw(self, step: int, elapsed: float) -> bool:
         """Whether `refresh` at ``step`` (1-based), ``elapsed`` seconds into the epoch, would
         show anything: the caller builds the `ProgressState` (reading every now estimate, about
         a millisecond per metric) only then. A bar or status block always redraws; in line
         mode only a due line is written."""
-        if self._bar is not None or self._screen is not None:
+        if self.redraws:
             return True
         return self.verbose == 1 and step > self._last_logged_step and self._line_due(step, elapsed)
 
