@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fitlens.explain import parse
@@ -116,6 +116,14 @@ def line_logs(draw: st.DrawFn) -> bytes:
 
 @settings(derandomize=True, max_examples=400, deadline=None)
 @given(line_logs(), st.sampled_from([1 << 20, 97, 1500]))
+# a bar's last line (no bar, "ms/step") after its redraws: its own record, never the run's
+@example(
+    b"\t1/9 [==>....] - ETA: 3s - loss: 0.0000\nholdout - loss: 0.2000\n"
+    b"\t1/9 [==>....] - ETA: 3s - loss: 0.0000 - acc: 0.0000\n"
+    b"\t1/9 - 1s 3ms/step - loss: 0.0000 - acc: 0.0000\n"
+    b"\t1/9 [==>....] - ETA: 3s - loss: 0.0000\n",
+    1 << 20,
+)
 def test_bulk_lines_give_the_general_paths_records_and_line_numbers(data, chunk):
     bulk = _expanded(data, chunk)
     with general_path():

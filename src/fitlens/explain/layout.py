@@ -40,6 +40,15 @@ def decimal_points(data: np.ndarray) -> np.ndarray:
     return np.flatnonzero(digit[:-2] & (data[1:-1] == _POINT) & digit[2:]) + 1
 
 
+def unit_marks(data: np.ndarray) -> np.ndarray:
+    """Positions of every ``s/s`` in ``data`` (uint8), where ``ms/step`` and ``us/sample``
+    print the counter's unit."""
+    if len(data) < 3:
+        return np.zeros(0, dtype=np.intp)
+    s, slash = ord("s"), ord("/")
+    return np.flatnonzero((data[:-2] == s) & (data[1:-1] == slash) & (data[2:] == s))
+
+
 def _weights(widths: list[int]) -> np.ndarray:
     """Matrix turning consecutive groups of digit columns into the integers they spell."""
     out = np.zeros((sum(widths), len(widths)))
@@ -71,6 +80,8 @@ class Layout:
         weights: Turns those columns into one integer per value.
         negative: Per value, whether it is printed with a minus sign.
         points: Digit-point-digit sequences in ``tail``.
+        units: ``s/s`` sequences in the line (the counter's unit, ``ms/step`` or
+            ``us/sample``, which a bar's last line prints and the others do not).
     """
 
     names: tuple[bytes, ...]
@@ -84,6 +95,7 @@ class Layout:
     weights: np.ndarray
     negative: np.ndarray
     points: int
+    units: int
 
     @classmethod
     def of(
@@ -110,7 +122,9 @@ class Layout:
             return None
         step_end = head.end(1) - 1  # ``head`` was matched with a leading "\r"
         slot_start = len(line[: head.start(1) - 1].rstrip(b" "))
-        head_len = head.end()  # up to the target, plus the byte after it
+        # up to the target, plus the byte after it and the next: "[" for a bar, "-" without one
+        # (the record's style)
+        head_len = head.end() + 1
         tail_start = metrics[0].start()
         if not 0 < step_end - slot_start <= _MAX_DIGITS or head_len > tail_start:
             return None
@@ -147,6 +161,7 @@ class Layout:
             _weights(widths),
             np.array(negative, dtype=bool),
             len(decimal_points(tail_bytes)),
+            len(unit_marks(np.frombuffer(line, dtype=np.uint8))),
         )
 
     def read(
@@ -191,4 +206,6 @@ class Layout:
             means[:, self.negative] = -means[:, self.negative]
         inside = np.searchsorted(points, ends) - np.searchsorted(points, starts)
         ok &= inside == self.points
+        units = unit_marks(data)
+        ok &= np.searchsorted(units, ends - 2) - np.searchsorted(units, starts) == self.units
         return ok, steps.astype(np.int64), means

@@ -424,6 +424,11 @@ def _fast_run(
             return None
         cut = body.find(b"\r")
         first = body if cut < 0 else body[:cut]
+        # One record style and counter unit for the run: every piece prints a bar or none, and
+        # the unit (a bar's last line's "ms/step") or none, as the first piece does.
+        for mark in (b"s/step", b"s/sample", b"/" + target_text + b" ["):
+            if body.count(mark) != n * first.count(mark):
+                return None
         pairs = tuple(name for name, _ in _METRIC.findall(first))
         found = list(_RUN_VALUE.finditer(body))
         values = [m.group(2) for m in found]
