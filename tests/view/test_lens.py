@@ -231,23 +231,31 @@ def test_verbose_2_writes_one_line_per_epoch_to_a_log():
     assert epoch_lines == lines[:1] and lines[0].startswith("Epoch 1/2 - 210 steps")
 
 
-def test_a_log_reads_the_now_estimates_only_for_the_lines_it_writes():
-    # 10 refreshes a second and 0.05 s steps: a refresh every other step, a line every tenth
-    # of the epoch; reading the estimators costs about a millisecond per metric, so the quiet
-    # refreshes (which only move values to the host) must not read them.
+def _hundred_steps_counting_reads(progress: Progress) -> tuple[Lens, list[float], io.StringIO]:
+    """100 steps of 0.05 s through a lens on ``progress`` (written to a string), recording the
+    clock time of every read of the now estimates (`Lens.snapshot`)."""
     clock, out = FakeClock(), io.StringIO()
-    obs = Lens(Progress(1, file=out), "adaptive_trend", clock=clock)
-    reads: list[int] = []
+    progress.file = out
+    obs = Lens(progress, "adaptive_trend", clock=clock)
+    reads: list[float] = []
     snapshot = obs.snapshot
-    obs.snapshot = lambda: reads.append(obs.step) or snapshot()  # type: ignore[method-assign]
+    obs.snapshot = lambda: reads.append(clock.t) or snapshot()  # type: ignore[method-assign]
     obs.begin_run(1, 100)
     obs.begin_epoch(0)
     for step in range(1, 101):
         obs.begin_step()
         clock.t += 0.05
         obs.step_done(step, {"loss": 1.0 / step}, {"loss": 4}, 4)
+    return obs, reads, out
+
+
+def test_a_log_reads_the_now_estimates_only_for_the_lines_it_writes():
+    # 10 refreshes a second and 0.05 s steps: a refresh every other step, a line every tenth
+    # of the epoch; reading the estimators costs about a millisecond per metric, so the quiet
+    # refreshes (which only move values to the host) must not read them.
+    obs, reads, out = _hundred_steps_counting_reads(Progress(1))
     assert obs.stream is not None and obs.stream.rows == 100  # every step reached the host
-    assert reads == list(range(10, 101, 10))  # one read per line written
+    assert [round(t / 0.05) for t in reads] == list(range(10, 101, 10))  # one per line written
     obs.end_epoch()
     assert len(out.getvalue().splitlines()) == 11
 
@@ -282,17 +290,7 @@ def test_an_epoch_end_fits_each_metrics_now_estimator_once_for_value_interval_an
 def test_a_bar_reads_the_now_estimates_at_most_twice_a_second_and_the_means_at_every_redraw():
     # A bar redraws 10 times a second; reading the now estimates costs about half a millisecond
     # per metric, so they are read every NOW_READ_SECONDS (0.5 s) and held in between.
-    clock, out = FakeClock(), io.StringIO()
-    obs = Lens(Progress(1, file=out, mode="bar"), "adaptive_trend", clock=clock)
-    reads: list[float] = []
-    snapshot = obs.snapshot
-    obs.snapshot = lambda: reads.append(clock.t) or snapshot()  # type: ignore[method-assign]
-    obs.begin_run(1, 100)
-    obs.begin_epoch(0)
-    for step in range(1, 101):
-        obs.begin_step()
-        clock.t += 0.05
-        obs.step_done(step, {"loss": 1.0 / step}, {"loss": 4}, 4)
+    _, reads, out = _hundred_steps_counting_reads(Progress(1, mode="bar"))
     gaps = [b - a for a, b in itertools.pairwise(reads)]
     assert len(reads) >= 9 and min(gaps) >= 0.5 - 1e-9  # 5 s of training
     drawn = re.findall(r"loss: ([0-9.]+) \(now ([0-9.-]+)", out.getvalue())
