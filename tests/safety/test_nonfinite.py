@@ -13,6 +13,7 @@ import torch
 import fitlens
 from fitlens import Checkpointing, NonFiniteError
 from fitlens.safety.checkpoint import CheckpointStore
+from fitlens.training.setup import Training
 
 BAD_STEP = 6  # 1-based step of epoch 1 whose inputs hold a NaN
 
@@ -249,3 +250,37 @@ def test_nan_batch_norm_statistics_are_never_checkpointed(tmp_path: Path) -> Non
             checkpointing=Checkpointing(every_steps=3, every_minutes=None),
         )  # fmt: skip
     assert CheckpointStore(tmp_path / "checkpoints").paths() == []
+
+
+def _training_of(error: pytest.ExceptionInfo[NonFiniteError]) -> Training:
+    """The `Training` of the fit call that raised (a local of `fit`'s frame, kept alive by
+    the traceback): the scaler and the schedule are fit's own, not the caller's."""
+    tb = error.tb
+    while tb is not None:
+        found = tb.tb_frame.f_locals.get("t")
+        if isinstance(found, Training):
+            return found
+        tb = tb.tb_next
+    raise AssertionError("fit's Training is not on the traceback")
+
+
+def test_stop_puts_the_lr_schedule_and_loss_scaler_back_with_the_model(tmp_path: Path) -> None:
+    # the NaN batch overflows the fp16 scaler (its scale halves) and steps the per-step
+    # schedule; the stop must bring both back to the checkpoint the model is restored to
+    with pytest.raises(NonFiniteError, match="restored to it") as info:
+        _fit(
+            _model(), _batches(), run_dir=tmp_path, precision="16-mixed",
+            scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+            scheduler_interval="step",
+            checkpointing=Checkpointing(every_steps=1, every_minutes=None),
+        )  # fmt: skip
+    saved = fitlens.safety.checkpoint.load_checkpoint(info.value.checkpoint)
+    t = _training_of(info)
+    assert t.schedule is not None and t.update.scaler is not None
+    schedule = saved["parts"]["schedule"]["scheduler"]
+    assert t.schedule.scheduler.last_epoch == schedule["last_epoch"] == BAD_STEP - 1
+    assert t.schedule.scheduler.get_last_lr() == schedule["_last_lr"]
+    assert t.optimizer.param_groups[0]["lr"] == schedule["_last_lr"][0]
+    scaler = saved["parts"]["update"]["scaler"]
+    assert t.update.scaler.get_scale() == scaler["scale"] == 65536.0  # never lowered before
+    assert t.update.scaler.state_dict() == scaler
