@@ -211,8 +211,9 @@ def fit(
     lens, safety, hooks, run = t.lens, t.safety, t.callbacks, t.run
     first = safety.begin(first)  # the checkpoint's epoch when resuming
     first = t.first_epoch = t.share_resume(first)  # under DDP: every rank restores rank 0's one
-    hooks.train_begin({})
+    failed: BaseException | None = None
     try:
+        hooks.train_begin({})
         for epoch in range(first, end):
             for x, y, w in t.begin_epoch(epoch):
                 lens.begin_step()  # the wait for data ends
@@ -228,12 +229,15 @@ def fit(
             if t.stop:
                 break
     except BaseException as e:
+        failed = e
         if t.dist is not None:
             t.dist.failed(e)  # names this rank in the error
         safety.close(e)  # the summary records why the run ended
         raise
     finally:
         t.close()
+        if failed is not None:  # no on_train_end: callbacks release what they hold here
+            hooks.exception(failed)
     safety.close(None)
     hooks.train_end(t.logs)
     return t.history
