@@ -267,7 +267,8 @@ def _training_of(error: pytest.ExceptionInfo[NonFiniteError]) -> Training:
 def test_stop_puts_the_lr_schedule_and_loss_scaler_back_with_the_model(tmp_path: Path) -> None:
     # the NaN batch overflows the fp16 scaler (its scale halves) and steps the per-step
     # schedule; the stop must bring both back to the checkpoint the model is restored to
-    with pytest.raises(NonFiniteError, match="restored to it") as info:
+    said = "The model, optimizer, LR scheduler and loss scaler in memory were restored to it"
+    with pytest.raises(NonFiniteError, match=said) as info:
         _fit(
             _model(), _batches(), run_dir=tmp_path, precision="16-mixed",
             scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
@@ -284,3 +285,30 @@ def test_stop_puts_the_lr_schedule_and_loss_scaler_back_with_the_model(tmp_path:
     scaler = saved["parts"]["update"]["scaler"]
     assert t.update.scaler.get_scale() == scaler["scale"] == 65536.0  # never lowered before
     assert t.update.scaler.state_dict() == scaler
+
+
+class StepsItsScheduler(fitlens.Callback):
+    """Steps the scheduler the user gave `Checkpointing` after every batch."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def on_batch_end(self, step: int, logs: Any) -> None:
+        self.scheduler.step()
+
+
+def test_stop_puts_back_the_scheduler_the_user_gave_checkpointing(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+    with pytest.raises(NonFiniteError, match="model, optimizer and LR scheduler in") as info:
+        fitlens.fit(
+            model, _batches(), loss="cross_entropy", optimizer=optimizer, steps_per_epoch=10,
+            epochs=2, verbose=0, clock=lambda: 0.0, run_dir=tmp_path,
+            callbacks=[StepsItsScheduler(scheduler)],
+            checkpointing=Checkpointing(every_steps=1, every_minutes=None, scheduler=scheduler),
+        )  # fmt: skip
+    saved = fitlens.safety.checkpoint.load_checkpoint(info.value.checkpoint)["scheduler"]
+    # the caller's own objects: what they continue with agrees with the restored model
+    assert scheduler.last_epoch == saved["last_epoch"] == BAD_STEP - 1
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] == 0.1 * 0.5**5

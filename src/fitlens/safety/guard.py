@@ -279,6 +279,17 @@ class RunGuard:
             if name in self.parts and name in saved:
                 self.parts[name].load_state_dict(saved[name])
 
+    def _restored_words(self) -> str:
+        """What a non-finite stop puts back, in words: ``model and optimizer``, with the LR
+        scheduler and the fp16 loss scaler when the run has them."""
+        update = self.parts.get("update")
+        names = ["model", "optimizer"]
+        if self.config.scheduler is not None or "schedule" in self.parts:
+            names.append("LR scheduler")
+        if getattr(update, "scaler", None) is not None:
+            names.append("loss scaler")
+        return ", ".join(names[:-1]) + " and " + names[-1]
+
     def _compare_identity(self, path: Path, saved: dict[str, Any], position: Any) -> None:
         """One error listing every difference that makes the resume wrong; a warning for those
         where continuing is sound. Afterwards the run keeps the identity it began with."""
@@ -541,9 +552,7 @@ class RunGuard:
         try:
             state = load_checkpoint(self.last_checkpoint)
             self._load_training(state, _TRAINING_PARTS)
-            restored = (
-                "The model, optimizer, LR scheduler and loss scaler in memory were restored to it."
-            )
+            restored = f"The {self._restored_words()} in memory were restored to it."
         except (CheckpointError, OSError, RuntimeError) as e:
             restored = f"The model in memory was NOT restored (reading it failed: {e})."
         return (
