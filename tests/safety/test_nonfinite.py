@@ -312,3 +312,22 @@ def test_stop_puts_back_the_scheduler_the_user_gave_checkpointing(tmp_path: Path
     # the caller's own objects: what they continue with agrees with the restored model
     assert scheduler.last_epoch == saved["last_epoch"] == BAD_STEP - 1
     assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] == 0.1 * 0.5**5
+
+
+def test_resume_after_a_stop_equals_a_run_that_never_had_the_bad_batch(tmp_path: Path) -> None:
+    # fp16 scaler and a per-step schedule included: the checkpoint before the bad batch holds
+    # them as they were, so skipping that batch on resume gives the clean run, bit for bit
+    kw: dict[str, Any] = dict(
+        precision="16-mixed", scheduler_interval="step",
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9),
+        checkpointing=Checkpointing(every_steps=1, every_minutes=None),
+    )  # fmt: skip
+    with pytest.raises(NonFiniteError):
+        _fit(_model(), lambda: _batches(), run_dir=tmp_path / "run", **kw)
+    resumed = _model()
+    h = _fit(resumed, lambda: _batches(with_bad=False), run_dir=tmp_path / "run", resume=True, **kw)
+    clean = _model()
+    ref = _fit(clean, lambda: _batches(with_bad=False), run_dir=tmp_path / "clean", **kw)
+    assert h.history == ref.history
+    for (name, a), b in zip(resumed.state_dict().items(), clean.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
