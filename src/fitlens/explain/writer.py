@@ -63,15 +63,23 @@ class ReportWriter:
         as_json: Write the JSON report instead of text.
     """
 
-    def __init__(self, source: str, options: Options, *, as_json: bool = False) -> None:
+    def __init__(
+        self,
+        source: str,
+        options: Options,
+        *,
+        as_json: bool = False,
+        separators: tuple[str, str] = (",", ":"),
+    ) -> None:
         self.source = source
         self.options = options
         self.as_json = as_json
+        self.separators = separators
         self.epochs = 0
         self.boundaries = 0
-        self._bottom = _spool()
-        self._epochs = _spool()
-        self._details = _spool()
+        self._bottom = spool()
+        self._epochs = spool()
+        self._details = spool()
         self._weightings: set[str] = set()
         self._mixes_epoch_mean = False
         self._last_batches: set[str] = set()
@@ -117,8 +125,8 @@ class ReportWriter:
 
     def _item(self, spool: IO[str], obj: Any) -> None:
         if spool.tell():
-            spool.write(",")
-        spool.write(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+            spool.write(self.separators[0])
+        spool.write(json.dumps(obj, separators=self.separators, allow_nan=False))
 
     def assumptions(self) -> list[str]:
         """The assumptions behind every bound, in plain words."""
@@ -221,7 +229,7 @@ class ReportWriter:
         )
         if self.boundaries:
             out.write("Bottom line:\n")
-            _copy(self._bottom, out)
+            copy(self._bottom, out)
         else:
             out.write(
                 "No epoch boundary to explain (the log holds fewer than two training epochs).\n"
@@ -232,12 +240,18 @@ class ReportWriter:
         out.write("\n" + self.last_batch_text() + "\n")
         out.write("Assumptions: " + "; ".join(self.assumptions()) + ".\n")
         out.write(rules_text() + "\n")
-        _copy(self._epochs, out)
+        copy(self._epochs, out)
         if self._details.tell():
             out.write("\nJumps at epoch boundaries:\n")
-            _copy(self._details, out)
+            copy(self._details, out)
 
     def _finish_json(self, stats: ParseStats, out: TextIO) -> None:
+        self.write_json(stats, out)
+        out.write("\n")
+
+    def write_json(self, stats: ParseStats, out: IO[str] | Any) -> None:
+        """Write the JSON report (one object, no line break after it) to ``out`` (anything with
+        a ``write``); the temporary files stay open (`close` releases them)."""
         options = self.options
         head = {
             "schema": SCHEMA,
@@ -259,26 +273,29 @@ class ReportWriter:
             },
             "same_first_batches": self.same_first_batches(),
         }
-        out.write(json.dumps(head, separators=(",", ":"), allow_nan=False)[:-1])
-        for key, spool in (
+        item, key = self.separators
+        out.write(json.dumps(head, separators=self.separators, allow_nan=False)[:-1])
+        for name, spool in (
             ("bottom_line", self._bottom),
             ("epochs", self._epochs),
             ("boundaries", self._details),
         ):
-            out.write(f',"{key}":[')
-            _copy(spool, out)
+            out.write(f'{item}"{name}"{key}[')
+            copy(spool, out)
             out.write("]")
-        out.write("}\n")
+        out.write("}")
 
 
-def _spool() -> IO[str]:
+def spool() -> IO[str]:
+    """A text buffer for one part of a report, on disk once it passes 4 MiB."""
     # Up to 4 MiB in memory, then a temporary file: flat memory for any log size.
     return tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", encoding="utf-8")
 
 
-def _copy(spool: IO[str], out: TextIO) -> None:
-    spool.seek(0)
-    shutil.copyfileobj(spool, out, 1 << 20)
+def copy(part: IO[str], out: TextIO | Any) -> None:
+    """Copy a whole `spool` to ``out`` (anything with a ``write``)."""
+    part.seek(0)
+    shutil.copyfileobj(part, out, 1 << 20)
 
 
 def replay(explained: Explained, as_json: bool = False) -> ReportWriter:
