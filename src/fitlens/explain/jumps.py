@@ -114,12 +114,17 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
         window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
         if found or candidates <= count:
             return window
-    # The windows from end_bounds, shortest first (the candidates are the first ones).
-    first, value, low, high = metric.end_windows
+    # The windows from end_bounds, shortest first (the candidates are the first ones): the
+    # first few usually hold a precise one; all are computed only when they do not.
+    first, value, low, high = metric.shortest_end_windows
     if candidates == 0:
         return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
     width = (high[:candidates] - low[:candidates]) / 2
     precise = np.flatnonzero(width <= abs(jump) / 4)
+    if not len(precise) and len(first) < candidates:
+        first, value, low, high = metric.end_windows
+        width = (high[:candidates] - low[:candidates]) / 2
+        precise = np.flatnonzero(width <= abs(jump) / 4)
     i = int(precise[0]) if len(precise) else int(np.argmin(width))
     return Window(int(first[i]), end, float(value[i]), float(low[i]), float(high[i]))
 
