@@ -139,7 +139,13 @@ def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
     if len(steps) < 2:
         return None, None
     end = _display(steps, means, halves_, len(steps) - 1)
-    middle = _display(steps, means, halves_, int(np.argmin(np.abs(steps[:-1] - end.step / 2))))
+    # The display nearest the middle (the first of two as near): steps increase, so it is one
+    # of the two around it.
+    mid = end.step / 2
+    i = int(np.searchsorted(steps[:-1], mid))
+    if i == len(steps) - 1 or (i > 0 and abs(int(steps[i - 1]) - mid) <= abs(int(steps[i]) - mid)):
+        i -= 1
+    middle = _display(steps, means, halves_, i)
     early = window_bounds(None, middle, clip=metric.clip)
     late = window_bounds(
         middle,

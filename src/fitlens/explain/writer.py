@@ -108,8 +108,9 @@ class ReportWriter:
         if self.as_json:
             self._item(self._epochs, epoch_json(epoch))
             for b in boundaries:
-                self._item(self._details, boundary_json(b))
-                self._item(self._bottom, bottom_line(b))
+                obj = boundary_json(b)
+                self._item(self._details, obj)
+                self._item(self._bottom, obj["bottom_line"])
         else:
             self._epochs.write("\n" + "\n".join(epoch_lines(epoch)) + "\n")
             for b in boundaries:
