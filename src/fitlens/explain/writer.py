@@ -89,6 +89,7 @@ class ReportWriter:
         self._firsts: dict[str, list[list[tuple[float, float]]]] = {}
         self._previous: EpochSummary | None = None
         self._detail_from = 0
+        self._started: set[int] = set()
 
     def add(self, epoch: EpochSummary, boundaries: Sequence[Boundary]) -> None:
         """Take the next epoch and the boundaries that end at it (from the previous epoch)."""
@@ -112,22 +113,32 @@ class ReportWriter:
                 self._item(self._details, obj)
                 self._item(self._bottom, obj["bottom_line"])
         else:
+            # One write per spool and epoch: each write to a spooled file has its own cost.
             self._epochs.write("\n" + "\n".join(epoch_lines(epoch)) + "\n")
+            bottom, details = [], []
             for b in boundaries:
-                self._bottom.write("  " + bottom_line(b) + "\n")
+                bottom.append("  " + bottom_line(b) + "\n")
                 if b.reason == "within_rounding" or before is None:
                     continue
                 if self._detail_from != b.from_epoch:
                     self._detail_from = b.from_epoch
-                    self._details.write(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
-                self._details.write("\n".join(boundary_lines(b, before, epoch)) + "\n")
+                    details.append(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
+                details.append("\n".join(boundary_lines(b, before, epoch)) + "\n")
+            if bottom:
+                self._bottom.write("".join(bottom))
+            if details:
+                self._details.write("".join(details))
         self.boundaries += len(boundaries)
         self._previous = epoch
 
     def _item(self, spool: IO[str], obj: Any) -> None:
-        if spool.tell():
-            spool.write(self.separators[0])
-        spool.write(json.dumps(obj, separators=self.separators, allow_nan=False))
+        text = json.dumps(obj, separators=self.separators, allow_nan=False)
+        # Whether the list has items already, kept here: tell() on a text file on disk is slow.
+        if id(spool) in self._started:
+            text = self.separators[0] + text
+        else:
+            self._started.add(id(spool))
+        spool.write(text)
 
     def assumptions(self) -> list[str]:
         """The assumptions behind every bound, in plain words."""
