@@ -22,8 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -40,8 +39,7 @@ Reason = Literal["lag_bounds", "flat_level", "within_rounding", "no_view_inside"
 MOSTLY, LITTLE = 0.75, 0.25
 
 
-@dataclass(frozen=True)
-class Boundary:
+class Boundary(NamedTuple):
     """One metric across one epoch boundary.
 
     Attributes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
 from fitlens.explain.epochs import Shown
@@ -46,8 +46,7 @@ _OTHER_CAUSES = (
 FIRST_BATCHES = 3
 
 
-@dataclass(frozen=True)
-class MetricSummary:
+class MetricSummary(NamedTuple):
     """What the report keeps of one metric in one epoch.
 
     Attributes:
