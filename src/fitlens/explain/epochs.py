@@ -102,13 +102,15 @@ class Series:
                 steps, means, halves = self._chunks[0]
             else:
                 steps, means, halves = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
-            if len(steps) > 1 and bool((steps[1:] < steps[:-1]).any()):
-                order = np.argsort(steps, kind="stable")
-                steps, means, halves = steps[order], means[order], halves[order]
-            keep = np.ones(len(steps), dtype=bool)
-            keep[:-1] = steps[1:] != steps[:-1]
-            if not keep.all():
-                steps, means, halves = steps[keep], means[keep], halves[keep]
+            # Usually strictly increasing already: one test, no sort and no copy.
+            if len(steps) > 1 and not bool((steps[1:] > steps[:-1]).all()):
+                if bool((steps[1:] < steps[:-1]).any()):
+                    order = np.argsort(steps, kind="stable")
+                    steps, means, halves = steps[order], means[order], halves[order]
+                keep = np.ones(len(steps), dtype=bool)
+                keep[:-1] = steps[1:] != steps[:-1]
+                if not keep.all():
+                    steps, means, halves = steps[keep], means[keep], halves[keep]
             self._chunks = [(steps, means, halves)]
             self._merged = (steps, means, halves)
         return self._merged

@@ -167,6 +167,8 @@ def _outward(y: float, up: bool) -> int:
     ignored, then rounded outwards. ``round(y, 6)`` is slow (it goes through decimal digits) and
     changes the result only within a millionth of an integer, so it runs only there."""
     f = math.floor(y)
+    if y == f:  # an integer (a share of 0% or 100%) rounds to itself
+        return f
     if y - f > 2e-6 and f + 1 - y > 2e-6:  # exact differences: y and f are close
         return f + 1 if up else f
     return (math.ceil if up else math.floor)(round(y, 6))
