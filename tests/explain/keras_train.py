@@ -3,13 +3,16 @@
 Run by ``test_real_keras.py`` in a subprocess, so its progress bar goes wherever the test points
 stdout (a pseudo-terminal, a pipe). Usage:
 
-    python keras_train.py SAMPLES BATCH EPOCHS VERBOSE TRUTH.json [extras|slow|loop]
+    python keras_train.py SAMPLES BATCH EPOCHS VERBOSE TRUTH.json [extras|slow|late_first|loop]
 
 ``extras`` adds an AUC metric and holds out 20% for validation (``val_*`` values). ``slow`` adds
 a batch-end callback that sleeps 0.12 s after every fifth batch and lets Keras run batch-end
 callbacks in its thread pool (all callbacks ``async_safe``): the progress bar then prints those
 batches' updates after later ones, as real Keras 3 logs do. ``loop`` calls ``fit(epochs=1)``
 once per epoch with the user's own line before each call, as the seed user's script does.
+``late_first`` holds each epoch's first batch-end callbacks back until the last batch's have
+run, and 0.3 s more, so the bar draws step 1 after later steps, on the same line (what a loaded
+machine does now and then to any Keras 3 log: batch-end callbacks run in a thread pool).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -56,6 +60,27 @@ class Slow(keras.callbacks.Callback):
             time.sleep(0.12)
 
 
+class LateFirst(keras.callbacks.Callback):
+    """Runs each epoch's first batch-end callbacks after every other batch's, and 0.3 s later
+    (more than the bar's 0.05 s redraw interval), so the bar draws step 1 last."""
+
+    async_safe = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rest_done = threading.Event()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._rest_done.clear()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.params["steps"] - 1:
+            self._rest_done.set()
+        elif batch == 0:
+            self._rest_done.wait(timeout=60)
+            time.sleep(0.3)
+
+
 def main() -> None:
     samples, batch, epochs, verbose = (int(a) for a in sys.argv[1:5])
     rng = np.random.default_rng(0)
@@ -75,7 +100,9 @@ def main() -> None:
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=metrics)
     truth = Truth()
     split = 0.2 if extras else 0.0
-    callbacks: list = [Slow(), truth] if mode == "slow" else [truth]
+    callbacks: list = {"slow": [Slow(), truth], "late_first": [LateFirst(), truth]}.get(
+        mode, [truth]
+    )
     calls = epochs if mode == "loop" else 1
     for call in range(calls):
         if mode == "loop":

@@ -109,6 +109,18 @@ def test_a_bar_that_restarts_at_step_one_is_a_new_bar():
     assert [e.header for e in epochs] == ["Epoch 1/1", None]
 
 
+def test_a_late_step_one_redrawn_on_the_bars_line_is_merged_but_on_a_new_line_is_a_new_bar():
+    # Keras 3 ran batch 1's callbacks last: the bar drew step 1 after step 14, on its line.
+    redraws = [_bar(s, a).rstrip(b"\n") for s, a in ((2, "0.6000"), (14, "0.7000"), (1, "0.5000"))]
+    line = b"Epoch 1/1\n\r" + b"\r".join([*redraws, _bar(200, "0.8500")])
+    (epoch,) = split_epochs(iter_records([line]))
+    assert epoch.series["accuracy"].arrays()[0].tolist() == [1, 2, 14, 200]
+    assert epoch.complete and epoch.header == "Epoch 1/1"
+    # The same step 1 on a line of its own after the bar's line: a new bar.
+    restarted = b"Epoch 1/1\n\r" + b"\r".join(redraws[:2]) + b"\n" + _bar(1, "0.5000")
+    assert [e.last_step for e in split_epochs(iter_records([restarted]))] == [14, 1]
+
+
 def test_a_step_back_whose_value_differs_from_the_shown_one_is_a_new_bar():
     data = _bar(50, "0.8000") + _bar(60, "0.8100") + _bar(50, "0.9000")
     assert len(list(split_epochs(iter_records([data])))) == 2

@@ -8,14 +8,16 @@ import re
 
 import pytest
 
+from fitlens.explain import plot
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream, main
-from fitlens.explain.html import SECTIONS, render_html
+from fitlens.explain.html import ENVELOPE_CAPTION, SECTIONS, render_html
 from fitlens.explain.writer import Explained, render_text, to_json
 from fitlens.report.page import CSP
 
 from .pages import read_page
 from .test_command import LOG
+from .test_plot import _long_log
 
 # Two fit calls of one epoch each: the same first batches come back.
 FIT_LOOP = (
@@ -174,3 +176,41 @@ def test_a_bad_html_path_is_one_line_before_any_work(tmp_path, capsys, name, exp
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("fitlens explain: --html ") and expected in captured.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.log"]
+
+
+def test_a_long_logs_page_streams_the_reports_and_draws_an_envelope(tmp_path, capsys, monkeypatch):
+    # The page of a log with more windows than the chart keeps: the same text on stdout, the
+    # same JSON inline as --json prints, and a chart of per-column envelopes that says so.
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(plot, "EXACT_POINTS", 500)
+    log = tmp_path / "long.log"
+    log.write_bytes(_long_log(200))
+    assert main([str(log)]) == 0
+    plain = capsys.readouterr().out
+    assert main([str(log), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    out = tmp_path / "out.html"
+    assert main([str(log), "--html", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == plain
+    page_text = out.read_text()
+    block = re.search(
+        r'<script type="application/json" id="fitlens-explain">(.*?)</script>', page_text
+    )
+    assert block is not None and json.loads(block.group(1)) == report
+    page = read_page(page_text)
+    assert [s.heading for s in page.sections] == list(SECTIONS)
+    assert len(page.sections[5].lines) == 200  # every epoch's lines, as the text report
+    assert ENVELOPE_CAPTION.strip() in page_text
+
+
+def test_a_streamed_page_is_the_page_of_the_explained_log(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_bytes(FIT_LOOP)
+    out = tmp_path / "out.html"
+    assert main([str(log), "--html", str(out), "--quiet"]) == 0
+    charts = re.findall(r"<figure>.*?</figure>", out.read_text())
+    without_chart = re.sub(r"<figure>.*?</figure>", "", out.read_text())
+    expected = render_html(_explained(FIT_LOOP, str(log)))
+    if charts:
+        expected = re.sub(r"<p class=note>No chart:.*?</p>", "", expected)
+    assert without_chart == expected

@@ -55,13 +55,14 @@ def _expanded(data: bytes, chunk: int = 1 << 20) -> list[tuple]:
 @contextlib.contextmanager
 def general_path() -> Iterator[None]:
     """Switch every bulk path off: each line is parsed on its own."""
-    saved = parse._fast_run, parse._bulk_lines
+    saved = parse._fast_run, parse._bulk_lines, parse._bulk_redraws
     parse._fast_run = lambda *args: None  # type: ignore[assignment]
     parse._bulk_lines = lambda *args: {}  # type: ignore[assignment]
+    parse._bulk_redraws = lambda *args: {}  # type: ignore[assignment]
     try:
         yield
     finally:
-        parse._fast_run, parse._bulk_lines = saved
+        parse._fast_run, parse._bulk_lines, parse._bulk_redraws = saved
 
 
 def _same(bulk: list[tuple], general: list[tuple]) -> bool:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream
-from fitlens.explain.report import fmt, fmt_bound, pct
+from fitlens.explain.report import _outward, fmt, fmt_bound, pct
 from fitlens.explain.writer import Explained, render_text, to_json
 
 LOG = (
@@ -102,3 +103,20 @@ def test_a_metric_that_does_not_jump_gets_a_bottom_line_but_no_paragraph():
     assert "  epoch 1 -> 2, loss +0.0000: no jump beyond the display's rounding\n" in text
     assert "  acc: epoch 1 ended" in text
     assert "  loss: epoch 1 ended" not in text
+
+
+@settings(derandomize=True, max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(-1e12, 1e12, allow_nan=False),
+        st.builds(
+            lambda n, eps: n + eps,
+            st.integers(-(10**9), 10**9),
+            st.sampled_from([0.0, 1e-7, -1e-7, 5e-7, -5e-7, 1e-6, -1e-6, 2e-6, -2e-6, 3e-6]),
+        ),
+    ),
+    st.booleans(),
+)
+def test_outward_rounding_is_the_ceil_or_floor_of_the_value_rounded_to_a_millionth(y, up):
+    # The fast path must give exactly what the slow decimal rounding gives, near integers too.
+    assert _outward(y, up) == (math.ceil if up else math.floor)(round(y, 6))

@@ -61,6 +61,10 @@ _CUMULATIVE = re.compile(
 DEFAULT_TOLERANCE_UNITS = 100.0
 
 
+#: How many of the shortest windows ending an epoch are tried before all of them are computed.
+SHORTEST = 32
+
+
 #: How an epoch's last batch is treated: ``"exact"`` (the counter is the weight, or the sizes
 #: given make every batch full), ``"known"`` (``--samples``/``--batch-size`` give its size),
 #: ``"any"`` (the log does not say: every size from one sample to a full batch is allowed).
@@ -141,6 +145,9 @@ class MetricResult:
     _ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
         default=None, repr=False
     )
+    _shortest: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False
+    )
 
     def _reconstruct(self, last_only: bool) -> WindowColumns:
         steps, means, halves = self.series.arrays()
@@ -182,9 +189,12 @@ class MetricResult:
         steps, means, halves = self.series.arrays()
         if self.end_weight_low is not None or self.end_weight_high is not None:
             # window_columns' last window: the shortest one ending the epoch that is precise
-            # enough, else the whole epoch.
-            first, value, low, high = self.end_windows
+            # enough (usually among the few shortest), else the whole epoch.
+            first, value, low, high = self.shortest_end_windows
             fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
+            if not len(fits):
+                first, value, low, high = self.end_windows
+                fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
             i = int(fits[0]) if len(fits) else len(first) - 1
             return Window(
                 int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i])
@@ -200,19 +210,35 @@ class MetricResult:
         )
 
     @property
+    def shortest_end_windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The first :data:`SHORTEST` of :attr:`end_windows` (all of them once computed): the
+        search for a precise enough window ending the epoch rarely needs more."""
+        if self._ends is not None:
+            return self._ends
+        if self._shortest is None:
+            self._shortest = self._end_bounds(SHORTEST)
+        return self._shortest
+
+    def _end_bounds(
+        self, count: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        steps, means, halves = self.series.arrays()
+        return end_bounds(
+            steps,
+            means,
+            halves,
+            end_weight_low=self.end_weight_low,
+            end_weight_high=self.end_weight_high,
+            clip=self.clip,
+            count=count,
+        )
+
+    @property
     def end_windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:func:`~fitlens.explain.reconstruct.end_bounds` of the displays, computed once: every
         window that ends at the last display, shortest first, then the whole epoch."""
         if self._ends is None:
-            steps, means, halves = self.series.arrays()
-            self._ends = end_bounds(
-                steps,
-                means,
-                halves,
-                end_weight_low=self.end_weight_low,
-                end_weight_high=self.end_weight_high,
-                clip=self.clip,
-            )
+            self._ends = self._end_bounds(None)
         return self._ends
 
     @property

@@ -17,14 +17,18 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from fitlens.explain.analysis import EpochResult, Options, analyze
 from fitlens.explain.epochs import split_epochs
 from fitlens.explain.jumps import Boundary, explain_all, is_training
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
-from fitlens.explain.report import summarize
-from fitlens.explain.writer import Explained, ReportWriter, replay
+from fitlens.explain.report import EpochSummary, summarize
+from fitlens.explain.writer import Explained, ReportWriter
+
+if TYPE_CHECKING:
+    from fitlens.explain.html import PageWriter
+    from fitlens.explain.plot import ChartData
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 #: Inputs from this size up get progress lines on stderr (bytes; also the step on a pipe).
@@ -184,10 +188,11 @@ def explain_stream(
     name: str,
     options: Options,
     *,
-    writer: ReportWriter | None = None,
+    writer: Sink | None = None,
     keep_windows: bool = False,
     keep_results: bool = False,
     progress: ReadProgress | None = None,
+    chart: ChartData | None = None,
 ) -> Explained:
     """Run the whole pipeline on a binary stream, one epoch at a time.
 
@@ -201,8 +206,10 @@ def explain_stream(
         options: Tolerance and batch sizes.
         writer: Takes each epoch's summary and boundaries as they come.
         keep_windows: Keep every display and window in the summaries (``--windows``).
-        keep_results: Keep every full reconstruction too (``--plot``, ``--html``).
+        keep_results: Keep every full reconstruction too (library use; memory grows with the
+            log).
         progress: Told how many bytes have been read and epochs explained, as they are.
+        chart: Fed every epoch's reconstruction (``--plot``, ``--html``; bounded memory).
 
     Raises:
         UserError: When the input holds no usable Keras progress output.
@@ -236,6 +243,8 @@ def explain_stream(
             explained.epochs.append(summary)
         if explained.results is not None:
             explained.results.append(result)
+        if chart is not None:
+            chart.add(result)
         previous, previous_training = result, training
     if not epochs:
         if stats.rejected:
@@ -252,28 +261,55 @@ def explain_stream(
     return explained
 
 
-def _write_html(explained: Explained, path: str, say: Callable[[str], None]) -> None:
-    from fitlens.explain.html import CHART_CAPTION, render_html
-    from fitlens.explain.plot import PlotError, explain_figure
+class Sink(Protocol):
+    """What takes each epoch's summary and the boundaries that end at it."""
+
+    def add(self, epoch: EpochSummary, boundaries: Sequence[Boundary]) -> None:
+        """Take the next epoch."""
+
+
+class _Tee:
+    """Hands each epoch to several sinks (the report on stdout and the page)."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def add(self, epoch: EpochSummary, boundaries: Sequence[Boundary]) -> None:
+        for sink in self.sinks:
+            sink.add(epoch, boundaries)
+
+
+def _write_html(
+    page: PageWriter,
+    chart: ChartData,
+    explained: Explained,
+    path: str,
+    say: Callable[[str], None],
+) -> None:
+    from fitlens.explain.html import CHART_CAPTION, ENVELOPE_CAPTION
+    from fitlens.explain.plot import PlotError, chart_figure
 
     charts: list[tuple[str, bytes]] = []
     missing = ""
     try:
-        fig = explain_figure(explained)
+        fig = chart_figure(chart, explained.source)
     except PlotError as err:
         missing = f" without its chart ({err})"
     else:
         from fitlens.report.plot import close, render
 
+        caption = CHART_CAPTION + (ENVELOPE_CAPTION if chart.enveloped else "")
         try:
-            charts.append((CHART_CAPTION, render(fig, "svg")))
+            charts.append((caption, render(fig, "svg")))
         finally:
             close(fig)
     try:
         with open(path, "w", encoding="utf-8") as out:
-            out.write(render_html(explained, charts))
+            page.finish(explained.stats, out, charts)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror}") from None
+    finally:
+        page.close()
     say(f"fitlens explain: page written to {path}{missing}")
 
 
@@ -309,9 +345,18 @@ def main(argv: Sequence[str]) -> int:
             except HtmlPathError as err:
                 raise UserError(str(err)) from None
         name = "stdin" if args.log == "-" else args.log
-        # The page needs every epoch and boundary at once, so --html holds them in memory and
-        # the text or JSON report is replayed from them afterwards.
-        writer = None if args.html else ReportWriter(name, options, as_json=args.json)
+        # Everything streams: the report, the page and the chart each take one epoch at a time.
+        writer = ReportWriter(name, options, as_json=args.json)
+        page = None
+        if args.html:
+            from fitlens.explain.html import PageWriter
+
+            page = PageWriter(name, options)
+        chart = None
+        if args.plot or args.html:
+            from fitlens.explain.plot import ChartData
+
+            chart = ChartData()
         stream = _open(args.log)
         progress = ReadProgress(name, _size(stream), say)
         try:
@@ -319,29 +364,27 @@ def main(argv: Sequence[str]) -> int:
                 stream,
                 name,
                 options,
-                writer=writer,
+                writer=writer if page is None else _Tee(writer, page),
                 keep_windows=args.windows,
-                keep_results=bool(args.plot or args.html),
                 progress=progress,
+                chart=chart,
             )
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
         progress.finish()
-        if writer is None:
-            writer = replay(explained, as_json=args.json)
-        if args.plot:
-            from fitlens.explain.plot import PlotError, save_plot
+        if args.plot and chart is not None:
+            from fitlens.explain.plot import PlotError, save_chart
 
             try:
-                save_plot(explained, args.plot)
+                save_chart(chart, name, args.plot)
             except PlotError as err:
                 raise UserError(str(err)) from None
             except OSError as err:
                 raise UserError(f"cannot write {args.plot}: {err.strerror}") from None
             say(f"fitlens explain: plot written to {args.plot}")
-        if args.html:
-            _write_html(explained, args.html, say)
+        if page is not None and chart is not None:
+            _write_html(page, chart, explained, args.html, say)
     except UserError as err:
         print(f"fitlens explain: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,9 +13,13 @@ progress bar sometimes prints an older update after a newer one (``156/200``, ``
 ``186/200``; behind a slow callback, ``26/40``, ``5/40``, ``30/40``). A step that goes back
 to 2 or more, with the same target, no header in between, and the same values wherever that
 step was already shown, is such an out-of-order update: it is merged in step order
-(:class:`Series` sorts). A bar that restarts (``evaluate``, another ``fit`` call) prints step 1
-first: Keras's ``Progbar`` always draws its first update, and batch 1's callbacks are queued
-before any other.
+(:class:`Series` sorts). A step back to 1 is one too when it is redrawn on the bar's own line:
+batch 1's callbacks may run after batch 2's (the first update is always drawn, whichever it
+is), and a late batch 1 is drawn when the bar's 0.05 s interval has passed, which a loaded
+machine makes likely. Every Keras bar ends with a line break, so a bar that restarts
+(``evaluate``, another ``fit`` call) starts on a line of its own: back to step 1 on a new line
+is a new bar. (A bar drawn one update per line, as Keras does where the output is not a
+dynamic display, cannot tell the two apart: there a late step 1 still starts a new bar.)
 """
 
 from __future__ import annotations
@@ -98,13 +102,15 @@ class Series:
                 steps, means, halves = self._chunks[0]
             else:
                 steps, means, halves = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
-            if len(steps) > 1 and bool((steps[1:] < steps[:-1]).any()):
-                order = np.argsort(steps, kind="stable")
-                steps, means, halves = steps[order], means[order], halves[order]
-            keep = np.ones(len(steps), dtype=bool)
-            keep[:-1] = steps[1:] != steps[:-1]
-            if not keep.all():
-                steps, means, halves = steps[keep], means[keep], halves[keep]
+            # Usually strictly increasing already: one test, no sort and no copy.
+            if len(steps) > 1 and not bool((steps[1:] > steps[:-1]).all()):
+                if bool((steps[1:] < steps[:-1]).any()):
+                    order = np.argsort(steps, kind="stable")
+                    steps, means, halves = steps[order], means[order], halves[order]
+                keep = np.ones(len(steps), dtype=bool)
+                keep[:-1] = steps[1:] != steps[:-1]
+                if not keep.all():
+                    steps, means, halves = steps[keep], means[keep], halves[keep]
             self._chunks = [(steps, means, halves)]
             self._merged = (steps, means, halves)
         return self._merged
@@ -189,7 +195,7 @@ class Epoch:
             return not (
                 self.complete and self.style in ("plain", "summary") and line > self.last_line
             )
-        if step < 2:
+        if step < 2 and line != self.last_line:
             return False
         for name, value, half in values:
             series = self.series.get(name)

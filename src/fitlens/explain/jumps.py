@@ -22,8 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -40,8 +39,7 @@ Reason = Literal["lag_bounds", "flat_level", "within_rounding", "no_view_inside"
 MOSTLY, LITTLE = 0.75, 0.25
 
 
-@dataclass(frozen=True)
-class Boundary:
+class Boundary(NamedTuple):
     """One metric across one epoch boundary.
 
     Attributes:
@@ -114,12 +112,17 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
         window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
         if found or candidates <= count:
             return window
-    # The windows from end_bounds, shortest first (the candidates are the first ones).
-    first, value, low, high = metric.end_windows
+    # The windows from end_bounds, shortest first (the candidates are the first ones): the
+    # first few usually hold a precise one; all are computed only when they do not.
+    first, value, low, high = metric.shortest_end_windows
     if candidates == 0:
         return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
     width = (high[:candidates] - low[:candidates]) / 2
     precise = np.flatnonzero(width <= abs(jump) / 4)
+    if not len(precise) and len(first) < candidates:
+        first, value, low, high = metric.end_windows
+        width = (high[:candidates] - low[:candidates]) / 2
+        precise = np.flatnonzero(width <= abs(jump) / 4)
     i = int(precise[0]) if len(precise) else int(np.argmin(width))
     return Window(int(first[i]), end, float(value[i]), float(low[i]), float(high[i]))
 
@@ -134,7 +137,13 @@ def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
     if len(steps) < 2:
         return None, None
     end = _display(steps, means, halves_, len(steps) - 1)
-    middle = _display(steps, means, halves_, int(np.argmin(np.abs(steps[:-1] - end.step / 2))))
+    # The display nearest the middle (the first of two as near): steps increase, so it is one
+    # of the two around it.
+    mid = end.step / 2
+    i = int(np.searchsorted(steps[:-1], mid))
+    if i == len(steps) - 1 or (i > 0 and abs(int(steps[i - 1]) - mid) <= abs(int(steps[i]) - mid)):
+        i -= 1
+    middle = _display(steps, means, halves_, i)
     early = window_bounds(None, middle, clip=metric.clip)
     late = window_bounds(
         middle,

@@ -154,14 +154,19 @@ class _Parser:
             self._plain_block(block, line)
             return
         group: list[bytes] = []  # consecutive plain lines that may be progress lines
-        for text in block.split(b"\n"):
+        texts = block.split(b"\n")
+        bulk = _bulk_redraws(texts)
+        for i, text in enumerate(texts):
             if text and text[0] in _COUNTER_START and b"\r" not in text:
                 group.append(text)
             else:
                 if group:
                     self.lines(b"\n".join(group), line - len(group))
                     group = []
-                if b"\r" in text:
+                found = bulk.get(i)
+                if found is not None:
+                    self._take_redraws(found, line)
+                elif b"\r" in text:
                     self.redraws(text, line)
                 elif text:
                     self.segment(text, line)
@@ -245,6 +250,20 @@ class _Parser:
         for offset, text in enumerate(group.split(b"\n")):
             self.segment(text, line + offset)
 
+    def _take_redraws(self, found: _Redraws, line: int) -> None:
+        """Emit a line of redraws read by :func:`_bulk_redraws`, as :meth:`redraws` would."""
+        steps, means, target, names, unit, style, last = found
+        self.flush()
+        self.after_header = False
+        self.out.append(
+            ProgressRun(
+                steps, target, tuple(map(_label, names)), means, _HALF_FIXED, unit, style, line
+            )
+        )
+        self.stats.progress += len(steps)
+        if last:
+            self.segment(last, line, style)
+
     def redraws(self, text: bytes, line: int) -> None:
         """Parse one line holding many ``\\r`` redraws.
 
@@ -254,13 +273,8 @@ class _Parser:
         (:mod:`fitlens.explain.layout`) or by two regex passes; otherwise, and always for the last piece (the epoch's
         final line, with its ``val_*`` values), each piece takes the general path.
         """
-        # The bar, when there is one, is within the first redraws: no need to scan the line.
-        style = "keras3" if text.find(_BAR3, 0, 4096) >= 0 else ""
-        # A chunk boundary can leave the tail of a backspace run at the start of a line.
-        text = text.lstrip(b"\x08").strip(b"\r")
-        cut = text.rfind(b"\r")
-        if cut > 0:
-            body = text[:cut]
+        style, body, last = _split_redraws(text)
+        if body:
             # Units, when in-progress redraws print them at all (Keras 3), are in every one.
             cut_first = body.find(b"\r")
             first = body if cut_first < 0 else body[:cut_first]
@@ -274,7 +288,6 @@ class _Parser:
                 for seg in body.split(b"\r"):
                     if seg:
                         self.segment(seg, line, style)
-        last = text[cut + 1 :]
         if last:
             self.segment(last, line, style)
 
@@ -461,6 +474,89 @@ def _fast_run(
     return ProgressRun(steps, target, names, means, _HALF_FIXED, unit, style, line)
 
 
+#: A line of redraws read in bulk: steps, means, target, names, unit, style, and its last piece.
+_Redraws = tuple[np.ndarray, np.ndarray, int, tuple[bytes, ...], CounterUnit, str, bytes]
+
+
+def _split_redraws(text: bytes) -> tuple[str, bytes, bytes]:
+    """A line of redraws as :meth:`_Parser.redraws` cuts it: ``(style, body, last)``, the body
+    being every redraw but the last (empty when there is one redraw)."""
+    # The bar, when there is one, is within the first redraws: no need to scan the line.
+    style = "keras3" if text.find(_BAR3, 0, 4096) >= 0 else ""
+    # A chunk boundary can leave the tail of a backspace run at the start of a line.
+    text = text.lstrip(b"\x08").strip(b"\r")
+    cut = text.rfind(b"\r")
+    return style, (text[:cut] if cut > 0 else b""), text[cut + 1 :]
+
+
+def _bulk_redraws(texts: list[bytes]) -> dict[int, _Redraws]:
+    """Read the redraws of every terminal line in ``texts`` that shares one layout at once.
+
+    Each line (with ``\\r``) is cut as :meth:`_Parser.redraws` cuts it; the bodies of all of
+    them are read by one :meth:`Layout.read` (the layout of the first bodies' first piece), and a
+    line is kept only where :func:`_fast_run` would read its body by position with the same
+    result: every piece has the layout, the names show once per piece, no ``nan``/``inf``, the
+    counters never go back, start at 1 or more and stay within the target. The others are left
+    to :meth:`_Parser.redraws`.
+
+    Returns:
+        ``{index in texts: line read}``.
+    """
+    lines = []
+    for i, text in enumerate(texts):
+        if b"\r" in text:
+            style, body, last = _split_redraws(text)
+            if body:
+                lines.append((i, style, body, last))
+    if len(lines) < 2:
+        return {}
+    layout = None
+    for _, _, body, _ in lines[:3]:  # a line that starts oddly (an evaluate bar) should not decide
+        cut = body.find(b"\r")
+        layout = _layout(body if cut < 0 else body[:cut])
+        if layout is not None:
+            break
+    if layout is None or layout.target > MAX_COUNTER:
+        return {}
+    data = b"\r".join(body for _, _, body, _ in lines)
+    chars = np.frombuffer(data, dtype=np.uint8)
+    seps = np.flatnonzero(chars == ord("\r"))
+    starts = np.concatenate(([0], seps + 1))
+    ends = np.append(seps, len(data))
+    counts = np.array([body.count(b"\r") + 1 for _, _, body, _ in lines])
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    ok, steps, means = layout.read(chars, starts, ends, decimal_points(chars))
+    bad = _bad_runs(ok, steps, offsets, layout.target)
+    good = [
+        (line, o, n)
+        for line, o, n, b in zip(
+            lines, offsets[:-1].tolist(), counts.tolist(), bad.tolist(), strict=True
+        )
+        if not b
+    ]
+    total = sum(n for _, _, n in good)
+    if (
+        len(good) < len(lines)
+        or _nan_or_inf(data, 0, len(data))
+        or any(data.count(b" - " + name + b":") != total for name in layout.names)
+    ):
+        good = [g for g in good if _same_names(g[0][2], 0, len(g[0][2]), layout.names, g[2])]
+    out: dict[int, _Redraws] = {}
+    for (i, style, body, last), o, n in good:
+        cut = body.find(b"\r")
+        first = body if cut < 0 else body[:cut]
+        out[i] = (
+            steps[o : o + n],
+            means[o : o + n],
+            layout.target,
+            layout.names,
+            _unit(first),
+            style or _bar_style(first),
+            last,
+        )
+    return out
+
+
 def _fixed_run(
     body: bytes, sep: bytes
 ) -> tuple[np.ndarray, np.ndarray, int, tuple[bytes, ...]] | None:
@@ -499,10 +595,21 @@ def _layout(first: bytes) -> Layout | None:
     return Layout.of(first, head, list(_METRIC.finditer(first)))
 
 
+def _nan_or_inf(data: bytes, start: int, end: int) -> bool:
+    """Whether ``data[start:end]`` holds ``nan`` or ``inf``.
+
+    Both hold an ``n``, which most logs never print (a one-byte search runs at memory speed,
+    a three-byte one about twenty times slower), so the words are looked for only after one.
+    """
+    if data.find(b"n", start, end) < 0:
+        return False
+    return data.find(b"nan", start, end) >= 0 or data.find(b"inf", start, end) >= 0
+
+
 def _same_names(data: bytes, start: int, end: int, names: tuple[bytes, ...], n: int) -> bool:
     """What the regex path checks of ``n`` pieces in ``data[start:end]``: each name shows once
     per piece, and no ``nan``/``inf`` is anywhere (the layout cannot see the middle of a piece)."""
-    if data.find(b"nan", start, end) >= 0 or data.find(b"inf", start, end) >= 0:
+    if _nan_or_inf(data, start, end):
         return False
     return all(data.count(b" - " + name + b":", start, end) == n for name in names)
 
@@ -563,15 +670,7 @@ def _bulk_lines(
     ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], decimal_points(text))
     counts = last - first
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    bad = np.zeros(len(bodies), dtype=bool)
-    bad[np.searchsorted(offsets, np.flatnonzero(~ok), side="right") - 1] = True
-    # Counters go back within a run, or start below 1, or pass the target: the regex path's
-    # checks, run by run.
-    back = np.flatnonzero(steps[1:] < steps[:-1]) + 1
-    back = back[np.isin(back, offsets, invert=True)]
-    bad[np.searchsorted(offsets, back, side="right") - 1] = True
-    bad |= steps[offsets[:-1]] < 1
-    bad |= steps[offsets[1:] - 1] > layout.target
+    bad = _bad_runs(ok, steps, offsets, layout.target)
     good = [
         (start, cut, o, n)
         for (start, cut), o, n, b in zip(
@@ -587,6 +686,19 @@ def _bulk_lines(
     }
 
 
+def _bad_runs(ok: np.ndarray, steps: np.ndarray, offsets: np.ndarray, target: int) -> np.ndarray:
+    """Per run of pieces (run ``r`` holds pieces ``offsets[r]:offsets[r + 1]``, at least one),
+    whether the regex path would refuse it: a piece without the layout, or counters that go back
+    within the run, start below 1 or pass the target."""
+    bad = np.add.reduceat(~ok, offsets[:-1]) > 0
+    back = np.flatnonzero(steps[1:] < steps[:-1]) + 1
+    back = back[np.isin(back, offsets, invert=True)]
+    bad[np.searchsorted(offsets, back, side="right") - 1] = True
+    bad |= steps[offsets[:-1]] < 1
+    bad |= steps[offsets[1:] - 1] > target
+    return bad
+
+
 def _names_once(
     data: bytes, good: list[tuple[int, int, int, int]], names: tuple[bytes, ...]
 ) -> bool:
@@ -596,7 +708,7 @@ def _names_once(
     ``n``; when the whole text holds no more than those plus what lies outside the runs, no run
     holds more.
     """
-    if b"nan" in data or b"inf" in data:
+    if _nan_or_inf(data, 0, len(data)):
         return False
     expected = sum(n for _, _, _, n in good)
     edges = [0, *itertools.chain.from_iterable((start, cut) for start, cut, _, _ in good)]

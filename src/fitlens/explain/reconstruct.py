@@ -137,6 +137,7 @@ def end_bounds(
     end_weight_high: float | None = None,
     clip: tuple[float, float] | None = None,
     with_start: bool = True,
+    count: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bounds of every window that ends at the last display, all at once.
 
@@ -156,6 +157,8 @@ def end_bounds(
         end_weight_high: As in :func:`window_bounds`.
         clip: Known range of the metric.
         with_start: Also give the window from the epoch start (weight 0) after the others.
+        count: Give only the ``count`` shortest windows (the same numbers as the first
+            ``count`` of all), or all of them when there are no more.
 
     Returns:
         ``(first_batch, value, low, high)``, shortest window first: one per earlier display,
@@ -165,6 +168,8 @@ def end_bounds(
     w_lo = w_hi if end_weight_low is None else min(float(end_weight_low), w_hi)
     m_k, h_k = float(means[-1]), float(halves[-1])
     w_j, m_j, h_j = steps[-2::-1].astype(np.float64), means[-2::-1], halves[-2::-1]
+    if count is not None and count < len(w_j) + with_start:
+        w_j, m_j, h_j, with_start = w_j[:count], m_j[:count], h_j[:count], False
     if with_start:
         w_j, m_j, h_j = (np.append(a, 0.0) for a in (w_j, m_j, h_j))
     with np.errstate(divide="ignore", invalid="ignore"):

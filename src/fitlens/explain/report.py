@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
 from fitlens.explain.epochs import Shown
@@ -46,8 +46,7 @@ _OTHER_CAUSES = (
 FIRST_BATCHES = 3
 
 
-@dataclass(frozen=True)
-class MetricSummary:
+class MetricSummary(NamedTuple):
     """What the report keeps of one metric in one epoch.
 
     Attributes:
@@ -163,6 +162,18 @@ def fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) > 1e-3 or x == 0 else f"{x:.4e}"
 
 
+def _outward(y: float, up: bool) -> int:
+    """``ceil`` (``up``) or ``floor`` of ``round(y, 6)``: the float noise below a millionth
+    ignored, then rounded outwards. ``round(y, 6)`` is slow (it goes through decimal digits) and
+    changes the result only within a millionth of an integer, so it runs only there."""
+    f = math.floor(y)
+    if y == f:  # an integer (a share of 0% or 100%) rounds to itself
+        return f
+    if y - f > 2e-6 and f + 1 - y > 2e-6:  # exact differences: y and f are close
+        return f + 1 if up else f
+    return (math.ceil if up else math.floor)(round(y, 6))
+
+
 def fmt_bound(x: float, up: bool) -> str:
     """Format a bound rounded outwards (down for a low, up for a high), so it still holds.
 
@@ -174,16 +185,15 @@ def fmt_bound(x: float, up: bool) -> str:
         >>> fmt_bound(0.74996, up=False), fmt_bound(0.74996, up=True)
         ('0.7499', '0.7500')
     """
-    direction = math.ceil if up else math.floor
     if not math.isfinite(x) or x == 0:
         return fmt(x)
     if abs(x) > 1e-3:
-        return f"{direction(round(x * 1e4, 6)) / 1e4:.4f}"
+        return f"{_outward(x * 1e4, up) / 1e4:.4f}"
     # The decimal mantissa and exponent from the repr, not from powers of ten (which
     # underflow to 0 or overflow for subnormal x).
     mantissa, exponent_text = f"{x:.12e}".split("e")
     exponent = int(exponent_text)
-    units = direction(round(float(mantissa) * 1e4, 6))
+    units = _outward(float(mantissa) * 1e4, up)
     if abs(units) >= 100_000:  # 9.99996e-05 rounded up is 1.0000e-04
         units, exponent = units // 10, exponent + 1
     return f"{units / 1e4:.4f}e{exponent:+03d}"
@@ -200,8 +210,7 @@ def signed_bound(x: float, up: bool) -> str:
     """A signed bound in four decimals, rounded outwards."""
     if not math.isfinite(x):
         return str(x)
-    units = (math.ceil if up else math.floor)(round(x * 1e4, 6))
-    return f"{units / 1e4:+.4f}"
+    return f"{_outward(x * 1e4, up) / 1e4:+.4f}"
 
 
 def pct(fraction: float, up: bool) -> str:
@@ -214,7 +223,7 @@ def pct(fraction: float, up: bool) -> str:
         >>> pct(0.7484, up=False), pct(0.7484, up=True)
         ('74.8%', '74.9%')
     """
-    tenths = (math.ceil if up else math.floor)(round(fraction * 1000, 6))
+    tenths = _outward(fraction * 1000, up)
     return f"{tenths / 10:.1f}%"
 
 

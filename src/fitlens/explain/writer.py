@@ -63,15 +63,23 @@ class ReportWriter:
         as_json: Write the JSON report instead of text.
     """
 
-    def __init__(self, source: str, options: Options, *, as_json: bool = False) -> None:
+    def __init__(
+        self,
+        source: str,
+        options: Options,
+        *,
+        as_json: bool = False,
+        separators: tuple[str, str] = (",", ":"),
+    ) -> None:
         self.source = source
         self.options = options
         self.as_json = as_json
+        self.separators = separators
         self.epochs = 0
         self.boundaries = 0
-        self._bottom = _spool()
-        self._epochs = _spool()
-        self._details = _spool()
+        self._bottom = spool()
+        self._epochs = spool()
+        self._details = spool()
         self._weightings: set[str] = set()
         self._mixes_epoch_mean = False
         self._last_batches: set[str] = set()
@@ -81,6 +89,7 @@ class ReportWriter:
         self._firsts: dict[str, list[list[tuple[float, float]]]] = {}
         self._previous: EpochSummary | None = None
         self._detail_from = 0
+        self._started: set[int] = set()
 
     def add(self, epoch: EpochSummary, boundaries: Sequence[Boundary]) -> None:
         """Take the next epoch and the boundaries that end at it (from the previous epoch)."""
@@ -100,25 +109,36 @@ class ReportWriter:
         if self.as_json:
             self._item(self._epochs, epoch_json(epoch))
             for b in boundaries:
-                self._item(self._details, boundary_json(b))
-                self._item(self._bottom, bottom_line(b))
+                obj = boundary_json(b)
+                self._item(self._details, obj)
+                self._item(self._bottom, obj["bottom_line"])
         else:
+            # One write per spool and epoch: each write to a spooled file has its own cost.
             self._epochs.write("\n" + "\n".join(epoch_lines(epoch)) + "\n")
+            bottom, details = [], []
             for b in boundaries:
-                self._bottom.write("  " + bottom_line(b) + "\n")
+                bottom.append("  " + bottom_line(b) + "\n")
                 if b.reason == "within_rounding" or before is None:
                     continue
                 if self._detail_from != b.from_epoch:
                     self._detail_from = b.from_epoch
-                    self._details.write(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
-                self._details.write("\n".join(boundary_lines(b, before, epoch)) + "\n")
+                    details.append(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
+                details.append("\n".join(boundary_lines(b, before, epoch)) + "\n")
+            if bottom:
+                self._bottom.write("".join(bottom))
+            if details:
+                self._details.write("".join(details))
         self.boundaries += len(boundaries)
         self._previous = epoch
 
     def _item(self, spool: IO[str], obj: Any) -> None:
-        if spool.tell():
-            spool.write(",")
-        spool.write(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+        text = json.dumps(obj, separators=self.separators, allow_nan=False)
+        # Whether the list has items already, kept here: tell() on a text file on disk is slow.
+        if id(spool) in self._started:
+            text = self.separators[0] + text
+        else:
+            self._started.add(id(spool))
+        spool.write(text)
 
     def assumptions(self) -> list[str]:
         """The assumptions behind every bound, in plain words."""
@@ -221,7 +241,7 @@ class ReportWriter:
         )
         if self.boundaries:
             out.write("Bottom line:\n")
-            _copy(self._bottom, out)
+            copy(self._bottom, out)
         else:
             out.write(
                 "No epoch boundary to explain (the log holds fewer than two training epochs).\n"
@@ -232,12 +252,18 @@ class ReportWriter:
         out.write("\n" + self.last_batch_text() + "\n")
         out.write("Assumptions: " + "; ".join(self.assumptions()) + ".\n")
         out.write(rules_text() + "\n")
-        _copy(self._epochs, out)
+        copy(self._epochs, out)
         if self._details.tell():
             out.write("\nJumps at epoch boundaries:\n")
-            _copy(self._details, out)
+            copy(self._details, out)
 
     def _finish_json(self, stats: ParseStats, out: TextIO) -> None:
+        self.write_json(stats, out)
+        out.write("\n")
+
+    def write_json(self, stats: ParseStats, out: IO[str] | Any) -> None:
+        """Write the JSON report (one object, no line break after it) to ``out`` (anything with
+        a ``write``); the temporary files stay open (`close` releases them)."""
         options = self.options
         head = {
             "schema": SCHEMA,
@@ -259,26 +285,29 @@ class ReportWriter:
             },
             "same_first_batches": self.same_first_batches(),
         }
-        out.write(json.dumps(head, separators=(",", ":"), allow_nan=False)[:-1])
-        for key, spool in (
+        item, key = self.separators
+        out.write(json.dumps(head, separators=self.separators, allow_nan=False)[:-1])
+        for name, spool in (
             ("bottom_line", self._bottom),
             ("epochs", self._epochs),
             ("boundaries", self._details),
         ):
-            out.write(f',"{key}":[')
-            _copy(spool, out)
+            out.write(f'{item}"{name}"{key}[')
+            copy(spool, out)
             out.write("]")
-        out.write("}\n")
+        out.write("}")
 
 
-def _spool() -> IO[str]:
+def spool() -> IO[str]:
+    """A text buffer for one part of a report, on disk once it passes 4 MiB."""
     # Up to 4 MiB in memory, then a temporary file: flat memory for any log size.
     return tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", encoding="utf-8")
 
 
-def _copy(spool: IO[str], out: TextIO) -> None:
-    spool.seek(0)
-    shutil.copyfileobj(spool, out, 1 << 20)
+def copy(part: IO[str], out: TextIO | Any) -> None:
+    """Copy a whole `spool` to ``out`` (anything with a ``write``)."""
+    part.seek(0)
+    shutil.copyfileobj(part, out, 1 << 20)
 
 
 def replay(explained: Explained, as_json: bool = False) -> ReportWriter:

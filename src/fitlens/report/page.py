@@ -15,7 +15,7 @@ import base64
 import html
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 #: No script, no fetch, no frame: only inline styles and ``data:`` images.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -49,10 +49,31 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def json_safe(text: str) -> str:
+    """JSON text that cannot close the ``<script>`` element holding it (``&<>`` escaped as
+    JSON ``\\u`` escapes, which decode to the same characters). Works on any piece of the text."""
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
 def json_block(data: Any) -> str:
     """``data`` as JSON that cannot close the ``<script>`` element holding it."""
-    text = json.dumps(data, default=str, allow_nan=False)
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    return json_safe(json.dumps(data, default=str, allow_nan=False))
+
+
+class JsonSafeWriter:
+    """A text sink that passes everything written through `json_safe` (streamed JSON blocks).
+
+    Args:
+        out: Where the escaped text goes.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        """Write ``text`` escaped; returns its length before escaping."""
+        self.out.write(json_safe(text))
+        return len(text)
 
 
 def charts_html(charts: Sequence[tuple[str, bytes]]) -> str:
@@ -81,20 +102,53 @@ def page(
         sections: ``(heading, HTML content)`` pairs; headings are plain text (escaped here).
         data: ``(element id, JSON-ready data)`` inlined as a ``application/json`` block.
     """
-    body = "".join(f"<section><h2>{esc(h)}</h2>{content}</section>" for h, content in sections)
+    body = "".join(section_start(h) + content + SECTION_END for h, content in sections)
     block = ""
     if data is not None:
-        block = (
-            f'<script type="application/json" id="{esc(data[0])}">{json_block(data[1])}</script>'
-        )
+        block = data_start(data[0]) + json_block(data[1]) + DATA_END
+    return page_start(title, heading, note) + body + block + PAGE_END
+
+
+def page_start(title: str, heading: str, note: str) -> str:
+    """The page up to its first section (arguments as in `page`), for pages written in pieces."""
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name=viewport content="width=device-width,initial-scale=1">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{heading}</h1><p class=note>{note}</p>{body}{block}"
-        "</body></html>\n"
+        f"<h1>{heading}</h1><p class=note>{note}</p>"
     )
 
 
-__all__ = ["CSP", "CSS", "charts_html", "esc", "json_block", "page"]
+def section_start(heading: str) -> str:
+    """A section's opening and its heading (plain text, escaped here); close with SECTION_END."""
+    return f"<section><h2>{esc(heading)}</h2>"
+
+
+def data_start(element: str) -> str:
+    """The opening of an inline ``application/json`` block; JSON through `json_safe` follows,
+    then DATA_END."""
+    return f'<script type="application/json" id="{esc(element)}">'
+
+
+SECTION_END = "</section>"
+DATA_END = "</script>"
+PAGE_END = "</body></html>\n"
+
+
+__all__ = [
+    "CSP",
+    "CSS",
+    "DATA_END",
+    "PAGE_END",
+    "SECTION_END",
+    "JsonSafeWriter",
+    "charts_html",
+    "data_start",
+    "esc",
+    "json_block",
+    "json_safe",
+    "page",
+    "page_start",
+    "section_start",
+]
