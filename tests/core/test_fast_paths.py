@@ -1,6 +1,7 @@
 """The estimators' shortcuts give what the long way gives: `value_with` a partial block equals
 clone + load_state_dict + update + value bit for bit, a kept fit is dropped whenever the state
-changes, and the stacked fit of several lines equals each line fitted alone."""
+changes, the stacked fit of several lines equals each line fitted alone, and so does their
+stacked update."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from fitlens.core.estimators import (
     TrendWindow,
     WindowMean,
 )
+from fitlens.core.estimators.discounted import update_lines
 from fitlens.core.local_fit import LocalFit, _local_fit_one, local_fits
 from fitlens.core.metric_range import RATE
 
@@ -137,3 +139,33 @@ def test_stacked_solve_agrees_with_the_step_by_step_fit_up_to_the_conditioning(s
     for field in ("value", "noise", "effective_samples", "spread", "bend", "bend_noise"):
         a, b = getattr(stacked, field), getattr(one, field)
         assert a == pytest.approx(b, rel=tol, abs=tol * max(1.0, abs(b)), nan_ok=True)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(1, 70), min_size=1, max_size=4),
+    st.sampled_from([4.0, 32.0]),
+)
+def test_lines_updated_together_hold_the_sums_each_line_updated_alone_holds_bit_for_bit(
+    seed, blocks, size
+):
+    """`update_lines` updates AdaptiveTrend's lines in stacked numpy calls; each line's sums
+    (and so its fit, estimate and interval) must not depend on the other lines, over several
+    blocks (the aging of old sums), with weightless and NaN batches."""
+    rng = np.random.default_rng(seed)
+    memories = (20.0, 100.0, 400.0, 3200.0, 9000.0)
+    lines = [EMATrend(m) for m in memories]
+    alone = [EMATrend(m) for m in memories]
+    for n in blocks:
+        v = rng.random(n)
+        v[rng.random(n) < 0.05] = np.nan
+        w = rng.choice([0.0, size], n, p=[0.1, 0.9])
+        update_lines(lines, v, w)
+        for line in alone:
+            line.update(v, w)
+    for together, one in zip(lines, alone, strict=True):
+        mine, theirs = together.state_dict(), one.state_dict()
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert np.array_equal(mine[key], theirs[key], equal_nan=True), key
+        assert _same_fit(together.fit(), one.fit())

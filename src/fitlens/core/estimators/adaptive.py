@@ -9,7 +9,7 @@ from typing import Any, cast
 import numpy as np
 
 from fitlens.core.estimators.base import Estimator, NanPolicy
-from fitlens.core.estimators.discounted import EMATrend
+from fitlens.core.estimators.discounted import EMATrend, update_lines
 from fitlens.core.estimators.interval import _bias2, _spread
 from fitlens.core.local_fit import LocalFit, local_fits
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
@@ -58,8 +58,7 @@ class AdaptiveTrend(Estimator):
             line.reset()
 
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
-        for line in self.lines:
-            line._update(values, weights)
+        update_lines(self.lines, values, weights)  # one stacked update, as each line alone
 
     @property
     def steps(self) -> int:
