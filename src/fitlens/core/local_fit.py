@@ -164,8 +164,10 @@ def _stacked_solve(
     g_mat, t_mat = m[:, hank], t[:, hank]
     eig = np.linalg.eigvalsh(g_mat)
     solvable = (eig[:, 0] > _CONDITION * eig[:, -1]) & (_CONDITION * eig[:, -1] > 0)
-    e0 = np.broadcast_to(eye[:, :1], (m.shape[0], size, 1))
-    rhs = np.concatenate([my[:, :size, None], e0, t_mat], axis=2)
+    rhs = np.empty((m.shape[0], size, size + 2))  # my, e0 and t's Hankel matrix, side by side
+    rhs[:, :, 0] = my[:, :size]
+    rhs[:, :, 1] = eye[:, 0]
+    rhs[:, :, 2:] = t_mat
     g_safe = np.where(solvable[:, None, None], g_mat, eye)  # unsolvable rows: not used
     sol = np.linalg.solve(g_safe, rhs)
     trace = np.trace(sol[:, :, 2:], axis1=1, axis2=2)

@@ -6,6 +6,7 @@ state dicts).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -27,15 +28,25 @@ _NAN_POLICIES = ("propagate", "ignore")
 def _as_batches(
     values: float | Iterable[float] | np.ndarray, weights: float | Iterable[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    w = np.atleast_1d(np.asarray(weights, dtype=np.float64))
-    if w.shape != v.shape:
-        w = np.broadcast_to(w, v.shape)
-    if v.ndim != 1:
-        raise ValueError(
-            f"Expected one value per batch (a 1-D sequence). Received shape {v.shape}."
-        )
-    if np.any(w < 0) or not np.all(np.isfinite(w)):
+    if (  # per block of steps (`MetricStream`): float64 columns already, nothing to convert
+        type(values) is np.ndarray
+        and type(weights) is np.ndarray
+        and values.dtype == np.float64
+        and weights.dtype == np.float64
+        and values.ndim == 1
+        and weights.shape == values.shape
+    ):
+        v, w = values, weights
+    else:
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        w = np.atleast_1d(np.asarray(weights, dtype=np.float64))
+        if w.shape != v.shape:
+            w = np.broadcast_to(w, v.shape)
+        if v.ndim != 1:
+            raise ValueError(
+                f"Expected one value per batch (a 1-D sequence). Received shape {v.shape}."
+            )
+    if w.size and not (w.min() >= 0.0 and w.max() < math.inf):  # NaN fails the first
         raise ValueError(
             f"Expected batch weights (sample counts) to be finite and >= 0. Received {w.tolist()}."
         )
