@@ -135,9 +135,13 @@ class Estimator:
     ) -> NowEstimate:
         """`estimate` after also adding these batches, leaving this estimator unchanged (as
         `value_with`): one copy, one fit."""
+        return self.with_batches(values, weights).estimate(level)
+
+    def with_batches(self, values: np.ndarray, weights: np.ndarray) -> Estimator:
+        """A copy with these batches added (as `update`); this estimator is unchanged."""
         copy = self._copy()
         copy.update(values, weights)
-        return copy.estimate(level)
+        return copy
 
     def value_with(self, values: np.ndarray, weights: np.ndarray) -> float:
         """The value after also adding these batches, leaving this estimator unchanged.
@@ -148,9 +152,7 @@ class Estimator:
         Args:
             values, weights: as for `update`.
         """
-        copy = self._copy()
-        copy.update(values, weights)
-        return copy.value
+        return self.with_batches(values, weights).value
 
     def _copy(self) -> Estimator:
         """An independent estimator with our settings and state (state arrays copied)."""

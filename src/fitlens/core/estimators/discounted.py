@@ -67,25 +67,32 @@ def _block_factors(
 
 
 def update_lines(lines: Sequence[_Discounted], values: np.ndarray, weights: np.ndarray) -> None:
-    """Add the same ``(n,)`` batches (oldest first) to discounted fits of one degree that have
-    seen the same batches so far; their decays may differ.
+    """Add ``n`` batches (oldest first) to discounted fits of one degree that have seen the same
+    number of batches so far; their decays may differ.
 
     All the lines' sums are updated together in a few numpy calls (`AdaptiveTrend` updates
     five lines per metric at every block of steps). Each line's products are its own matrix
     product of a stack (numpy runs one per line, of the same shape whatever the lines), so a
     line updated with others rounds exactly as when it is updated alone: `_Discounted._update`
     is this function with one line.
+
+    Args:
+        lines: the fits. values, weights: ``(n,)`` batches for every line, or ``(lines, n)``,
+            one row per line (several metrics' lines at once).
     """
-    for line in lines:
+    for i, line in enumerate(lines):
         if math.isnan(line.decay):
-            line.decay = line._initial_decay(float(weights[0]))
+            first_size = weights[0] if weights.ndim == 1 else weights[i, 0]
+            line.decay = line._initial_decay(float(first_size))
     first = lines[0]
-    n, size, k = values.size, first.m.size, first.my.size
+    n, size, k = values.shape[-1], first.m.size, first.my.size
     discounts, powers_t, move_t, carry = _block_factors(
         tuple(line.decay for line in lines), n, size
     )
     wv = weights * values
-    parts = np.array([weights, weights, wv, wv * values, weights > 0])  # (5, n)
+    parts = np.array([weights, weights, wv, wv * values, weights > 0])  # (5, n) or (5, lines, n)
+    if parts.ndim == 3:
+        parts = parts.swapaxes(0, 1)
     new = (discounts * parts) @ powers_t  # (lines, 5, size): each part's sums of x^j
     mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
     if first.steps:
