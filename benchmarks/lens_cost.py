@@ -48,6 +48,7 @@ from _machine import describe_machine
 from loop_overhead import Case, make_batches, torch_mlp
 
 import fitlens
+import fitlens.training.step as step_module
 from fitlens.core.stream import MetricStream
 from fitlens.view.lens import Lens
 from fitlens.view.progress import Progress
@@ -69,6 +70,12 @@ PARTS: list[tuple[str, int, Any, str]] = [
     ("begin_epoch", 1, Lens, "begin_epoch"),
     ("end_epoch (flush, estimates, lines)", 1, Lens, "end_epoch"),
 ]
+
+#: A control: a trivial function (a type check and a shape read) that the training step calls
+#: right before `Lens.record`, timed the same way. Right after the step's torch work, any timed
+#: call measures a few microseconds (cold caches, the timer's first read): its row is the floor
+#: under the per-step rows, which is not the lens's own cost.
+CONTROL = ("control: batch_size_of (trivial, beside record)", step_module, "batch_size_of")
 
 
 #: The steady clock's seconds per read: a step of the tiny model (~550 us) reads it 3 times.
@@ -121,7 +128,7 @@ class Timers:
 def timed_lens(timers: Timers) -> Iterator[None]:
     """Wrap every part of `PARTS` for the duration of the block."""
     saved: list[tuple[Any, str, Any]] = []
-    for _, _, owner, name in PARTS:
+    for _, _, owner, name in [*PARTS, (CONTROL[0], 0, *CONTROL[1:])]:
         if owner is None or name not in owner.__dict__:  # not in this version of fitlens
             continue
         saved.append((owner, name, owner.__dict__[name]))
@@ -241,6 +248,7 @@ def main() -> None:
     for d in displays:
         best[d]["_lens"] = (sum(best[d][k][0] for k in tops if k in best[d]), 0.0)
     row("lens in all (the depth-1 rows)", part("_lens", calls=False))
+    row(CONTROL[0], part(key_of(*CONTROL[1:]), calls=False))
     row("whole step of fit (best run)", part("_step", calls=False))
     row("timer cost per call (subtracted)", part("_floor", calls=False))
     for d in displays:
