@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from fitlens.core.estimators.base import Estimator, NanPolicy, _as_batches
+from fitlens.core.estimators.base import Estimator, NanPolicy, check_weights
 from fitlens.core.estimators.discounted import EMATrend, update_lines
 from fitlens.core.estimators.interval import _bias2, _spread
 from fitlens.core.local_fit import LocalFit, local_fits
@@ -166,7 +166,7 @@ def update_together(
         else:
             est.update(values[:, i], weights[:, i])
     for columns in groups.values():
-        _as_batches(values[:, columns].ravel(), weights[:, columns].ravel())  # checks weights
+        check_weights(weights[:, columns])
         lines = [line for i in columns for line in cast(AdaptiveTrend, estimators[i]).lines]
         per_line = [i for i in columns for _ in cast(AdaptiveTrend, estimators[i]).lines]
         update_lines(lines, values[:, per_line].T, weights[:, per_line].T)

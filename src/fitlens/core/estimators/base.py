@@ -46,11 +46,17 @@ def _as_batches(
             raise ValueError(
                 f"Expected one value per batch (a 1-D sequence). Received shape {v.shape}."
             )
-    if w.size and not (w.min() >= 0.0 and w.max() < math.inf):  # NaN fails the first
-        raise ValueError(
-            f"Expected batch weights (sample counts) to be finite and >= 0. Received {w.tolist()}."
-        )
+    check_weights(w)
     return v, w
+
+
+def check_weights(weights: np.ndarray) -> None:
+    """Raise unless every batch weight (a sample count) is finite and >= 0."""
+    if weights.size and not (weights.min() >= 0.0 and weights.max() < math.inf):  # NaN: min
+        raise ValueError(
+            "Expected batch weights (sample counts) to be finite and >= 0. "
+            f"Received {weights.tolist()}."
+        )
 
 
 class Estimator:
