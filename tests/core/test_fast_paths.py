@@ -1,6 +1,7 @@
 """The estimators' shortcuts give what the long way gives: `value_with` a partial block equals
 clone + load_state_dict + update + value bit for bit, a kept fit is dropped whenever the state
-changes, and the stacked fit of several lines equals each line fitted alone."""
+changes, the stacked fit of several lines equals each line fitted alone, and so does their
+stacked update, and the now estimates of several metrics fitted together."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from fitlens.core.estimators import (
     LastValue,
     TrendWindow,
     WindowMean,
+    fit_together,
+    update_together,
 )
+from fitlens.core.estimators.discounted import update_lines
 from fitlens.core.local_fit import LocalFit, _local_fit_one, local_fits
-from fitlens.core.metric_range import RATE
+from fitlens.core.metric_range import NONNEGATIVE, RATE
 
 KINDS = {
     "mean": EpochMean,
@@ -137,3 +141,95 @@ def test_stacked_solve_agrees_with_the_step_by_step_fit_up_to_the_conditioning(s
     for field in ("value", "noise", "effective_samples", "spread", "bend", "bend_noise"):
         a, b = getattr(stacked, field), getattr(one, field)
         assert a == pytest.approx(b, rel=tol, abs=tol * max(1.0, abs(b)), nan_ok=True)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(1, 70), min_size=1, max_size=4),
+    st.sampled_from([4.0, 32.0]),
+)
+def test_lines_updated_together_hold_the_sums_each_line_updated_alone_holds_bit_for_bit(
+    seed, blocks, size
+):
+    """`update_lines` updates AdaptiveTrend's lines in stacked numpy calls; each line's sums
+    (and so its fit, estimate and interval) must not depend on the other lines, over several
+    blocks (the aging of old sums), with weightless and NaN batches."""
+    rng = np.random.default_rng(seed)
+    memories = (20.0, 100.0, 400.0, 3200.0, 9000.0)
+    lines = [EMATrend(m) for m in memories]
+    alone = [EMATrend(m) for m in memories]
+    for n in blocks:
+        v = rng.random(n)
+        v[rng.random(n) < 0.05] = np.nan
+        w = rng.choice([0.0, size], n, p=[0.1, 0.9])
+        update_lines(lines, v, w)
+        for line in alone:
+            line.update(v, w)
+    for together, one in zip(lines, alone, strict=True):
+        mine, theirs = together.state_dict(), one.state_dict()
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert np.array_equal(mine[key], theirs[key], equal_nan=True), key
+        assert _same_fit(together.fit(), one.fit())
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 150), st.sampled_from([4.0, 32.0]))
+def test_adaptive_trends_fitted_together_read_what_each_reads_alone_bit_for_bit(seed, steps, size):
+    """A display reads every metric's now estimate at once (`fit_together`: one stacked solve
+    for all their lines); each estimate and interval must be what the estimator gives alone."""
+    rng = np.random.default_rng(seed)
+    loss, acc = AdaptiveTrend(bounds=NONNEGATIVE), AdaptiveTrend(bounds=RATE)
+    other = AdaptiveTrend((50.0, 500.0))  # other memories, fewer steps: fitted on its own
+    for est, shift in ((loss, 1.0), (acc, 0.0)):
+        est.update(shift + 0.5 * np.exp(-np.arange(steps) / 40.0) + 0.05 * rng.random(steps), size)
+    other.update(rng.random(max(steps // 2, 1)), size)
+    alone = [est.clone() for est in (loss, acc, other)]
+    for copy, est in zip(alone, (loss, acc, other), strict=True):
+        copy.load_state_dict(est.state_dict())
+    fit_together([loss, acc, other, EpochMean()])
+    for together, one in zip((loss, acc, other), alone, strict=True):
+        assert _same_fit(together.fit(), one.fit())
+        a, b = together.estimate(), one.estimate()
+        for x, y in ((a.value, b.value), (a.low, b.low), (a.high, b.high)):
+            assert _same(x, y)
+        assert a.note == b.note
+
+
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 70), min_size=1, max_size=3))
+def test_metrics_updated_together_hold_the_states_each_updated_alone_holds_bit_for_bit(
+    seed, blocks
+):
+    """`MetricStream` feeds every metric's now estimate a block at once (`update_together`:
+    all AdaptiveTrend lines in one stacked update); every state must be what the estimator
+    reaches updated alone, including estimators that cannot join (other kinds, NaN ignored)."""
+    rng = np.random.default_rng(seed)
+
+    def make() -> list[Estimator]:
+        return [
+            AdaptiveTrend(bounds=NONNEGATIVE),
+            AdaptiveTrend(bounds=RATE),
+            AdaptiveTrend((30.0, 90.0)),
+            AdaptiveTrend(nan_policy="ignore"),
+            EMATrend(beta=0.9),
+        ]
+
+    together, alone = make(), make()
+    for n in blocks:
+        values = rng.random((n, len(together)))
+        values[rng.random(values.shape) < 0.03] = np.nan
+        weights = rng.choice([0.0, 8.0, 32.0], (n, len(together)), p=[0.1, 0.3, 0.6])
+        update_together(together, values, weights)
+        for i, est in enumerate(alone):
+            est.update(values[:, i], weights[:, i])
+    for a, b in zip(together, alone, strict=True):
+        mine, theirs = a.state_dict(), b.state_dict()
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert np.array_equal(mine[key], theirs[key], equal_nan=True), key
+
+
+def test_metrics_updated_together_refuse_negative_weights_as_update_does():
+    ests = [AdaptiveTrend(), AdaptiveTrend()]
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        update_together(ests, np.full((3, 2), 0.5), np.array([[8.0, 8.0], [8.0, -1.0], [8.0, 8.0]]))
+    assert all(est.steps == 0 for est in ests)

@@ -164,8 +164,10 @@ def _stacked_solve(
     g_mat, t_mat = m[:, hank], t[:, hank]
     eig = np.linalg.eigvalsh(g_mat)
     solvable = (eig[:, 0] > _CONDITION * eig[:, -1]) & (_CONDITION * eig[:, -1] > 0)
-    e0 = np.broadcast_to(eye[:, :1], (m.shape[0], size, 1))
-    rhs = np.concatenate([my[:, :size, None], e0, t_mat], axis=2)
+    rhs = np.empty((m.shape[0], size, size + 2))  # my, e0 and t's Hankel matrix, side by side
+    rhs[:, :, 0] = my[:, :size]
+    rhs[:, :, 1] = eye[:, 0]
+    rhs[:, :, 2:] = t_mat
     g_safe = np.where(solvable[:, None, None], g_mat, eye)  # unsolvable rows: not used
     sol = np.linalg.solve(g_safe, rhs)
     trace = np.trace(sol[:, :, 2:], axis1=1, axis2=2)
@@ -188,7 +190,8 @@ def _fill_stacked(
     degree: int,
 ) -> None:
     """Fill ``out`` at ``rows`` where both the fit and the one a degree higher can be solved."""
-    m, my, t, syy, batches = m[rows], my[rows], t[rows], syy[rows], batches[rows]
+    if rows.size < m.shape[0]:
+        m, my, t, syy, batches = m[rows], my[rows], t[rows], syy[rows], batches[rows]
     scale = np.maximum(np.sqrt(m[:, 2] / m[:, 0]), 1.0)  # x spans >= 1 batch
     powers = scale[:, None] ** -np.arange(max(m.shape[1], t.shape[1]))
     m, t, my = (
@@ -209,17 +212,24 @@ def _fill_stacked(
     higher = dof2 >= 1.0  # residuals of the higher fit: scatter without the bend in it
     rss, dof = np.where(higher, rss2, rss), np.where(higher, dof2, dof)
     effective = m[:, 0] ** 2 / t[:, 0]
-    for j, row in enumerate(rows):
-        if ok[j] and ok2[j]:
-            spread = max(float(rss[j]), 0.0) / float(dof[j]) if dof[j] >= 1.0 else math.nan
+    # the rows' fields as Python floats, converted once per column (a read fits ten rows)
+    fields = zip(
+        rows.tolist(),
+        (ok & ok2).tolist(),
+        theta[:, 0].tolist(),
+        noise.tolist(),
+        effective.tolist(),
+        rss.tolist(),
+        dof.tolist(),
+        bend.tolist(),
+        bend_noise.tolist(),
+        strict=True,
+    )
+    for row, solved, value, noise_j, effective_j, rss_j, dof_j, bend_j, bend_noise_j in fields:
+        if solved:
+            spread = max(rss_j, 0.0) / dof_j if dof_j >= 1.0 else math.nan
             out[row] = LocalFit(
-                float(theta[j, 0]),
-                degree,
-                float(noise[j]),
-                float(effective[j]),
-                spread,
-                float(bend[j]),
-                max(float(bend_noise[j]), 0.0),
+                value, degree, noise_j, effective_j, spread, bend_j, max(bend_noise_j, 0.0)
             )
 
 

@@ -24,7 +24,9 @@ from fitlens.core.estimators import (
     EpochMean,
     Estimator,
     NowEstimate,
+    fit_together,
     make_estimator,
+    update_together,
 )
 from fitlens.core.history import BatchLog
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
@@ -68,6 +70,13 @@ class Blocks:
         if not len(self.weights):
             return est.value
         return est.value_with(self.values[:, column], self.weights[:, column])
+
+    def added(self, est: Estimator, column: int) -> Estimator:
+        """``est`` with the partial block's ``column`` added: a copy (``est`` itself when the
+        partial block is empty)."""
+        if not len(self.weights):
+            return est
+        return est.with_batches(self.values[:, column], self.weights[:, column])
 
     def estimate(self, est: Estimator, column: int, level: float = NOW_LEVEL) -> NowEstimate:
         """``est``'s value and ``level`` interval with the partial block added: one fit."""
@@ -167,10 +176,10 @@ class MetricStream:
             self._update(block_values, block_weights)
 
     def _update(self, values: np.ndarray, weights: np.ndarray, means: bool = True) -> None:
-        for i, name in enumerate(self.names):
-            if means:
+        if means:
+            for i, name in enumerate(self.names):
                 self.means[name].update(values[:, i], weights[:, i])
-            self.nows[name].update(values[:, i], weights[:, i])
+        update_together([self.nows[n] for n in self.names], values, weights)  # one stacked update
 
     def mean(self, name: str) -> float:
         """The epoch value: the running mean, or the metric's own epoch value when it has one."""
@@ -201,14 +210,14 @@ class MetricStream:
         value only then. An F1 or an AUROC over the epoch is not the mean of per-batch F1s:
         its now is NaN (no now), and no estimator is read for it.
         """
-        out: dict[str, tuple[float, NowEstimate]] = {}
-        for n in self.names:
-            mean = self.mean(n)
-            if n in self.epoch_values and not self.is_mean(n, mean):
-                out[n] = (mean, NowEstimate(math.nan))
-            else:
-                out[n] = (mean, self.estimate(n))
-        return out
+        means = {n: self.mean(n) for n in self.names}
+        read = [n for n in self.names if n not in self.epoch_values or self.is_mean(n, means[n])]
+        nows = {n: self._tail.added(self.nows[n], self.names.index(n)) for n in read}
+        fit_together(nows.values())  # every metric's lines in one stacked solve: same fits
+        return {
+            n: (means[n], nows[n].estimate(NOW_LEVEL) if n in nows else NowEstimate(math.nan))
+            for n in self.names
+        }
 
     def is_mean(self, name: str, epoch_value: float | None = None) -> bool:
         """Whether ``name``'s epoch value equals the sample-weighted mean of its batch values

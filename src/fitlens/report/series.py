@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator
+from fitlens.core.estimators import DEFAULT_NOW, Estimator, make_estimator, update_together
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
 from fitlens.core.stream import BLOCK, Blocks
 
@@ -181,9 +181,8 @@ class NowReplay:
         self._cached = None
 
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
-        if len(weights):
-            for i, est in enumerate(self.estimators):
-                est.update(values[:, i], weights[:, i])
+        if len(weights):  # as `MetricStream` updates them: the same rounding, bit for bit
+            update_together(self.estimators, values, weights)
 
     @property
     def values(self) -> list[float]:

@@ -44,6 +44,9 @@ from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 #: Seconds between two reads of the now estimates for a display redrawn in place (a bar).
 NOW_READ_SECONDS = 0.5
 
+#: A step no refresh is due at (line mode off).
+_NEVER = 2**62
+
 #: Moves the queued per-step values (a flat list, metric after metric per step) to the host.
 ToHost = Callable[[list[Any]], np.ndarray]
 
@@ -125,7 +128,7 @@ class Lens:
         self.history.params.setdefault("now", now_param(now))
         self.to_host = to_host
         self.reduce: ReduceRows | None = None
-        self._due_step = 0  # with `reduce`: the step of the next refresh
+        self._due_step = 0  # a refresh is due at this step (a line, or `reduce`'s schedule)
         self.prefetch = prefetch
         self.stream: MetricStream | None = None
         self.valued: list[str] = []  # metrics with per-batch values (and so a now estimate)
@@ -141,8 +144,6 @@ class Lens:
         self._times_before = (0.0, 0.0)  # data wait and step time restored by a resume
         self.eval_seconds = math.nan
         self._offset: int | None = None
-        self._first_in_epoch = True
-        self._done = 0  # steps the last record covered
         self._shown_nows: dict[str, NowEstimate] | None = None  # see `_shown_snapshot`
         self._shown_at = 0.0
         self._line_every: int | None = None
@@ -151,9 +152,7 @@ class Lens:
         self._steps: list[int] = []
         self._values: list[Any] = []
         self._weights: list[list[Any]] = []
-        self._sizes: list[float] = []
-        self._step_times: list[float] = []
-        self._data_times: list[float] = []
+        self._clocks: list[tuple[float, float, float, float]] = []  # size, t_ready, begin, record
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -219,7 +218,7 @@ class Lens:
         self._shown_nows = None  # the display's first refresh in an epoch reads the estimates
         self.step = self.refreshed_step = self.resumed_at = 0
         self._times_before = (0.0, 0.0)
-        self._first_in_epoch = True
+        self._due_step = 0  # the epoch's first step refreshes
         self.epoch_start = self.last_refresh = self.t_ready = self.clock()
         self.next_refresh = self.epoch_start + self.progress.refresh_interval
         self.progress.begin_epoch(self.epoch + 1, self.epochs, self.steps)
@@ -267,15 +266,12 @@ class Lens:
                 or 0-d tensors still on the device (sums of sample weights), moved to the host
                 with the values, in the same transfer.
         """
-        self.t_record = self.clock()
+        t = self.t_record = self.clock()
         self._values.extend(values)
-        self._sizes.append(size)
-        self._step_times.append(self.t_record - self.t_begin)
-        self._data_times.append(self.t_begin - self.t_ready)
+        self._clocks.append((size, self.t_ready, self.t_begin, t))  # times: at the flush
         if weights is not None:
             self._weights.append(list(weights))
-        self._done = (step if step is not None else self.step + 1) - self.step
-        self.step += self._done
+        self.step = self.step + 1 if step is None else step
         self._steps.append(self.step)
 
     def step_done(
@@ -315,15 +311,13 @@ class Lens:
     def skip(self) -> None:
         """The step ran but leaves no row (`fit`'s ``on_nonfinite="skip"``)."""
         self.t_record = self.clock()
-        self._done = 1
         self.step += 1
 
     def refresh_if_due(self) -> None:
         """Refresh the display at the epoch's first step, every refresh interval and every
-        ``log_every`` steps (in line mode)."""
-        every = self._line_every if self.reduce is None else None  # lines wait for a refresh
-        due = self.step >= self._due_step if self.reduce else self.t_record >= self.next_refresh
-        if due or self._first_in_epoch or (every and self.step % every < self._done):
+        ``log_every`` steps (in line mode); with `reduce`, on its step schedule. Per step: two
+        comparisons (`refresh` sets the next time and step)."""
+        if self.t_record >= self.next_refresh or self.step >= self._due_step:
             self.refresh()
 
     def end_step(self) -> None:
@@ -333,14 +327,18 @@ class Lens:
     def refresh(self) -> None:
         """Fold the queued steps in (one transfer to the host), show them, run the listeners."""
         t = self.t_record
-        self._first_in_epoch = False
         self.flush()
         self.timer.observe(self.step - self.refreshed_step, t - self.last_refresh)
         self.last_refresh, self.refreshed_step = t, self.step
-        self.next_refresh = t + self.progress.refresh_interval
-        if self.reduce is not None and self.stream is not None and self.stream.rows:
-            per_step = (self.stream.step_time + self.stream.data_time) / self.stream.rows
-            self._due_step = self.step + max(1, int(self.progress.refresh_interval / per_step))
+        if self.reduce is None:
+            self.next_refresh = t + self.progress.refresh_interval
+            every = self._line_every  # in line mode, the next multiple of `every`
+            self._due_step = (self.step // every + 1) * every if every else _NEVER
+        else:  # every process refreshes at the same steps, whatever its clock
+            self.next_refresh = math.inf
+            if self.stream is not None and self.stream.rows:
+                per_step = (self.stream.step_time + self.stream.data_time) / self.stream.rows
+                self._due_step = self.step + max(1, int(self.progress.refresh_interval / per_step))
         elapsed = t - self.epoch_start
         if self.progress.will_draw(self.step, elapsed):  # a line mode's quiet refresh reads no now
             self.progress.refresh(self._state(elapsed, snapshot=self._shown_snapshot(t)))
@@ -354,7 +352,8 @@ class Lens:
         if n == 0 or self.stream is None:
             return
         k = len(self.stream.names)
-        sizes = np.asarray(self._sizes, dtype=np.float64)
+        clocks = np.array(self._clocks, dtype=np.float64)  # (n, 4): size, ready, begin, record
+        sizes = clocks[:, 0].copy()
         if not self._weights:
             values = self.to_host(self._values).reshape(n, k)
             weights = np.repeat(sizes[:, None], k, axis=1)
@@ -371,14 +370,12 @@ class Lens:
             values,
             weights,
             sizes,
-            np.asarray(self._step_times),
-            np.asarray(self._data_times),
+            clocks[:, 3] - clocks[:, 2],  # step time: from the batch in hand to its values
+            clocks[:, 2] - clocks[:, 1],  # data wait: from the previous step's end
         )
         self.stream.append(*(self.reduce(rows) if self.reduce is not None else rows))
-        for queue in (self._steps, self._values, self._weights, self._sizes):
+        for queue in (self._steps, self._values, self._weights, self._clocks):
             queue.clear()
-        self._step_times.clear()
-        self._data_times.clear()
 
     @property
     def pending(self) -> int:

@@ -27,7 +27,7 @@ from a name (`make_estimator`).
 
 from __future__ import annotations
 
-from fitlens.core.estimators.adaptive import AdaptiveTrend
+from fitlens.core.estimators.adaptive import AdaptiveTrend, fit_together, update_together
 from fitlens.core.estimators.base import Estimator, NanPolicy
 from fitlens.core.estimators.discounted import EMA, EMATrend
 from fitlens.core.estimators.interval import (
@@ -97,5 +97,7 @@ __all__ = [
     "TrendWindow",
     "WindowMean",
     "fit_interval",
+    "fit_together",
     "make_estimator",
+    "update_together",
 ]

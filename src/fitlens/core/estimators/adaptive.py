@@ -4,12 +4,13 @@ estimated error (the default now estimator)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import numpy as np
 
-from fitlens.core.estimators.base import Estimator, NanPolicy
-from fitlens.core.estimators.discounted import EMATrend
+from fitlens.core.estimators.base import Estimator, NanPolicy, check_weights
+from fitlens.core.estimators.discounted import EMATrend, update_lines
 from fitlens.core.estimators.interval import _bias2, _spread
 from fitlens.core.local_fit import LocalFit, local_fits
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
@@ -58,8 +59,7 @@ class AdaptiveTrend(Estimator):
             line.reset()
 
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
-        for line in self.lines:
-            line._update(values, weights)
+        update_lines(self.lines, values, weights)  # one stacked update, as each line alone
 
     @property
     def steps(self) -> int:
@@ -70,24 +70,17 @@ class AdaptiveTrend(Estimator):
         return self.lines[0].weight
 
     def fit(self) -> LocalFit:
-        stale = [line for line in self.lines if line._fit is None]
+        stale = self._stale_lines()
         if len(stale) > 1:  # the lines share their steps: fit them in one stacked solve
-            fits = local_fits(
-                np.array([line.m for line in stale]),
-                np.array([line.my for line in stale]),
-                np.array([line.t for line in stale]),
-                np.array([line.syy for line in stale]),
-                np.array([line.batches for line in stale]),
-                self.steps,
-                EMATrend.degree,
-            )
-            for line, fit in zip(stale, fits, strict=True):
-                line._fit = fit
+            _fit_lines(stale, self.steps)
         fits = [line.fit() for line in self.lines]
         # a bend that cannot be measured is no evidence of a small error: only the shortest
         # memory may be read without one
         usable = [fits[0], *(f for f in fits[1:] if not math.isnan(f.bend))]
         return min(usable, key=self._error)
+
+    def _stale_lines(self) -> list[EMATrend]:
+        return [line for line in self.lines if line._fit is None]
 
     def _error(self, fit: LocalFit) -> float:
         """Estimated squared error of a line: noise plus squared bend beyond its noise."""
@@ -124,3 +117,56 @@ class AdaptiveTrend(Estimator):
             line.load_state_dict(
                 {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             )
+
+
+def _fit_lines(lines: Sequence[EMATrend], steps: int) -> None:
+    """Fit ``lines`` (all over ``steps`` batches) in one stacked solve; each line's fit depends
+    on its own sums only (`local_fits`), so it is the fit the line makes alone, bit for bit."""
+    fits = local_fits(
+        np.array([line.m for line in lines]),
+        np.array([line.my for line in lines]),
+        np.array([line.t for line in lines]),
+        np.array([line.syy for line in lines]),
+        np.array([line.batches for line in lines]),
+        steps,
+        EMATrend.degree,
+    )
+    for line, fit in zip(lines, fits, strict=True):
+        line._fit = fit
+
+
+def fit_together(estimators: Iterable[Estimator]) -> None:
+    """Fit the `AdaptiveTrend` lines of several estimators at once before they are read (a
+    display reads every metric's now estimate together): the stale lines of those over the
+    same steps go through one stacked solve instead of one per estimator. Each fit is the one
+    its line makes alone, so the estimates read after are the same, bit for bit; estimators of
+    other kinds are left to fit themselves."""
+    by_steps: dict[int, list[EMATrend]] = {}
+    for est in estimators:
+        if isinstance(est, AdaptiveTrend):
+            by_steps.setdefault(est.steps, []).extend(est._stale_lines())
+    for steps, lines in by_steps.items():
+        if len(lines) > 1:
+            _fit_lines(lines, steps)
+
+
+def update_together(
+    estimators: Sequence[Estimator], values: np.ndarray, weights: np.ndarray
+) -> None:
+    """``estimators[i].update(values[:, i], weights[:, i])`` for every column ``i`` of ``(n,
+    metrics)`` batches, with the lines of the `AdaptiveTrend`s (``"propagate"``, over the same
+    steps) updated in one stacked `update_lines`: each line's sums are those it reaches alone,
+    bit for bit. A block of steps feeds every metric's now estimate this way (`MetricStream`).
+    """
+    values, weights = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    groups: dict[int, list[int]] = {}
+    for i, est in enumerate(estimators):
+        if type(est) is AdaptiveTrend and est.nan_policy == "propagate" and len(values):
+            groups.setdefault(est.steps, []).append(i)
+        else:
+            est.update(values[:, i], weights[:, i])
+    for columns in groups.values():
+        check_weights(weights[:, columns])
+        lines = [line for i in columns for line in cast(AdaptiveTrend, estimators[i]).lines]
+        per_line = [i for i in columns for _ in cast(AdaptiveTrend, estimators[i]).lines]
+        update_lines(lines, values[:, per_line].T, weights[:, per_line].T)

@@ -6,6 +6,7 @@ state dicts).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -27,19 +28,35 @@ _NAN_POLICIES = ("propagate", "ignore")
 def _as_batches(
     values: float | Iterable[float] | np.ndarray, weights: float | Iterable[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    w = np.atleast_1d(np.asarray(weights, dtype=np.float64))
-    if w.shape != v.shape:
-        w = np.broadcast_to(w, v.shape)
-    if v.ndim != 1:
-        raise ValueError(
-            f"Expected one value per batch (a 1-D sequence). Received shape {v.shape}."
-        )
-    if np.any(w < 0) or not np.all(np.isfinite(w)):
-        raise ValueError(
-            f"Expected batch weights (sample counts) to be finite and >= 0. Received {w.tolist()}."
-        )
+    if (  # per block of steps (`MetricStream`): float64 columns already, nothing to convert
+        type(values) is np.ndarray
+        and type(weights) is np.ndarray
+        and values.dtype == np.float64
+        and weights.dtype == np.float64
+        and values.ndim == 1
+        and weights.shape == values.shape
+    ):
+        v, w = values, weights
+    else:
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        w = np.atleast_1d(np.asarray(weights, dtype=np.float64))
+        if w.shape != v.shape:
+            w = np.broadcast_to(w, v.shape)
+        if v.ndim != 1:
+            raise ValueError(
+                f"Expected one value per batch (a 1-D sequence). Received shape {v.shape}."
+            )
+    check_weights(w)
     return v, w
+
+
+def check_weights(weights: np.ndarray) -> None:
+    """Raise unless every batch weight (a sample count) is finite and >= 0."""
+    if weights.size and not (weights.min() >= 0.0 and weights.max() < math.inf):  # NaN: min
+        raise ValueError(
+            "Expected batch weights (sample counts) to be finite and >= 0. "
+            f"Received {weights.tolist()}."
+        )
 
 
 class Estimator:
@@ -124,9 +141,13 @@ class Estimator:
     ) -> NowEstimate:
         """`estimate` after also adding these batches, leaving this estimator unchanged (as
         `value_with`): one copy, one fit."""
+        return self.with_batches(values, weights).estimate(level)
+
+    def with_batches(self, values: np.ndarray, weights: np.ndarray) -> Estimator:
+        """A copy with these batches added (as `update`); this estimator is unchanged."""
         copy = self._copy()
         copy.update(values, weights)
-        return copy.estimate(level)
+        return copy
 
     def value_with(self, values: np.ndarray, weights: np.ndarray) -> float:
         """The value after also adding these batches, leaving this estimator unchanged.
@@ -137,9 +158,7 @@ class Estimator:
         Args:
             values, weights: as for `update`.
         """
-        copy = self._copy()
-        copy.update(values, weights)
-        return copy.value
+        return self.with_batches(values, weights).value
 
     def _copy(self) -> Estimator:
         """An independent estimator with our settings and state (state arrays copied)."""

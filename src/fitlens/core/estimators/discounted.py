@@ -4,6 +4,7 @@ kept as moment sums so that an update is O(1) and states merge and extend exactl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -41,6 +42,73 @@ def _discounts(decay: float, n: int) -> np.ndarray:
     return d
 
 
+@lru_cache(maxsize=256)
+def _block_factors(
+    decays: tuple[float, ...], n: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a block of ``n`` batches does to the sums of lines with these ``decays``.
+
+    Returns (read-only):
+        discounts: ``(lines, 5, n)``: each batch's discount in the sums ``m``, ``t``, ``my``,
+            ``syy``, ``batches``: ``d``, ``d**2``, ``d``, ``d``, ``d`` (``d = decay**-x``).
+        powers_t: ``(n, size)``: ``x**j`` of each batch.
+        move_t: ``(size, size)``: `_move`, transposed (the sums are rows).
+        carry: ``(lines, 2, 1)``: ``decay**n`` and ``decay**2n``, the old sums' decay.
+    """
+    d = np.array([_discounts(decay, n) for decay in decays])  # (lines, n)
+    discounts = np.stack([d, d * d, d, d, d], axis=1)
+    powers_t = np.ascontiguousarray(_block_powers(size, n)[1].T)
+    move_t = np.ascontiguousarray(_move(size, n).T)
+    c = np.array([decay**n for decay in decays])
+    carry = np.stack([c, c * c], axis=1)[:, :, None]
+    for array in (discounts, powers_t, move_t, carry):
+        array.flags.writeable = False
+    return discounts, powers_t, move_t, carry
+
+
+def update_lines(lines: Sequence[_Discounted], values: np.ndarray, weights: np.ndarray) -> None:
+    """Add ``n`` batches (oldest first) to discounted fits of one degree that have seen the same
+    number of batches so far; their decays may differ.
+
+    All the lines' sums are updated together in a few numpy calls (`AdaptiveTrend` updates
+    five lines per metric at every block of steps). Each line's products are its own matrix
+    product of a stack (numpy runs one per line, of the same shape whatever the lines), so a
+    line updated with others rounds exactly as when it is updated alone: `_Discounted._update`
+    is this function with one line.
+
+    Args:
+        lines: the fits. values, weights: ``(n,)`` batches for every line, or ``(lines, n)``,
+            one row per line (several metrics' lines at once).
+    """
+    for i, line in enumerate(lines):
+        if math.isnan(line.decay):
+            first_size = weights[0] if weights.ndim == 1 else weights[i, 0]
+            line.decay = line._initial_decay(float(first_size))
+    first = lines[0]
+    n, size, k = values.shape[-1], first.m.size, first.my.size
+    discounts, powers_t, move_t, carry = _block_factors(
+        tuple(line.decay for line in lines), n, size
+    )
+    wv = weights * values
+    parts = np.array([weights, weights, wv, wv * values, weights > 0])  # (5, n) or (5, lines, n)
+    if parts.ndim == 3:
+        parts = parts.swapaxes(0, 1)
+    new = (discounts * parts) @ powers_t  # (lines, 5, size): each part's sums of x^j
+    mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
+    if first.steps:
+        old = np.array([(line.m, line.t) for line in lines])  # (lines, 2, size)
+        mt = mt + carry * (old @ move_t)
+        old_my = np.array([line.my for line in lines])[:, None, :]  # (lines, 1, k)
+        my = my + carry[:, 0] * (old_my @ move_t[:k, :k])[:, 0]
+        sb = sb + carry[:, 0] * np.array([(line.syy, line.batches) for line in lines])
+    for i, line in enumerate(lines):
+        line.m, line.t = mt[i]
+        line.my = my[i]
+        line.syy, line.batches = float(sb[i, 0]), float(sb[i, 1])
+        line.steps += n
+        line._fit = None
+
+
 class _Discounted(Estimator):
     """A polynomial fit of ``degree`` with exponentially fading weights, read at the newest batch.
 
@@ -69,33 +137,20 @@ class _Discounted(Estimator):
         self._fit: LocalFit | None = None
 
     def _shift(self, n: int) -> None:
-        """Age the sums by ``n`` batches: every x decreases by n, every weight decays."""
+        """Age the sums by ``n`` batches: every x decreases by n, every weight decays (the
+        products of `update_lines`, so a shift rounds as an update's)."""
         if n == 0 or self.steps == 0:
             return
         self._fit = None
-        move = _move(self.m.size, n)
-        carry = self.decay**n
-        self.m = carry * (move @ self.m)
-        self.t = carry * carry * (move @ self.t)
-        self.my = carry * (move[: self.my.size, : self.my.size] @ self.my)
-        self.syy *= carry
-        self.batches *= carry
+        _, _, move_t, carry = _block_factors((self.decay,), n, self.m.size)
+        k = self.my.size
+        self.m, self.t = carry[0] * (np.array([(self.m, self.t)]) @ move_t)[0]
+        self.my = carry[0, 0] * (self.my[None, None, :] @ move_t[:k, :k])[0, 0]
+        self.syy *= float(carry[0, 0, 0])
+        self.batches *= float(carry[0, 0, 0])
 
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
-        if math.isnan(self.decay):
-            self.decay = self._initial_decay(float(weights[0]))
-        n = values.size
-        d = _discounts(self.decay, n)
-        w = d * weights
-        powers = _block_powers(self.m.size, n)[1]
-        self._shift(n)
-        self._fit = None
-        self.m += powers @ w
-        self.t += powers @ (d * w)
-        self.my += powers[: self.my.size] @ (w * values)
-        self.syy += float(np.dot(w, values * values))
-        self.batches += float(np.dot(d, weights > 0))
-        self.steps += n
+        update_lines([self], values, weights)
 
     def fit(self) -> LocalFit:
         if self._fit is None:  # the fit depends on the state only: kept until it changes

@@ -3,6 +3,7 @@ a straight line through a window."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,12 @@ class EpochMean(Estimator):
     def fit(self) -> LocalFit:
         one = np.array([self.count])
         return local_fit(one, np.array([self.total]), one, self.total_sq, self.batches)
+
+    @property
+    def value(self) -> float:
+        """The fit's value (``total / count``, NaN before any weight), without making the fit:
+        a display reads every epoch mean at every refresh."""
+        return self.bounds.clip(self.total / self.count if self.count > 0 else math.nan)
 
     @property
     def weight(self) -> float:
