@@ -201,6 +201,7 @@ class RunGuard:
         self.resume_note: str | None = None  # the resumed epoch's first line, for the lens
         self.last_checkpoint: Path | None = None
         self.saved_at: tuple[int, int] | None = None
+        self.taken_at: tuple[int, int] | None = None  # DDP: every rank's last checkpoint
         self.checkpoint_seconds = 0.0
         self.checkpoints_written = 0
         self.checkpoints_failed = 0
@@ -491,6 +492,7 @@ class RunGuard:
             )
         if self.peers is not None:  # every rank's random states and position, to rank 0
             self.peers.gather_states(self.position.state_dict())
+            self.taken_at = (epoch, step)  # the same on every rank, written or not
         self.last_time = self.clock()
         if self.store is None:  # DDP: rank 0 writes it
             self.saved_at, self.saved_step = (epoch, step), self.global_step
@@ -602,7 +604,8 @@ class RunGuard:
     def _interrupt(self, epoch: int, step: int) -> NoReturn:
         name = self.guard.received or "SIGINT"
         path = self.last_checkpoint
-        if self.checkpoints and self.saved_at != (epoch, step):
+        taken = self.taken_at if self.peers is not None else self.saved_at
+        if self.checkpoints and taken != (epoch, step):
             path = self.checkpoint(epoch, step) or path
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
         if self.peers is not None:

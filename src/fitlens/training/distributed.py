@@ -270,6 +270,7 @@ class Distributed:
         states: list[Any] = [None] * self.world
         dist.all_gather_object(states, (capture_rng(), position, self._local_signal()))
         self.collectives += 1
+        self._due = False  # this is the checkpoint a time-based request asked for
         self._rngs = [s[0] for s in states]
         self._positions = [s[1] for s in states]
         self._agree_signal([s[2] for s in states])
