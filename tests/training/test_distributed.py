@@ -249,12 +249,11 @@ def test_sigterm_on_one_rank_or_on_torchrun_stops_every_rank_after_the_same_step
     assert summary["checkpoints"]["written_this_session"] == 4 * epoch + step
 
 
-@pytest.mark.parametrize("mode", ["signal-rank", "signal-launcher"])
-def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run_bit_for_bit(
-    pair, signalled, mode
-):
+def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run_bit_for_bit(pair, signalled):
     two, _ = pair
-    out, _ = signalled[mode]
+    # The stop on torchrun's SIGTERM is at the same step with the same checkpoint (the test
+    # above): resuming one of the two runs covers both.
+    out, _ = signalled["signal-rank"]
     # It resumes from the stop's own checkpoint, mid-epoch.
     latest = sorted((out / "run" / "checkpoints").glob("ckpt-*.pt"))[-1]
     position = load_checkpoint(latest)["position"]
