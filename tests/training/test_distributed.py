@@ -10,12 +10,14 @@ are below 1). Epoch metrics, computed from those weights, get the same bound.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import pytest
 import torch
 
 import fitlens
+from fitlens.safety.checkpoint import load_checkpoint
 from fitlens.training.distributed import Distributed, resolve_strategy
 from fitlens.training.reduction import combine_rows
 from fitlens.training.sharding import ShardSampler
@@ -35,35 +38,62 @@ EPS32 = float(np.finfo(np.float32).eps)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _torchrun(out: Path, mode: str, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node 2 --standalone script out mode``; a hang fails the test."""
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc): torchrun's workers."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _torchrun(
+    out: Path,
+    mode: str,
+    script: Path = SCRIPT,
+    *,
+    launcher: list[str] = (),  # type: ignore[assignment]
+    bound: float = 150.0,
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node 2 --standalone [launcher...] script out mode``.
+
+    The output goes to files (no pipe a stray worker could hold). A run still going after
+    ``bound`` seconds fails the test with every worker's Python stacks (the scripts register
+    faulthandler on SIGUSR1) and the output so far.
+    """
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     src = str(Path(fitlens.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--standalone", str(script), str(out), mode]
-    # Its own session, so that a hang is ended with the workers, not only torchrun.
-    with subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as process:
+    command += ["--standalone", *launcher, str(script), str(out), mode]
+    logs = out / f"torchrun-{mode}.log"
+    with logs.open("w") as log:
+        # Its own session, so that a hang is ended with the workers, not only torchrun.
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            stdout, stderr = process.communicate(timeout=150)
+            process.wait(timeout=bound)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            try:  # a worker outside the session may still hold the pipes: do not wait on it
-                stdout, stderr = process.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                stdout, stderr = "", ""
+            workers = _children(process.pid)
+            for pid in workers:  # each dumps its stacks to the log
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(3)
+            for pid in [process.pid, *workers]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
             pytest.fail(
-                f"torchrun {mode} did not end within 150 s: {stdout[-3000:]}{stderr[-5000:]}"
+                f"torchrun {mode} did not end within {bound:g} s; its output, with the "
+                f"workers' stacks at the end:\n{logs.read_text()[-12000:]}"
             )
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(command, process.returncode, logs.read_text(), "")
 
 
 def _load(out: Path, name: str, rank: int = 0) -> dict[str, Any]:
@@ -173,6 +203,96 @@ def test_a_raising_rank_stops_every_rank_with_a_message_naming_it(crashed):
     assert not list(out.glob("*.json"))  # no rank finished training
 
 
+def test_checkpoints_every_n_steps_are_taken_mid_epoch_under_ddp(crashed):
+    out, _ = crashed
+    # Every 3 steps, 4 steps an epoch, crash before step 3 of epoch 2: three checkpoints, after
+    # global steps 3, 4 (the epoch end) and 6 (epoch 2, step 2); the last two are kept.
+    names = sorted(p.name for p in (out / "run" / "checkpoints").glob("ckpt-*.pt"))
+    assert names == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+    state = load_checkpoint(out / "run" / "checkpoints" / names[-1])
+    assert state["position"] == {"epoch": 1, "step": 2, "global_step": 6}
+    ddp = state["parts"]["ddp"]
+    assert len(ddp["rngs"]) == len(ddp["positions"]) == 2  # every rank's, for the resume
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Runs stopped by SIGTERM in their second epoch: sent to rank 1 alone, and to torchrun
+    (which forwards it to every worker); each run_dir and the output."""
+    runs = {}
+    for mode in ("signal-rank", "signal-launcher"):
+        out = tmp_path_factory.mktemp(mode)
+        done = _torchrun(out, mode)
+        assert done.returncode != 0, done.stdout[-3000:]
+        runs[mode] = (out, done.stdout)
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["signal-rank", "signal-launcher"])
+def test_sigterm_on_one_rank_or_on_torchrun_stops_every_rank_after_the_same_step(signalled, mode):
+    out, output = signalled[mode]
+    stops = [json.loads((out / f"stopped-rank{r}.json").read_text()) for r in (0, 1)]
+    assert stops[0]["signal"] == stops[1]["signal"] == "SIGTERM"
+    assert stops[0]["reached"] == stops[1]["reached"]
+    # The signal came before step 3 of epoch 2 (to rank 0, from torchrun, while it waited for
+    # it there): the ranks agreed at that step's refresh and stopped after it.
+    epoch, step = stops[0]["reached"]
+    assert (epoch, step) == (1, 3)
+    # One voice: rank 0 says where it stopped and how to resume; no rank reports a failure.
+    assert output.count("fitlens: SIGTERM received; stopped at") == 1, output[-3000:]
+    assert "fitlens: SIGTERM received; stopped at epoch 2, step 3. Checkpoint:" in output
+    assert "failed:" not in output and "has not reached" not in output
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    # every_minutes (tiny) was due at every refresh, a refresh every step: the ranks agreed on
+    # a checkpoint after each step (the last step's is the epoch end's), the stop's included.
+    assert summary["checkpoints"]["written_this_session"] == 4 * epoch + step
+
+
+def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run_bit_for_bit(pair, signalled):
+    two, _ = pair
+    # The stop on torchrun's SIGTERM is at the same step with the same checkpoint (the test
+    # above): resuming one of the two runs covers both.
+    out, _ = signalled["signal-rank"]
+    # It resumes from the stop's own checkpoint, mid-epoch.
+    latest = sorted((out / "run" / "checkpoints").glob("ckpt-*.pt"))[-1]
+    position = load_checkpoint(latest)["position"]
+    assert (position["epoch"], position["step"]) == (1, 3)
+    done = _torchrun(out, "resume")
+    assert done.returncode == 0, done.stdout[-3000:]
+    want = _load(two, "uninterrupted")
+    for rank in (0, 1):
+        got = _load(out, "resume", rank)
+        assert got["weights"] == want["weights"]
+        assert got["history"] == want["history"]
+
+
+def test_torchrun_max_restarts_with_resume_ends_as_the_uninterrupted_run(pair, tmp_path):
+    two, _ = pair
+    # The first attempt loses rank 1 to an exception in epoch 2 (as `crashed`); torchrun starts
+    # both again, and resume=True continues from rank 0's mid-epoch checkpoint: the crash-and-
+    # resume case, bit for bit.
+    done = _torchrun(tmp_path, "restart", launcher=["--max-restarts", "1"])
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "fitlens: rank 1 of 2 failed: ValueError: bad batch on purpose" in done.stdout
+    want = _load(two, "uninterrupted")
+    for rank in (0, 1):
+        got = _load(tmp_path, "restart", rank)
+        assert got["weights"] == want["weights"]
+        assert got["history"] == want["history"]
+
+
+def test_a_hanging_rank_stops_every_rank_within_ddp_timeout_with_messages_naming_it(tmp_path):
+    done = _torchrun(tmp_path, "hang")  # ddp_timeout=5: a hang would run into the bound
+    assert done.returncode != 0
+    output = done.stdout
+    assert "fitlens: rank 0 of 2 failed: RuntimeError" in output
+    assert "fitlens: rank 0 of 2 was waiting for the other ranks in a collective" in output
+    assert "fitlens: rank 1 of 2 received SIGTERM 5 s ago and has not reached" in output
+    assert "in act" in output  # its stack: the callback it sleeps in
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_a_killed_rank_stops_every_rank(tmp_path):
     done = _torchrun(tmp_path, "kill")  # a hang would run into the subprocess timeout
     assert done.returncode != 0
@@ -181,18 +301,6 @@ def test_a_killed_rank_stops_every_rank(tmp_path):
     assert "fitlens: rank 0 of 2 failed: RuntimeError" in output
     assert "local_rank: 1" in output and "exitcode: -9" in output
     assert not list(tmp_path.glob("*.json"))
-
-
-def test_a_run_resumed_under_torchrun_ends_as_the_uninterrupted_run_bit_for_bit(pair, crashed):
-    two, _ = pair
-    out, _ = crashed
-    done = _torchrun(out, "resume")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    want = _load(two, "uninterrupted")
-    for rank in (0, 1):
-        got = _load(out, "resume", rank)
-        assert got["weights"] == want["weights"]
-        assert got["history"] == want["history"]
 
 
 def test_resuming_with_another_world_size_is_refused_with_the_command():

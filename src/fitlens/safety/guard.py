@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -83,6 +83,31 @@ _TRAINING_PARTS = ("schedule", "update")
 _REQUIRED = ("position", "model", "optimizer", "params", "history", "rng", "epoch_start")
 
 
+class Peers(Protocol):
+    """The other processes of a data-parallel run, as run safety takes part with them (`fit`
+    under DDP, `fitlens.training.distributed.Distributed`). Every process decides the same
+    checkpoints and stops at the same steps; the process of rank 0 alone writes.
+
+    Attributes:
+        rank: this process's rank (0 writes and speaks).
+        checkpoints: whether the run keeps checkpoints (rank 0 was given a ``run_dir``).
+    """
+
+    rank: int
+    checkpoints: bool
+
+    def take_due(self) -> bool:
+        """Whether the processes agreed, at their latest collective, that a time-based
+        checkpoint is due (the request is consumed)."""
+
+    def gather_states(self, position: dict[str, Any]) -> None:
+        """Every process's random states and data ``position`` (`DataPosition.state_dict`), to
+        the next checkpoint (a collective; the stop signal travels with it)."""
+
+    def done(self) -> None:
+        """Wait until every process got here (after rank 0 wrote a stop's checkpoint)."""
+
+
 class NonFiniteError(FloatingPointError):
     """Training stopped because a metric or the parameters became NaN or infinite.
 
@@ -121,6 +146,7 @@ class RunGuard:
         callbacks: Sequence[Any],
         clock: Clock,
         parts: Mapping[str, Any] | None = None,
+        peers: Peers | None = None,
     ) -> None:
         if on_nonfinite not in _POLICIES:
             raise ValueError(
@@ -157,6 +183,7 @@ class RunGuard:
         self.lens, self.source, self.clock = lens, source, clock
         self.callbacks = [cb for cb in callbacks if hasattr(cb, "state_dict")]
         self.parts = dict(parts or {})  # other objects with state_dict/load_state_dict
+        self.peers = peers
         self.rundir = None
         if run_dir is not None:  # checked and created now: one clear error, before any step
             self.rundir = RunDir(prepare_run_dir(run_dir, _two_checkpoints(model)))
@@ -173,12 +200,13 @@ class RunGuard:
         # What the checkpoints belong to, as this call sets the run up (before any restore).
         self.identity = describe(model, optimizer, source, history.params)
         self.position = DataPosition(source)
-        self.guard = InterruptGuard()
+        self.guard: InterruptGuard = InterruptGuard()
         self.pending_resume: dict[str, Any] | None = None
         self.resumed_from: str | None = None
         self.resume_note: str | None = None  # the resumed epoch's first line, for the lens
         self.last_checkpoint: Path | None = None
         self.saved_at: tuple[int, int] | None = None
+        self.taken_at: tuple[int, int] | None = None  # DDP: every rank's last checkpoint
         self.checkpoint_seconds = 0.0
         self.checkpoints_written = 0
         self.checkpoints_failed = 0
@@ -219,7 +247,7 @@ class RunGuard:
             self.rundir.start(self.history)
             self.summary = self._summary_start()
             self.rundir.write_summary(self.summary)
-        self.last_time = self.clock() if self.store is not None else 0.0
+        self.last_time = self.clock() if self.checkpoints else 0.0
         self.guard.__enter__()
         return start_epoch
 
@@ -265,6 +293,16 @@ class RunGuard:
         self.global_step = int(pos["global_step"])
         self.pending_resume = state
         return int(pos["epoch"])
+
+    def adopt(self, state: dict[str, Any]) -> int:
+        """On a process other than rank 0 of a data-parallel run: restore the checkpoint rank 0
+        read and shared (this rank's random states and data position in it), as `begin`
+        restores its own; returns the 0-based epoch to start at. Rank 0 compared it with this
+        run already."""
+        start = self._restore(Path("<the checkpoint rank 0 read>"), _without(state, "identity"))
+        self.saved_step = self.global_step
+        self.checked_rows = len(self.history.batches)
+        return start
 
     def _load_training(self, state: dict[str, Any], parts: Iterable[str]) -> None:
         """Put the model, the optimizer, `Checkpointing`'s scheduler and the ``parts`` named
@@ -421,17 +459,30 @@ class RunGuard:
     def after_step(self, step: int) -> None:
         """Checkpoint when one is due; stop here if SIGINT/SIGTERM arrived."""
         self.global_step += 1
-        every, minutes = self.config.every_steps, self.config.every_minutes
+        every = self.config.every_steps
         last_step = self.source.steps is not None and step >= self.source.steps
-        # Without a run_dir there is nothing to write: not even the clock is read.
-        due = self.store is not None and (
+        # Without a run_dir there is nothing to write: not even the clock is read. Under DDP
+        # the clock is read at refreshes only, and the ranks agree on it there.
+        due = self.checkpoints and (
             (every and self.global_step % every == 0)
-            or (minutes and self.clock() - self.last_time >= 60.0 * minutes)
+            or (self.peers.take_due() if self.peers is not None else self.time_due())
         )
         if due and not last_step:  # the epoch-end checkpoint follows right after validation
             self.checkpoint(self.lens.epoch, step)
         if self.guard.received:
             self._interrupt(self.lens.epoch, step)
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether this process takes part in checkpoints: it writes them, or (DDP) rank 0 does."""
+        return self.store is not None or (self.peers is not None and self.peers.checkpoints)
+
+    def time_due(self) -> bool:
+        """Whether ``every_minutes`` have passed since the latest checkpoint (reads the clock)."""
+        minutes = self.config.every_minutes
+        return bool(self.checkpoints and minutes) and (
+            self.clock() - self.last_time >= 60.0 * minutes  # type: ignore[operator]
+        )
 
     def on_epoch_end(self, epoch: int) -> None:
         """After the epoch is recorded: append history, checkpoint the start of the next epoch."""
@@ -447,8 +498,9 @@ class RunGuard:
     # -- checkpoints --------------------------------------------------------------------------
 
     def checkpoint(self, epoch: int, step: int) -> Path | None:
-        """Save the position *after* ``step`` steps of 0-based ``epoch``; None if not written."""
-        if self.store is None:  # no run_dir: nothing to write, so no extra host sync either
+        """Save the position *after* ``step`` steps of 0-based ``epoch``; None if not written
+        (under DDP: by this rank, which then only takes part)."""
+        if not self.checkpoints:  # no run_dir: nothing to write, so no extra host sync either
             return None
         self.lens.flush()
         self._check_rows()
@@ -461,7 +513,13 @@ class RunGuard:
                 "parameters",
                 self.last_checkpoint,
             )
+        if self.peers is not None:  # every rank's random states and position, to rank 0
+            self.peers.gather_states(self.position.state_dict())
+            self.taken_at = (epoch, step)  # the same on every rank, written or not
         self.last_time = self.clock()
+        if self.store is None:  # DDP: rank 0 writes it
+            self.saved_at, self.saved_step = (epoch, step), self.global_step
+            return None
         started = self.clock()
         try:
             path = self.store.save(self._state(epoch, step))
@@ -568,9 +626,14 @@ class RunGuard:
     def _interrupt(self, epoch: int, step: int) -> NoReturn:
         name = self.guard.received or "SIGINT"
         path = self.last_checkpoint
-        if self.store is not None and self.saved_at != (epoch, step):
+        taken = self.taken_at if self.peers is not None else self.saved_at
+        if self.checkpoints and taken != (epoch, step):
             path = self.checkpoint(epoch, step) or path
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        if self.peers is not None:
+            self.peers.done()  # no rank ends before rank 0 wrote the checkpoint
+            if self.peers.rank != 0:  # one voice: rank 0 says where and how to resume
+                raise TrainingInterrupted(f"{name} received; stopped at {where}", name, None, "")
         if self.rundir is None:
             message = (
                 f"fitlens: {name} received; stopped at {where}. Nothing was saved: pass "
@@ -580,6 +643,8 @@ class RunGuard:
         else:
             hint = self.resume_hint()
             command = " ".join([Path(sys.executable).name, *sys.argv])
+            if self.peers is not None:  # the workers' command line is not the one to rerun
+                command = f"torchrun ... {' '.join(sys.argv)}"
             again = (
                 f"run `{command}` again: it passes resume=True"
                 if self.resume
@@ -708,3 +773,7 @@ def _written(path: str | None) -> str:
     if stamp is None:
         return "?"
     return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _without(state: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k != key}

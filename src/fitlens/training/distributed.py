@@ -16,19 +16,28 @@ What this module holds, in the order `fit` uses it:
   become one global row (`fitlens.training.reduction`). Every rank then feeds the same rows to its
   estimators, so epoch means, now estimates and ``History`` are global and identical on every
   rank; no collective runs between refreshes.
-* Checkpoints and resume: rank 0 alone has the ``run_dir`` and writes at epoch ends only
-  (`Distributed.state_dict`: world size, shuffling seed, every rank's random states, gathered
-  by `gather_rng`); on resume rank 0 restores as on one process and `share_resume` broadcasts
-  the checkpoint to the other ranks. Another world size is refused.
+* Checkpoints, signals and resume (`Distributed` is run safety's `Peers`): every rank decides
+  the same checkpoints at the same steps (``every_steps`` counts steps; ``every_minutes`` is
+  read from the clocks at refreshes and agreed in the refresh's ``all_gather``; epoch ends), and
+  each takes part: one ``all_gather_object`` brings every rank's random states and data
+  position to rank 0, which alone has the ``run_dir`` and writes (`Distributed.state_dict`).
+  SIGINT/SIGTERM on any rank only sets a flag (`SharedInterrupt`); the flag travels in the next
+  refresh's ``all_gather`` (or the epoch end's checkpoint gather), so every rank stops after the
+  same step, rank 0 writes the checkpoint, a barrier, and all raise `TrainingInterrupted`. On
+  resume rank 0 restores as on one process and `share_resume` broadcasts the checkpoint; each
+  rank restores it with its own random states and data position (mid-epoch included). Another
+  world size is refused.
 * Faults: a failing rank names itself on stderr (`Distributed.failed`); torchrun stops the rest.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
@@ -40,9 +49,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from fitlens.adapters.data import ArrayData, BatchSource
-from fitlens.adapters.rng import capture_rng, restore_rng
-from fitlens.safety.signals import InterruptGuard
-from fitlens.training.reduction import gather_rows
+from fitlens.adapters.rng import capture_rng
+from fitlens.safety.signals import SharedInterrupt, TrainingInterrupted
+from fitlens.training.reduction import gather_rows_and_flags
 from fitlens.training.sharding import ShardedArrays, ShardSampler, rebuild_loader
 from fitlens.view.lens import Lens, Rows
 
@@ -109,12 +118,7 @@ def check_supported(*, on_nonfinite: str, train_eval: Any, stateful: list[str]) 
         )
 
 
-class DefaultSignals(InterruptGuard):
-    """Under DDP, SIGINT/SIGTERM keep their default action (the process ends; torchrun stops
-    the others): a checkpoint taken by rank 0 alone, mid-epoch, could not be resumed."""
-
-    def __enter__(self) -> DefaultSignals:
-        return self  # installs no handler
+_SIGNALS = ("SIGINT", "SIGTERM")  # a flag's code is its index + 1 (0: no signal)
 
 
 class Distributed:
@@ -145,7 +149,8 @@ class Distributed:
             torch.cuda.set_device(self.device)
         if self.owns_group:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+            wait = timedelta(seconds=timeout)
+            dist.init_process_group(backend, timeout=wait, **_attempt_store(wait))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.collectives = 0
         if isinstance(model, DistributedDataParallel):
@@ -161,6 +166,11 @@ class Distributed:
         self._samplers: list[Any] = []
         self._seed: int | None = None
         self._rngs: list[Any] = []
+        self._positions: list[Any] = []
+        self.checkpoints = False  # `Peers`: set by `watch`
+        self.guard: SharedInterrupt | None = None
+        self._time_due: Callable[[], bool] = lambda: False
+        self._due = False
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -233,18 +243,52 @@ class Distributed:
 
     # -- checkpoints and resume ----------------------------------------------------------------
 
-    def gather_rng(self) -> None:
-        """Every rank's random states, to rank 0's next checkpoint (one collective; call on
-        every rank at the epoch end, before the checkpoint)."""
+    def watch(
+        self, guard: SharedInterrupt, time_due: Callable[[], bool], checkpoints: bool
+    ) -> None:
+        """Take part in run safety (`Peers`): carry ``guard``'s signal and ``time_due()`` (read
+        at each refresh) to the other ranks; ``checkpoints``: the run keeps checkpoints."""
+        self.guard, self._time_due, self.checkpoints = guard, time_due, checkpoints
+
+    def _agree_signal(self, codes: Any) -> None:
+        code = next((int(c) for c in codes if int(c) > 0), 0)  # the lowest rank's signal
+        if self.guard is not None and code:
+            self.guard.agree(_SIGNALS[code - 1])
+
+    def _local_signal(self) -> int:
+        local = self.guard.local if self.guard is not None else None
+        return _SIGNALS.index(local) + 1 if local in _SIGNALS else 0
+
+    def take_due(self) -> bool:
+        """`Peers`: a time-based checkpoint the ranks agreed on at the latest refresh."""
+        due, self._due = self._due, False
+        return due
+
+    def gather_states(self, position: dict[str, Any]) -> None:
+        """`Peers`: every rank's random states and data position (and signal) to every rank,
+        for rank 0's checkpoint (one collective; every rank calls it before the checkpoint)."""
         states: list[Any] = [None] * self.world
-        dist.all_gather_object(states, capture_rng())
+        dist.all_gather_object(states, (capture_rng(), position, self._local_signal()))
         self.collectives += 1
-        self._rngs = states
+        self._due = False  # this is the checkpoint a time-based request asked for
+        self._rngs = [s[0] for s in states]
+        self._positions = [s[1] for s in states]
+        self._agree_signal([s[2] for s in states])
+
+    def done(self) -> None:
+        """`Peers`: a barrier (after rank 0 wrote a stop's checkpoint)."""
+        dist.barrier()
+        self.collectives += 1
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the DDP run (rank 0 writes it): the world size, the
-        shuffling seed and every rank's random states at the epoch end."""
-        return {"world": self.world, "seed": self._seed, "rngs": self._rngs}
+        shuffling seed, and every rank's random states and data position at the checkpoint."""
+        return {
+            "world": self.world,
+            "seed": self._seed,
+            "rngs": self._rngs,
+            "positions": self._positions,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore on rank 0 (inside the run safety's restore); refuses another world size."""
@@ -256,51 +300,36 @@ class Distributed:
                 "nodes), or start a new run_dir."
             )
 
-    def share_resume(
-        self, pending: dict[str, Any] | None, first: int, parts: dict[str, Any]
-    ) -> int:
-        """After rank 0's run safety restored a checkpoint: hand it to every rank (one
-        broadcast) and restore it there; returns the epoch to start at (the same everywhere).
+    def share_resume(self, pending: dict[str, Any] | None) -> dict[str, Any] | None:
+        """After rank 0's run safety read a checkpoint: hand it to every rank (one broadcast);
+        returns it with this rank's random states and data position in place of rank 0's (for
+        run safety to restore and resume from), or None for a fresh start.
 
         Args:
             pending: rank 0's restored checkpoint (None: a fresh start); ignored elsewhere.
-            first: this rank's start epoch. parts: ``model``, ``optimizer``, ``scheduler``,
-                ``callbacks``, ``history``, ``lens`` and ``extra`` (run safety's other parts by
-                name, such as the update's scaler and the LR schedule) to restore on the other
-                ranks.
         """
         box: list[Any] = [pending if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         self.collectives += 1
         state = box[0]
         if state is None:
-            return first
-        position = state["position"]
-        if int(position["step"]) != 0:
+            return None
+        ddp = state["parts"].get("ddp")
+        mid_epoch = int(state["position"]["step"]) != 0
+        if ddp is None or (mid_epoch and not ddp.get("positions")):
             raise ValueError(
-                "Cannot resume under DDP from a mid-epoch checkpoint (written on one process?): "
-                "under DDP checkpoints are taken at epoch ends. Resume it on one process."
+                "Cannot resume under DDP from a checkpoint written on one process: its data "
+                "position and random states are one process's. Resume it on one process."
             )
-        ddp = state["parts"]["ddp"]
+        self.load_state_dict(ddp)  # the world size, checked on every rank
         self._seed = ddp["seed"]
         for sampler in self._samplers:
             if isinstance(sampler, ShardSampler) and sampler.shuffle:
                 sampler.seed = int(self._seed)
-        if self.rank != 0:
-            self.module.load_state_dict(state["model"])
-            parts["optimizer"].load_state_dict(state["optimizer"])
-            if parts["scheduler"] is not None and state["scheduler"] is not None:
-                parts["scheduler"].load_state_dict(state["scheduler"])
-            for cb, cb_state in zip(parts["callbacks"], state["callbacks"], strict=False):
-                cb.load_state_dict(cb_state)
-            parts["history"].load_state_dict(state["history"])
-            lens: Lens = parts["lens"]
-            lens.load_state_dict(state["lens"], epoch_means=False)
-            for name, part in parts.get("extra", {}).items():
-                if name in state["parts"]:
-                    part.load_state_dict(state["parts"][name])
-            restore_rng(ddp["rngs"][self.rank])
-        return int(position["epoch"])
+        mine = {**state, "rng": ddp["rngs"][self.rank]}
+        if ddp.get("positions"):  # absent in epoch-end checkpoints written before they were kept
+            mine["epoch_start"] = ddp["positions"][self.rank]
+        return mine
 
     # -- the lens's reduction -----------------------------------------------------------------
 
@@ -309,16 +338,31 @@ class Distributed:
         lens.reduce = self.gather_rows
 
     def gather_rows(self, rows: Rows) -> Rows:
-        """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows."""
+        """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows, carrying
+        this rank's signal and whether its clock says a checkpoint is due; the ranks agree on
+        both (`SharedInterrupt.agree`, `take_due`)."""
         self.collectives += 1
-        return gather_rows(rows)
+        flags = (self._local_signal(), float(self._time_due()))
+        reduced, every = gather_rows_and_flags(rows, flags)
+        self._agree_signal(every[:, 0])
+        self._due = self._due or bool(every[:, 1].any())
+        return reduced
 
     # -- end ----------------------------------------------------------------------------------
 
     def failed(self, error: BaseException) -> None:
         """Say which rank failed, and why, on stderr (the other ranks are silent; torchrun stops
-        them when this process exits) and in ``error``'s notes (Python 3.11+)."""
+        them when this process exits) and in ``error``'s notes (Python 3.11+). A stop on
+        SIGINT/SIGTERM is no failure: rank 0 has said it."""
+        if isinstance(error, TrainingInterrupted):
+            return
         line = f"fitlens: rank {self.rank} of {self.world} failed: {type(error).__name__}: {error}"
+        if _peer_lost(error):
+            line += (
+                f"\nfitlens: rank {self.rank} of {self.world} was waiting for the other ranks in a "
+                "collective (for at most ddp_timeout seconds): one of them failed, was killed or "
+                "is stuck; its own `fitlens: rank R` message, or torchrun's summary, names it."
+            )
         print(line, file=sys.stderr, flush=True)
         add_note = getattr(error, "add_note", None)
         if add_note is not None:
@@ -326,13 +370,63 @@ class Distributed:
 
     def close(self, lens: Lens | None) -> None:
         """Detach from ``lens`` (recording ``params["collectives"]``: how many this fit call
-        ran), restore warnings, and destroy the process group if ours."""
+        ran), restore warnings, and destroy the process group if ours.
+
+        The caller must have dropped its own references to the DDP wrapper (`wrapped`): when
+        the wrapper outlives a process group that `destroy_process_group` removed, freeing it
+        later destroys the group from inside its reducer, with the GIL held, while a gloo
+        worker thread waits for the GIL to free a finished collective's tensors: a deadlock
+        (torch 2.13, seen as a resumed run whose rank 1 never exited).
+        """
         if lens is not None:
             lens.reduce = None
             lens.history.params["collectives"] = self.collectives
         self._quiet.close()
+        wrapper = weakref.ref(self.wrapped)
+        self.wrapped = self.module
         if self.owns_group and dist.is_initialized():
+            if wrapper() is not None:  # held in a reference cycle: free it first
+                gc.collect()
             dist.destroy_process_group()
+
+
+def _peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's report of a peer that did not take part (a timeout
+    or a closed connection, as gloo and NCCL word them), not this rank's own fault."""
+    if not isinstance(error, RuntimeError):
+        return False
+    text = str(error).lower()
+    return any(
+        mark in text
+        for mark in ("timed out", "timeout", "connection closed", "connection reset", "peer")
+    )
+
+
+def _attempt_store(timeout: timedelta) -> dict[str, Any]:
+    """Under torchrun's agent store, `init_process_group` arguments that keep each restart's
+    keys apart (``{}`` otherwise: the default ``env://`` rendezvous).
+
+    torchrun (2.13) hands every attempt of a ``--max-restarts`` run the same store, and the
+    default group's keys (each rank's address) are named alike in each attempt: a restarted rank
+    read its peer's address from the failed attempt and could not connect (pytorch/pytorch
+    issue 167288). The prefix names the attempt (``TORCHELASTIC_RESTART_COUNT``).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in env:
+        return {}
+    store = dist.TCPStore(
+        env.get("MASTER_ADDR", "localhost"),
+        int(env["MASTER_PORT"]),
+        int(env["WORLD_SIZE"]),
+        is_master=False,  # the agent hosts it
+        timeout=timeout,
+    )
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {
+        "store": dist.PrefixStore(f"fitlens/attempt_{attempt}", store),
+        "rank": int(env["RANK"]),
+        "world_size": int(env["WORLD_SIZE"]),
+    }
 
 
 def closed_on_error(init: Callable[..., None]) -> Callable[..., None]:

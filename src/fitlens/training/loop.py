@@ -182,7 +182,9 @@ def fit(
             process and every reported number is global; see `fitlens.training.distributed`
             and the README's "Several GPUs or machines".
         ddp_timeout: seconds a rank waits for the others in a collective before failing, when
-            `fit` initialises the process group (default 60).
+            `fit` initialises the process group (default 60); also the longest a rank may take,
+            after a SIGINT/SIGTERM, to reach the step where every rank stops (then it prints
+            its stacks and exits).
 
     Returns:
         A `History`: ``history.history`` per epoch, ``history.batches`` per batch.
@@ -201,7 +203,7 @@ def fit(
         ValueError / TypeError: before the first step, for invalid arguments; on the first
             batch, for outputs and targets that the loss cannot pair (both shapes are named).
         TrainingInterrupted: (a KeyboardInterrupt) on SIGINT/SIGTERM, after the current step
-            and a checkpoint.
+            and a checkpoint (under DDP: on every rank, after the same step).
         NonFiniteError: with ``on_nonfinite="stop"``, when a metric or the weights become
             NaN or infinite.
     """

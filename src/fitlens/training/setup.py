@@ -9,7 +9,6 @@ methods keep the loop short: ``begin_epoch`` returns the epoch's batches on the 
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,9 +28,9 @@ from fitlens.core.estimators import Estimator
 from fitlens.core.history import History, check_metric_names
 from fitlens.safety.checkpoint import Checkpointing
 from fitlens.safety.guard import NonFinitePolicy, Resume, RunGuard
+from fitlens.safety.signals import SharedInterrupt
 from fitlens.training.callbacks import Callback, CallbackList, RunState
 from fitlens.training.distributed import (
-    DefaultSignals,
     Distributed,
     Strategy,
     check_ddp_timeout,
@@ -160,10 +159,6 @@ class Training:
             if d.rank != 0:  # one voice: the other ranks write nothing, on the same schedule
                 progress = Progress(0, refresh_per_second=1.0 / progress.refresh_interval)
                 run_dir, resume = None, False  # rank 0 reads the checkpoint and shares it
-            # Checkpoints at epoch ends only: a mid-epoch one would flush (a collective) on
-            # rank 0 alone.
-            base = checkpointing or Checkpointing()
-            checkpointing = dataclasses.replace(base, every_steps=None, every_minutes=None)
         self.device = dev = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(dev)
         for m in self.metrics:
@@ -271,6 +266,7 @@ class Training:
             callbacks=callbacks,
             clock=clock,
             parts={"train_eval": self.truth, **({"ddp": self.dist} if self.dist else {})},
+            peers=self.dist,
         )
         self.update = Update(
             model,
@@ -289,8 +285,10 @@ class Training:
             self.safety.parts["schedule"] = self.schedule
             self.schedule.reported = self.lens.reported
             self.update.after_step.append(self.schedule.after_optimizer_step)
-        if self.dist is not None:
-            self.safety.guard = DefaultSignals()
+        if self.dist is not None:  # a signal on any rank stops every rank at the same step
+            guard = SharedInterrupt(ddp_timeout, f"rank {self.dist.rank} of {self.dist.world}")
+            self.safety.guard = guard
+            self.dist.watch(guard, self.safety.time_due, self.checkpoints)
         self.lens.after_refresh.append(self.safety.on_refresh)  # append history; "stop" check
         lens, safety = self.lens, self.safety
         grads = self.update.scaler is None  # a scaler skips overflowing gradients itself
@@ -320,19 +318,17 @@ class Training:
 
     def share_resume(self, first: int) -> int:
         """Under DDP with ``resume``: every rank restores the checkpoint rank 0's run safety
-        read (one broadcast); returns the epoch to start at."""
+        read (one broadcast), with its own random states and data position; returns the epoch
+        to start at."""
         if self.dist is None or not self.resume:
             return first
-        parts = {
-            "optimizer": self.optimizer,
-            "scheduler": self.safety.config.scheduler,
-            "callbacks": self.safety.callbacks,
-            "history": self.history,
-            "lens": self.lens,
-            # what else run safety checkpoints (the update's scaler, the LR schedule)
-            "extra": {k: v for k, v in self.safety.parts.items() if k != "ddp"},
-        }
-        return self.dist.share_resume(self.safety.pending_resume, first, parts)
+        state = self.dist.share_resume(self.safety.pending_resume)
+        if state is None:
+            return first
+        if self.dist.rank == 0:
+            self.safety.pending_resume = state
+            return first
+        return self.safety.adopt(state)
 
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Any, Any, Any]]:
         """Start 0-based ``epoch``; its ``(x, y, w)`` batches on the device (``w``: the batch's
@@ -396,8 +392,6 @@ class Training:
             self.schedule.end_epoch(self.logs, self.history.history)
         self.update.end_epoch(self.history.params, self.lens.progress.write)
         self.callbacks.epoch_end(epoch, self.logs)
-        if self.dist is not None and self.checkpoints:
-            self.dist.gather_rng()  # every rank's random states, for rank 0's checkpoint
         self.safety.on_epoch_end(epoch)  # history files, checkpoint
         if ran_out:
             warnings.warn(
@@ -417,6 +411,7 @@ class Training:
         if self.tensorboard is not None:
             self.tensorboard.detach()
         if self.dist is not None:
+            self.step.model = self.model  # the DDP wrapper goes before the process group
             self.dist.close(self.lens)
         self.lens.after_refresh.clear()  # the History must not keep the model alive through it
         self.lens.after_epoch.clear()

@@ -8,8 +8,10 @@ rank<r>.json`` with the callback's history and the reference epoch means.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,4 +83,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the tests' hang report
     main()

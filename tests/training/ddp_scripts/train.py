@@ -4,9 +4,17 @@
 
 * ``pair``: the script initialises the process group itself (fit must use it and leave it
   alone), then runs `run_pair`: the runs the tests compare with one process.
-* ``crash`` / ``kill``: fit initialises the group; `run_shuffled` with a ``run_dir``, where
-  rank 1 raises ``ValueError`` (``crash``) or SIGKILLs itself (``kill``) at the third step of
-  the second epoch (after rank 0's first checkpoint).
+* ``crash`` / ``kill``: fit initialises the group; `run_shuffled` with a ``run_dir`` and a
+  checkpoint every 3 steps, where rank 1 raises ``ValueError`` (``crash``) or SIGKILLs itself
+  (``kill``) at the third step of the second epoch (after rank 0's mid-epoch checkpoint of the
+  step before).
+* ``signal-rank``: rank 1 sends itself SIGTERM there; ``signal-launcher``: rank 0 sends it to
+  torchrun (which forwards it to every worker) and waits until it arrives. Both refresh the
+  display every step and check the clock for a checkpoint at each (``every_minutes`` tiny);
+  each rank writes ``OUT/stopped-rank<r>.json``: where it stopped and what it was told.
+* ``hang``: rank 1 sleeps for an hour there (``ddp_timeout`` 5 s).
+* ``restart``: under ``torchrun --max-restarts 1``, always ``resume=True``; rank 1 raises there
+  in the first attempt only.
 * ``resume``: `run_shuffled` resuming that ``run_dir``.
 
 Writes ``OUT/<run>-rank<r>.json`` per run and rank: the history, the batch sizes, the final
@@ -16,10 +24,12 @@ lens's last refreshed step.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +74,37 @@ class Recorder(fitlens.Callback):
         self.fail = fail
         self.per_step: list[list[int]] = []
         self.before = 0
+        self.reached = [0, 0]  # [epoch, step] of the last step done
 
     def on_batch_begin(self, step: int, logs: Any = None) -> None:
         lens = self.run.lens
         if step > 0:  # ``step`` steps are done: what the last one's refresh (if any) cost
             self.per_step.append([lens.epoch, step, lens.refreshed_step, calls[0] - self.before])
         self.before = calls[0]
-        if self.fail and rank() == 1 and lens.epoch == 1 and step == 2:
-            if self.fail == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+        if self.fail and lens.epoch == 1 and step == 2:
+            self.act(self.fail)
+
+    def act(self, fail: str) -> None:
+        if fail == "signal-launcher" and rank() == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # torchrun's agent
+            guard = signal.getsignal(signal.SIGTERM).__self__  # type: ignore[union-attr]
+            for _ in range(3000):  # until torchrun's SIGTERM reached this worker too
+                if guard.local:
+                    break
+                time.sleep(0.01)
+        if rank() != 1:
+            return
+        if fail == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fail == "signal-rank":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif fail == "hang":
+            time.sleep(3600)
+        elif fail in ("crash", "restart"):
             raise ValueError("bad batch on purpose")
+
+    def on_batch_end(self, step: int, logs: Any = None) -> None:
+        self.reached = [self.run.lens.epoch, step]
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         lens = self.run.lens
@@ -97,17 +128,22 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
         torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=False
     )
     recorder = Recorder(kwargs.pop("fail", None))
-    history = fitlens.fit(
-        model,
-        kwargs.pop("train", loader),
-        loss="cross_entropy",
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-        metrics=["accuracy"],
-        epochs=epochs,
-        validation_data=(x[:40], y[:40]),
-        callbacks=[recorder],
-        **kwargs,
-    )
+    try:
+        history = fitlens.fit(
+            model,
+            kwargs.pop("train", loader),
+            loss="cross_entropy",
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+            metrics=["accuracy"],
+            epochs=epochs,
+            validation_data=(x[:40], y[:40]),
+            callbacks=[recorder],
+            **kwargs,
+        )
+    except fitlens.TrainingInterrupted as e:
+        stopped = {"reached": recorder.reached, "signal": e.signal_name, "hint": e.resume_hint}
+        (out / f"stopped-rank{rank()}.json").write_text(json.dumps(stopped))
+        raise
     result = {
         "history": history.history,
         "sizes": [float(s) for s in history.batches["size"]],
@@ -122,7 +158,8 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
 def run_shuffled(out: Path, name: str, **kwargs: Any) -> None:
     """Shuffled arrays, 16 per rank, 3 epochs: the run interrupted, resumed and compared."""
     x, y = data(128)
-    train(out, name, 128, 16, 3, train=(x, y), batch_size=16, verbose=0, **kwargs)
+    kwargs.setdefault("verbose", 0)
+    train(out, name, 128, 16, 3, train=(x, y), batch_size=16, **kwargs)
 
 
 def run_pair(out: Path, world: int) -> None:
@@ -145,9 +182,25 @@ def main() -> None:
         dist.destroy_process_group()
     elif mode == "resume":
         run_shuffled(out, mode, run_dir=out / "run", resume=True)
+    elif mode == "restart":  # the first attempt fails; torchrun's restart resumes
+        first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        every = fitlens.Checkpointing(every_steps=3)
+        kwargs = {"fail": mode} if first else {}
+        run_shuffled(out, mode, run_dir=out / "run", resume=True, checkpointing=every, **kwargs)
+    elif mode.startswith("signal"):
+        every = fitlens.Checkpointing(every_minutes=1e-9)  # due at every refresh
+        verbose = fitlens.Progress(0, refresh_per_second=1e9)  # a refresh every step
+        run_shuffled(
+            out, mode, run_dir=out / "run", fail=mode, checkpointing=every, verbose=verbose
+        )
     else:
-        run_shuffled(out, mode, run_dir=out / "run", fail=mode, ddp_timeout=20)
+        timeout = 5 if mode == "hang" else 20
+        every = fitlens.Checkpointing(every_steps=3)
+        run_shuffled(
+            out, mode, run_dir=out / "run", fail=mode, ddp_timeout=timeout, checkpointing=every
+        )
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the tests' hang report
     main()
