@@ -10,14 +10,17 @@ What this module holds, in the order `fit` uses it:
   this process's device (``cuda:LOCAL_RANK`` on CUDA), wraps it in ``DistributedDataParallel``
   unless it is wrapped already, and tears down only what it set up.
 * Sharding (`fitlens.training.sharding`): arrays and ``DataLoader``s with PyTorch's default
-  sampler are split across ranks; every rank runs the same number of steps.
+  sampler are split across ranks, their batch size the global one, their order the one a single
+  process would draw (`Distributed.generator`); every rank runs the same number of steps.
+  Validation and ``train_eval`` data are split into disjoint parts whose sums one
+  ``all_reduce`` per pass adds up (`Distributed.shard_eval`, `Distributed.sum_sums`).
 * The lens's reduction hook (`Distributed.gather_rows`): at each display refresh and epoch end
   one ``all_gather`` brings every rank's queued per-step rows to every rank, and each step's rows
   become one global row (`fitlens.training.reduction`). Every rank then feeds the same rows to its
   estimators, so epoch means, now estimates and ``History`` are global and identical on every
   rank; no collective runs between refreshes.
 * Checkpoints and resume: rank 0 alone has the ``run_dir`` and writes at epoch ends only
-  (`Distributed.state_dict`: world size, shuffling seed, every rank's random states, gathered
+  (`Distributed.state_dict`: world size, shuffling generators, every rank's random states, gathered
   by `gather_rng`); on resume rank 0 restores as on one process and `share_resume` broadcasts
   the checkpoint to the other ranks. Another world size is refused.
 * Faults: a failing rank names itself on stderr (`Distributed.failed`); torchrun stops the rest.
@@ -37,13 +40,20 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from fitlens.adapters.data import ArrayData, BatchSource
 from fitlens.adapters.rng import capture_rng, restore_rng
 from fitlens.safety.signals import InterruptGuard
-from fitlens.training.reduction import gather_rows
-from fitlens.training.sharding import ShardedArrays, ShardSampler, rebuild_loader
+from fitlens.training.reduction import gather_rows, sum_over_ranks
+from fitlens.training.sharding import (
+    Draw,
+    ShardedArrays,
+    ShardSampler,
+    default_sampler,
+    rebuild_loader,
+    shard_for_eval,
+)
 from fitlens.view.lens import Lens, Rows
 
 Strategy = Literal["auto", "ddp", "single"]
@@ -88,18 +98,14 @@ def check_ddp_timeout(seconds: Any) -> float:
     return float(seconds)
 
 
-def check_supported(*, on_nonfinite: str, train_eval: Any, stateful: list[str]) -> None:
+def check_supported(*, on_nonfinite: str, precision: str, stateful: list[str]) -> None:
     """Refuse, before any step, what `fit` does not yet do under DDP (each message says why)."""
-    if on_nonfinite == "skip":
+    if on_nonfinite == "skip" and precision == "16-mixed":
         raise ValueError(
-            'on_nonfinite="skip" is not supported under DDP: one rank skipping a step while '
-            "the others apply it would desynchronise the replicas. Use the default "
-            '"stop", or train on one process (strategy="single").'
-        )
-    if train_eval:
-        raise ValueError(
-            "`train_eval` is not supported under DDP yet (its passes would measure each "
-            "rank's shard only). Leave it off under DDP, or train on one process."
+            'on_nonfinite="skip" with precision="16-mixed" is not supported under DDP: a rank '
+            "that skips a step for its own non-finite loss would leave its GradScaler's scale "
+            "behind the others', and the ranks would add up gradients of different scales. Use "
+            '"bf16-mixed" or "32", the default "stop", or train on one process.'
         )
     if stateful:
         raise ValueError(
@@ -159,31 +165,37 @@ class Distributed:
             self._quiet.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
         self._samplers: list[Any] = []
-        self._seed: int | None = None
+        self.generators: list[torch.Generator] = []  # the sharded training data's shuffling
         self._rngs: list[Any] = []
 
     # -- data ---------------------------------------------------------------------------------
 
-    def seed(self) -> int:
-        """The shuffling seed every rank uses: drawn from rank 0's torch generator, broadcast."""
-        if self._seed is None:
-            seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)
-            dist.broadcast(seed, src=0)  # once per fit call, before the first step
-            self.collectives += 1
-            self._seed = int(seed.item())
-        return self._seed
+    def generator(self, source: torch.Generator | None) -> torch.Generator:
+        """A generator of fitlens's own in rank 0's state of ``source`` (None: torch's global
+        CPU generator) at this moment (one broadcast): every rank then draws the same orders,
+        the ones rank 0's ``source`` would have drawn on one process, without touching it."""
+        state = (source.get_state() if source is not None else torch.get_rng_state()).clone()
+        dist.broadcast(state, src=0)  # once per sharded shuffled source, before the first step
+        self.collectives += 1
+        generator = torch.Generator()
+        generator.set_state(state)
+        self.generators.append(generator)
+        return generator
 
     def shard(self, source: BatchSource, batch_size: int | None) -> None:
         """Split ``source`` across the ranks (in place), when fitlens knows how.
 
         Arrays and a ``DataLoader`` with PyTorch's default sampler (``shuffle`` kept) are dealt
-        by a `ShardSampler`; a ``DataLoader`` with its own sampler (a ``DistributedSampler``
-        included) is left alone, ``set_epoch`` called on it each epoch when it has one; a
-        generator is taken as this rank's own stream (each rank must yield its own shard).
+        by a `ShardSampler`: their batch size (``batch_size``, the loader's) is the global one,
+        split equally across the ranks. A ``DataLoader`` with its own sampler (a
+        ``DistributedSampler`` included) is left alone, ``set_epoch`` called on it each epoch
+        when it has one; a generator is taken as this rank's own stream (each rank must yield
+        its own shard).
         """
         data = source.iterable
         if isinstance(data, ArrayData):
-            sampler = self._sampler(data.n, data.batch_size, data.shuffle, False)
+            generator = self.generator(None) if data.shuffle else None
+            sampler = self._sampler(data.n, data.batch_size, generator, "randperm", False)
             source.iterable = ShardedArrays(data, sampler)
         elif isinstance(data, DataLoader):
             source.iterable = self._loader(data)
@@ -192,20 +204,27 @@ class Distributed:
         full = len(source.iterable)
         source.steps = min(full, source.steps) if source.steps else full
 
-    def _sampler(self, n: int, batch_size: int, shuffle: bool, drop_last: bool) -> ShardSampler:
+    def _sampler(
+        self,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator | None,
+        draw: Draw,
+        drop_last: bool,
+    ) -> ShardSampler:
         sampler = ShardSampler(
             n,
             self.rank,
             self.world,
             batch_size,
-            shuffle=shuffle,
-            seed=self.seed() if shuffle else 0,
+            generator=generator,
+            draw=draw,
             drop_last=drop_last,
         )
         if sampler.dropped and not drop_last:
             warnings.warn(
-                f"{n} samples do not split into {self.world} ranks x batch {batch_size} with "
-                f"every rank getting a share of the last global batch: its {sampler.dropped} "
+                f"{n} samples do not split into global batches of {batch_size} with each of the "
+                f"{self.world} ranks getting a share of the last one: its {sampler.dropped} "
                 "sample(s) are left out of each epoch (every rank must run the same steps).",
                 stacklevel=4,
             )
@@ -213,18 +232,35 @@ class Distributed:
         return sampler
 
     def _loader(self, loader: DataLoader) -> DataLoader:
-        default = type(loader.sampler) in (SequentialSampler, RandomSampler)
-        if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None or not default:
+        if not default_sampler(loader):
             if hasattr(loader.sampler, "set_epoch"):
                 self._samplers.append(loader.sampler)
             return loader
+        generator, draw, seeds = None, "randperm", loader.generator
+        if isinstance(loader.sampler, RandomSampler):
+            own = loader.sampler.generator  # None: the sampler draws from the global one
+            generator = self.generator(own)
+            draw = "randperm" if own is not None else "seeded"
+            if own is loader.generator:  # the workers' base seed came from the same stream
+                seeds = generator
         sampler = self._sampler(
             len(loader.dataset),  # type: ignore[arg-type]
-            loader.batch_size,
-            isinstance(loader.sampler, RandomSampler),
+            int(loader.batch_size or 1),  # set: a default sampler batches
+            generator,
+            draw,  # type: ignore[arg-type]
             loader.drop_last,
         )
-        return rebuild_loader(loader, sampler)
+        return rebuild_loader(loader, sampler, sampler.per_rank, seeds)
+
+    def shard_eval(self, source: BatchSource) -> bool:
+        """Split an evaluation pass's data across the ranks (`shard_for_eval`); True when split
+        (its sums must then go through `sum_sums`)."""
+        return shard_for_eval(source, self.rank, self.world)
+
+    def sum_sums(self, local: torch.Tensor) -> torch.Tensor:
+        """An evaluation pass's sums and counts over the ranks: one ``all_reduce``."""
+        self.collectives += 1
+        return sum_over_ranks(local)
 
     def begin_epoch(self, epoch: int) -> None:
         """``set_epoch`` on every sampler, so each epoch draws a new order, the same on all ranks."""
@@ -243,8 +279,10 @@ class Distributed:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the DDP run (rank 0 writes it): the world size, the
-        shuffling seed and every rank's random states at the epoch end."""
-        return {"world": self.world, "seed": self._seed, "rngs": self._rngs}
+        state of the sharded data's shuffling generators and every rank's random states at the
+        epoch end."""
+        shuffling = [g.get_state() for g in self.generators]
+        return {"world": self.world, "shuffling": shuffling, "rngs": self._rngs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore on rank 0 (inside the run safety's restore); refuses another world size."""
@@ -282,10 +320,8 @@ class Distributed:
                 "under DDP checkpoints are taken at epoch ends. Resume it on one process."
             )
         ddp = state["parts"]["ddp"]
-        self._seed = ddp["seed"]
-        for sampler in self._samplers:
-            if isinstance(sampler, ShardSampler) and sampler.shuffle:
-                sampler.seed = int(self._seed)
+        for generator, saved in zip(self.generators, ddp["shuffling"], strict=True):
+            generator.set_state(saved)  # the next epoch's order, as the run would have drawn it
         if self.rank != 0:
             self.module.load_state_dict(state["model"])
             parts["optimizer"].load_state_dict(state["optimizer"])

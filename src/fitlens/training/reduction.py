@@ -1,17 +1,55 @@
-"""Every rank's per-step rows made into the run's rows: the lens's reduction under DDP.
+"""Every rank's numbers made into the run's: the reductions of a data-parallel run.
 
 `gather_rows` is the `ReduceRows` hook of a lens in a data-parallel run (`fit` under torchrun,
 the Lightning callback under Lightning's DDP): one ``all_gather`` of every rank's queued rows,
 then `combine_rows` makes each step's rows one global row, the same on every rank.
+`sum_over_ranks` is the end-of-epoch passes' (validation, ``train_eval``): one ``all_reduce``
+of a pass's sums and counts over the ranks' disjoint shards. `spread_nonfinite` lets
+``on_nonfinite="skip"`` decide alike on every rank with no collective of its own: it routes a
+rank's non-finite loss into the gradients that DDP all-reduces anyway.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from fitlens.view.lens import Rows
+
+
+def _comm_device() -> torch.device:
+    """Where the default group's collectives take their tensors (CUDA for nccl)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_over_ranks(local: torch.Tensor) -> torch.Tensor:
+    """``local`` (float64) summed over every rank of the default group: one ``all_reduce``;
+    returned on the CPU. Every rank must call it, in the same order, with the same length."""
+    device = _comm_device()
+    summed = local.detach().to(device, torch.float64).clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.cpu()
+
+
+def spread_nonfinite(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss to back-propagate under DDP with ``on_nonfinite="skip"``: ``loss + (0 * loss) *
+    p``, ``p`` one element of the model's first trainable parameter. Its value and gradients
+    are the loss's when the loss is finite (adding 0); when it is not, ``0 * loss`` is NaN and
+    so is ``p``'s gradient, which DDP's gradient all-reduce hands to every rank. Every rank's
+    skip check (loss and gradients) then sees a non-finite gradient and skips the same step,
+    even when the loss is infinite with finite gradients (an infinite constant term), with no
+    collective beyond DDP's. Costs three scalar ops per step."""
+    anchor = next(p for p in model.parameters() if p.requires_grad)
+
+    def spread(loss: torch.Tensor) -> torch.Tensor:
+        return loss + loss.detach().mul(0.0) * anchor.reshape(-1)[0]
+
+    return spread
 
 
 def _all_gather(out: torch.Tensor, local: torch.Tensor) -> None:
@@ -39,9 +77,7 @@ def gather_rows(rows: Rows) -> Rows:
         ],
         axis=1,
     )
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _comm_device()
     local = torch.from_numpy(np.ascontiguousarray(packed)).to(device)
     out = torch.empty((world * n, 2 * k + 4), dtype=local.dtype, device=device)
     _all_gather(out, local)
@@ -82,4 +118,4 @@ def combine_rows(gathered: np.ndarray, k: int) -> Rows:
     )
 
 
-__all__ = ["combine_rows", "gather_rows"]
+__all__ = ["combine_rows", "gather_rows", "spread_nonfinite", "sum_over_ranks"]

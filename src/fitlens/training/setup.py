@@ -40,6 +40,7 @@ from fitlens.training.distributed import (
     resolve_strategy,
 )
 from fitlens.training.epoch_truth import EpochTruth, measured
+from fitlens.training.reduction import spread_nonfinite
 from fitlens.training.schedules import LR, SchedulerInterval, resolve_schedule
 from fitlens.training.step import TrainStep, tensors_to_host
 from fitlens.training.update import (
@@ -152,7 +153,7 @@ class Training:
         if resolve_strategy(strategy):
             check_supported(
                 on_nonfinite=on_nonfinite,
-                train_eval=train_eval,
+                precision=precision,
                 stateful=[m.name for m in self.metrics if m.stateful],
             )
             self.dist = d = Distributed(model, device, ddp_timeout)
@@ -188,21 +189,24 @@ class Training:
             )
         self.cast = Float64Cast(input_dtype(model), "train")  # float64 inputs: one rule
         self.val_cast = Float64Cast(self.cast.dtype, "validation_data")
+        # Before DDP shards the source: the train_eval subset is drawn from all the samples.
+        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
         if self.dist is not None:
-            if weights is not None or sample_weight is not None:
-                raise ValueError(
-                    "class_weight and sample_weight are not supported under DDP yet. "
-                    "Received them with strategy='ddp' (or a torchrun launch with "
-                    "strategy='auto'): train on one process, or weigh the loss yourself."
-                )
-            self.dist.shard(self.source, batch_size)
+            d = self.dist
+            self.truth.distribute(d.rank, d.world, d.sum_sums, d.generators)
+            # Weights need nothing more: each rank's loss is sum(w * loss) / n over its equal
+            # share n, so DDP's mean of the ranks' gradients is the global batch's, and the
+            # reduction weighs the ranks' weighted metric means by their weights.
+            d.shard(self.source, batch_size)
         self.val_source = None
+        self.val_reduce = None  # under DDP, with validation split across ranks: their sum
         if validation_data is not None:
             self.val_source = BatchSource(
                 validation_data, name="validation_data", steps=validation_steps, shuffle=False
             )
+            if self.dist is not None and self.dist.shard_eval(self.val_source):
+                self.val_reduce = self.dist.sum_sums
         self.val_metrics = [m.fresh().to(dev) for m in self.metrics]
-        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
         self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
         self.schedule = resolve_schedule(
             scheduler,
@@ -313,6 +317,8 @@ class Training:
             if tuned
             else TrainStep(*step_args)
         )
+        if self.dist is not None and skips is not None:  # every rank skips the same steps
+            self.step.spread = spread_nonfinite(model)
         self.tensorboard = board
         if board is not None:
             optimizer = self.optimizer
@@ -384,6 +390,7 @@ class Training:
                 self.device,
                 name="validation_data",
                 cast=self.val_cast,
+                reduce=self.val_reduce,
             )
             self.model.train()
             validation = {f"val_{k}": measured(v) for k, v in values.items()}
