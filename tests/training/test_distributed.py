@@ -26,7 +26,8 @@ import torch
 import fitlens
 from fitlens.adapters.data import BatchSource
 from fitlens.adapters.evaluation import measure_batches
-from fitlens.training.distributed import Distributed, resolve_strategy
+from fitlens.training.distributed import Distributed, check_supported, resolve_strategy
+from fitlens.training.epoch_truth import EpochTruth
 from fitlens.training.reduction import combine_rows
 from fitlens.training.sharding import ShardSampler, rebuild_loader, shard_for_eval
 from fitlens.view.lens import Lens, Rows
@@ -142,6 +143,15 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank_as_on_one_pro
         assert _load(two, "skip", rank)["skipped"] == [[1, 2], [2, 2]]
     assert _load(two, "skip", 0)["weights"] == _load(two, "skip", 1)["weights"]
     assert _load(one, "skip")["skipped"] == [[1, 2], [2, 2]]
+
+
+def test_a_torchmetrics_epoch_value_under_ddp_is_the_one_process_value(pair):
+    # A macro F1 over the epoch is not a mean of batch F1s: only merging the ranks' states
+    # (torchmetrics' own sync, at each reduction on every rank) gives the one-process value.
+    two, one = pair
+    _assert_same_run(two, one, "torchmetrics", 8)
+    history = _load(one, "torchmetrics")["history"]
+    assert {"f1", "val_f1", "train_eval_f1"} <= set(history)
 
 
 def test_the_readme_example_under_torchrun_has_the_history_of_one_process(pair):
@@ -457,3 +467,29 @@ def test_a_lens_with_a_reduction_refreshes_on_a_step_schedule_not_the_clock():
     assert sum(reduced) == 20
     # The first step refreshes; then every 0.5 s / (measured s per step) steps, and the end.
     assert reduced[0] == 1 and len(reduced) > 2 and max(reduced) < 20
+
+
+def test_skip_with_float16_scaling_under_ddp_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r'"16-mixed" is not supported under DDP.*GradScaler'):
+        check_supported(on_nonfinite="skip", precision="16-mixed")
+    check_supported(on_nonfinite="skip", precision="bf16-mixed")  # allowed
+
+
+def test_a_train_eval_sample_of_kept_batches_is_refused_under_ddp_and_arrays_are_split():
+    x, y = torch.randn(10, 2), torch.randint(0, 2, (10,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    cpu = torch.device("cpu")
+    kept = EpochTruth(0.5, BatchSource(loader, name="train"), torch.nn.functional.mse_loss, [], cpu)
+    with pytest.raises(ValueError, match=r"Under DDP, `train_eval` takes \(x, y\) arrays"):
+        kept.distribute(0, 2, lambda t: t, [])
+    parts = []
+    for rank in range(2):
+        source = BatchSource((x, y), name="train", batch_size=4)
+        truth = EpochTruth(7, source, torch.nn.functional.mse_loss, [], cpu)
+        truth.distribute(rank, 2, lambda t: t, [])
+        assert truth.subset is not None
+        parts.append(torch.cat([b[1] for b in truth.subset.batches()]))
+    subset = EpochTruth(7, BatchSource((x, y), name="train", batch_size=4), None, [], cpu).subset
+    assert subset is not None
+    whole = torch.cat([b[1] for b in subset.batches()])
+    assert torch.equal(torch.cat(parts), whole)  # the 7 drawn samples, split 3 + 4

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from fitlens.adapters.data import ArrayData, BatchSource
 from fitlens.adapters.rng import capture_rng, restore_rng
 from fitlens.safety.signals import InterruptGuard
-from fitlens.training.reduction import gather_rows, sum_over_ranks
+from fitlens.training.reduction import SyncedMetric, gather_rows, sum_over_ranks
 from fitlens.training.sharding import (
     Draw,
     ShardedArrays,
@@ -98,20 +98,14 @@ def check_ddp_timeout(seconds: Any) -> float:
     return float(seconds)
 
 
-def check_supported(*, on_nonfinite: str, precision: str, stateful: list[str]) -> None:
-    """Refuse, before any step, what `fit` does not yet do under DDP (each message says why)."""
+def check_supported(*, on_nonfinite: str, precision: str) -> None:
+    """Refuse, before any step, what `fit` does not do under DDP (the message says why)."""
     if on_nonfinite == "skip" and precision == "16-mixed":
         raise ValueError(
             'on_nonfinite="skip" with precision="16-mixed" is not supported under DDP: a rank '
             "that skips a step for its own non-finite loss would leave its GradScaler's scale "
             "behind the others', and the ranks would add up gradients of different scales. Use "
             '"bf16-mixed" or "32", the default "stop", or train on one process.'
-        )
-    if stateful:
-        raise ValueError(
-            f"torchmetrics metrics {stateful} are not supported under DDP yet (their compute() "
-            "is a collective of its own, which only the displaying rank would call). Pass a "
-            "callable (outputs, targets) -> batch mean instead."
         )
 
 
@@ -166,6 +160,7 @@ class Distributed:
             warnings.simplefilter("ignore")
         self._samplers: list[Any] = []
         self.generators: list[torch.Generator] = []  # the sharded training data's shuffling
+        self.synced: list[SyncedMetric] = []  # torchmetrics training metrics, merged at flushes
         self._rngs: list[Any] = []
 
     # -- data ---------------------------------------------------------------------------------
@@ -345,9 +340,14 @@ class Distributed:
         lens.reduce = self.gather_rows
 
     def gather_rows(self, rows: Rows) -> Rows:
-        """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows."""
+        """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows; then the
+        torchmetrics metrics in `synced` merge their states (their own collectives, not
+        counted in `collectives`)."""
         self.collectives += 1
-        return gather_rows(rows)
+        reduced = gather_rows(rows)
+        for metric in self.synced:
+            metric.sync()
+        return reduced
 
     # -- end ----------------------------------------------------------------------------------
 

@@ -6,12 +6,15 @@ then `combine_rows` makes each step's rows one global row, the same on every ran
 `sum_over_ranks` is the end-of-epoch passes' (validation, ``train_eval``): one ``all_reduce``
 of a pass's sums and counts over the ranks' disjoint shards. `spread_nonfinite` lets
 ``on_nonfinite="skip"`` decide alike on every rank with no collective of its own: it routes a
-rank's non-finite loss into the gradients that DDP all-reduces anyway.
+rank's non-finite loss into the gradients that DDP all-reduces anyway. `SyncedMetric` is a
+torchmetrics metric's epoch value, merged over the ranks by torchmetrics at each reduction.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +37,37 @@ def sum_over_ranks(local: torch.Tensor) -> torch.Tensor:
     summed = local.detach().to(device, torch.float64).clone()
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
     return summed.cpu()
+
+
+class SyncedMetric:
+    """A stateful (torchmetrics) training metric's epoch value in a data-parallel run.
+
+    ``metric.compute()`` merges the metric's state over the ranks (torchmetrics all-gathers it
+    under torch.distributed), so every rank must call it at the same moment: `sync` is called
+    by the rows' reduction, which every rank runs at the same steps (each display refresh and
+    the epoch end), and `compute` returns the value of the latest `sync` without a collective,
+    however often the display or the epoch end reads it. Never per step: torchmetrics' own
+    per-batch value (``forward``) does not sync unless the metric was built with
+    ``dist_sync_on_step=True``.
+
+    Args:
+        metric: the `TrackedMetric` (any object with ``compute() -> float`` and ``reset()``).
+    """
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.value = math.nan  # before the epoch's first reduction
+
+    def sync(self) -> None:
+        """Merge the ranks' states into the epoch value so far (torchmetrics' collectives)."""
+        self.value = float(self.metric.compute())
+
+    def compute(self) -> float:
+        return self.value
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self.value = math.nan
 
 
 def spread_nonfinite(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -118,4 +152,10 @@ def combine_rows(gathered: np.ndarray, k: int) -> Rows:
     )
 
 
-__all__ = ["combine_rows", "gather_rows", "spread_nonfinite", "sum_over_ranks"]
+__all__ = [
+    "SyncedMetric",
+    "combine_rows",
+    "gather_rows",
+    "spread_nonfinite",
+    "sum_over_ranks",
+]

@@ -40,7 +40,7 @@ from fitlens.training.distributed import (
     resolve_strategy,
 )
 from fitlens.training.epoch_truth import EpochTruth, measured
-from fitlens.training.reduction import spread_nonfinite
+from fitlens.training.reduction import SyncedMetric, spread_nonfinite
 from fitlens.training.schedules import LR, SchedulerInterval, resolve_schedule
 from fitlens.training.step import TrainStep, tensors_to_host
 from fitlens.training.update import (
@@ -151,11 +151,7 @@ class Training:
         wrapped, self.dist = model, None  # under DDP: the wrapped model runs the step
         self.resume, self.checkpoints = resume, run_dir is not None
         if resolve_strategy(strategy):
-            check_supported(
-                on_nonfinite=on_nonfinite,
-                precision=precision,
-                stateful=[m.name for m in self.metrics if m.stateful],
-            )
+            check_supported(on_nonfinite=on_nonfinite, precision=precision)
             self.dist = d = Distributed(model, device, ddp_timeout)
             wrapped, model, device = d.wrapped, d.module, d.device
             if d.rank != 0:  # one voice: the other ranks write nothing, on the same schedule
@@ -207,6 +203,11 @@ class Training:
             if self.dist is not None and self.dist.shard_eval(self.val_source):
                 self.val_reduce = self.dist.sum_sums
         self.val_metrics = [m.fresh().to(dev) for m in self.metrics]
+        if self.dist is not None:  # torchmetrics merges the ranks' states of split data only
+            for metrics, split in ((self.metrics, True), (self.val_metrics, bool(self.val_reduce))):
+                for m in metrics:
+                    if m.stateful and hasattr(m.fn, "sync_on_compute"):
+                        m.fn.sync_on_compute = split
         self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
         self.schedule = resolve_schedule(
             scheduler,
@@ -247,11 +248,12 @@ class Training:
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
         ranges = {"loss": loss_range(self.loss_fn), **{m.name: m.range for m in self.metrics}}
+        epoch_values: dict[str, Any] = {m.name: m for m in self.metrics if m.stateful}
+        if self.dist is not None:  # merged over the ranks at each reduction, on every rank
+            epoch_values = {k: SyncedMetric(m) for k, m in epoch_values.items()}
+            self.dist.synced = list(epoch_values.values())
         self.lens.set_metrics(
-            names,
-            valued=names[: len(names) - len(extra)],
-            epoch_values={m.name: m for m in self.metrics if m.stateful},
-            ranges=ranges,
+            names, valued=names[: len(names) - len(extra)], epoch_values=epoch_values, ranges=ranges
         )
         self.lens.begin_run(end, self.source.steps)
         if self.dist is not None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torchmetrics
 
 import fitlens
 
@@ -103,7 +104,7 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
         kwargs.pop("train", loader),
         loss=kwargs.pop("loss", "cross_entropy"),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-        metrics=["accuracy"],
+        metrics=kwargs.pop("metrics", ["accuracy"]),
         epochs=epochs,
         validation_data=(x[:41], y[:41]),
         callbacks=[recorder],
@@ -169,6 +170,11 @@ def run_pair(out: Path, world: int) -> None:
     w = torch.linspace(0.5, 2.0, 128)  # sample weights and class weights: global weighted sums
     train(out, "weighted", 128, 32, 1, verbose=0, train=(x, y), batch_size=32, sample_weight=w,
           class_weight={0: 3.0, 2: 0.5})  # fmt: skip
+    # A torchmetrics F1 over the epoch (not a mean of batch values): merged over the ranks at
+    # each refresh, in validation (split) and in train_eval (each rank's shard).
+    f1 = torchmetrics.classification.MulticlassF1Score(3, average="macro")
+    train(out, "torchmetrics", 128, 32, 2, verbose=0, shuffle=True, train_eval=True,
+          metrics={"f1": f1})  # fmt: skip
     y = y.clone()
     y[41] = 99  # in global batch 2 (samples 32-63, in order), on rank 1 (odd positions)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
