@@ -191,16 +191,12 @@ def test_collectives_run_once_per_refresh_and_never_between(pair):
 
 def test_a_dataset_not_divisible_by_the_world_size_is_counted_exactly(pair):
     two, one = pair
-    rank0, rank1, single = _load(two, "uneven", 0), _load(two, "uneven", 1), _load(one, "uneven")
-    assert rank0["history"] == rank1["history"]
-    # 101 = 3 x 32 + 5: the last global step is 3 samples on rank 0 and 2 on rank 1.
-    assert rank0["sizes"] == single["sizes"] == [32.0, 32.0, 32.0, 5.0]
-    # The training metrics are the same batches under the same weights. Validation is not: DDP
-    # averages the last step's gradient over ranks (3 and 2 samples) as equals, one process
-    # over its 5 samples, so the weights after that step differ by design.
-    trained = {k: v for k, v in single["history"].items() if not k.startswith("val_")}
-    got = {k: rank0["history"][k] for k in trained}
-    _assert_history_close(got, trained, 4 * 0.5 * 32 * EPS32)
+    # 101 = 3 x 32 + 5: the last global step is 3 samples on rank 0 and 2 on rank 1. Its losses
+    # are scaled by 3*2/5 and 2*2/5, so DDP's average of the two gradients is the gradient of
+    # the 5 samples' mean loss: the weights, and so validation, follow one process too.
+    _assert_same_run(two, one, "uneven", 4)
+    rank0 = _load(two, "uneven")
+    assert rank0["sizes"] == [32.0, 32.0, 32.0, 5.0]
     correct = rank0["history"]["accuracy"][0] * 101
     assert abs(correct - round(correct)) < 101 * 32 * EPS32  # a whole number of samples
 
@@ -324,6 +320,15 @@ def test_strategy_ddp_outside_torchrun_fails_with_the_torchrun_command(monkeypat
         fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd", strategy="many")
     with pytest.raises(ValueError, match="Expected `ddp_timeout`"):
         fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd", ddp_timeout=0)
+
+
+@pytest.mark.parametrize(
+    "n, uneven", [(101, [(4, 3 * 2 / 5), (4, 2 * 2 / 5)]), (98, [None, None]), (96, [None, None])]
+)
+def test_an_unequally_shared_last_batch_is_rescaled_to_the_one_process_gradient(n, uneven):
+    # 101 = 3 x 32 + 5 (3 and 2); 98 = 3 x 32 + 2 (1 and 1: equal); 96 = 3 x 32 (no tail)
+    got = [ShardSampler(n, r, 2, 32, generator=None).uneven_last_step() for r in range(2)]
+    assert got == uneven
 
 
 @pytest.mark.parametrize("n, used", [(101, 101), (97, 96), (128, 128)])

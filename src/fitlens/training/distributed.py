@@ -161,6 +161,7 @@ class Distributed:
         self._samplers: list[Any] = []
         self.generators: list[torch.Generator] = []  # the sharded training data's shuffling
         self.synced: list[SyncedMetric] = []  # torchmetrics training metrics, merged at flushes
+        self.uneven: tuple[int, float] | None = None  # see ShardSampler.uneven_last_step
         self._rngs: list[Any] = []
 
     # -- data ---------------------------------------------------------------------------------
@@ -198,6 +199,9 @@ class Distributed:
             return
         full = len(source.iterable)
         source.steps = min(full, source.steps) if source.steps else full
+        dealt = getattr(source.iterable, "sampler", None)
+        if isinstance(dealt, ShardSampler) and source.steps == full:
+            self.uneven = dealt.uneven_last_step()
 
     def _sampler(
         self,

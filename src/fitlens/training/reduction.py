@@ -70,6 +70,27 @@ class SyncedMetric:
         self.value = math.nan
 
 
+def loss_to_backward(
+    spread: Callable[[torch.Tensor], torch.Tensor] | None,
+    uneven: tuple[int, float] | None,
+    step: Callable[[], int],
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The loss a rank back-propagates under DDP, when it is not the plain loss: `spread`
+    (``on_nonfinite="skip"``, see `spread_nonfinite`) and, at the 1-based step ``uneven[0]``
+    (the epoch's unequally shared last global batch), the loss times ``uneven[1]`` (see
+    `ShardSampler.uneven_last_step`). ``step()``: the steps done so far in the epoch. None when
+    neither applies (the step back-propagates its loss as it is)."""
+    if uneven is None:
+        return spread
+    last, factor = uneven
+
+    def scaled(loss: torch.Tensor) -> torch.Tensor:
+        loss = spread(loss) if spread is not None else loss
+        return loss * factor if step() + 1 == last else loss
+
+    return scaled
+
+
 def spread_nonfinite(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The loss to back-propagate under DDP with ``on_nonfinite="skip"``: ``loss + (0 * loss) *
     p``, ``p`` one element of the model's first trainable parameter. Its value and gradients
@@ -156,6 +177,7 @@ __all__ = [
     "SyncedMetric",
     "combine_rows",
     "gather_rows",
+    "loss_to_backward",
     "spread_nonfinite",
     "sum_over_ranks",
 ]

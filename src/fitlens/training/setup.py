@@ -40,7 +40,7 @@ from fitlens.training.distributed import (
     resolve_strategy,
 )
 from fitlens.training.epoch_truth import EpochTruth, measured
-from fitlens.training.reduction import SyncedMetric, spread_nonfinite
+from fitlens.training.reduction import SyncedMetric, loss_to_backward, spread_nonfinite
 from fitlens.training.schedules import LR, SchedulerInterval, resolve_schedule
 from fitlens.training.step import TrainStep, tensors_to_host
 from fitlens.training.update import (
@@ -319,8 +319,9 @@ class Training:
             if tuned
             else TrainStep(*step_args)
         )
-        if self.dist is not None and skips is not None:  # every rank skips the same steps
-            self.step.spread = spread_nonfinite(model)
+        if self.dist is not None:  # every rank skips the same steps; an uneven last batch
+            spread = spread_nonfinite(model) if skips is not None else None
+            self.step.spread = loss_to_backward(spread, self.dist.uneven, lambda: lens.step)
         self.tensorboard = board
         if board is not None:
             optimizer = self.optimizer

@@ -92,6 +92,19 @@ class ShardSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.rank : self.used : self.world].tolist())
 
+    def uneven_last_step(self) -> tuple[int, float] | None:
+        """``(step, factor)`` when the epoch's last global batch is shared unequally (its
+        ``t`` samples not a multiple of ``world``): its 1-based step and the factor
+        ``n * world / t`` for this rank's loss, ``n`` its share. DDP averages the ranks'
+        gradients as equals; scaled so, their average is the gradient of the ``t`` samples'
+        mean loss, as on one process. None when every global batch is shared equally."""
+        batch = self.per_rank * self.world
+        tail = self.used % batch
+        if tail % self.world == 0:
+            return None
+        share = len(range(self.rank, tail, self.world))
+        return math.ceil(self.used / batch), share * self.world / tail
+
 
 class ShardedArrays:
     """`ArrayData` served through a `ShardSampler`: this rank's batches of ``(x, y)`` (or
