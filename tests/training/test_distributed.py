@@ -152,6 +152,11 @@ def test_a_torchmetrics_epoch_value_under_ddp_is_the_one_process_value(pair):
     _assert_same_run(two, one, "torchmetrics", 8)
     history = _load(one, "torchmetrics")["history"]
     assert {"f1", "val_f1", "train_eval_f1"} <= set(history)
+    per_step = _load(two, "torchmetrics")["per_step"]
+    for i, (epoch, step, refreshed, collectives) in enumerate(per_step):
+        epoch_end = i + 1 == len(per_step) or per_step[i + 1][0] != epoch
+        if not epoch_end:  # torchmetrics syncs at refreshes only, never between
+            assert (collectives > 0) == (refreshed == step), per_step
 
 
 def test_the_readme_example_under_torchrun_has_the_history_of_one_process(pair):

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from fitlens.adapters.data import ArrayData, BatchSource
 from fitlens.adapters.rng import capture_rng, restore_rng
 from fitlens.safety.signals import InterruptGuard
-from fitlens.training.reduction import SyncedMetric, gather_rows, sum_over_ranks
+from fitlens.training.reduction import SyncedMetric, from_rank_0, gather_rows, sum_over_ranks
 from fitlens.training.sharding import (
     Draw,
     ShardedArrays,
@@ -170,11 +170,10 @@ class Distributed:
         """A generator of fitlens's own in rank 0's state of ``source`` (None: torch's global
         CPU generator) at this moment (one broadcast): every rank then draws the same orders,
         the ones rank 0's ``source`` would have drawn on one process, without touching it."""
-        state = (source.get_state() if source is not None else torch.get_rng_state()).clone()
-        dist.broadcast(state, src=0)  # once per sharded shuffled source, before the first step
-        self.collectives += 1
+        state = source.get_state() if source is not None else torch.get_rng_state()
+        self.collectives += 1  # once per sharded shuffled source, before the first step
         generator = torch.Generator()
-        generator.set_state(state)
+        generator.set_state(from_rank_0(state))
         self.generators.append(generator)
         return generator
 
@@ -235,7 +234,8 @@ class Distributed:
             if hasattr(loader.sampler, "set_epoch"):
                 self._samplers.append(loader.sampler)
             return loader
-        generator, draw, seeds = None, "randperm", loader.generator
+        generator, seeds = None, loader.generator
+        draw: Draw = "randperm"
         if isinstance(loader.sampler, RandomSampler):
             own = loader.sampler.generator  # None: the sampler draws from the global one
             generator = self.generator(own)
@@ -246,7 +246,7 @@ class Distributed:
             len(loader.dataset),  # type: ignore[arg-type]
             int(loader.batch_size or 1),  # set: a default sampler batches
             generator,
-            draw,  # type: ignore[arg-type]
+            draw,
             loader.drop_last,
         )
         return rebuild_loader(loader, sampler, sampler.per_rank, seeds)

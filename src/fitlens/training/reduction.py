@@ -30,6 +30,14 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def from_rank_0(local: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``local`` on every rank (one ``broadcast``; the same shape and dtype on every
+    rank), returned on the CPU."""
+    shared = local.detach().to(_comm_device()).clone()
+    dist.broadcast(shared, src=0)
+    return shared.cpu()
+
+
 def sum_over_ranks(local: torch.Tensor) -> torch.Tensor:
     """``local`` (float64) summed over every rank of the default group: one ``all_reduce``;
     returned on the CPU. Every rank must call it, in the same order, with the same length."""
@@ -133,7 +141,10 @@ def gather_rows(rows: Rows) -> Rows:
         axis=1,
     )
     device = _comm_device()
-    local = torch.from_numpy(np.ascontiguousarray(packed)).to(device)
+    # A copy torch owns: a tensor over numpy's memory would be freed by gloo's worker thread
+    # when the collective's work object goes, which needs the GIL, while destroy_process_group
+    # holds it joining that thread (a deadlock at the end of fit, seen under torchrun).
+    local = torch.tensor(packed, device=device)
     out = torch.empty((world * n, 2 * k + 4), dtype=local.dtype, device=device)
     _all_gather(out, local)
     gathered = out.cpu().numpy().reshape(world, n, 2 * k + 4)
@@ -176,6 +187,7 @@ def combine_rows(gathered: np.ndarray, k: int) -> Rows:
 __all__ = [
     "SyncedMetric",
     "combine_rows",
+    "from_rank_0",
     "gather_rows",
     "loss_to_backward",
     "spread_nonfinite",
