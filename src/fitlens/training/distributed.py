@@ -162,6 +162,7 @@ class Distributed:
         self.generators: list[torch.Generator] = []  # the sharded training data's shuffling
         self.synced: list[SyncedMetric] = []  # torchmetrics training metrics, merged at flushes
         self.uneven: tuple[int, float] | None = None  # see ShardSampler.uneven_last_step
+        self.failing = False  # set by `failed`: the other ranks may be gone
         self._rngs: list[Any] = []
 
     # -- data ---------------------------------------------------------------------------------
@@ -358,6 +359,7 @@ class Distributed:
     def failed(self, error: BaseException) -> None:
         """Say which rank failed, and why, on stderr (the other ranks are silent; torchrun stops
         them when this process exits) and in ``error``'s notes (Python 3.11+)."""
+        self.failing = True
         line = f"fitlens: rank {self.rank} of {self.world} failed: {type(error).__name__}: {error}"
         print(line, file=sys.stderr, flush=True)
         add_note = getattr(error, "add_note", None)
@@ -372,6 +374,12 @@ class Distributed:
             lens.history.params["collectives"] = self.collectives
         self._quiet.close()
         if self.owns_group and dist.is_initialized():
+            if not self.failing:
+                # gloo's worker threads free a finished collective's tensors late, and that
+                # needs the GIL when Python let go of them first; the group's destructor (run
+                # when DDP's reducer goes) joins those threads holding the GIL: a deadlock at
+                # the end of fit, seen under load. Waiting on a barrier lets them finish first.
+                dist.barrier()
             dist.destroy_process_group()
 
 
