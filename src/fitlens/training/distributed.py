@@ -255,7 +255,8 @@ class Distributed:
     def shard_eval(self, source: BatchSource) -> bool:
         """Split an evaluation pass's data across the ranks (`shard_for_eval`); True when split
         (its sums must then go through `sum_sums`)."""
-        return shard_for_eval(source, self.rank, self.world)
+        shuffling = self.generators[0] if len(self.generators) == 1 else None
+        return shard_for_eval(source, self.rank, self.world, shuffling)
 
     def sum_sums(self, local: torch.Tensor) -> torch.Tensor:
         """An evaluation pass's sums and counts over the ranks: one ``all_reduce``."""
@@ -379,7 +380,8 @@ class Distributed:
                 # needs the GIL when Python let go of them first; the group's destructor (run
                 # when DDP's reducer goes) joins those threads holding the GIL: a deadlock at
                 # the end of fit, seen under load. Waiting on a barrier lets them finish first.
-                dist.barrier()
+                cuda = self.device.type == "cuda"
+                dist.barrier(device_ids=[torch.cuda.current_device()] if cuda else None)
             dist.destroy_process_group()
 
 

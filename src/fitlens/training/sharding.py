@@ -140,7 +140,26 @@ def split_arrays(data: ArrayData, rank: int, world: int) -> ArrayData:
     return ArrayData(take(data.x, index), take(data.y, index), data.batch_size, False, w)
 
 
-def shard_for_eval(source: BatchSource, rank: int, world: int) -> bool:
+class EvalPart(Sampler[int]):
+    """The indices of a rank's part of an evaluation ``DataLoader``, in order. With ``draws``
+    (a generator), each pass first draws one seed from it, as the ``RandomSampler`` it replaces
+    draws from torch's global generator on one process (its order does not matter to sums)."""
+
+    def __init__(self, indices: range, draws: torch.Generator | None) -> None:
+        self.indices, self.draws = indices, draws
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.draws is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=self.draws)
+        return iter(self.indices)
+
+
+def shard_for_eval(
+    source: BatchSource, rank: int, world: int, shuffling: torch.Generator | None = None
+) -> bool:
     """Make ``source`` (an evaluation pass's data, in place) this rank's disjoint part.
 
     Arrays and a ``DataLoader`` with PyTorch's default sampler are split by samples (`part`); a
@@ -149,6 +168,11 @@ def shard_for_eval(source: BatchSource, rank: int, world: int) -> bool:
     limited by ``steps`` to fewer batches than the data has) cannot be split without knowing
     what each rank's copy holds: it is left as it is and False returned (each rank then
     evaluates all of it, the same values everywhere).
+
+    ``shuffling``: the training data's shuffling generator under DDP (see `ShardSampler`). On
+    one process a ``DataLoader`` without a generator draws from torch's global generator at
+    each pass (its workers' seed; a shuffled one its order's seed too), which moves the next
+    shuffle of the training data; the split loader draws as many values from ``shuffling``.
     """
     data = source.iterable
     if source.steps is not None and source.kind != "generator":
@@ -162,8 +186,11 @@ def shard_for_eval(source: BatchSource, rank: int, world: int) -> bool:
     elif isinstance(data, DataLoader):
         if not default_sampler(data):
             return False
-        indices = list(part(len(data.dataset), rank, world))  # type: ignore[arg-type]
-        source.iterable = rebuild_loader(data, indices)
+        indices = part(len(data.dataset), rank, world)  # type: ignore[arg-type]
+        sampled = data.sampler  # a RandomSampler without a generator draws from the global one
+        global_draw = isinstance(sampled, RandomSampler) and sampled.generator is None
+        sampler = EvalPart(indices, shuffling if global_draw else None)
+        source.iterable = rebuild_loader(data, sampler, generator=data.generator or shuffling)
     elif isinstance(data, list | tuple):
         source.iterable = list(data[rank::world])
     else:
@@ -210,6 +237,7 @@ def rebuild_loader(
 
 
 __all__ = [
+    "EvalPart",
     "ShardSampler",
     "ShardedArrays",
     "default_sampler",

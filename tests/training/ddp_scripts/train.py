@@ -98,6 +98,11 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=kwargs.pop("shuffle", False)
     )
+    validation: Any = (x[:41], y[:41])
+    if kwargs.pop("val_loader", False):  # one process draws its workers' seed at each pass
+        validation = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x[:41], y[:41]), batch_size=8
+        )
     recorder = Recorder(kwargs.pop("fail", None))
     history = fitlens.fit(
         model,
@@ -106,7 +111,7 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
         optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
         metrics=kwargs.pop("metrics", ["accuracy"]),
         epochs=epochs,
-        validation_data=(x[:41], y[:41]),
+        validation_data=validation,
         callbacks=[recorder],
         **kwargs,
     )
@@ -162,8 +167,9 @@ def infinite_on_label_99(outputs: torch.Tensor, targets: torch.Tensor) -> torch.
 def run_pair(out: Path, world: int) -> None:
     """The runs compared across world sizes: the same code, 32 samples per global step."""
     readme_example(out)
-    # A shuffled DataLoader, train_eval on all of it (each rank replays its own shard).
-    train(out, "even", 128, 32, 2, verbose=0, shuffle=True, train_eval=True)
+    # A shuffled DataLoader, train_eval on all of it (each rank replays its own shard), a
+    # validation DataLoader (split; it draws from the generator the training order comes from).
+    train(out, "even", 128, 32, 2, verbose=0, shuffle=True, train_eval=True, val_loader=True)
     train(out, "uneven", 101, 32, 1, verbose=1)  # 101 = 3 x 32 + 5: ranks get 3 and 2
     run_shuffled(out, "uninterrupted")
     x, y = data(128)
