@@ -105,7 +105,6 @@ def test_classes_are_read_from_indices_one_hot_and_binary_targets():
         (dict(class_weight=[1.0, 2.0]), TypeError, "`class_weight` to be a non-empty dict"),
         (dict(class_weight={"a": 1.0}), ValueError, r"class indices \(integers >= 0\)"),
         (dict(class_weight={0: -1.0}), ValueError, "finite numbers >= 0. Received 0: -1.0"),
-        (dict(class_weight={0: 2.0}, train_eval=True), ValueError, "train_eval"),
         (dict(sample_weight=np.ones(47)), ValueError, r"same number of samples"),
         (
             dict(sample_weight=np.ones(48), loss=lambda o, t: F.cross_entropy(o, t)),

@@ -375,3 +375,26 @@ def test_show_and_report_read_a_run_directory_without_importing_torch(
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
     assert "fitlens.report.reader" in imported  # the log is the one of the run just made
     assert not [m for m in imported if m.split(".")[0] in ("torch", "keras", "lightning")]
+
+
+def test_show_and_the_report_give_the_fp16_overflow_skipped_steps(finished_run, tmp_path, capsys):
+    from fitlens.report.html import render_page
+    from tests.training.test_update import Overflowing, _batches
+
+    run_dir = tmp_path / "fp16"
+    h = fitlens.fit(
+        Overflowing(), _batches(4), loss="cross_entropy", optimizer="sgd", epochs=2,
+        verbose=0, precision="16-mixed", run_dir=run_dir,
+    )  # fmt: skip
+    skipped = h.params["overflow_skipped_steps"]
+    assert skipped > 0  # the scaler starts at 65536: the first steps overflow
+    words = f"{skipped} optimizer step(s) skipped by the fp16 loss scaler for gradient overflow"
+    assert main(["show", str(run_dir), "--quiet"]) == 0
+    assert f"fp16: {words}" in capsys.readouterr().out
+    assert main(["show", str(run_dir), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["overflow_skipped_steps"] == skipped
+    assert words in render_page(read_run(run_dir), [])
+    # a run without fp16 says nothing about it
+    assert main(["show", str(finished_run[0]), "--quiet"]) == 0
+    assert "fp16" not in capsys.readouterr().out
+    assert "loss scaler" not in render_page(read_run(finished_run[0]), [])

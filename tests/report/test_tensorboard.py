@@ -6,6 +6,7 @@ import itertools
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -169,3 +170,33 @@ def test_with_fits_scheduler_the_rate_is_the_lr_tag_not_a_metric(tmp_path):
     ends = [4, 8, 12]
     assert [written["lr"][s] for s in ends] == [np.float32(r) for r in (0.1, 0.05, 0.025)]
     assert len(history.epoch) == 3
+
+
+class FailAt(fitlens.Callback):
+    """Raises a real error as 0-based epoch ``epoch`` begins; keeps what ``on_exception`` got."""
+
+    def __init__(self, epoch):
+        self.epoch, self.seen = epoch, []
+
+    def on_epoch_begin(self, epoch, logs):
+        if epoch == self.epoch:
+            raise RuntimeError("the data source broke")
+
+    def on_exception(self, error):
+        self.seen.append(error)
+
+
+def test_the_callback_closes_its_event_file_when_training_raises(tmp_path):
+    board, fail = fitlens.TensorBoard(tmp_path, flush_secs=3600), FailAt(1)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="the data source broke"):
+        train(epochs=3, callbacks=[board, fail])
+    # closed: the event writer's background thread has ended (left open, it runs on)
+    assert [t.name for t in threading.enumerate() if t not in before] == []
+    assert [str(e) for e in fail.seen] == ["the data source broke"]  # the hook got the error
+    history = board.run.history
+    assert history.epoch == [0]  # epoch 1 ended before the error
+    tags = {f"train/{m}_mean": m for m in ("loss", "accuracy")}
+    tags |= {f"val/{m}": f"val_{m}" for m in ("loss", "accuracy")}
+    assert_epoch_ends_equal_the_history(history, _scalars(tmp_path), tags)
+    board.close()  # closing again is harmless

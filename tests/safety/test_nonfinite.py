@@ -13,6 +13,7 @@ import torch
 import fitlens
 from fitlens import Checkpointing, NonFiniteError
 from fitlens.safety.checkpoint import CheckpointStore
+from fitlens.training.setup import Training
 
 BAD_STEP = 6  # 1-based step of epoch 1 whose inputs hold a NaN
 
@@ -249,3 +250,84 @@ def test_nan_batch_norm_statistics_are_never_checkpointed(tmp_path: Path) -> Non
             checkpointing=Checkpointing(every_steps=3, every_minutes=None),
         )  # fmt: skip
     assert CheckpointStore(tmp_path / "checkpoints").paths() == []
+
+
+def _training_of(error: pytest.ExceptionInfo[NonFiniteError]) -> Training:
+    """The `Training` of the fit call that raised (a local of `fit`'s frame, kept alive by
+    the traceback): the scaler and the schedule are fit's own, not the caller's."""
+    tb = error.tb
+    while tb is not None:
+        found = tb.tb_frame.f_locals.get("t")
+        if isinstance(found, Training):
+            return found
+        tb = tb.tb_next
+    raise AssertionError("fit's Training is not on the traceback")
+
+
+def test_stop_puts_the_lr_schedule_and_loss_scaler_back_with_the_model(tmp_path: Path) -> None:
+    # the NaN batch overflows the fp16 scaler (its scale halves) and steps the per-step
+    # schedule; the stop must bring both back to the checkpoint the model is restored to
+    said = "The model, optimizer, LR scheduler and loss scaler in memory were restored to it"
+    with pytest.raises(NonFiniteError, match=said) as info:
+        _fit(
+            _model(), _batches(), run_dir=tmp_path, precision="16-mixed",
+            scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+            scheduler_interval="step",
+            checkpointing=Checkpointing(every_steps=1, every_minutes=None),
+        )  # fmt: skip
+    saved = fitlens.safety.checkpoint.load_checkpoint(info.value.checkpoint)
+    t = _training_of(info)
+    assert t.schedule is not None and t.update.scaler is not None
+    schedule = saved["parts"]["schedule"]["scheduler"]
+    assert t.schedule.scheduler.last_epoch == schedule["last_epoch"] == BAD_STEP - 1
+    assert t.schedule.scheduler.get_last_lr() == schedule["_last_lr"]
+    assert t.optimizer.param_groups[0]["lr"] == schedule["_last_lr"][0]
+    scaler = saved["parts"]["update"]["scaler"]
+    assert t.update.scaler.get_scale() == scaler["scale"] == 65536.0  # never lowered before
+    assert t.update.scaler.state_dict() == scaler
+
+
+class StepsItsScheduler(fitlens.Callback):
+    """Steps the scheduler the user gave `Checkpointing` after every batch."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def on_batch_end(self, step: int, logs: Any) -> None:
+        self.scheduler.step()
+
+
+def test_stop_puts_back_the_scheduler_the_user_gave_checkpointing(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+    with pytest.raises(NonFiniteError, match="model, optimizer and LR scheduler in") as info:
+        fitlens.fit(
+            model, _batches(), loss="cross_entropy", optimizer=optimizer, steps_per_epoch=10,
+            epochs=2, verbose=0, clock=lambda: 0.0, run_dir=tmp_path,
+            callbacks=[StepsItsScheduler(scheduler)],
+            checkpointing=Checkpointing(every_steps=1, every_minutes=None, scheduler=scheduler),
+        )  # fmt: skip
+    saved = fitlens.safety.checkpoint.load_checkpoint(info.value.checkpoint)["scheduler"]
+    # the caller's own objects: what they continue with agrees with the restored model
+    assert scheduler.last_epoch == saved["last_epoch"] == BAD_STEP - 1
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] == 0.1 * 0.5**5
+
+
+def test_resume_after_a_stop_equals_a_run_that_never_had_the_bad_batch(tmp_path: Path) -> None:
+    # fp16 scaler and a per-step schedule included: the checkpoint before the bad batch holds
+    # them as they were, so skipping that batch on resume gives the clean run, bit for bit
+    kw: dict[str, Any] = dict(
+        precision="16-mixed", scheduler_interval="step",
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9),
+        checkpointing=Checkpointing(every_steps=1, every_minutes=None),
+    )  # fmt: skip
+    with pytest.raises(NonFiniteError):
+        _fit(_model(), lambda: _batches(), run_dir=tmp_path / "run", **kw)
+    resumed = _model()
+    h = _fit(resumed, lambda: _batches(with_bad=False), run_dir=tmp_path / "run", resume=True, **kw)
+    clean = _model()
+    ref = _fit(clean, lambda: _batches(with_bad=False), run_dir=tmp_path / "clean", **kw)
+    assert h.history == ref.history
+    for (name, a), b in zip(resumed.state_dict().items(), clean.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

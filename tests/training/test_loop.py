@@ -311,6 +311,44 @@ def test_callbacks_see_hooks_in_order_with_mean_and_now_and_can_stop_training(bl
     assert len(h.epoch) == 2
 
 
+def test_training_that_raises_calls_on_exception_not_on_train_end_on_every_callback(blobs, mlp):
+    x, y = blobs
+    events = []
+
+    class Breaks(Callback):
+        def on_batch_end(self, step, logs):
+            if self.run.epoch == 1 and step == 1:
+                raise ValueError("a callback's bug")
+
+    class Releases(Callback):
+        def __init__(self, name, fails=False):
+            self.name, self.fails = name, fails
+
+        def on_train_end(self, logs):
+            events.append(f"{self.name} train_end")
+
+        def on_exception(self, error):
+            events.append(f"{self.name} exception {type(error).__name__}: {error}")
+            if self.fails:
+                raise OSError("cannot release")
+
+    kw = dict(loss="cross_entropy", optimizer="sgd", batch_size=100, verbose=0)
+    with pytest.raises(OSError, match="cannot release") as info:
+        fitlens.fit(
+            mlp, (x, y), epochs=3,
+            callbacks=[Breaks(), Releases("a", fails=True), Releases("b")], **kw,
+        )  # fmt: skip
+    # every callback released, even after one failed to; that failure names the first error
+    assert events == [
+        "a exception ValueError: a callback's bug",
+        "b exception ValueError: a callback's bug",
+    ]
+    assert isinstance(info.value.__cause__, ValueError)
+    events.clear()
+    fitlens.fit(mlp, (x, y), epochs=1, callbacks=[Releases("c")], **kw)
+    assert events == ["c train_end"]
+
+
 def test_early_stopping_stops_when_the_monitored_value_stalls(blobs, mlp):
     x, y = blobs
     stop = fitlens.EarlyStopping(monitor="val_loss", patience=1)

@@ -163,11 +163,6 @@ class BatchSource:
                 raise ValueError(
                     f"Expected `batch_size` to be a positive integer. Received: {batch_size!r}."
                 )
-            if len(data) == 3 and name != "train":
-                raise ValueError(
-                    f"Sample weights are read from the training data only. Received `{name}` as "
-                    "(x, y, w): pass (x, y)."
-                )
             if len(data) == 3 and not _is_array(data[2]):
                 raise ValueError(
                     f"Expected the sample weights of `{name}` to be one array of shape (N,). "
@@ -303,18 +298,13 @@ def unpack(batch: Any, name: str) -> Batch:
         return batch[0], batch[1]
     if isinstance(batch, Mapping) and {"x", "y"} <= set(batch):
         return batch["x"], batch["y"]
-    if isinstance(batch, tuple | list) and len(batch) == 3:
-        raise ValueError(
-            f"Expected each batch of `{name}` to be an (x, y) pair. Received an (x, y, w) "
-            "triple: sample weights weigh the training steps only; validation_data, evaluate "
-            "and train_eval do not take them yet. Yield (x, y) there, or turn train_eval off."
-        )
     got = (
         f"a {len(batch)}-item {type(batch).__name__}"
         if isinstance(batch, tuple | list)
         else type(batch).__name__
     )
     raise ValueError(
-        f"Expected each batch of `{name}` to be an (x, y) pair. Received {got}. "
-        "Yield `(inputs, targets)` from your generator or dataset."
+        f"Expected each batch of `{name}` to be an (x, y) pair or an (x, y, w) triple "
+        f"(w: one weight per sample). Received {got}. Yield `(inputs, targets)` from your "
+        "generator or dataset."
     )

@@ -18,13 +18,16 @@ bound) or a ``MetricRange``::
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from fitlens.adapters.data import batch_size_of
 from fitlens.core.metric_range import RATE, UNBOUNDED, MetricRange, declared_range
 
 MetricFn = Callable[[Any, Any], torch.Tensor]
@@ -143,6 +146,9 @@ class TrackedMetric:
         self.fn = fn
         self.stateful = _is_torchmetric(fn)
         self.range = metric_range(fn, name)
+        #: a torchmetrics metric whose ``update`` takes per-sample ``sample_weight``
+        self.takes_weights = self.stateful and _takes_sample_weight(fn)
+        self.warned = [False]  # one warning per metric, shared with its fresh copies
 
     def to(self, device: torch.device) -> TrackedMetric:
         if self.stateful:
@@ -150,37 +156,82 @@ class TrackedMetric:
         return self
 
     def batch(self, outputs: Any, targets: Any) -> torch.Tensor:
-        """The batch's value as a detached 0-d tensor on the outputs' device."""
-        if self.stateful and isinstance(outputs, torch.Tensor) and outputs.ndim == targets.ndim + 1:
-            outputs = outputs.squeeze(-1) if outputs.shape[-1] == 1 else outputs
+        """The batch's value as a detached 0-d tensor on the outputs' device (the mean of a
+        callable's per-sample values)."""
+        if self.stateful:
+            outputs = _squeezed(outputs, targets)
         value = self.fn(outputs, targets)
         if not isinstance(value, torch.Tensor):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
         # Per step: each tensor op here costs microseconds, so only do the ones needed.
         if value.ndim:
-            if value.numel() != 1:
-                raise ValueError(
-                    f"Metric {self.name!r} returned a tensor of shape {tuple(value.shape)}; "
-                    "expected one value per batch (a scalar). Reduce it with .mean()."
-                )
-            value = value.reshape(())
+            value = self._shaped(value, targets)
+            if value.ndim:
+                value = value.mean(dtype=_float(value))
         return value.detach() if value.requires_grad else value
+
+    def _shaped(self, value: torch.Tensor, targets: Any) -> torch.Tensor:
+        """A callable's value: 0-d (a batch value) or ``(N,)`` (one value per sample)."""
+        if value.numel() == 1:
+            return value.reshape(())
+        n = batch_size_of(targets)
+        if value.shape[0] == n and value.numel() == n:
+            return value.reshape(n)
+        raise ValueError(
+            f"Metric {self.name!r} returned a tensor of shape {tuple(value.shape)}; expected "
+            f"one value per batch (a scalar) or one per sample (shape ({n},))."
+        )
+
+    def values(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """A non-stateful metric's values on a batch, detached: ``(N,)`` per sample when it
+        gives them (``"accuracy"``, a callable returning one value per sample), else the 0-d
+        batch value."""
+        per_sample = getattr(self.fn, "per_sample", None)
+        if per_sample is not None:
+            return per_sample(outputs, targets).detach()
+        value = self.fn(outputs, targets)
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        return self._shaped(value, targets).detach()
 
     def weighted(
         self, outputs: Any, targets: Any, weights: torch.Tensor, size: int
     ) -> tuple[torch.Tensor, torch.Tensor | int]:
         """``(value, weight)`` of the batch under per-sample ``weights`` (see
-        `fitlens.adapters.weights`): the weighted mean with weight ``sum(w)`` for a metric with
-        per-sample values; the plain batch value with weight ``size`` for the others."""
-        per_sample = getattr(self.fn, "per_sample", None)
-        if per_sample is None or self.stateful:
-            return self.batch(outputs, targets), size
-        values = per_sample(outputs, targets)
-        w = weights.to(values.dtype)
+        `fitlens.adapters.weights`), as Keras weighs a metric:
+
+        * per-sample values ``m`` (``"accuracy"``, a callable returning shape ``(N,)``): the
+          weighted mean ``sum(w * m) / sum(w)``, with weight ``sum(w)``;
+        * a callable's batch value (a mean already): that value for each of its samples, so
+          weight ``sum(w)`` (Keras broadcasts a scalar metric over the sample weights);
+        * a torchmetrics metric whose ``update`` takes ``sample_weight``: called with them,
+          weight ``sum(w)``; any other is left unweighted (weight ``size``), with one warning.
+        """
+        if self.stateful:
+            if not self.takes_weights:
+                self._warn_unweighted()
+                return self.batch(outputs, targets), size
+            value = self.fn(_squeezed(outputs, targets), targets, sample_weight=weights)
+            return torch.as_tensor(value).detach().reshape(()), weights.sum()
+        values = self.values(outputs, targets)
+        w = weights.to(_float(values))
         total = w.sum()
+        if values.ndim == 0:
+            return values, total
         # an all-zero-weight batch: value 0 with weight 0 (it then counts for nothing)
-        value = (values * w).sum() / total.clamp_min(torch.finfo(values.dtype).tiny)
-        return value.detach(), total
+        value = (values * w).sum() / total.clamp_min(torch.finfo(w.dtype).tiny)
+        return value, total
+
+    def _warn_unweighted(self) -> None:
+        if not self.warned[0]:
+            self.warned[0] = True
+            warnings.warn(
+                f"Metric {self.name!r} ({type(self.fn).__name__}) takes no sample weights (its "
+                "update() has no `sample_weight`): it is computed unweighted, while the loss and "
+                "the other metrics are weighted.",
+                UserWarning,
+                stacklevel=5,
+            )
 
     def reset(self) -> None:
         if self.stateful:
@@ -193,8 +244,27 @@ class TrackedMetric:
     def fresh(self) -> TrackedMetric:
         """An independent copy for another pass (validation), sharing no state."""
         clone = TrackedMetric(self.name, copy.deepcopy(self.fn) if self.stateful else self.fn)
+        clone.warned = self.warned
         clone.reset()
         return clone
+
+
+def _squeezed(outputs: Any, targets: Any) -> Any:
+    """Binary outputs ``(N, 1)`` as ``(N,)`` for targets ``(N,)``, as torchmetrics wants them."""
+    if isinstance(outputs, torch.Tensor) and outputs.ndim == targets.ndim + 1:
+        return outputs.squeeze(-1) if outputs.shape[-1] == 1 else outputs
+    return outputs
+
+
+def _float(value: torch.Tensor) -> torch.dtype:
+    return value.dtype if value.is_floating_point() else torch.get_default_dtype()
+
+
+def _takes_sample_weight(metric: Any) -> bool:
+    try:
+        return "sample_weight" in inspect.signature(metric.update).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _name_of(spec: Any) -> str:

@@ -33,11 +33,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitlens.adapters.data import ArrayData, BatchSource, batch_size_of, take, to_device, unpack
+from fitlens.adapters.data import (
+    ArrayData,
+    BatchSource,
+    batch_size_of,
+    take,
+    to_device,
+    unpack_weighted,
+)
 from fitlens.adapters.evaluation import PassValue, measure_batches
 from fitlens.adapters.losses import LossFn
 from fitlens.adapters.metrics import TrackedMetric
 from fitlens.adapters.rng import capture_rng, restore_rng
+from fitlens.adapters.weights import BatchWeights
 
 
 @contextmanager
@@ -156,7 +164,7 @@ class TrainSubset:
             yield from batches
             return
         for position, batch in enumerate(batches, start=start):
-            n = batch_size_of(unpack(batch, "train")[1])
+            n = batch_size_of(unpack_weighted(batch, "train")[1])
             if position == 0 and self._keep is None and not self.replay:
                 steps = self.source.steps or 1
                 k = math.ceil(self._count(n * steps) / n) if isinstance(self.size, int) else steps
@@ -193,10 +201,11 @@ class TrainSubset:
             data = self._arrays
             if self._subset is None:
                 if self._indices is None:
-                    self._subset = ArrayData(data.x, data.y, data.batch_size, shuffle=False)
+                    self._subset = ArrayData(data.x, data.y, data.batch_size, False, data.w)
                 else:
                     x, y = take(data.x, self._indices), take(data.y, self._indices)
-                    self._subset = ArrayData(x, y, data.batch_size, shuffle=False)
+                    w = take(data.w, self._indices) if data.w is not None else None
+                    self._subset = ArrayData(x, y, data.batch_size, False, w)
                 if self.split is not None:
                     self._subset = self.split(self._subset)
             return self._subset
@@ -218,9 +227,13 @@ def train_passes(
     loss_fn: LossFn,
     metrics: Sequence[TrackedMetric],
     device: torch.device,
+    weigh: BatchWeights | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, PassValue], dict[str, PassValue]]:
     """``(train mode, eval mode)`` values of the current model on the subset; no side effects.
+
+    Weighted as training is: the batches' own sample weights and ``weigh`` (the class weights),
+    so the values compare with the training means on the same weighting.
 
     The train-mode pass keeps the modules' flags as training left them (a batch-norm layer the
     user froze in eval mode stays frozen); the eval-mode pass calls ``model.eval()``.
@@ -228,18 +241,18 @@ def train_passes(
     """
     flags = [(m, m.training) for m in model.modules()]
 
-    def measure() -> dict[str, PassValue]:
+    def one_pass() -> dict[str, PassValue]:
         fresh = [m.fresh() for m in metrics]
         return measure_batches(
-            model, subset.batches(), "loss", loss_fn, fresh, device, reduce=reduce
+            model, subset.batches(), "loss", loss_fn, fresh, device, weigh=weigh, reduce=reduce
         )
 
     with preserved_state(model):
         # Train mode updates batch-norm running statistics as it goes (restored on exit), so
         # the eval-mode pass, which reads them, comes first.
         model.eval()
-        eval_mode = measure()
+        eval_mode = one_pass()
         for module, training in flags:
             module.training = training
-        train_mode = measure()
+        train_mode = one_pass()
     return train_mode, eval_mode

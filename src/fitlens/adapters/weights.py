@@ -9,10 +9,17 @@ What the weights do, as in Keras:
 
 * the **loss** of a batch is ``sum(w * loss) / N`` (Keras's ``"sum_over_batch_size"``), and the
   epoch's loss is the mean of those weighted by ``N``;
-* a **metric** with per-sample values (`Accuracy`) is the weighted mean ``sum(w * m) / sum(w)``
-  per batch, counted with weight ``sum(w)`` in the epoch mean and the now estimate, so the
-  epoch value is ``sum over the epoch of w * m / sum of w``, exactly. Metrics that only give a
-  batch mean (user callables, torchmetrics) are not weighted.
+* a **metric** with per-sample values (`Accuracy`, a callable returning shape ``(N,)``) is the
+  weighted mean ``sum(w * m) / sum(w)`` per batch, counted with weight ``sum(w)`` in the epoch
+  mean and the now estimate, so the epoch value is ``sum over the epoch of w * m / sum of w``,
+  exactly. A callable's batch mean counts for each of its samples, with weight ``sum(w)`` (Keras
+  broadcasts a scalar metric over the weights). A torchmetrics metric is weighted only when its
+  ``update`` takes ``sample_weight``; others stay unweighted, with one warning
+  (`fitlens.adapters.metrics.TrackedMetric.weighted`).
+
+Evaluation passes (``validation_data=(x, y, w)``, `fitlens.evaluate`, ``train_eval``) weigh the
+same way (`fitlens.adapters.evaluation.measure_batches`); ``class_weight`` weighs training and
+``train_eval`` (the training data), not validation, as in Keras.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ callback.
 A thin shell: at ``on_train_begin`` it attaches a `fitlens.view.tensorboard.TensorBoardWriter`
 to the run's `Lens` (the one mechanism that ``fit(..., tensorboard=dir)`` and the Keras and
 Lightning callbacks' ``tensorboard=`` use too); the tags, their steps and values are described
-there. It overrides no batch hook, so `fit` never builds batch logs for it: no host sync.
+there. It overrides no batch hook, so `fit` never builds batch logs for it: no host sync. It
+closes its event file at ``on_train_end`` and, when training raises, at ``on_exception``.
 
 Needs the ``tensorboard`` package (``pip install 'fitlens[tensorboard]'``).
 """
@@ -46,8 +47,12 @@ class TensorBoard(Callback):
     def on_train_end(self, logs: Mapping[str, float]) -> None:
         self.close()
 
+    def on_exception(self, error: BaseException) -> None:
+        self.close()  # what was written up to the error is on disk, the file closed
+
     def close(self) -> None:
-        """Flush and close the event file (also done at the end of training)."""
+        """Flush and close the event file (also done when training ends, normally or with an
+        exception)."""
         self.writer.detach()
 
 

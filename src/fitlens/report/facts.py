@@ -239,6 +239,8 @@ class RunFacts:
             from (None: not resumed, or unknown). error: the error that ended it, if any.
         settings: the run's parameters and, from a run directory, its configuration and
             versions. warnings: things to look at, in words.
+        overflow_skipped_steps: under ``precision="16-mixed"``, the optimizer steps the fp16
+            loss scaler skipped for gradient overflow (None: not a 16-mixed run, or unknown).
     """
 
     source: str
@@ -251,6 +253,15 @@ class RunFacts:
     latest_checkpoint: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    overflow_skipped_steps: int | None = None
+
+
+def overflow_words(count: int) -> str:
+    """The overflow-skipped step count in words, for the report page and `fitlens show`."""
+    return (
+        f"{count} optimizer step(s) skipped by the fp16 loss scaler for gradient overflow "
+        "(precision 16-mixed: the scaler lowers its scale and retries; not non-finite losses)"
+    )
 
 
 def run_facts(
@@ -289,6 +300,10 @@ def run_facts(
             "versions": summary.get("versions") or {},
         }
     facts.warnings = run_warnings(history, summary)
+    skipped = (summary or {}).get("overflow_skipped_steps")
+    if skipped is None:  # a run still going: the count fit put in params at the last epoch end
+        skipped = history.params.get("overflow_skipped_steps")
+    facts.overflow_skipped_steps = int(skipped) if skipped is not None else None
     return facts
 
 
@@ -365,6 +380,7 @@ __all__ = [
     "in_progress",
     "json_ready",
     "metric_names",
+    "overflow_words",
     "run_facts",
     "run_warnings",
     "time_table",

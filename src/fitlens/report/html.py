@@ -26,6 +26,7 @@ from fitlens.report.facts import (
     headline,
     in_progress,
     json_ready,
+    overflow_words,
     time_table,
 )
 from fitlens.report.page import charts_html, esc, json_block, page
@@ -71,6 +72,8 @@ def _status(run: Run) -> str:
         parts.append(f"latest checkpoint <code>{esc(f.latest_checkpoint)}</code>")
     if f.error:
         parts.append(f"error: <code>{esc(f.error)}</code>")
+    if f.overflow_skipped_steps is not None:
+        parts.append(esc(overflow_words(f.overflow_skipped_steps)))
     when = [
         f"started {esc(f.started)}" if f.started else "",
         f"finished {esc(f.finished)}" if f.finished else "",

@@ -18,6 +18,7 @@ from fitlens.report.facts import (
     headline,
     in_progress,
     json_ready,
+    overflow_words,
     time_table,
 )
 from fitlens.report.reader import Run
@@ -83,6 +84,7 @@ def show_data(run: Run) -> dict[str, Any]:
             "resumed_from": f.resumed_from,
             "error": f.error,
             "latest_checkpoint": f.latest_checkpoint,
+            "overflow_skipped_steps": f.overflow_skipped_steps,
             "batches": len(h.batches),
             "headline": headline(h),
             "epochs": epochs,
@@ -128,6 +130,8 @@ def render_text(data: dict[str, Any]) -> str:
         out.append(f"resumed from: {data['resumed_from']}")
     if data["error"]:
         out.append(f"error: {data['error']}")
+    if data.get("overflow_skipped_steps") is not None:
+        out.append(f"fp16: {overflow_words(data['overflow_skipped_steps'])}")
     head = data["headline"]
     names = ["loss", head] if head != "loss" else ["loss"]
     columns = ["epoch"]

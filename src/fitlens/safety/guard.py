@@ -17,8 +17,10 @@ Non-finite values (``on_nonfinite``):
   interval (0.1 s by default) after the first non-finite step, with `NonFiniteError` naming the
   epoch, the step and the metric. The parameters are also checked before every checkpoint, so
   NaN weights never become the latest checkpoint: the last good one stays the latest.
-  On stopping, the model and optimizer in memory are put back to the latest good checkpoint
-  (the error says so, or that there was none to restore).
+  On stopping, the model, the optimizer, the LR schedulers (fit's and `Checkpointing`'s) and
+  the fp16 loss scaler (with an unfinished accumulation group's gradients) in memory are put
+  back to the latest good checkpoint, so they agree with one another (the error says so, or
+  that there was none to restore). The history keeps the failing rows.
 * ``"skip"``: the decision must precede ``optimizer.step()``, so after the backward pass the
   loss and every gradient are checked in one fused check read on the host (one sync per step:
   free on CPU, a pipeline stall on a GPU). The step is skipped entirely (no update, no
@@ -36,7 +38,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -75,6 +77,9 @@ Resume = bool | Literal["allow_fresh"]
 # Batch columns that may be non-finite in a sound run: the pre-clip gradient norm is NaN inside
 # an accumulation group and inf on an fp16 overflow step (which the GradScaler skips).
 _NOT_CHECKED = ("grad_norm",)
+#: the parts (fit's `parts`) a non-finite stop puts back with the model: fit's LR schedule and
+#: the update (fp16 scaler, accumulation group); not the train_eval subset or DDP's random states
+_TRAINING_PARTS = ("schedule", "update")
 _REQUIRED = ("position", "model", "optimizer", "params", "history", "rng", "epoch_start")
 
 
@@ -249,14 +254,8 @@ class RunGuard:
             )
         if steps is None and saved_steps is not None:
             self.source.steps = self.history.params["steps"] = saved_steps
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_training(state, self.parts)
         self._apply_overrides(path)
-        if self.config.scheduler is not None and state["scheduler"] is not None:
-            self.config.scheduler.load_state_dict(state["scheduler"])
-        for name, part_state in state.get("parts", {}).items():
-            if name in self.parts:
-                self.parts[name].load_state_dict(part_state)
         for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
             cb.load_state_dict(cb_state)
         self.history.load_state_dict(state["history"])
@@ -266,6 +265,30 @@ class RunGuard:
         self.global_step = int(pos["global_step"])
         self.pending_resume = state
         return int(pos["epoch"])
+
+    def _load_training(self, state: dict[str, Any], parts: Iterable[str]) -> None:
+        """Put the model, the optimizer, `Checkpointing`'s scheduler and the ``parts`` named
+        (fit's LR schedule, the update's fp16 scaler and unfinished accumulation group) back to
+        a checkpoint's ``state``, so that they agree with each other."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.config.scheduler is not None and state["scheduler"] is not None:
+            self.config.scheduler.load_state_dict(state["scheduler"])
+        saved = state.get("parts", {})
+        for name in parts:
+            if name in self.parts and name in saved:
+                self.parts[name].load_state_dict(saved[name])
+
+    def _restored_words(self) -> str:
+        """What a non-finite stop puts back, in words: ``model and optimizer``, with the LR
+        scheduler and the fp16 loss scaler when the run has them."""
+        update = self.parts.get("update")
+        names = ["model", "optimizer"]
+        if self.config.scheduler is not None or "schedule" in self.parts:
+            names.append("LR scheduler")
+        if getattr(update, "scaler", None) is not None:
+            names.append("loss scaler")
+        return ", ".join(names[:-1]) + " and " + names[-1]
 
     def _compare_identity(self, path: Path, saved: dict[str, Any], position: Any) -> None:
         """One error listing every difference that makes the resume wrong; a warning for those
@@ -528,9 +551,8 @@ class RunGuard:
             )
         try:
             state = load_checkpoint(self.last_checkpoint)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            restored = "The model and optimizer in memory were restored to it."
+            self._load_training(state, _TRAINING_PARTS)
+            restored = f"The {self._restored_words()} in memory were restored to it."
         except (CheckpointError, OSError, RuntimeError) as e:
             restored = f"The model in memory was NOT restored (reading it failed: {e})."
         return (

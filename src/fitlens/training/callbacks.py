@@ -74,7 +74,11 @@ class LazyLogs(Mapping[str, float]):
 class Callback:
     """Base class for fit callbacks; override the hooks you need.
 
-    ``self.run`` is set to a `RunState` before ``on_train_begin``.
+    ``self.run`` is set to a `RunState` before ``on_train_begin``. ``on_train_end`` runs only
+    when training ends normally (completed or stopped by a callback or early stopping); when it
+    ends with an exception (an error, Ctrl-C, `NonFiniteError`), ``on_exception(error)`` runs
+    instead (Lightning's name), after `fit` has closed its own display and files and before
+    the exception propagates: release what the callback holds there.
     """
 
     run: RunState
@@ -88,6 +92,7 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float]) -> None: ...
     def on_batch_begin(self, step: int, logs: Mapping[str, float]) -> None: ...
     def on_batch_end(self, step: int, logs: Mapping[str, float]) -> None: ...
+    def on_exception(self, error: BaseException) -> None: ...
 
 
 def _overrides(cb: Callback, hook: str) -> bool:
@@ -128,6 +133,18 @@ class CallbackList:
     def train_end(self, logs: Mapping[str, float]) -> None:
         for cb in self.callbacks:
             cb.on_train_end(logs)
+
+    def exception(self, error: BaseException) -> None:
+        """Training ended with ``error``: every callback's ``on_exception``, in order, even when
+        one of them raises (the first such error is raised afterwards, chained to ``error``)."""
+        failed: Exception | None = None
+        for cb in self.callbacks:
+            try:
+                cb.on_exception(error)
+            except Exception as e:  # the others still release what they hold
+                failed = failed or e
+        if failed is not None:
+            raise failed from error
 
     def epoch_begin(self, epoch: int, logs: Mapping[str, float]) -> None:
         for cb in self.callbacks:

@@ -27,16 +27,21 @@ from fitlens.adapters.evaluation import PassValue
 from fitlens.adapters.losses import LossFn
 from fitlens.adapters.metrics import TrackedMetric
 from fitlens.adapters.train_eval import TrainSubset, parse_train_eval, train_passes
+from fitlens.adapters.weights import BatchWeights
 from fitlens.core.gap import Measured, normal_interval, wilson_interval
 from fitlens.training.sharding import split_arrays
 
 
 def measured(value: PassValue, population: int | None = None) -> Measured:
-    """A pass value with its 95% interval: Wilson for proportions, normal otherwise."""
+    """A pass value with its 95% interval: Wilson for proportions, normal otherwise; a weighted
+    mean's interval is that of Kish's effective sample size ``n / design``."""
+    # weighted means: the interval of n / design samples out of population / design (Kish)
+    n = value.n / value.design
+    pop = population / value.design if population is not None else None
     if value.kind == "proportion":
-        low, high = wilson_interval(value.mean, value.n, population=population)
+        low, high = wilson_interval(value.mean, n, population=pop)
     else:
-        low, high = normal_interval(value.mean, value.sd, value.n, population=population)
+        low, high = normal_interval(value.mean, value.sd, n, population=pop)
     return Measured(value.mean, low, high, value.n)
 
 
@@ -48,6 +53,8 @@ class EpochTruth:
             (0, 1] or a sample count.
         source: the training `BatchSource`.
         loss_fn, metrics, device: as the loop uses them.
+        weigh: the class weights (`fitlens.adapters.weights.BatchWeights`) or None: the passes
+            weigh the training data as training does (with the batches' own sample weights).
 
     Raises:
         ValueError / TypeError: for a bad ``train_eval`` (before training starts).
@@ -60,8 +67,10 @@ class EpochTruth:
         loss_fn: LossFn,
         metrics: Sequence[TrackedMetric],
         device: torch.device,
+        weigh: BatchWeights | None = None,
     ) -> None:
         size = parse_train_eval(train_eval)
+        self.weigh = weigh
         self.subset = TrainSubset(source, size) if size is not None else None
         self.source = source
         self.loss_fn = loss_fn
@@ -126,7 +135,7 @@ class EpochTruth:
             return {}, {}, {}
         states = [g.get_state() for g in self.generators]
         train_mode, eval_mode = train_passes(
-            model, self.subset, self.loss_fn, self.metrics, self.device, self.reduce
+            model, self.subset, self.loss_fn, self.metrics, self.device, self.weigh, self.reduce
         )
         for generator, state in zip(self.generators, states, strict=True):
             generator.set_state(state)

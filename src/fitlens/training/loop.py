@@ -97,7 +97,8 @@ def fit(
         optimizer: a ``torch.optim.Optimizer`` or a name (``"adam"``, ``"sgd"``, ...) with
             Keras's default learning rate.
         metrics: a list (``["accuracy", my_fn]``) or a dict ``{name: metric}``: ``"accuracy"``,
-            callables ``(outputs, targets) -> tensor`` (batch mean), torchmetrics metrics.
+            callables ``(outputs, targets) -> tensor`` (a batch mean, or one value per sample
+            ``(N,)``: their mean), torchmetrics metrics.
             ``"grad_norm"`` in a list adds the pre-clip global gradient 2-norm at each optimizer
             step as a column (display, ``history.batches``; NaN with weight 0 on the batches
             inside an accumulation group).
@@ -108,11 +109,13 @@ def fit(
         shuffle: shuffle array data every epoch (default True, as Keras); ignored by the
             other forms, which order their own batches.
         class_weight: ``{class index: weight}``: each sample's loss (and weighted metrics)
-            counts with its class's weight, as in Keras; missing classes weigh 1.
+            counts with its class's weight, as in Keras; missing classes weigh 1. Training and
+            ``train_eval`` only, not validation (Keras).
         sample_weight: one weight per sample ``(N,)`` for array ``train``; other forms yield
             ``(x, y, w)`` batches instead. The loss is ``sum(w * loss) / N`` per batch and
             accuracy the weighted mean, as in Keras (see `fitlens.adapters.weights`).
-        validation_data: same forms as ``train``; evaluated at every epoch end.
+        validation_data: same forms as ``train``; evaluated at every epoch end. ``(x, y, w)``
+            arrays or batches weigh it as training is weighted.
         validation_steps: batches per validation pass; required for a generator.
         callbacks: `Callback` instances.
         verbose: 0, 1 or 2, or a configured `Progress`.
@@ -209,8 +212,9 @@ def fit(
     lens, safety, hooks, run = t.lens, t.safety, t.callbacks, t.run
     first = safety.begin(first)  # the checkpoint's epoch when resuming
     first = t.first_epoch = t.share_resume(first)  # under DDP: every rank restores rank 0's one
-    hooks.train_begin({})
+    failed: BaseException | None = None
     try:
+        hooks.train_begin({})
         for epoch in range(first, end):
             for x, y, w in t.begin_epoch(epoch):
                 lens.begin_step()  # the wait for data ends
@@ -226,12 +230,15 @@ def fit(
             if t.stop:
                 break
     except BaseException as e:
+        failed = e
         if t.dist is not None:
             t.dist.failed(e)  # names this rank in the error
         safety.close(e)  # the summary records why the run ended
         raise
     finally:
         t.close()
+        if failed is not None:  # no on_train_end: callbacks release what they hold here
+            hooks.exception(failed)
     safety.close(None)
     hooks.train_end(t.logs)
     return t.history

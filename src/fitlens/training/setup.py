@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fitlens.adapters.data import BatchSource, to_device, unpack_weighted
+from fitlens.adapters.data import ArrayData, BatchSource, to_device, unpack_weighted
 from fitlens.adapters.dtypes import Float64Cast, input_dtype
 from fitlens.adapters.evaluation import measure_batches, model_device
 from fitlens.adapters.losses import LossFn, loss_range, resolve_loss, weighable
@@ -177,16 +177,12 @@ class Training:
         weights = check_class_weight(class_weight)
         if weights is not None or sample_weight is not None:
             weighable(self.loss_fn)  # a user callable's batch mean cannot be weighted
-        if train_eval and (weights is not None or sample_weight is not None):
-            raise ValueError(
-                "`train_eval` measures unweighted values, which would not compare with a "
-                "weighted training loss. Received train_eval together with class_weight or "
-                "sample_weight: pass one or the other."
-            )
         self.cast = Float64Cast(input_dtype(model), "train")  # float64 inputs: one rule
         self.val_cast = Float64Cast(self.cast.dtype, "validation_data")
+        # class weights weigh training and train_eval, not validation (Keras: training only)
+        weigh = BatchWeights(weights, dev, self.cast.dtype) if weights is not None else None
         # Before DDP shards the source: the train_eval subset is drawn from all the samples.
-        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev)
+        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev, weigh)
         if self.dist is not None:
             d = self.dist
             self.truth.distribute(d.rank, d.world, d.sum_sums, d.generators)
@@ -200,6 +196,8 @@ class Training:
             self.val_source = BatchSource(
                 validation_data, name="validation_data", steps=validation_steps, shuffle=False
             )
+            if _weighted_arrays(self.val_source):
+                weighable(self.loss_fn)  # (x, y, w) validation arrays need per-sample losses
             if self.dist is not None and self.dist.shard_eval(self.val_source):
                 self.val_reduce = self.dist.sum_sums
         self.val_metrics = [m.fresh().to(dev) for m in self.metrics]
@@ -308,7 +306,6 @@ class Training:
             else None
         )
         step_model = compiled(wrapped, compile)  # under DDP: the wrapped model
-        weigh = BatchWeights(weights, dev, self.cast.dtype) if weights is not None else None
         step_args = (step_model, self.loss_fn, self.optimizer, self.metrics, lens, skips, weigh)
         self.step = (
             TunedStep(
@@ -449,6 +446,11 @@ def _lens(
     return Lens(
         progress, now, clock=clock, history=history, to_host=tensors_to_host, prefetch=prefetch
     )
+
+
+def _weighted_arrays(source: BatchSource) -> bool:
+    data = source.iterable
+    return isinstance(data, ArrayData) and data.w is not None
 
 
 def _on_device(

@@ -250,6 +250,8 @@ class Update:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.overflows_before = int(state.get("overflows", 0))
+        if self.overflows is not None:  # the count is the checkpoint's (a stop restores it too)
+            self.overflows.zero_()
         self.pending = int(state.get("pending", 0))
         grads = state.get("grads")
         if grads is not None:
