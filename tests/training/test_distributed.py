@@ -129,9 +129,12 @@ def test_shuffled_arrays_with_a_train_eval_subset_train_as_on_one_process(pair):
 
 def test_class_and_sample_weights_under_ddp_give_the_weighted_run_of_one_process(pair):
     two, one = pair
+    # Weighted validation (x, y, w) and a weighted train_eval subset are split and summed too.
     _assert_same_run(two, one, "weighted", 4)
     plain = _load(one, "even")["history"]["loss"][0]
-    assert _load(one, "weighted")["history"]["loss"][0] != plain  # the weights count
+    history = _load(one, "weighted")["history"]
+    assert history["loss"][0] != plain  # the weights count
+    assert {"val_loss", "train_eval_loss"} <= set(history)
 
 
 def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank_as_on_one_process(pair):

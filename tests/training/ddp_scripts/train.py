@@ -98,7 +98,7 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=kwargs.pop("shuffle", False)
     )
-    validation: Any = (x[:41], y[:41])
+    validation: Any = kwargs.pop("validation", (x[:41], y[:41]))
     if kwargs.pop("val_loader", False):  # one process draws its workers' seed at each pass
         validation = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x[:41], y[:41]), batch_size=8
@@ -175,7 +175,8 @@ def run_pair(out: Path, world: int) -> None:
     x, y = data(128)
     w = torch.linspace(0.5, 2.0, 128)  # sample weights and class weights: global weighted sums
     train(out, "weighted", 128, 32, 1, verbose=0, train=(x, y), batch_size=32, sample_weight=w,
-          class_weight={0: 3.0, 2: 0.5})  # fmt: skip
+          class_weight={0: 3.0, 2: 0.5}, validation=(x[:41], y[:41], w[:41]),
+          train_eval=0.5)  # fmt: skip
     # A torchmetrics F1 over the epoch (not a mean of batch values): merged over the ranks at
     # each refresh, in validation (split) and in train_eval (each rank's shard).
     f1 = torchmetrics.classification.MulticlassF1Score(3, average="macro")
