@@ -26,10 +26,13 @@ import pytest
 import torch
 
 import fitlens
+from fitlens.adapters.data import BatchSource
+from fitlens.adapters.evaluation import measure_batches
 from fitlens.safety.checkpoint import load_checkpoint
-from fitlens.training.distributed import Distributed, resolve_strategy
+from fitlens.training.distributed import Distributed, check_supported, resolve_strategy
+from fitlens.training.epoch_truth import EpochTruth
 from fitlens.training.reduction import combine_rows
-from fitlens.training.sharding import ShardSampler
+from fitlens.training.sharding import ShardSampler, rebuild_loader, shard_for_eval
 from fitlens.view.lens import Lens, Rows
 from fitlens.view.progress import Progress
 
@@ -123,17 +126,87 @@ def _assert_history_close(got: dict[str, list[float]], want: dict[str, list[floa
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=tol, err_msg=key)
 
 
-def test_two_ranks_of_16_give_the_epoch_metrics_and_weights_of_one_process_of_32(pair):
-    two, one = pair
-    rank0, rank1, single = _load(two, "even", 0), _load(two, "even", 1), _load(one, "even")
+def _assert_same_run(two: Path, one: Path, name: str, steps: int) -> None:
+    """Run ``name`` on 2 ranks equals it on one process: the same global batches (sizes), the
+    history within the SGD bound of the module docstring, the same on both ranks bit for bit."""
+    rank0, rank1, single = _load(two, name, 0), _load(two, name, 1), _load(one, name)
     assert rank0["world_size"] == 2 and single["world_size"] == 1
     assert rank0["history"] == rank1["history"]  # identical on every rank, bit for bit
-    assert rank0["sizes"] == single["sizes"] == [32.0] * 8  # one global row per global step
-    steps = len(single["sizes"])
+    assert rank0["sizes"] == single["sizes"]  # one global row per global step
+    assert len(single["sizes"]) == steps
     tol = steps * 0.5 * 32 * EPS32
     _assert_history_close(rank0["history"], single["history"], tol)
-    for name, want in single["weights"].items():
-        np.testing.assert_allclose(rank0["weights"][name], want, rtol=0, atol=tol, err_msg=name)
+    for key, want in single["weights"].items():
+        np.testing.assert_allclose(rank0["weights"][key], want, rtol=0, atol=tol, err_msg=key)
+
+
+def test_two_ranks_of_a_shuffled_loader_of_32_train_as_one_process_with_it(pair):
+    # The DataLoader's batch_size (32) is the global batch: 16 per rank, the one-process order.
+    # Validation (41 samples: 20 and 21 per rank) and train_eval (each rank replays its shard)
+    # are split across the ranks and summed: their values are the one-process ones too.
+    two, one = pair
+    _assert_same_run(two, one, "even", 8)
+    assert _load(two, "even")["sizes"] == [32.0] * 8
+    assert "val_loss" in _load(one, "even")["history"]
+    assert "train_eval_loss" in _load(one, "even")["history"]
+
+
+def test_shuffled_arrays_with_a_train_eval_subset_train_as_on_one_process(pair):
+    two, one = pair
+    _assert_same_run(two, one, "uninterrupted", 12)  # 128 samples, 32 a step, 3 epochs
+    assert "train_eval_accuracy" in _load(one, "uninterrupted")["history"]
+
+
+def test_class_and_sample_weights_under_ddp_give_the_weighted_run_of_one_process(pair):
+    two, one = pair
+    # Weighted validation (x, y, w) and a weighted train_eval subset are split and summed too.
+    _assert_same_run(two, one, "weighted", 4)
+    plain = _load(one, "even")["history"]["loss"][0]
+    history = _load(one, "weighted")["history"]
+    assert history["loss"][0] != plain  # the weights count
+    assert {"val_loss", "train_eval_loss"} <= set(history)
+
+
+def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank_as_on_one_process(pair):
+    # Rank 1 alone sees the infinite loss of global step 2, and its gradients are finite: the
+    # loss DDP back-propagates carries it into every rank's gradients, so both ranks skip.
+    two, one = pair
+    _assert_same_run(two, one, "skip", 6)  # 8 steps, the 2 skipped leave no row
+    for rank in (0, 1):
+        assert _load(two, "skip", rank)["skipped"] == [[1, 2], [2, 2]]
+    assert _load(two, "skip", 0)["weights"] == _load(two, "skip", 1)["weights"]
+    assert _load(one, "skip")["skipped"] == [[1, 2], [2, 2]]
+
+
+def test_a_torchmetrics_epoch_value_under_ddp_is_the_one_process_value(pair):
+    # A macro F1 over the epoch is not a mean of batch F1s: only merging the ranks' states
+    # (torchmetrics' own sync, at each reduction on every rank) gives the one-process value.
+    two, one = pair
+    _assert_same_run(two, one, "torchmetrics", 8)
+    history = _load(one, "torchmetrics")["history"]
+    assert {"f1", "val_f1", "train_eval_f1"} <= set(history)
+    per_step = _load(two, "torchmetrics")["per_step"]
+    for i, (epoch, step, refreshed, collectives) in enumerate(per_step):
+        epoch_end = i + 1 == len(per_step) or per_step[i + 1][0] != epoch
+        if not epoch_end:  # torchmetrics syncs at refreshes only, never between
+            assert (collectives > 0) == (refreshed == step), per_step
+
+
+def test_the_readme_example_under_torchrun_has_the_history_of_one_process(pair):
+    # Adam, 1400 shuffled samples, batch 32 (16 per rank), 5 epochs. Each step's gradient is
+    # a sum of 32 float32 per-sample gradients added in another order (within 32 * eps32 of
+    # the sum of their sizes); Adam's step lr * m / (sqrt(v) + eps) moves a weight by at most
+    # about 3.2 * lr whatever the gradient's scale, and a relative error d in both m and
+    # sqrt(v) changes it by at most 2d of that: after S steps the weights differ by at most
+    # S * 3.2 * lr * 2 * 32 * eps32 (to first order; measured: 9e-8).
+    two, one = pair
+    rank0, rank1, single = _load(two, "readme", 0), _load(two, "readme", 1), _load(one, "readme")
+    assert rank0["history"] == rank1["history"]
+    assert rank0["sizes"] == single["sizes"] == ([32.0] * 43 + [24.0]) * 5
+    tol = len(single["sizes"]) * 3.2 * 1e-3 * 2 * 32 * EPS32
+    for key, want in single["weights"].items():
+        np.testing.assert_allclose(rank0["weights"][key], want, rtol=0, atol=tol, err_msg=key)
+    _assert_history_close(rank0["history"], single["history"], tol)
 
 
 def test_collectives_run_once_per_refresh_and_never_between(pair):
@@ -141,29 +214,27 @@ def test_collectives_run_once_per_refresh_and_never_between(pair):
     for rank in (0, 1):
         run = _load(two, "even", rank)
         per_step = run["per_step"]
-        assert sum(row[3] for row in per_step) == run["collectives"]  # fit's own count agrees
+        # fit's own count agrees; set-up ran one more: the shuffling generator's broadcast
+        assert sum(row[3] for row in per_step) + 1 == run["collectives"]
         ends = {(e, s) for e, s, *_ in per_step}
         assert len(per_step) == len(ends)
         for i, (epoch, step, refreshed, collectives) in enumerate(per_step):
             epoch_end = i + 1 == len(per_step) or per_step[i + 1][0] != epoch
-            if epoch_end:  # the end flush, or the last step's refresh: one either way
-                assert collectives == 1, per_step
+            if epoch_end:  # the end flush (or the last step's refresh), one all_reduce for
+                # validation's sums and counts, one per train_eval pass (train, eval mode)
+                assert collectives == 1 + 1 + 2, per_step
             else:
                 assert collectives == (1 if refreshed == step else 0), per_step
 
 
 def test_a_dataset_not_divisible_by_the_world_size_is_counted_exactly(pair):
     two, one = pair
-    rank0, rank1, single = _load(two, "uneven", 0), _load(two, "uneven", 1), _load(one, "uneven")
-    assert rank0["history"] == rank1["history"]
-    # 101 = 3 x 32 + 5: the last global step is 3 samples on rank 0 and 2 on rank 1.
-    assert rank0["sizes"] == single["sizes"] == [32.0, 32.0, 32.0, 5.0]
-    # The training metrics are the same batches under the same weights. Validation is not: DDP
-    # averages the last step's gradient over ranks (3 and 2 samples) as equals, one process
-    # over its 5 samples, so the weights after that step differ by design.
-    trained = {k: v for k, v in single["history"].items() if not k.startswith("val_")}
-    got = {k: rank0["history"][k] for k in trained}
-    _assert_history_close(got, trained, 4 * 0.5 * 32 * EPS32)
+    # 101 = 3 x 32 + 5: the last global step is 3 samples on rank 0 and 2 on rank 1. Its losses
+    # are scaled by 3*2/5 and 2*2/5, so DDP's average of the two gradients is the gradient of
+    # the 5 samples' mean loss: the weights, and so validation, follow one process too.
+    _assert_same_run(two, one, "uneven", 4)
+    rank0 = _load(two, "uneven")
+    assert rank0["sizes"] == [32.0, 32.0, 32.0, 5.0]
     correct = rank0["history"]["accuracy"][0] * 101
     assert abs(correct - round(correct)) < 101 * 32 * EPS32  # a whole number of samples
 
@@ -172,7 +243,7 @@ def test_arrays_are_dealt_across_ranks_and_a_last_batch_too_small_to_share_is_le
     two, _ = pair
     rank0, rank1 = _load(two, "arrays", 0), _load(two, "arrays", 1)
     assert rank0["history"] == rank1["history"]
-    assert rank0["sizes"] == [32.0, 32.0, 32.0] * 2  # 97 samples: the 97th is left out
+    assert rank0["sizes"] == [16.0] * 6 * 2  # 97 samples, 16 a step: the 97th is left out
 
 
 def test_only_rank_0_shows_the_display_and_the_warnings(pair):
@@ -367,23 +438,110 @@ def test_strategy_ddp_outside_torchrun_fails_with_the_torchrun_command(monkeypat
         fitlens.fit(model, (x, y), loss="cross_entropy", optimizer="sgd", ddp_timeout=0)
 
 
+@pytest.mark.parametrize(
+    "n, uneven", [(101, [(4, 3 * 2 / 5), (4, 2 * 2 / 5)]), (98, [None, None]), (96, [None, None])]
+)
+def test_an_unequally_shared_last_batch_is_rescaled_to_the_one_process_gradient(n, uneven):
+    # 101 = 3 x 32 + 5 (3 and 2); 98 = 3 x 32 + 2 (1 and 1: equal); 96 = 3 x 32 (no tail)
+    got = [ShardSampler(n, r, 2, 32, generator=None).uneven_last_step() for r in range(2)]
+    assert got == uneven
+
+
 @pytest.mark.parametrize("n, used", [(101, 101), (97, 96), (128, 128)])
 def test_shards_deal_each_global_batch_across_ranks_without_duplicates(n, used):
-    world, batch = 2, 16
+    world, batch = 2, 32  # the global batch: 16 per rank
     shards = [
-        ShardSampler(n, r, world, batch, shuffle=True, seed=3, drop_last=False)
+        ShardSampler(n, r, world, batch, generator=torch.Generator().manual_seed(3))
         for r in range(world)
     ]
-    for s in shards:
-        s.set_epoch(1)
-    parts = [list(s) for s in shards]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(3 + 1)).tolist()
-    assert sorted(parts[0] + parts[1]) == sorted(order[:used])  # each used sample once
-    steps = [-(-len(p) // batch) for p in parts]
-    assert steps[0] == steps[1]  # every rank runs the same number of steps
-    for i in range(steps[0]):  # global batch i: the same samples as one process's batch i
-        global_batch = parts[0][i * batch : (i + 1) * batch] + parts[1][i * batch : (i + 1) * batch]
-        assert sorted(global_batch) == sorted(order[i * 32 : min((i + 1) * 32, used)])
+    for epoch in range(2):  # each epoch draws the next order of the generator
+        parts = [list(s) for s in shards]
+        g = torch.Generator().manual_seed(3)
+        order = [torch.randperm(n, generator=g) for _ in range(epoch + 1)][-1].tolist()
+        assert sorted(parts[0] + parts[1]) == sorted(order[:used])  # each used sample once
+        steps = [-(-len(p) // 16) for p in parts]
+        assert steps[0] == steps[1]  # every rank runs the same number of steps
+        for i in range(steps[0]):  # global batch i: the same samples as one process's batch i
+            global_batch = parts[0][i * 16 : (i + 1) * 16] + parts[1][i * 16 : (i + 1) * 16]
+            assert sorted(global_batch) == sorted(order[i * 32 : min((i + 1) * 32, used)])
+
+
+def test_a_shuffled_loader_is_dealt_in_the_order_one_process_draws_with_the_same_seed():
+    # RandomSampler draws a seed from the global generator after the loader drew its workers'
+    # base seed; the sharded loader draws both from its own copy of that generator.
+    dataset = torch.utils.data.TensorDataset(torch.arange(50))
+    torch.manual_seed(7)
+    state = torch.get_rng_state()  # what rank 0 broadcasts at set-up
+    one = [b[0].tolist() for b in torch.utils.data.DataLoader(dataset, batch_size=10, shuffle=True)]
+    sharded = []
+    for r in range(2):
+        generator = torch.Generator()
+        generator.set_state(state)
+        sampler = ShardSampler(50, r, 2, 10, generator=generator, draw="seeded")
+        loader = rebuild_loader(
+            torch.utils.data.DataLoader(dataset, batch_size=10, shuffle=True), sampler, 5, generator
+        )
+        sharded.append([b[0].tolist() for b in loader])
+    assert [sorted(a + b) for a, b in zip(*sharded, strict=True)] == [sorted(b) for b in one]
+
+
+def test_a_global_batch_the_ranks_cannot_share_equally_is_refused():
+    with pytest.raises(ValueError, match=r"multiple of 4.*batch_size / 4.*batch_size=30"):
+        ShardSampler(100, 0, 4, 30, generator=None)
+
+
+@pytest.mark.parametrize("kind", ["arrays", "loader", "list"])
+def test_evaluation_data_is_split_into_disjoint_parts_that_cover_it(kind):
+    x, y = torch.arange(11.0)[:, None], torch.arange(11)
+    data: Any = {
+        "arrays": (x, y),
+        "loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2),
+        "list": [(x[i : i + 2], y[i : i + 2]) for i in range(0, 11, 2)],
+    }[kind]
+    seen = []
+    for rank in range(3):
+        source = BatchSource(data, name="validation_data", shuffle=False)
+        assert shard_for_eval(source, rank, 3)
+        seen += [int(v) for _, batch_y in source.epoch() for v in batch_y]
+    assert sorted(seen) == list(range(11))  # every sample once
+
+
+def test_evaluation_data_fitlens_cannot_split_is_left_whole():
+    x, y = torch.arange(11.0)[:, None], torch.arange(11)
+    limited = BatchSource((x, y), name="validation_data", steps=1, batch_size=4, shuffle=False)
+    stream = BatchSource(iter([(x, y)] * 3), name="validation_data", steps=3, shuffle=False)
+    assert not shard_for_eval(limited, 0, 2) and not shard_for_eval(stream, 0, 2)
+
+
+def test_sharded_sums_reduced_over_ranks_give_the_whole_pass():
+    # The reduction's contract, with the ranks simulated in one process: each part measured with
+    # a reduce that adds the other parts' sums gives the one-process value of the whole pass.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(9, 3), torch.randint(0, 2, (9,))
+    whole = fitlens.evaluate(model, (x, y), loss="cross_entropy", metrics=["accuracy"])
+    sums = []
+    for rank in range(2):
+        source = BatchSource((x, y), name="data", batch_size=2, shuffle=False)
+        shard_for_eval(source, rank, 2)
+        sums.append(source)
+
+    def local_sums(source: BatchSource) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        measure_batches(
+            model, source.epoch(), "loss", fitlens_loss, [], torch.device("cpu"),
+            reduce=lambda t: captured.append(t) or t,
+        )  # fmt: skip
+        return captured[0]
+
+    fitlens_loss = torch.nn.functional.cross_entropy
+    parts = [local_sums(s) for s in sums]
+    values = measure_batches(
+        model, sums[0].epoch(), "loss", fitlens_loss, [], torch.device("cpu"),
+        reduce=lambda t: t + parts[1],
+    )  # fmt: skip
+    assert values["loss"].n == 9
+    assert values["loss"].mean == pytest.approx(whole["loss"], abs=9 * EPS32)
 
 
 def test_combined_rows_are_sample_weighted_means_over_the_ranks():
@@ -430,3 +588,29 @@ def test_a_lens_with_a_reduction_refreshes_on_a_step_schedule_not_the_clock():
     assert sum(reduced) == 20
     # The first step refreshes; then every 0.5 s / (measured s per step) steps, and the end.
     assert reduced[0] == 1 and len(reduced) > 2 and max(reduced) < 20
+
+
+def test_skip_with_float16_scaling_under_ddp_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r'"16-mixed" is not supported under DDP.*GradScaler'):
+        check_supported(on_nonfinite="skip", precision="16-mixed")
+    check_supported(on_nonfinite="skip", precision="bf16-mixed")  # allowed
+
+
+def test_a_train_eval_sample_of_kept_batches_is_refused_under_ddp_and_arrays_are_split():
+    x, y = torch.randn(10, 2), torch.randint(0, 2, (10,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    cpu = torch.device("cpu")
+    kept = EpochTruth(0.5, BatchSource(loader, name="train"), torch.nn.functional.mse_loss, [], cpu)
+    with pytest.raises(ValueError, match=r"Under DDP, `train_eval` takes \(x, y\) arrays"):
+        kept.distribute(0, 2, lambda t: t, [])
+    parts = []
+    for rank in range(2):
+        source = BatchSource((x, y), name="train", batch_size=4)
+        truth = EpochTruth(7, source, torch.nn.functional.mse_loss, [], cpu)
+        truth.distribute(rank, 2, lambda t: t, [])
+        assert truth.subset is not None
+        parts.append(torch.cat([b[1] for b in truth.subset.batches()]))
+    subset = EpochTruth(7, BatchSource((x, y), name="train", batch_size=4), None, [], cpu).subset
+    assert subset is not None
+    whole = torch.cat([b[1] for b in subset.batches()])
+    assert torch.equal(torch.cat(parts), whole)  # the 7 drawn samples, split 3 + 4

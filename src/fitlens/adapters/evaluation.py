@@ -13,7 +13,7 @@ means scaled by batch size, ``sum_b n_b (m_b - m)^2 / (B - 1)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,7 @@ def measure_batches(
     name: str = "train",
     cast: Float64Cast | None = None,
     weigh: BatchWeights | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, PassValue]:
     """Mean, sample count and per-sample spread of the loss and metrics over ``batches``.
 
@@ -131,6 +132,12 @@ def measure_batches(
     the host once, at the end. Stateful (torchmetrics) metrics must be fresh copies; their mean
     is ``compute()``. ``cast``: the float64 rule (`fitlens.adapters.dtypes`), one warning per
     cast object; default: a new one for this pass.
+
+    ``reduce``: when ``batches`` is this process's shard of the data (a data-parallel run), a
+    function that sums a float64 vector over the processes (one collective, every process calls
+    it, a process with no batch too): the pass's sums, sample and batch counts go through it in
+    one call, so the values are those of the whole data, exactly. Stateful metrics sync their
+    own state in ``compute()`` (torchmetrics does under torch.distributed).
 
     Raises:
         ValueError: a weighted batch with a loss that has no per-sample values (a callable).
@@ -160,6 +167,14 @@ def measure_batches(
         totals = row if totals is None else totals + row
         samples += n
         batches_seen += 1
+    if reduce is not None:
+        empty = torch.zeros(_SUMS * len(names), dtype=torch.float64)
+        local = totals if totals is not None else empty
+        counts = torch.tensor([samples, batches_seen], dtype=torch.float64, device=local.device)
+        summed = reduce(torch.cat([local, counts]))
+        totals, samples, batches_seen = summed[:-2], int(summed[-2]), int(summed[-1])
+        if samples == 0:
+            totals = None
     if totals is None:
         return {
             k: PassValue(math.nan, 0, math.nan, kind) for k, kind in zip(names, kinds, strict=False)

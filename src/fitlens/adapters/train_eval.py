@@ -26,7 +26,7 @@ that the intervals of the gap decomposition need.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -118,9 +118,12 @@ class TrainSubset:
         self._seen = 0  # training samples passed through `watch` in the first epoch
         self._subset: ArrayData | None = None
         self.replay = False  # True: iterate the re-iterable afresh at each pass
+        # Under DDP: this rank's part of the array subset (the others hold the rest).
+        self.split: Callable[[ArrayData], ArrayData] | None = None
         if source.kind == "arrays":
             data = source.iterable
             assert isinstance(data, ArrayData)
+            self._arrays = data  # all of it, also once DDP shards the training source
             self.population = data.n
             count = self._count(data.n)
             if count < data.n:
@@ -195,8 +198,7 @@ class TrainSubset:
     def batches(self) -> Iterable[Any]:
         """The subset's batches, the same at every epoch end."""
         if self.source.kind == "arrays":
-            data = self.source.iterable
-            assert isinstance(data, ArrayData)
+            data = self._arrays
             if self._subset is None:
                 if self._indices is None:
                     self._subset = ArrayData(data.x, data.y, data.batch_size, False, data.w)
@@ -204,6 +206,8 @@ class TrainSubset:
                     x, y = take(data.x, self._indices), take(data.y, self._indices)
                     w = take(data.w, self._indices) if data.w is not None else None
                     self._subset = ArrayData(x, y, data.batch_size, False, w)
+                if self.split is not None:
+                    self._subset = self.split(self._subset)
             return self._subset
         if self.replay:
             return _limited(self.source.iterable, self.source.steps)
@@ -224,6 +228,7 @@ def train_passes(
     metrics: Sequence[TrackedMetric],
     device: torch.device,
     weigh: BatchWeights | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, PassValue], dict[str, PassValue]]:
     """``(train mode, eval mode)`` values of the current model on the subset; no side effects.
 
@@ -232,12 +237,15 @@ def train_passes(
 
     The train-mode pass keeps the modules' flags as training left them (a batch-norm layer the
     user froze in eval mode stays frozen); the eval-mode pass calls ``model.eval()``.
+    ``reduce``: under DDP, each pass's sums over the ranks (see `measure_batches`).
     """
     flags = [(m, m.training) for m in model.modules()]
 
     def one_pass() -> dict[str, PassValue]:
         fresh = [m.fresh() for m in metrics]
-        return measure_batches(model, subset.batches(), "loss", loss_fn, fresh, device, weigh=weigh)
+        return measure_batches(
+            model, subset.batches(), "loss", loss_fn, fresh, device, weigh=weigh, reduce=reduce
+        )
 
     with preserved_state(model):
         # Train mode updates batch-norm running statistics as it goes (restored on exit), so

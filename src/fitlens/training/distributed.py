@@ -10,7 +10,10 @@ What this module holds, in the order `fit` uses it:
   this process's device (``cuda:LOCAL_RANK`` on CUDA), wraps it in ``DistributedDataParallel``
   unless it is wrapped already, and tears down only what it set up.
 * Sharding (`fitlens.training.sharding`): arrays and ``DataLoader``s with PyTorch's default
-  sampler are split across ranks; every rank runs the same number of steps.
+  sampler are split across ranks, their batch size the global one, their order the one a single
+  process would draw (`Distributed.generator`); every rank runs the same number of steps.
+  Validation and ``train_eval`` data are split into disjoint parts whose sums one
+  ``all_reduce`` per pass adds up (`Distributed.shard_eval`, `Distributed.sum_sums`).
 * The lens's reduction hook (`Distributed.gather_rows`): at each display refresh and epoch end
   one ``all_gather`` brings every rank's queued per-step rows to every rank, and each step's rows
   become one global row (`fitlens.training.reduction`). Every rank then feeds the same rows to its
@@ -20,7 +23,8 @@ What this module holds, in the order `fit` uses it:
   the same checkpoints at the same steps (``every_steps`` counts steps; ``every_minutes`` is
   read from the clocks at refreshes and agreed in the refresh's ``all_gather``; epoch ends), and
   each takes part: one ``all_gather_object`` brings every rank's random states and data
-  position to rank 0, which alone has the ``run_dir`` and writes (`Distributed.state_dict`).
+  position to rank 0, which alone has the ``run_dir`` and writes (`Distributed.state_dict`, with the
+  state of the sharded data's shuffling generators).
   SIGINT/SIGTERM on any rank only sets a flag (`SharedInterrupt`); the flag travels in the next
   refresh's ``all_gather`` (or the epoch end's checkpoint gather), so every rank stops after the
   same step, rank 0 writes the checkpoint, a barrier, and all raise `TrainingInterrupted`. On
@@ -46,13 +50,25 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from fitlens.adapters.data import ArrayData, BatchSource
 from fitlens.adapters.rng import capture_rng
 from fitlens.safety.signals import SharedInterrupt, TrainingInterrupted
-from fitlens.training.reduction import gather_rows_and_flags
-from fitlens.training.sharding import ShardedArrays, ShardSampler, rebuild_loader
+from fitlens.training.reduction import (
+    SyncedMetric,
+    from_rank_0,
+    gather_rows_and_flags,
+    sum_over_ranks,
+)
+from fitlens.training.sharding import (
+    Draw,
+    ShardedArrays,
+    ShardSampler,
+    default_sampler,
+    rebuild_loader,
+    shard_for_eval,
+)
 from fitlens.view.lens import Lens, Rows
 
 Strategy = Literal["auto", "ddp", "single"]
@@ -97,24 +113,14 @@ def check_ddp_timeout(seconds: Any) -> float:
     return float(seconds)
 
 
-def check_supported(*, on_nonfinite: str, train_eval: Any, stateful: list[str]) -> None:
-    """Refuse, before any step, what `fit` does not yet do under DDP (each message says why)."""
-    if on_nonfinite == "skip":
+def check_supported(*, on_nonfinite: str, precision: str) -> None:
+    """Refuse, before any step, what `fit` does not do under DDP (the message says why)."""
+    if on_nonfinite == "skip" and precision == "16-mixed":
         raise ValueError(
-            'on_nonfinite="skip" is not supported under DDP: one rank skipping a step while '
-            "the others apply it would desynchronise the replicas. Use the default "
-            '"stop", or train on one process (strategy="single").'
-        )
-    if train_eval:
-        raise ValueError(
-            "`train_eval` is not supported under DDP yet (its passes would measure each "
-            "rank's shard only). Leave it off under DDP, or train on one process."
-        )
-    if stateful:
-        raise ValueError(
-            f"torchmetrics metrics {stateful} are not supported under DDP yet (their compute() "
-            "is a collective of its own, which only the displaying rank would call). Pass a "
-            "callable (outputs, targets) -> batch mean instead."
+            'on_nonfinite="skip" with precision="16-mixed" is not supported under DDP: a rank '
+            "that skips a step for its own non-finite loss would leave its GradScaler's scale "
+            "behind the others', and the ranks would add up gradients of different scales. Use "
+            '"bf16-mixed" or "32", the default "stop", or train on one process.'
         )
 
 
@@ -164,7 +170,10 @@ class Distributed:
             self._quiet.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
         self._samplers: list[Any] = []
-        self._seed: int | None = None
+        self.generators: list[torch.Generator] = []  # the sharded training data's shuffling
+        self.synced: list[SyncedMetric] = []  # torchmetrics training metrics, merged at flushes
+        self.uneven: tuple[int, float] | None = None  # see ShardSampler.uneven_last_step
+        self.failing = False  # set by `failed`: the other ranks may be gone
         self._rngs: list[Any] = []
         self._positions: list[Any] = []
         self.checkpoints = False  # `Peers`: set by `watch`
@@ -174,26 +183,31 @@ class Distributed:
 
     # -- data ---------------------------------------------------------------------------------
 
-    def seed(self) -> int:
-        """The shuffling seed every rank uses: drawn from rank 0's torch generator, broadcast."""
-        if self._seed is None:
-            seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)
-            dist.broadcast(seed, src=0)  # once per fit call, before the first step
-            self.collectives += 1
-            self._seed = int(seed.item())
-        return self._seed
+    def generator(self, source: torch.Generator | None) -> torch.Generator:
+        """A generator of fitlens's own in rank 0's state of ``source`` (None: torch's global
+        CPU generator) at this moment (one broadcast): every rank then draws the same orders,
+        the ones rank 0's ``source`` would have drawn on one process, without touching it."""
+        state = source.get_state() if source is not None else torch.get_rng_state()
+        self.collectives += 1  # once per sharded shuffled source, before the first step
+        generator = torch.Generator()
+        generator.set_state(from_rank_0(state))
+        self.generators.append(generator)
+        return generator
 
     def shard(self, source: BatchSource, batch_size: int | None) -> None:
         """Split ``source`` across the ranks (in place), when fitlens knows how.
 
         Arrays and a ``DataLoader`` with PyTorch's default sampler (``shuffle`` kept) are dealt
-        by a `ShardSampler`; a ``DataLoader`` with its own sampler (a ``DistributedSampler``
-        included) is left alone, ``set_epoch`` called on it each epoch when it has one; a
-        generator is taken as this rank's own stream (each rank must yield its own shard).
+        by a `ShardSampler`: their batch size (``batch_size``, the loader's) is the global one,
+        split equally across the ranks. A ``DataLoader`` with its own sampler (a
+        ``DistributedSampler`` included) is left alone, ``set_epoch`` called on it each epoch
+        when it has one; a generator is taken as this rank's own stream (each rank must yield
+        its own shard).
         """
         data = source.iterable
         if isinstance(data, ArrayData):
-            sampler = self._sampler(data.n, data.batch_size, data.shuffle, False)
+            generator = self.generator(None) if data.shuffle else None
+            sampler = self._sampler(data.n, data.batch_size, generator, "randperm", False)
             source.iterable = ShardedArrays(data, sampler)
         elif isinstance(data, DataLoader):
             source.iterable = self._loader(data)
@@ -201,21 +215,31 @@ class Distributed:
             return
         full = len(source.iterable)
         source.steps = min(full, source.steps) if source.steps else full
+        dealt = getattr(source.iterable, "sampler", None)
+        if isinstance(dealt, ShardSampler) and source.steps == full:
+            self.uneven = dealt.uneven_last_step()
 
-    def _sampler(self, n: int, batch_size: int, shuffle: bool, drop_last: bool) -> ShardSampler:
+    def _sampler(
+        self,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator | None,
+        draw: Draw,
+        drop_last: bool,
+    ) -> ShardSampler:
         sampler = ShardSampler(
             n,
             self.rank,
             self.world,
             batch_size,
-            shuffle=shuffle,
-            seed=self.seed() if shuffle else 0,
+            generator=generator,
+            draw=draw,
             drop_last=drop_last,
         )
         if sampler.dropped and not drop_last:
             warnings.warn(
-                f"{n} samples do not split into {self.world} ranks x batch {batch_size} with "
-                f"every rank getting a share of the last global batch: its {sampler.dropped} "
+                f"{n} samples do not split into global batches of {batch_size} with each of the "
+                f"{self.world} ranks getting a share of the last one: its {sampler.dropped} "
                 "sample(s) are left out of each epoch (every rank must run the same steps).",
                 stacklevel=4,
             )
@@ -223,18 +247,37 @@ class Distributed:
         return sampler
 
     def _loader(self, loader: DataLoader) -> DataLoader:
-        default = type(loader.sampler) in (SequentialSampler, RandomSampler)
-        if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None or not default:
+        if not default_sampler(loader):
             if hasattr(loader.sampler, "set_epoch"):
                 self._samplers.append(loader.sampler)
             return loader
+        generator, seeds = None, loader.generator
+        draw: Draw = "randperm"
+        if isinstance(loader.sampler, RandomSampler):
+            own = loader.sampler.generator  # None: the sampler draws from the global one
+            generator = self.generator(own)
+            draw = "randperm" if own is not None else "seeded"
+            if own is loader.generator:  # the workers' base seed came from the same stream
+                seeds = generator
         sampler = self._sampler(
             len(loader.dataset),  # type: ignore[arg-type]
-            loader.batch_size,
-            isinstance(loader.sampler, RandomSampler),
+            int(loader.batch_size or 1),  # set: a default sampler batches
+            generator,
+            draw,
             loader.drop_last,
         )
-        return rebuild_loader(loader, sampler)
+        return rebuild_loader(loader, sampler, sampler.per_rank, seeds)
+
+    def shard_eval(self, source: BatchSource) -> bool:
+        """Split an evaluation pass's data across the ranks (`shard_for_eval`); True when split
+        (its sums must then go through `sum_sums`)."""
+        shuffling = self.generators[0] if len(self.generators) == 1 else None
+        return shard_for_eval(source, self.rank, self.world, shuffling)
+
+    def sum_sums(self, local: torch.Tensor) -> torch.Tensor:
+        """An evaluation pass's sums and counts over the ranks: one ``all_reduce``."""
+        self.collectives += 1
+        return sum_over_ranks(local)
 
     def begin_epoch(self, epoch: int) -> None:
         """``set_epoch`` on every sampler, so each epoch draws a new order, the same on all ranks."""
@@ -282,10 +325,11 @@ class Distributed:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the DDP run (rank 0 writes it): the world size, the
-        shuffling seed, and every rank's random states and data position at the checkpoint."""
+        state of the sharded data's shuffling generators, and every rank's random states and
+        data position at the checkpoint."""
         return {
             "world": self.world,
-            "seed": self._seed,
+            "shuffling": [g.get_state() for g in self.generators],
             "rngs": self._rngs,
             "positions": self._positions,
         }
@@ -322,10 +366,14 @@ class Distributed:
                 "position and random states are one process's. Resume it on one process."
             )
         self.load_state_dict(ddp)  # the world size, checked on every rank
-        self._seed = ddp["seed"]
-        for sampler in self._samplers:
-            if isinstance(sampler, ShardSampler) and sampler.shuffle:
-                sampler.seed = int(self._seed)
+        if "shuffling" not in ddp:
+            raise ValueError(
+                "Cannot resume under DDP from this checkpoint: it was written by an earlier "
+                "fitlens that drew the shuffled order from a seed, not from the one-process "
+                "generator. Resume it with that version, or start a new run_dir."
+            )
+        for generator, saved in zip(self.generators, ddp["shuffling"], strict=True):
+            generator.set_state(saved)  # the next orders, as the run would have drawn them
         mine = {**state, "rng": ddp["rngs"][self.rank]}
         if ddp.get("positions"):  # absent in epoch-end checkpoints written before they were kept
             mine["epoch_start"] = ddp["positions"][self.rank]
@@ -340,12 +388,15 @@ class Distributed:
     def gather_rows(self, rows: Rows) -> Rows:
         """`Lens`'s reduction hook: one ``all_gather`` of every rank's queued rows, carrying
         this rank's signal and whether its clock says a checkpoint is due; the ranks agree on
-        both (`SharedInterrupt.agree`, `take_due`)."""
+        both (`SharedInterrupt.agree`, `take_due`). Then the torchmetrics metrics in `synced`
+        merge their states (their own collectives, not counted in `collectives`)."""
         self.collectives += 1
         flags = (self._local_signal(), float(self._time_due()))
         reduced, every = gather_rows_and_flags(rows, flags)
         self._agree_signal(every[:, 0])
         self._due = self._due or bool(every[:, 1].any())
+        for metric in self.synced:
+            metric.sync()
         return reduced
 
     # -- end ----------------------------------------------------------------------------------
@@ -356,6 +407,7 @@ class Distributed:
         SIGINT/SIGTERM is no failure: rank 0 has said it."""
         if isinstance(error, TrainingInterrupted):
             return
+        self.failing = True
         line = f"fitlens: rank {self.rank} of {self.world} failed: {type(error).__name__}: {error}"
         if _peer_lost(error):
             line += (
@@ -385,6 +437,13 @@ class Distributed:
         wrapper = weakref.ref(self.wrapped)
         self.wrapped = self.module
         if self.owns_group and dist.is_initialized():
+            if not self.failing:
+                # gloo's worker threads free a finished collective's tensors late, and that
+                # needs the GIL when Python let go of them first; the group's destructor (run
+                # when DDP's reducer goes) joins those threads holding the GIL: a deadlock at
+                # the end of fit, seen under load. Waiting on a barrier lets them finish first.
+                cuda = self.device.type == "cuda"
+                dist.barrier(device_ids=[torch.cuda.current_device()] if cuda else None)
             if wrapper() is not None:  # held in a reference cycle: free it first
                 gc.collect()
             dist.destroy_process_group()

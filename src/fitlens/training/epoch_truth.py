@@ -16,7 +16,8 @@ train mode) and ``train_eval_m`` (eval mode).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from fitlens.adapters.metrics import TrackedMetric
 from fitlens.adapters.train_eval import TrainSubset, parse_train_eval, train_passes
 from fitlens.adapters.weights import BatchWeights
 from fitlens.core.gap import Measured, normal_interval, wilson_interval
+from fitlens.training.sharding import split_arrays
 
 
 def measured(value: PassValue, population: int | None = None) -> Measured:
@@ -75,6 +77,40 @@ class EpochTruth:
         self.metrics = list(metrics)
         self.device = device
         self.names = ["loss"] + [m.name for m in self.metrics]
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.generators: list[torch.Generator] = []
+
+    def distribute(
+        self,
+        rank: int,
+        world: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
+        generators: list[torch.Generator],
+    ) -> None:
+        """Under DDP: each rank measures its disjoint part of the subset, ``reduce`` sums the
+        passes' sums over the ranks (one collective per pass), so the values are global.
+        ``generators``: the sharded data's shuffling generators, put back after the passes (as
+        the passes put back torch's global one on one process, which shuffles there).
+
+        Array data: the subset (drawn from all the samples, the same on every rank) is split
+        by `split_arrays`. ``train_eval=True`` on a re-iterable: each rank replays its own
+        shard of the training data. Raises ValueError for the kept-batch sample (a fraction or
+        count of a ``DataLoader`` or list, any generator): each rank would keep batches of its
+        own, which a checkpoint written by rank 0 alone could not restore.
+        """
+        subset = self.subset
+        if subset is None:
+            return
+        if self.source.kind == "arrays":
+            subset.split = functools.partial(split_arrays, rank=rank, world=world)
+        elif not subset.replay:
+            raise ValueError(
+                "Under DDP, `train_eval` takes (x, y) arrays (any fraction or count) or "
+                "train_eval=True on a DataLoader or list of batches. Received a fraction or "
+                f"count of a {self.source.kind} (each rank would keep a sample of its own "
+                "batches, which rank 0's checkpoint cannot restore): pass arrays, or True."
+            )
+        self.reduce, self.generators = reduce, generators
 
     def watch(self, batches: Iterator[Any], epoch: int, start: int = 0) -> Iterator[Any]:
         """The training batches of 0-based ``epoch`` from position ``start``, unchanged."""
@@ -97,10 +133,15 @@ class EpochTruth:
         """
         if self.subset is None:
             return {}, {}, {}
+        states = [g.get_state() for g in self.generators]
         train_mode, eval_mode = train_passes(
-            model, self.subset, self.loss_fn, self.metrics, self.device, self.weigh
+            model, self.subset, self.loss_fn, self.metrics, self.device, self.weigh, self.reduce
         )
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
         population = self.subset.population
+        if self.reduce is not None and self.subset.replay:  # the pass is all the ranks' data
+            population = eval_mode["loss"].n
         logs: dict[str, float] = {}
         for name in self.names:
             logs[f"train_eval_train_mode_{name}"] = train_mode[name].mean

@@ -178,9 +178,10 @@ def fit(
         clock: seconds as a float; ``time.perf_counter`` unless injected (tests).
         strategy: ``"auto"`` (default: data-parallel under ``torchrun`` with more than one
             process, else one process), ``"ddp"`` (DistributedDataParallel; fails outside
-            torchrun with the command to run) or ``"single"``. Under DDP ``batch_size`` is per
-            process and every reported number is global; see `fitlens.training.distributed`
-            and the README's "Several GPUs or machines".
+            torchrun with the command to run) or ``"single"``. Under DDP ``batch_size`` (and a
+            default-sampler ``DataLoader``'s) is the global batch, split equally across the
+            processes in the order one process would draw, and every reported number is global;
+            see `fitlens.training.distributed` and the README's "Several GPUs or machines".
         ddp_timeout: seconds a rank waits for the others in a collective before failing, when
             `fit` initialises the process group (default 60); also the longest a rank may take,
             after a SIGINT/SIGTERM, to reach the step where every rank stops (then it prints

@@ -39,6 +39,7 @@ from fitlens.training.distributed import (
     resolve_strategy,
 )
 from fitlens.training.epoch_truth import EpochTruth, measured
+from fitlens.training.reduction import SyncedMetric, loss_to_backward, spread_nonfinite
 from fitlens.training.schedules import LR, SchedulerInterval, resolve_schedule
 from fitlens.training.step import TrainStep, tensors_to_host
 from fitlens.training.update import (
@@ -149,11 +150,7 @@ class Training:
         wrapped, self.dist = model, None  # under DDP: the wrapped model runs the step
         self.resume, self.checkpoints = resume, run_dir is not None
         if resolve_strategy(strategy):
-            check_supported(
-                on_nonfinite=on_nonfinite,
-                train_eval=train_eval,
-                stateful=[m.name for m in self.metrics if m.stateful],
-            )
+            check_supported(on_nonfinite=on_nonfinite, precision=precision)
             self.dist = d = Distributed(model, device, ddp_timeout)
             wrapped, model, device = d.wrapped, d.module, d.device
             if d.rank != 0:  # one voice: the other ranks write nothing, on the same schedule
@@ -177,25 +174,33 @@ class Training:
             weighable(self.loss_fn)  # a user callable's batch mean cannot be weighted
         self.cast = Float64Cast(input_dtype(model), "train")  # float64 inputs: one rule
         self.val_cast = Float64Cast(self.cast.dtype, "validation_data")
+        # class weights weigh training and train_eval, not validation (Keras: training only)
+        weigh = BatchWeights(weights, dev, self.cast.dtype) if weights is not None else None
+        # Before DDP shards the source: the train_eval subset is drawn from all the samples.
+        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev, weigh)
         if self.dist is not None:
-            if weights is not None or sample_weight is not None:
-                raise ValueError(
-                    "class_weight and sample_weight are not supported under DDP yet. "
-                    "Received them with strategy='ddp' (or a torchrun launch with "
-                    "strategy='auto'): train on one process, or weigh the loss yourself."
-                )
-            self.dist.shard(self.source, batch_size)
+            d = self.dist
+            self.truth.distribute(d.rank, d.world, d.sum_sums, d.generators)
+            # Weights need nothing more: each rank's loss is sum(w * loss) / n over its equal
+            # share n, so DDP's mean of the ranks' gradients is the global batch's, and the
+            # reduction weighs the ranks' weighted metric means by their weights.
+            d.shard(self.source, batch_size)
         self.val_source = None
+        self.val_reduce = None  # under DDP, with validation split across ranks: their sum
         if validation_data is not None:
             self.val_source = BatchSource(
                 validation_data, name="validation_data", steps=validation_steps, shuffle=False
             )
             if _weighted_arrays(self.val_source):
                 weighable(self.loss_fn)  # (x, y, w) validation arrays need per-sample losses
+            if self.dist is not None and self.dist.shard_eval(self.val_source):
+                self.val_reduce = self.dist.sum_sums
         self.val_metrics = [m.fresh().to(dev) for m in self.metrics]
-        # class weights weigh training and train_eval, not validation (Keras: training only)
-        weigh = BatchWeights(weights, dev, self.cast.dtype) if weights is not None else None
-        self.truth = EpochTruth(train_eval, self.source, self.loss_fn, self.metrics, dev, weigh)
+        if self.dist is not None:  # torchmetrics merges the ranks' states of split data only
+            for metrics, split in ((self.metrics, True), (self.val_metrics, bool(self.val_reduce))):
+                for m in metrics:
+                    if m.stateful and hasattr(m.fn, "sync_on_compute"):
+                        m.fn.sync_on_compute = split
         self.feeder = Prefetcher(prefetch, dev) if validate_prefetch(prefetch) else None
         self.schedule = resolve_schedule(
             scheduler,
@@ -236,11 +241,12 @@ class Training:
         self.lens = _lens(history, progress, now, clock, prefetch)
         self.lens.history.params.update(params)
         ranges = {"loss": loss_range(self.loss_fn), **{m.name: m.range for m in self.metrics}}
+        epoch_values: dict[str, Any] = {m.name: m for m in self.metrics if m.stateful}
+        if self.dist is not None:  # merged over the ranks at each reduction, on every rank
+            epoch_values = {k: SyncedMetric(m) for k, m in epoch_values.items()}
+            self.dist.synced = list(epoch_values.values())
         self.lens.set_metrics(
-            names,
-            valued=names[: len(names) - len(extra)],
-            epoch_values={m.name: m for m in self.metrics if m.stateful},
-            ranges=ranges,
+            names, valued=names[: len(names) - len(extra)], epoch_values=epoch_values, ranges=ranges
         )
         self.lens.begin_run(end, self.source.steps)
         if self.dist is not None:
@@ -308,6 +314,9 @@ class Training:
             if tuned
             else TrainStep(*step_args)
         )
+        if self.dist is not None:  # every rank skips the same steps; an uneven last batch
+            spread = spread_nonfinite(model) if skips is not None else None
+            self.step.spread = loss_to_backward(spread, self.dist.uneven, lambda: lens.step)
         self.tensorboard = board
         if board is not None:
             optimizer = self.optimizer
@@ -377,6 +386,7 @@ class Training:
                 self.device,
                 name="validation_data",
                 cast=self.val_cast,
+                reduce=self.val_reduce,
             )
             self.model.train()
             validation = {f"val_{k}": measured(v) for k, v in values.items()}

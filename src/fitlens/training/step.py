@@ -57,6 +57,9 @@ class TrainStep:
         self.dtype = input_dtype(model)
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.metrics, self.lens, self.skips = list(metrics), lens, skips
+        # Under DDP with skips: the loss to back-propagate, which carries this rank's
+        # non-finite loss to every rank's gradients (`fitlens.training.reduction`).
+        self.spread: Callable[[torch.Tensor], torch.Tensor] | None = None
         # The first call checks what only the first batch can show, then swaps in the plain ones.
         self._forward: Callable[[torch.nn.Module, Any], Any] = _first_forward
         self._loss: Callable[[Any, Any], torch.Tensor] = self._first_loss
@@ -91,7 +94,7 @@ class TrainStep:
                 self._first_loss(outputs, y)  # the first batch's checks (weights change no shape)
             loss_value = weighted_loss(self.loss_fn, outputs, y, weights)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value.backward()
+        (loss_value if self.spread is None else self.spread(loss_value)).backward()
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
             with torch.no_grad():
                 for buffer, before in zip(self.model.buffers(), saved, strict=True):

@@ -293,7 +293,8 @@ class TunedStep(TrainStep):
                 if self._loss == self._first_loss:
                     self._first_loss(outputs, y)  # the first batch's checks
                 loss_value = weighted_loss(self.loss_fn, outputs, y, sample_weights)
-        update.backward(loss_value, index, steps)
+        spread = self.spread
+        update.backward(loss_value if spread is None else spread(loss_value), index, steps)
         if self.skips is not None and self.skips(loss_value):  # one host sync per step
             with torch.no_grad():
                 for buffer, before in zip(self.model.buffers(), saved, strict=True):

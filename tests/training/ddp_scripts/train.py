@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torchmetrics
 
 import fitlens
 
@@ -120,23 +121,29 @@ def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) -> None:
-    """One fit on ``n`` samples in order (``batch`` per process); results to ``out``."""
+    """One fit on ``n`` samples (a ``DataLoader`` of global batch ``batch``, in order unless
+    ``shuffle``), validated on the first 41 (20 and 21 per rank); results to ``out``."""
     x, y = data(n)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=False
+        torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=kwargs.pop("shuffle", False)
     )
+    validation: Any = kwargs.pop("validation", (x[:41], y[:41]))
+    if kwargs.pop("val_loader", False):  # one process draws its workers' seed at each pass
+        validation = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x[:41], y[:41]), batch_size=8
+        )
     recorder = Recorder(kwargs.pop("fail", None))
     try:
         history = fitlens.fit(
             model,
             kwargs.pop("train", loader),
-            loss="cross_entropy",
+            loss=kwargs.pop("loss", "cross_entropy"),
             optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-            metrics=["accuracy"],
+            metrics=kwargs.pop("metrics", ["accuracy"]),
             epochs=epochs,
-            validation_data=(x[:40], y[:40]),
+            validation_data=validation,
             callbacks=[recorder],
             **kwargs,
         )
@@ -144,11 +151,17 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
         stopped = {"reached": recorder.reached, "signal": e.signal_name, "hint": e.resume_hint}
         (out / f"stopped-rank{rank()}.json").write_text(json.dumps(stopped))
         raise
+    save(out, name, history, model, recorder)
+
+
+def save(out: Path, name: str, history: Any, model: torch.nn.Module, recorder: Any) -> None:
+    """``OUT/<name>-rank<r>.json``: what the tests compare."""
     result = {
         "history": history.history,
         "sizes": [float(s) for s in history.batches["size"]],
         "weights": {k: v.tolist() for k, v in model.state_dict().items()},
-        "per_step": recorder.per_step,
+        "per_step": recorder.per_step if recorder is not None else [],
+        "skipped": history.params.get("skipped_batches", []),
         "world_size": history.params.get("world_size", 1),
         "collectives": history.params.get("collectives", 0),
     }
@@ -156,20 +169,63 @@ def train(out: Path, name: str, n: int, batch: int, epochs: int, **kwargs: Any) 
 
 
 def run_shuffled(out: Path, name: str, **kwargs: Any) -> None:
-    """Shuffled arrays, 16 per rank, 3 epochs: the run interrupted, resumed and compared."""
+    """Shuffled arrays, 32 a step, 3 epochs, a train_eval subset of half of them (drawn from
+    all 128, split across ranks): the run compared, interrupted and resumed."""
     x, y = data(128)
-    kwargs.setdefault("verbose", 0)
-    train(out, name, 128, 16, 3, train=(x, y), batch_size=16, **kwargs)
+    kwargs = {"batch_size": 32, "verbose": 0, "train_eval": 0.5, **kwargs}
+    train(out, name, 128, 32, 3, train=(x, y), **kwargs)
+
+
+def readme_example(out: Path) -> None:
+    """The README's quick start as it stands (``verbose=0`` aside): the same code on one
+    process and under torchrun."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype("float32")
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    history = fitlens.fit(model, (x[:1400], y[:1400]), loss="cross_entropy", optimizer="adam",
+                          metrics=["accuracy"], epochs=5, batch_size=32,
+                          validation_data=(x[1400:], y[1400:]), verbose=0)  # fmt: skip
+    save(out, "readme", history, model, None)
+
+
+def infinite_on_label_99(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, plus an infinite constant on a batch holding label 99: a non-finite loss
+    whose gradients are finite (only the rank holding that sample sees it)."""
+    bad = (targets == 99).any()
+    inf = torch.tensor(float("inf"))
+    loss = torch.nn.functional.cross_entropy(outputs, targets.clamp(max=2))
+    return loss + torch.where(bad, inf, torch.zeros(()))
 
 
 def run_pair(out: Path, world: int) -> None:
-    """The runs compared across world sizes: 32 samples per global step either way."""
-    train(out, "even", 128, 32 // world, 2, verbose=0)
-    train(out, "uneven", 101, 32 // world, 1, verbose=1)  # 101 = 3 x 32 + 5: ranks get 3 and 2
-    if world > 1:  # arrays: sharded by fitlens, shuffled the same on every rank
-        x, y = data(97)  # 97 = 3 x 32 + 1: rank 1 would get none of the last; left out, warned
+    """The runs compared across world sizes: the same code, 32 samples per global step."""
+    readme_example(out)
+    # A shuffled DataLoader, train_eval on all of it (each rank replays its own shard), a
+    # validation DataLoader (split; it draws from the generator the training order comes from).
+    train(out, "even", 128, 32, 2, verbose=0, shuffle=True, train_eval=True, val_loader=True)
+    train(out, "uneven", 101, 32, 1, verbose=1)  # 101 = 3 x 32 + 5: ranks get 3 and 2
+    run_shuffled(out, "uninterrupted")
+    x, y = data(128)
+    w = torch.linspace(0.5, 2.0, 128)  # sample weights and class weights: global weighted sums
+    train(out, "weighted", 128, 32, 1, verbose=0, train=(x, y), batch_size=32, sample_weight=w,
+          class_weight={0: 3.0, 2: 0.5}, validation=(x[:41], y[:41], w[:41]),
+          train_eval=0.5)  # fmt: skip
+    # A torchmetrics F1 over the epoch (not a mean of batch values): merged over the ranks at
+    # each refresh, in validation (split) and in train_eval (each rank's shard).
+    f1 = torchmetrics.classification.MulticlassF1Score(3, average="macro")
+    train(out, "torchmetrics", 128, 32, 2, verbose=0, shuffle=True, train_eval=True,
+          metrics={"f1": f1})  # fmt: skip
+    y = y.clone()
+    y[41] = 99  # in global batch 2 (samples 32-63, in order), on rank 1 (odd positions)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    train(out, "skip", 128, 32, 2, verbose=0, train=loader, loss=infinite_on_label_99,
+          on_nonfinite="skip", max_skipped=0.5)  # fmt: skip
+    if world > 1:
+        x, y = data(97)  # 97 = 6 x 16 + 1: rank 1 would get none of the last; left out, warned
         train(out, "arrays", 97, 16, 2, verbose=0, train=(x, y), batch_size=16)
-        run_shuffled(out, "uninterrupted")
 
 
 def main() -> None:
