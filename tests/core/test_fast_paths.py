@@ -6,6 +6,7 @@ stacked update, and the now estimates of several metrics fitted together."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -233,3 +234,17 @@ def test_metrics_updated_together_refuse_negative_weights_as_update_does():
     with pytest.raises(ValueError, match="finite and >= 0"):
         update_together(ests, np.full((3, 2), 0.5), np.array([[8.0, 8.0], [8.0, -1.0], [8.0, 8.0]]))
     assert all(est.steps == 0 for est in ests)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_batch_propagates_to_the_estimate_without_a_numpy_warning(bad):
+    # fp16 overflow or a diverging run feeds inf/NaN batch means; under "propagate" the estimate
+    # says so (NaN), and numpy's warnings from the stacked sums must not reach the user's run
+    estimator = AdaptiveTrend()
+    estimator.update(np.linspace(1.0, 0.5, 64), 10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        estimator.update(np.array([0.4, bad, 0.4, bad]), np.array([0.0, 10.0, 0.0, 10.0]))
+        assert not np.isfinite(estimator.value)
+        estimator.update(np.linspace(0.4, 0.3, 64), 10.0)  # the NaN sums carried on
+        assert not np.isfinite(estimator.estimate().value)

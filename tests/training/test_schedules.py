@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -154,3 +155,19 @@ def test_checkpointing_may_name_the_same_scheduler_but_not_another(tmp_path: Any
     other = Checkpointing(every_minutes=None, scheduler=step_lr(opt))
     with pytest.raises(ValueError, match="different schedulers"):
         fitlens.fit(net, _batches(4), checkpointing=other, **common)
+
+
+def test_an_fp16_overflow_on_the_first_step_raises_no_torch_scheduler_order_warning() -> None:
+    # GradScaler skips the optimizer's step on an overflow (fitlens counts it); torch's check of
+    # the first scheduler step takes that skip for a misordered call and warns, wrongly
+    from tests.safety.test_resume import _xy
+    from tests.safety.test_resume_update import Loud
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = fitlens.fit(
+            Loud(), _xy(), loss="cross_entropy", optimizer="adam", epochs=1, batch_size=10,
+            verbose=0, precision="16-mixed", scheduler_interval="step",
+            scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+        )  # fmt: skip
+    assert history.params["overflow_skipped_steps"] >= 1

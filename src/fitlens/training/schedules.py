@@ -18,6 +18,7 @@ into every checkpoint and is restored on resume; a scheduler also given to
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ import torch
 SchedulerInterval = Literal["epoch", "step"]
 _INTERVALS = ("epoch", "step")
 LR = "lr"
+_MISORDER = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
 # Direction of the known metrics: True when lower is better.
 _LOWER_IS_BETTER = {"loss": True, "mse": True, "mae": True, "accuracy": False}
 
@@ -122,7 +124,15 @@ class Schedule:
     def after_optimizer_step(self) -> None:
         """Step a per-step scheduler."""
         if self.interval == "step":
-            self.scheduler.step()
+            if getattr(self.scheduler, "_step_count", 0) > 1:
+                self.scheduler.step()
+            else:
+                # torch checks the first step only: after an fp16 overflow GradScaler skipped
+                # the optimizer's step (fitlens counts it), which torch takes for a call out
+                # of order; fitlens always steps the scheduler after the optimizer
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=_MISORDER, category=UserWarning)
+                    self.scheduler.step()
             self.show()
 
     def end_epoch(self, logs: dict[str, float], history: dict[str, list[float]]) -> None:

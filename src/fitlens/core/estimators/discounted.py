@@ -89,11 +89,16 @@ def update_lines(lines: Sequence[_Discounted], values: np.ndarray, weights: np.n
     discounts, powers_t, move_t, carry = _block_factors(
         tuple(line.decay for line in lines), n, size
     )
-    wv = weights * values
-    parts = np.array([weights, weights, wv, wv * values, weights > 0])  # (5, n) or (5, lines, n)
-    if parts.ndim == 3:
-        parts = parts.swapaxes(0, 1)
-    new = (discounts * parts) @ powers_t  # (lines, 5, size): each part's sums of x^j
+    # an inf or NaN batch (nan_policy "propagate") makes the sums NaN, as it should: numpy's
+    # warnings about it would only reach the user's run as noise
+    with np.errstate(invalid="ignore", over="ignore"):
+        wv = weights * values
+        parts = np.array(
+            [weights, weights, wv, wv * values, weights > 0]
+        )  # (5, n) or (5, lines, n)
+        if parts.ndim == 3:
+            parts = parts.swapaxes(0, 1)
+        new = (discounts * parts) @ powers_t  # (lines, 5, size): each part's sums of x^j
     mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
     if first.steps:
         old = np.array([(line.m, line.t) for line in lines])  # (lines, 2, size)
