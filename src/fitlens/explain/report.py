@@ -157,9 +157,9 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
 
 def fmt(x: float) -> str:
     """Format like Keras does: ``%.4f``, or ``%.4e`` for magnitudes at or below 1e-3."""
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.4f}" if abs(x) > 1e-3 or x == 0 else f"{x:.4e}"
+    if 1e-3 < abs(x) < math.inf or x == 0:
+        return f"{x:.4f}"
+    return str(x) if not math.isfinite(x) else f"{x:.4e}"
 
 
 def _outward(y: float, up: bool) -> int:
@@ -185,10 +185,18 @@ def fmt_bound(x: float, up: bool) -> str:
         >>> fmt_bound(0.74996, up=False), fmt_bound(0.74996, up=True)
         ('0.7499', '0.7500')
     """
+    if 1e-3 < abs(x) < math.inf:
+        # _outward(x * 1e4, up), inline: two bounds per interval, several intervals per epoch.
+        y = x * 1e4
+        f = math.floor(y)
+        if y != f:
+            if y - f > 2e-6 and f + 1 - y > 2e-6:
+                f = f + 1 if up else f
+            else:
+                f = (math.ceil if up else math.floor)(round(y, 6))
+        return f"{f / 1e4:.4f}"
     if not math.isfinite(x) or x == 0:
         return fmt(x)
-    if abs(x) > 1e-3:
-        return f"{_outward(x * 1e4, up) / 1e4:.4f}"
     # The decimal mantissa and exponent from the repr, not from powers of ten (which
     # underflow to 0 or overflow for subnormal x).
     mantissa, exponent_text = f"{x:.12e}".split("e")
