@@ -107,11 +107,7 @@ def window_bounds(
             slack = _SLACK * (abs(low) + abs(high) + 1.0)
             low, high = low - slack, high + slack
         if clip is not None:
-            lo, hi = clip
-            low, high = max(low, lo), min(high, hi)
-            if low > high:
-                low, high = lo, hi
-            value = min(max(value, lo), hi)
+            value, low, high = _clip_one(value, low, high, clip)
         return Window(int(w_j) + 1, end.step, value, low, high)
     if w_lo <= w_j:
         low, high = -math.inf, math.inf
