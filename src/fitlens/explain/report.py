@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
 from fitlens.explain.epochs import Shown
 from fitlens.explain.jumps import LITTLE, MOSTLY, Boundary
-from fitlens.explain.reconstruct import Window, window_bounds
+from fitlens.explain.reconstruct import Window, exact_window
 
 SCHEMA = "fitlens.explain/2"
 
@@ -94,13 +94,19 @@ class EpochSummary:
 def _first_batches(m: MetricResult) -> tuple[Window, ...]:
     steps, means, halves = m.series.arrays()
     out: list[Window] = []
-    previous: Shown | None = None
-    for i in range(min(FIRST_BATCHES, len(steps))):
-        if int(steps[i]) != i + 1:
+    # window_bounds(previous display, this one) on plain numbers; 0 weight before the first.
+    m_j = h_j = 0.0
+    rows = zip(
+        steps[:FIRST_BATCHES].tolist(),
+        means[:FIRST_BATCHES].tolist(),
+        halves[:FIRST_BATCHES].tolist(),
+        strict=True,
+    )
+    for i, (step, mean, half) in enumerate(rows):
+        if step != i + 1:
             break
-        shown = Shown(i + 1, float(means[i]), float(halves[i]))
-        out.append(window_bounds(previous, shown, clip=m.clip))
-        previous = shown
+        out.append(exact_window(float(i), m_j, h_j, float(step), mean, half, step, m.clip))
+        m_j, h_j = mean, half
     return tuple(out)
 
 
