@@ -77,12 +77,17 @@ def generate(path: Path, size_mb: float, style: str = "keras3", seed: int = 0) -
 
 
 def run_command(
-    path: Path, as_json: bool, via_pipe: bool, html: Path | None = None
+    path: Path,
+    as_json: bool,
+    via_pipe: bool,
+    html: Path | None = None,
+    pycache: Path | None = None,
 ) -> dict[str, float]:
     """Run ``fitlens explain`` as a user does, output to /dev/null; time it and its peak RSS.
 
     ``via_pipe`` feeds the log on standard input (``cat log | fitlens explain -``) instead of
-    naming the file; ``html`` also writes the page there (``--html``). CPU time (user + system, from ``wait4``) is reported beside wall time: on a
+    naming the file; ``html`` also writes the page there (``--html``); ``pycache`` keeps the
+    compiled modules there (as an installed package has them) instead of compiling at each start. CPU time (user + system, from ``wait4``) is reported beside wall time: on a
     shared machine the wall clock includes waiting for a core.
     """
     size = path.stat().st_size
@@ -90,6 +95,11 @@ def run_command(
     cmd += ["--json"] if as_json else []
     cmd += ["--html", str(html), "--quiet"] if html is not None else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    if pycache is not None:
+        # An installed package has its bytecode; a source tree run with
+        # PYTHONDONTWRITEBYTECODE=1 compiles every module at each start (about 0.07 s here).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     start = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
         cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE) if via_pipe else None
@@ -141,12 +151,24 @@ def main() -> int:
     parser.add_argument(
         "--html", action="store_true", help="also time `--html OUT.html` (file, text report)"
     )
+    parser.add_argument(
+        "--compile-each-run",
+        action="store_true",
+        help="compile fitlens's modules at every start, as a source tree does under "
+        "PYTHONDONTWRITEBYTECODE=1 (default: compiled once, as an installed package is)",
+    )
     args = parser.parse_args()
     print(
         f"python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} "
-        "(MB/s of CPU time = user + system of the command: what a free core would give)"
+        "(MB/s of CPU time = user + system of the command: what a free core would give); "
+        + ("modules compiled at every start" if args.compile_each_run else "bytecode compiled once")
     )
     with tempfile.TemporaryDirectory() as tmp:
+        pycache = None if args.compile_each_run else Path(tmp) / "pycache"
+        if pycache is not None:  # one run to compile the modules
+            warm = Path(tmp) / "warm.log"
+            generate(warm, 0.05, "keras2-lines")
+            run_command(warm, False, False, pycache=pycache)
         for style in args.styles:
             for size in sorted(args.sizes):
                 path = Path(tmp) / f"{style}-{size:g}.log"
@@ -156,10 +178,10 @@ def main() -> int:
                         how = ("stdin " if via_pipe else "file  ") + (
                             "--json" if as_json else "text  "
                         )
-                        _row(style, how, run_command(path, as_json, via_pipe))
+                        _row(style, how, run_command(path, as_json, via_pipe, pycache=pycache))
                 if args.html:
                     page = Path(tmp) / "page.html"
-                    _row(style, "file  --html", run_command(path, False, False, page))
+                    _row(style, "file  --html", run_command(path, False, False, page, pycache))
                 path.unlink()
     return 0
 

@@ -15,6 +15,7 @@ from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
     Window,
     end_bounds,
+    exact_window,
     last_window,
     narrowest_end_window,
     reconstruct,
@@ -245,3 +246,26 @@ def test_the_scalar_end_window_scan_picks_what_the_array_bounds_pick(values, dat
     i = int(fits[0]) if len(fits) else int(np.argmin(width))
     expected = Window(int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i]))
     assert (window, precise) == (expected, bool(len(fits)))
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES, deadline=None)
+@given(batch_values, st.data())
+def test_the_exact_window_on_plain_numbers_is_bit_identical_to_the_array_bounds(values, data):
+    """exact_window (window_bounds' and the report's first batches' scalar path) gives the same
+    doubles as end_bounds for every window that ends at the last display, epoch start included."""
+    steps, means, halves = _shown_arrays([*values, 0.5], data, least=2)
+    if data.draw(st.booleans()):  # a %.4e display: mixed roundings
+        halves[data.draw(st.integers(0, len(steps) - 1))] = 0.5e-8
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0), (0.4, 0.41)]))
+    first, value, low, high = end_bounds(steps, means, halves, clip=clip)
+    n = len(steps)
+    w_k, m_k, h_k = float(steps[-1]), float(means[-1]), float(halves[-1])
+    for i in range(n):  # window i starts after display n-2-i; the last one at the epoch start
+        j = n - 2 - i
+        start = (0.0, 0.0, 0.0) if j < 0 else (float(steps[j]), float(means[j]), float(halves[j]))
+        expected = Window(int(first[i]), int(steps[-1]), *map(float, (value[i], low[i], high[i])))
+        got = exact_window(*start, w_k, m_k, h_k, int(steps[-1]), clip)
+        assert got == expected
+        shown_start = None if j < 0 else Shown(int(steps[j]), start[1], start[2])
+        end = Shown(int(steps[-1]), m_k, h_k)
+        assert window_bounds(shown_start, end, clip=clip) == expected

@@ -88,22 +88,35 @@ def _display(steps: np.ndarray, means: np.ndarray, halves: np.ndarray, i: int) -
 _SCALAR_CANDIDATES = 8
 
 
-def choose_end_window(metric: MetricResult, jump: float) -> Window:
+def _second_half(steps: np.ndarray) -> int:
+    """Index of the first display before the last at or after half the last one's step."""
+    return int(steps[:-1].searchsorted(int(steps[-1]) / 2))
+
+
+def choose_end_window(metric: MetricResult, jump: float, second_half: int | None = None) -> Window:
     """The level near the end of an epoch: the shortest trailing window that is precise enough.
 
     Candidates end at the epoch's last display and start in its second half (when it has
     displays there). The first whose half-width is at most a quarter of ``|jump|`` wins; if none
     is, the narrowest candidate (precision beats recency once no candidate is precise enough).
     Without displays in the second half, the window since the previous display is all there is.
+    ``second_half`` is ``_second_half(steps)`` when the caller has it already.
     """
     steps, means, halves_ = metric.series.arrays()
     end = int(steps[-1])
-    weights = {"end_weight_low": metric.end_weight_low, "end_weight_high": metric.end_weight_high}
     if len(steps) == 1:
-        return window_bounds(None, _display(steps, means, halves_, 0), clip=metric.clip, **weights)
+        return window_bounds(
+            None,
+            _display(steps, means, halves_, 0),
+            end_weight_low=metric.end_weight_low,
+            end_weight_high=metric.end_weight_high,
+            clip=metric.clip,
+        )
     # Shortest first: candidate i starts after display n-2-i; keep those in the second half
     # (steps increase, so they are the last ones), or the shortest window when there is none.
-    candidates = len(steps) - 1 - int(np.searchsorted(steps[:-1], end / 2, side="left"))
+    if second_half is None:
+        second_half = _second_half(steps)
+    candidates = len(steps) - 1 - second_half
     if metric.end_weight_low is None and metric.end_weight_high is None:
         # The first few candidates on scalars: one of them is usually precise enough. With no
         # candidate, the shortest window, whatever its width.
@@ -127,8 +140,12 @@ def choose_end_window(metric: MetricResult, jump: float) -> Window:
     return Window(int(first[i]), end, float(value[i]), float(low[i]), float(high[i]))
 
 
-def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
+def halves(
+    metric: MetricResult, second_half: int | None = None
+) -> tuple[Window | None, Window | None]:
     """Windows over the first and second half of an epoch, split at the display nearest the middle.
+
+    ``second_half`` is ``_second_half(steps)`` when the caller has it already.
 
     Returns:
         ``(early, late)``, or ``(None, None)`` when the epoch has no display strictly inside it.
@@ -140,7 +157,7 @@ def halves(metric: MetricResult) -> tuple[Window | None, Window | None]:
     # The display nearest the middle (the first of two as near): steps increase, so it is one
     # of the two around it.
     mid = end.step / 2
-    i = int(np.searchsorted(steps[:-1], mid))
+    i = _second_half(steps) if second_half is None else second_half
     if i == len(steps) - 1 or (i > 0 and abs(int(steps[i - 1]) - mid) <= abs(int(steps[i]) - mid)):
         i -= 1
     middle = _display(steps, means, halves_, i)
@@ -169,12 +186,13 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     end = _display(a_steps, a_means, a_halves, len(a_steps) - 1)
     first = _display(b_steps, b_means, b_halves, 0)
     jump = first.mean - end.mean
-    end_level = choose_end_window(a, jump)
+    second_half = _second_half(a_steps)
+    end_level = choose_end_window(a, jump, second_half)
     next_window = window_bounds(None, first, clip=b.clip)
     lag_low = end_level.low - (end.mean + end.half)
     lag_high = end_level.high - (end.mean - end.half)
     frac_low, frac_high = _fractions(lag_low, lag_high, jump)
-    early, late = halves(a)
+    early, late = halves(a, second_half)
     trend = _trend(early, late, jump)
     verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
     # Steps increase: some display before the last is in the second half if the one before it is.

@@ -90,16 +90,19 @@ def window_bounds(
         >>> round(w.value, 6), round(w.low, 6), round(w.high, 6)
         (1.0, 0.99985, 1.00015)
     """
-    w_j = 0.0 if start is None else float(start.step)
-    m_j = 0.0 if start is None else start.mean
-    h_j = 0.0 if start is None else start.half
+    if start is None:
+        w_j = m_j = h_j = 0.0
+    else:
+        w_j, m_j, h_j = float(start.step), start.mean, start.half
     w_hi = float(end.step) if end_weight_high is None else float(end_weight_high)
     w_lo = w_hi if end_weight_low is None else min(float(end_weight_low), w_hi)
-    value = window_mean(w_j, m_j, w_hi, end.mean)
+    if not w_hi > w_j:
+        window_mean(w_j, m_j, w_hi, end.mean)  # raises: the window is empty
     if w_lo == w_hi:
-        half = (w_hi * end.half + w_j * h_j) / (w_hi - w_j)
-        low, high = value - half, value + half
-    elif w_lo <= w_j:
+        return exact_window(w_j, m_j, h_j, w_hi, end.mean, end.half, end.step, clip)
+    # window_mean's arithmetic, inline: this runs several times per metric and epoch.
+    value = (w_hi * end.mean - w_j * m_j) / (w_hi - w_j)
+    if w_lo <= w_j:
         low, high = -math.inf, math.inf
     else:
         corners = [
@@ -115,6 +118,31 @@ def window_bounds(
     if clip is not None:
         value, low, high = _clip_one(value, low, high, clip)
     return Window(int(w_j) + 1, end.step, value, low, high)
+
+
+def exact_window(
+    w_j: float,
+    m_j: float,
+    h_j: float,
+    w_k: float,
+    m_k: float,
+    h_k: float,
+    last: int,
+    clip: tuple[float, float] | None,
+) -> Window:
+    """:func:`window_bounds` with an exact end weight, on plain numbers: the window after weight
+    ``w_j`` (mean ``m_j`` ± ``h_j``) up to weight ``w_k > w_j`` (mean ``m_k`` ± ``h_k``), whose
+    last batch is ``last``. The report computes a few of these per metric and epoch."""
+    span = w_k - w_j
+    value = (w_k * m_k - w_j * m_j) / span
+    half = (w_k * h_k + w_j * h_j) / span
+    low, high = value - half, value + half
+    if math.isfinite(low) and math.isfinite(high):
+        slack = _SLACK * (abs(low) + abs(high) + 1.0)
+        low, high = low - slack, high + slack
+    if clip is not None:
+        value, low, high = _clip_one(value, low, high, clip)
+    return Window(int(w_j) + 1, last, value, low, high)
 
 
 def _clip_one(

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
 from fitlens.explain.epochs import Shown
 from fitlens.explain.jumps import LITTLE, MOSTLY, Boundary
-from fitlens.explain.reconstruct import Window, window_bounds
+from fitlens.explain.reconstruct import Window, exact_window
 
 SCHEMA = "fitlens.explain/2"
 
@@ -94,13 +94,19 @@ class EpochSummary:
 def _first_batches(m: MetricResult) -> tuple[Window, ...]:
     steps, means, halves = m.series.arrays()
     out: list[Window] = []
-    previous: Shown | None = None
-    for i in range(min(FIRST_BATCHES, len(steps))):
-        if int(steps[i]) != i + 1:
+    # window_bounds(previous display, this one) on plain numbers; 0 weight before the first.
+    m_j = h_j = 0.0
+    rows = zip(
+        steps[:FIRST_BATCHES].tolist(),
+        means[:FIRST_BATCHES].tolist(),
+        halves[:FIRST_BATCHES].tolist(),
+        strict=True,
+    )
+    for i, (step, mean, half) in enumerate(rows):
+        if step != i + 1:
             break
-        shown = Shown(i + 1, float(means[i]), float(halves[i]))
-        out.append(window_bounds(previous, shown, clip=m.clip))
-        previous = shown
+        out.append(exact_window(float(i), m_j, h_j, float(step), mean, half, step, m.clip))
+        m_j, h_j = mean, half
     return tuple(out)
 
 
@@ -157,9 +163,9 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
 
 def fmt(x: float) -> str:
     """Format like Keras does: ``%.4f``, or ``%.4e`` for magnitudes at or below 1e-3."""
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.4f}" if abs(x) > 1e-3 or x == 0 else f"{x:.4e}"
+    if 1e-3 < abs(x) < math.inf or x == 0:
+        return f"{x:.4f}"
+    return str(x) if not math.isfinite(x) else f"{x:.4e}"
 
 
 def _outward(y: float, up: bool) -> int:
@@ -185,10 +191,18 @@ def fmt_bound(x: float, up: bool) -> str:
         >>> fmt_bound(0.74996, up=False), fmt_bound(0.74996, up=True)
         ('0.7499', '0.7500')
     """
+    if 1e-3 < abs(x) < math.inf:
+        # _outward(x * 1e4, up), inline: two bounds per interval, several intervals per epoch.
+        y = x * 1e4
+        f = math.floor(y)
+        if y != f:
+            if y - f > 2e-6 and f + 1 - y > 2e-6:
+                f = f + 1 if up else f
+            else:
+                f = (math.ceil if up else math.floor)(round(y, 6))
+        return f"{f / 1e4:.4f}"
     if not math.isfinite(x) or x == 0:
         return fmt(x)
-    if abs(x) > 1e-3:
-        return f"{_outward(x * 1e4, up) / 1e4:.4f}"
     # The decimal mantissa and exponent from the repr, not from powers of ten (which
     # underflow to 0 or overflow for subnormal x).
     mantissa, exponent_text = f"{x:.12e}".split("e")

@@ -75,6 +75,8 @@ class ReportWriter:
         self.options = options
         self.as_json = as_json
         self.separators = separators
+        # One encoder for every item: json.dumps with options builds a new one per call.
+        self._encode = json.JSONEncoder(separators=separators, allow_nan=False).encode
         self.epochs = 0
         self.boundaries = 0
         self._bottom = spool()
@@ -132,7 +134,7 @@ class ReportWriter:
         self._previous = epoch
 
     def _item(self, spool: IO[str], obj: Any) -> None:
-        text = json.dumps(obj, separators=self.separators, allow_nan=False)
+        text = self._encode(obj)
         # Whether the list has items already, kept here: tell() on a text file on disk is slow.
         if id(spool) in self._started:
             text = self.separators[0] + text
