@@ -24,6 +24,7 @@ from fitlens.core.estimators import (
     WindowMean,
     fit_together,
     update_together,
+    with_batches_together,
 )
 from fitlens.core.estimators.discounted import update_lines
 from fitlens.core.local_fit import LocalFit, _local_fit_one, local_fits
@@ -248,3 +249,37 @@ def test_a_non_finite_batch_propagates_to_the_estimate_without_a_numpy_warning(b
         assert not np.isfinite(estimator.value)
         estimator.update(np.linspace(0.4, 0.3, 64), 10.0)  # the NaN sums carried on
         assert not np.isfinite(estimator.estimate().value)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 200), st.integers(1, 63))
+def test_copies_with_batches_added_together_equal_each_with_batches_and_leave_the_originals(
+    seed, seen, tail
+):
+    """A display adds the partial block to every metric's now estimate at once
+    (`with_batches_together`: shared state arrays, one stacked update); each copy must be what
+    `with_batches` gives for its column, bit for bit, and the estimators must not change."""
+    rng = np.random.default_rng(seed)
+    ests: list[Estimator] = [
+        AdaptiveTrend(bounds=NONNEGATIVE),
+        AdaptiveTrend(bounds=RATE),
+        AdaptiveTrend(nan_policy="ignore"),
+        EMATrend(beta=0.9),
+        EpochMean(),
+    ]
+    for i, est in enumerate(ests):
+        if seen:
+            est.update(rng.random(seen) + i, rng.choice([0.0, 32.0], seen, p=[0.1, 0.9]))
+    before = [est.state_dict() for est in ests]
+    values = rng.random((tail, len(ests)))
+    values[rng.random(values.shape) < 0.03] = np.nan
+    weights = rng.choice([0.0, 8.0, 32.0], (tail, len(ests)), p=[0.1, 0.3, 0.6])
+    together = with_batches_together(ests, values, weights)
+    for i, (est, copy) in enumerate(zip(ests, together, strict=True)):
+        alone = est.with_batches(values[:, i], weights[:, i])
+        mine, theirs = copy.state_dict(), alone.state_dict()
+        for key in theirs:
+            assert np.array_equal(mine[key], theirs[key], equal_nan=True), key
+        a, b = copy.estimate(), alone.estimate()
+        assert all(_same(x, y) for x, y in ((a.value, b.value), (a.low, b.low), (a.high, b.high)))
+        after = est.state_dict()
+        assert all(np.array_equal(after[k], before[i][k], equal_nan=True) for k in after)

@@ -113,3 +113,78 @@ def test_a_leading_batch_without_samples_does_not_count_as_an_observation():
     plain.update(v, n)
     padded.update(np.r_[0.5, v], np.r_[0.0, n])
     assert padded.fit().spread == pytest.approx(plain.fit().spread, rel=1e-9)
+
+
+def _lapack_lines(m, my, t, syy, batches):
+    """The stacked fit of lines as fitlens solved it before the closed form (eigvalsh for the
+    condition, LAPACK solves): ``(solved, value, noise, spread, bend, bend_noise)`` per row."""
+    scale = np.maximum(np.sqrt(m[:, 2] / m[:, 0]), 1.0)
+    powers = scale[:, None] ** -np.arange(5)
+    m, t, my = m * powers, t * powers, my * powers[:, :3]
+    out = []
+    for size in (2, 3):
+        hank = np.add.outer(np.arange(size), np.arange(size))
+        g_mat, t_mat = m[:, hank], t[:, hank]
+        eig = np.linalg.eigvalsh(g_mat)
+        solvable = (eig[:, 0] > 1e-10 * eig[:, -1]) & (eig[:, -1] > 0)
+        g_mat = np.where(solvable[:, None, None], g_mat, np.eye(size))  # refused rows: unused
+        theta = np.linalg.solve(g_mat, my[:, :size, None])[:, :, 0]
+        g = np.linalg.solve(g_mat, np.eye(size)[None, :, :1].repeat(len(m), 0))[:, :, 0]
+        trace = np.trace(np.linalg.solve(g_mat, t_mat), axis1=1, axis2=2)
+        out.append((solvable, theta, g, trace, t_mat))
+    (ok, theta, g, trace, _), (ok2, theta2, g2, trace2, t2) = out
+    quad = np.einsum
+    noise = quad("ri,rij,rj->r", g, t2[:, :2, :2], g)
+    bend_noise = (
+        noise + quad("ri,rij,rj->r", g2, t2, g2) - 2 * quad("ri,rij,rj->r", g, t2[:, :2], g2)
+    )
+    rss, dof = syy - np.sum(theta * my[:, :2], 1), batches - trace
+    rss2, dof2 = syy - np.sum(theta2 * my, 1), batches - trace2
+    rss, dof = np.where(dof2 >= 1, rss2, rss), np.where(dof2 >= 1, dof2, dof)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.where(dof >= 1, np.maximum(rss, 0) / dof, np.nan)
+    cond = np.linalg.cond(m[:, np.add.outer(np.arange(3), np.arange(3))])
+    return ok & ok2, theta[:, 0], noise, spread, theta[:, 0] - theta2[:, 0], bend_noise, cond
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(4, 3000),
+    st.sampled_from([1.0, 4.0, 32.0, 512.0]),
+    st.floats(0.0, 0.5),
+)
+def test_lines_solved_in_closed_form_equal_the_lapack_solve_up_to_float64_rounding(
+    seed, steps, size, zero_share
+):
+    """`local_fits` solves every line's 2x2 and 3x3 normal equations with adjugates; the result
+    must be the LAPACK solve's (the earlier implementation, kept above) up to the rounding a
+    solve amplifies by the rescaled matrix's condition number, for the lines of every memory
+    `AdaptiveTrend` uses, with weightless batches among them; a row the closed form refuses is
+    one that is ill conditioned (it then takes the one-by-one path, which tests the 2-norm)."""
+    from fitlens.core.local_fit import local_fits
+
+    rng = np.random.default_rng(seed)
+    v = 0.9 - 0.5 * np.exp(-np.arange(steps) / 300.0) + 0.05 * rng.standard_normal(steps)
+    w = np.where(rng.random(steps) < zero_share, 0.0, size)
+    w[-1] = size
+    lines = [EMATrend(memory) for memory in (30.0, 300.0, 600.0, 1200.0, 2400.0, 4800.0, 1e5)]
+    for line in lines:
+        line.update(v, w)
+    m, my, t = (np.array([getattr(line, k) for line in lines]) for k in ("m", "my", "t"))
+    syy = np.array([line.syy for line in lines])
+    batches_ = np.array([line.batches for line in lines])
+    fits = local_fits(m, my, t, syy, batches_, steps, 1)
+    solved, value, noise, spread, bend, bend_noise, cond = _lapack_lines(m, my, t, syy, batches_)
+    eps = np.finfo(float).eps
+    for i, fit in enumerate(fits):
+        if not solved[i]:
+            assert cond[i] > 1e9  # refused by the earlier code too: ill conditioned
+            continue
+        tol = 64 * eps * cond[i]
+        scale = max(1.0, abs(value[i]))
+        assert fit.degree == 1
+        assert fit.value == pytest.approx(value[i], rel=tol, abs=tol * scale)
+        assert fit.bend == pytest.approx(bend[i], rel=tol, abs=tol * scale)
+        assert fit.noise == pytest.approx(noise[i], rel=tol)
+        assert fit.bend_noise == pytest.approx(max(bend_noise[i], 0.0), rel=tol, abs=tol * noise[i])
+        assert fit.spread == pytest.approx(spread[i], rel=tol, abs=tol * scale, nan_ok=True)

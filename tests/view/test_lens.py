@@ -6,6 +6,7 @@ import io
 import itertools
 import math
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -231,9 +232,12 @@ def test_verbose_2_writes_one_line_per_epoch_to_a_log():
     assert epoch_lines == lines[:1] and lines[0].startswith("Epoch 1/2 - 210 steps")
 
 
-def _hundred_steps_counting_reads(progress: Progress) -> tuple[Lens, list[float], io.StringIO]:
-    """100 steps of 0.05 s through a lens on ``progress`` (written to a string), recording the
-    clock time of every read of the now estimates (`Lens.snapshot`)."""
+def _hundred_steps_counting_reads(
+    progress: Progress, seconds: float = 0.05, loss: Callable[[int], float] = lambda s: 1.0 / s
+) -> tuple[Lens, list[float], io.StringIO]:
+    """100 steps of ``seconds`` through a lens on ``progress`` (written to a string), the loss
+    ``loss(step)``, recording the clock time of every read of the now estimates
+    (`Lens.snapshot`)."""
     clock, out = FakeClock(), io.StringIO()
     progress.file = out
     obs = Lens(progress, "adaptive_trend", clock=clock)
@@ -244,20 +248,36 @@ def _hundred_steps_counting_reads(progress: Progress) -> tuple[Lens, list[float]
     obs.begin_epoch(0)
     for step in range(1, 101):
         obs.begin_step()
-        clock.t += 0.05
-        obs.step_done(step, {"loss": 1.0 / step}, {"loss": 4}, 4)
+        clock.t += seconds
+        obs.step_done(step, {"loss": loss(step)}, {"loss": 4}, 4)
     return obs, reads, out
 
 
 def test_a_log_reads_the_now_estimates_only_for_the_lines_it_writes():
-    # 10 refreshes a second and 0.05 s steps: a refresh every other step, a line every tenth
-    # of the epoch; reading the estimators costs about a millisecond per metric, so the quiet
-    # refreshes (which only move values to the host) must not read them.
-    obs, reads, out = _hundred_steps_counting_reads(Progress(1))
+    # 10 refreshes a second and 0.06 s steps: a refresh every other step, a line every tenth
+    # of the epoch (0.6 s apart); reading the estimators costs a fraction of a millisecond per
+    # metric, so the quiet refreshes (which only move values to the host) must not read them.
+    obs, reads, out = _hundred_steps_counting_reads(Progress(1), seconds=0.06)
     assert obs.stream is not None and obs.stream.rows == 100  # every step reached the host
-    assert [round(t / 0.05) for t in reads] == list(range(10, 101, 10))  # one per line written
+    assert [round(t / 0.06) for t in reads] == list(range(10, 101, 10))  # one per line written
     obs.end_epoch()
     assert len(out.getvalue().splitlines()) == 11
+
+
+def test_a_short_epochs_log_reads_the_now_estimates_at_most_twice_a_second():
+    # 0.02 s steps: the ten lines come 0.2 s apart. Like a bar, the log reads the now
+    # estimates at its first line, then at most every NOW_READ_SECONDS (0.5 s), and its lines
+    # in between show the last read; the epoch means are fresh on every line.
+    _, reads, out = _hundred_steps_counting_reads(
+        Progress(1),
+        seconds=0.02,
+        loss=lambda step: 2.0 - step / 100,  # a line: now is exact
+    )
+    assert [round(t / 0.02) for t in reads] == [10, 40, 70, 100]  # lines at 10, 20, ..., 100
+    drawn = re.findall(r"loss: ([0-9.]+) \(now ([0-9.-]+)", out.getvalue())
+    nows = [float(n) for _, n in drawn]
+    assert nows == [1.9] * 3 + [1.6] * 3 + [1.3] * 3 + [1.0]  # read at lines 1, 4, 7 and 10
+    assert len({m for m, _ in drawn}) == 10
 
 
 def test_an_epoch_end_fits_each_metrics_now_estimator_once_for_value_interval_and_lines():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import cast
 
 import numpy as np
@@ -117,9 +116,9 @@ def local_fits(
 ) -> list[LocalFit]:
     """`local_fit` of several estimators' sums (one per row) over the same ``steps``.
 
-    Rows whose fit of ``degree`` and of ``degree + 1`` both exist (the usual case) are solved
-    together in a few stacked numpy calls; the others one by one. Each row's result depends
-    only on that row.
+    For a line (``degree=1``, every trend estimator), rows whose line and parabola are both
+    well conditioned (the usual case) are solved together in closed form (`_fill_lines`); the
+    others one by one. Each row's result depends only on that row.
 
     Args:
         m, t: ``(rows, 2 degree + 3)`` moment sums; my: ``(rows, degree + 2)``.
@@ -128,17 +127,10 @@ def local_fits(
     """
     rows = m.shape[0]
     out: list[LocalFit | None] = [None] * rows
-    size = degree + 1
-    if (
-        degree >= 1
-        and steps >= degree + 3
-        and m.shape[1] > 2 * size
-        and t.shape[1] > 2 * size
-        and my.shape[1] > size
-    ):
+    if degree == 1 and steps >= 4 and m.shape[1] >= 5 and t.shape[1] >= 5 and my.shape[1] >= 3:
         good = np.flatnonzero(m[:, 0] > 0)
         if good.size:
-            _fill_stacked(out, good, m, my, t, syy, batches, degree)
+            _fill_lines(out, good, m, my, t, syy, batches)
     for i in range(rows):
         if out[i] is None:
             out[i] = _local_fit_one(
@@ -147,39 +139,7 @@ def local_fits(
     return cast(list[LocalFit], out)
 
 
-@lru_cache(maxsize=16)
-def _hankel_layout(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The Hankel index ``i + j`` and the identity, for ``size`` coefficients (read-only)."""
-    idx = np.arange(size)
-    hank, eye = idx[:, None] + idx[None, :], np.eye(size)
-    hank.flags.writeable = eye.flags.writeable = False
-    return hank, eye
-
-
-def _stacked_solve(
-    m: np.ndarray, my: np.ndarray, t: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(solvable, theta, g, trace, t_hankel)`` of fits with ``size`` coefficients, per row."""
-    hank, eye = _hankel_layout(size)
-    g_mat, t_mat = m[:, hank], t[:, hank]
-    eig = np.linalg.eigvalsh(g_mat)
-    solvable = (eig[:, 0] > _CONDITION * eig[:, -1]) & (_CONDITION * eig[:, -1] > 0)
-    rhs = np.empty((m.shape[0], size, size + 2))  # my, e0 and t's Hankel matrix, side by side
-    rhs[:, :, 0] = my[:, :size]
-    rhs[:, :, 1] = eye[:, 0]
-    rhs[:, :, 2:] = t_mat
-    g_safe = np.where(solvable[:, None, None], g_mat, eye)  # unsolvable rows: not used
-    sol = np.linalg.solve(g_safe, rhs)
-    trace = np.trace(sol[:, :, 2:], axis1=1, axis2=2)
-    return solvable, sol[:, :, 0], sol[:, :, 1], trace, t_mat
-
-
-def _quad(a: np.ndarray, mat: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a[r] @ mat[r] @ b[r]`` per row, summed in an order that does not depend on the rows."""
-    return np.sum(np.sum(a[:, :, None] * mat, axis=1) * b, axis=1)
-
-
-def _fill_stacked(
+def _fill_lines(
     out: list[LocalFit | None],
     rows: np.ndarray,
     m: np.ndarray,
@@ -187,50 +147,76 @@ def _fill_stacked(
     t: np.ndarray,
     syy: np.ndarray,
     batches: np.ndarray,
-    degree: int,
 ) -> None:
-    """Fill ``out`` at ``rows`` where both the fit and the one a degree higher can be solved."""
-    if rows.size < m.shape[0]:
-        m, my, t, syy, batches = m[rows], my[rows], t[rows], syy[rows], batches[rows]
-    scale = np.maximum(np.sqrt(m[:, 2] / m[:, 0]), 1.0)  # x spans >= 1 batch
-    powers = scale[:, None] ** -np.arange(max(m.shape[1], t.shape[1]))
-    m, t, my = (
-        m * powers[:, : m.shape[1]],
-        t * powers[:, : t.shape[1]],
-        my * powers[:, : my.shape[1]],
-    )
-    size = degree + 1
-    ok, theta, g, trace, t1 = _stacked_solve(m, my, t, size)
-    ok2, theta2, g2, trace2, t2 = _stacked_solve(m, my, t, size + 1)
-    noise = _quad(g, t1, g)
-    rss = syy - np.sum(theta * my[:, :size], axis=1)
-    dof = batches - trace
-    bend = theta[:, 0] - theta2[:, 0]
-    bend_noise = noise + _quad(g2, t2, g2) - 2 * _quad(g, t2[:, :size, :], g2)
-    rss2 = syy - np.sum(theta2 * my[:, : size + 1], axis=1)
-    dof2 = batches - trace2
-    higher = dof2 >= 1.0  # residuals of the higher fit: scatter without the bend in it
-    rss, dof = np.where(higher, rss2, rss), np.where(higher, dof2, dof)
-    effective = m[:, 0] ** 2 / t[:, 0]
-    # the rows' fields as Python floats, converted once per column (a read fits ten rows)
-    fields = zip(
+    """Fill ``out`` at ``rows`` with the line's fit (bend from the parabola) where both normal
+    matrices are positive definite with a Frobenius condition number below 1 / `_CONDITION`
+    (`_line_fit`, row by row on Python floats: a display reads ten rows at a time, for which
+    a hundred float operations per row cost less than the numpy calls on arrays of ten)."""
+    for row, m_r, my_r, t_r, syy_r, batches_r in zip(
         rows.tolist(),
-        (ok & ok2).tolist(),
-        theta[:, 0].tolist(),
-        noise.tolist(),
-        effective.tolist(),
-        rss.tolist(),
-        dof.tolist(),
-        bend.tolist(),
-        bend_noise.tolist(),
+        m[rows].tolist(),
+        my[rows].tolist(),
+        t[rows].tolist(),
+        syy[rows].tolist(),
+        batches[rows].tolist(),
         strict=True,
+    ):
+        out[row] = _line_fit(m_r, my_r, t_r, syy_r, batches_r)
+
+
+def _line_fit(
+    m: list[float], my: list[float], t: list[float], syy: float, batches: float
+) -> LocalFit | None:
+    """The line's `LocalFit` from one row's sums (``m``, ``t``: 5; ``my``: 3; ``m[0] > 0``), or
+    None when the line's or the parabola's normal matrix is not well conditioned.
+
+    The 2x2 and 3x3 symmetric systems are solved with their adjugates. Positive definiteness is
+    tested by the leading minors, the conditioning by the Frobenius condition number, which
+    bounds the 2-norm one that `_local_fit_one` tests from above (by at most 3x for a 3x3): a
+    row accepted here is one it accepts; a row refused here goes to it.
+    """
+    m0 = m[0]
+    spread2 = m[2] / m0  # weighted mean of x^2: x is rescaled by its root when above 1
+    s1 = 1.0 / math.sqrt(spread2) if spread2 > 1.0 else 1.0
+    s2 = s1 * s1
+    s3, s4 = s2 * s1, s2 * s2
+    m1, m2, m3, m4 = m[1] * s1, m[2] * s2, m[3] * s3, m[4] * s4
+    t0, t1, t2, t3, t4 = t[0], t[1] * s1, t[2] * s2, t[3] * s3, t[4] * s4
+    y0, y1, y2 = my[0], my[1] * s1, my[2] * s2
+    # the line: G = [[m0, m1], [m1, m2]], adjugate [[m2, -m1], [-m1, m0]]
+    det = m0 * m2 - m1 * m1
+    if not (det > 0 and (m0 * m0 + 2 * m1 * m1 + m2 * m2) * _CONDITION < det):
+        return None
+    # the parabola: G2 = Hankel(m0..m4), adjugate A (symmetric; its last entry is det)
+    a00, a01, a02 = m2 * m4 - m3 * m3, m2 * m3 - m1 * m4, m1 * m3 - m2 * m2
+    a11, a12 = m0 * m4 - m2 * m2, m1 * m2 - m0 * m3
+    det2 = m0 * a00 + m1 * a01 + m2 * a02
+    frob_g2 = m0 * m0 + 2 * m1 * m1 + 3 * m2 * m2 + 2 * m3 * m3 + m4 * m4
+    frob_a2 = a00 * a00 + a11 * a11 + det * det + 2 * (a01 * a01 + a02 * a02 + a12 * a12)
+    if not (det2 > 0 and frob_g2 * frob_a2 * _CONDITION**2 < det2 * det2):
+        return None
+    g0, g1 = m2 / det, -m1 / det  # G^-1 e0
+    theta0 = (m2 * y0 - m1 * y1) / det
+    theta1 = (m0 * y1 - m1 * y0) / det
+    trace = (m2 * t0 - 2 * m1 * t1 + m0 * t2) / det
+    h0, h1, h2 = a00 / det2, a01 / det2, a02 / det2  # G2^-1 e0
+    p0 = (a00 * y0 + a01 * y1 + a02 * y2) / det2
+    p1 = (a01 * y0 + a11 * y1 + a12 * y2) / det2
+    p2 = (a02 * y0 + a12 * y1 + det * y2) / det2
+    trace2 = (a00 * t0 + a11 * t2 + det * t4 + 2 * (a01 * t1 + a02 * t2 + a12 * t3)) / det2
+    noise = g0 * g0 * t0 + 2 * g0 * g1 * t1 + g1 * g1 * t2  # g' T g
+    noise2 = (
+        h0 * (h0 * t0 + 2 * h1 * t1 + 2 * h2 * t2) + h1 * (h1 * t2 + 2 * h2 * t3) + h2 * h2 * t4
     )
-    for row, solved, value, noise_j, effective_j, rss_j, dof_j, bend_j, bend_noise_j in fields:
-        if solved:
-            spread = max(rss_j, 0.0) / dof_j if dof_j >= 1.0 else math.nan
-            out[row] = LocalFit(
-                value, degree, noise_j, effective_j, spread, bend_j, max(bend_noise_j, 0.0)
-            )
+    cross = g0 * (h0 * t0 + h1 * t1 + h2 * t2) + g1 * (h0 * t1 + h1 * t2 + h2 * t3)  # g' T2 h
+    dof2 = batches - trace2
+    if dof2 >= 1.0:  # residuals of the higher fit: scatter without the bend in it
+        rss, dof = syy - (p0 * y0 + p1 * y1 + p2 * y2), dof2
+    else:
+        rss, dof = syy - (theta0 * y0 + theta1 * y1), batches - trace
+    spread = max(rss, 0.0) / dof if dof >= 1.0 else math.nan
+    bend_noise = max(noise + noise2 - 2 * cross, 0.0)
+    return LocalFit(theta0, 1, noise, m0 * m0 / t0, spread, theta0 - p0, bend_noise)
 
 
 def _local_fit_one(

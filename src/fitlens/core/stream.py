@@ -27,6 +27,7 @@ from fitlens.core.estimators import (
     fit_together,
     make_estimator,
     update_together,
+    with_batches_together,
 )
 from fitlens.core.history import BatchLog
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
@@ -71,12 +72,15 @@ class Blocks:
             return est.value
         return est.value_with(self.values[:, column], self.weights[:, column])
 
-    def added(self, est: Estimator, column: int) -> Estimator:
-        """``est`` with the partial block's ``column`` added: a copy (``est`` itself when the
-        partial block is empty)."""
+    def added_together(self, ests: Sequence[Estimator], columns: Sequence[int]) -> list[Estimator]:
+        """Each of ``ests`` with the partial block's column of the same index added: copies,
+        equal bit for bit to ``est.with_batches`` of that column, with every estimator's lines
+        updated in one stacked update (`with_batches_together`); ``ests`` themselves when the
+        partial block is empty."""
         if not len(self.weights):
-            return est
-        return est.with_batches(self.values[:, column], self.weights[:, column])
+            return list(ests)
+        columns = list(columns)
+        return with_batches_together(ests, self.values[:, columns], self.weights[:, columns])
 
     def estimate(self, est: Estimator, column: int, level: float = NOW_LEVEL) -> NowEstimate:
         """``est``'s value and ``level`` interval with the partial block added: one fit."""
@@ -212,7 +216,9 @@ class MetricStream:
         """
         means = {n: self.mean(n) for n in self.names}
         read = [n for n in self.names if n not in self.epoch_values or self.is_mean(n, means[n])]
-        nows = {n: self._tail.added(self.nows[n], self.names.index(n)) for n in read}
+        columns = [self.names.index(n) for n in read]
+        added = self._tail.added_together([self.nows[n] for n in read], columns)
+        nows = dict(zip(read, added, strict=True))
         fit_together(nows.values())  # every metric's lines in one stacked solve: same fits
         return {
             n: (means[n], nows[n].estimate(NOW_LEVEL) if n in nows else NowEstimate(math.nan))

@@ -41,7 +41,8 @@ from fitlens.view.epoch_end import EpochEndLines
 from fitlens.view.progress import Progress, ProgressState
 from fitlens.view.timing import Clock, StepTimer, default_clock, run_remaining
 
-#: Seconds between two reads of the now estimates for a display redrawn in place (a bar).
+#: Seconds between two reads of the now estimates for the display mid-epoch (a bar's redraws,
+#: a log's lines): the values shown in between are the last read's.
 NOW_READ_SECONDS = 0.5
 
 #: A step no refresh is due at (line mode off).
@@ -511,17 +512,14 @@ class Lens:
                 self.progress.write(line)
 
     def _shown_snapshot(self, t: float) -> dict[str, tuple[float, NowEstimate]]:
-        """The snapshot a mid-epoch display shows at time ``t``: epoch means always fresh; a
-        redrawn display (a bar, 10 refreshes a second) reads the now estimates (about half a
-        millisecond per metric) at most every `NOW_READ_SECONDS` and shows the last read in
-        between. Display only: the history never reads this."""
+        """The snapshot a mid-epoch display shows at time ``t``: epoch means always fresh; the
+        now estimates (a fraction of a millisecond per metric) are read at the epoch's first
+        display and then at most every `NOW_READ_SECONDS`, the last read shown in between: a
+        bar redraws 10 times a second, and a short epoch's log writes its ten lines within a
+        few seconds (lines further apart read afresh each time). Display only: the history
+        never reads this."""
         held = self._shown_nows
-        if (
-            held is None
-            or not self.progress.redraws
-            or t - self._shown_at >= NOW_READ_SECONDS
-            or self.stream is None
-        ):
+        if held is None or t - self._shown_at >= NOW_READ_SECONDS or self.stream is None:
             snapshot = self.snapshot()
             self._shown_nows = {n: now for n, (_, now) in snapshot.items()}
             self._shown_at = t

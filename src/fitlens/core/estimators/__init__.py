@@ -27,7 +27,12 @@ from a name (`make_estimator`).
 
 from __future__ import annotations
 
-from fitlens.core.estimators.adaptive import AdaptiveTrend, fit_together, update_together
+from fitlens.core.estimators.adaptive import (
+    AdaptiveTrend,
+    fit_together,
+    update_together,
+    with_batches_together,
+)
 from fitlens.core.estimators.base import Estimator, NanPolicy
 from fitlens.core.estimators.discounted import EMA, EMATrend
 from fitlens.core.estimators.interval import (
@@ -100,4 +105,5 @@ __all__ = [
     "fit_together",
     "make_estimator",
     "update_together",
+    "with_batches_together",
 ]

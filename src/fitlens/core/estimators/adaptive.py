@@ -150,6 +150,18 @@ def fit_together(estimators: Iterable[Estimator]) -> None:
             _fit_lines(lines, steps)
 
 
+def with_batches_together(
+    estimators: Sequence[Estimator], values: np.ndarray, weights: np.ndarray
+) -> list[Estimator]:
+    """``[est.with_batches(values[:, i], weights[:, i]) for i, est in enumerate(estimators)]``:
+    copies with the batches added, bit for bit, their lines updated in one stacked update
+    (`update_together`); the estimators themselves are unchanged. A display adds the partial
+    block to every metric's now estimate this way before reading them."""
+    copies = [est._copy() for est in estimators]
+    update_together(copies, values, weights)
+    return copies
+
+
 def update_together(
     estimators: Sequence[Estimator], values: np.ndarray, weights: np.ndarray
 ) -> None:

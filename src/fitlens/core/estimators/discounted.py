@@ -157,6 +157,14 @@ class _Discounted(Estimator):
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
         update_lines([self], values, weights)
 
+    def _copy(self) -> Estimator:
+        """An independent copy that shares the state arrays: every change of state (update,
+        shift, merge, load) assigns new arrays and never writes into the old ones, so sharing
+        them is safe and saves copying them (a display copies every line at each read)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        return copy
+
     def fit(self) -> LocalFit:
         if self._fit is None:  # the fit depends on the state only: kept until it changes
             self._fit = local_fit(
