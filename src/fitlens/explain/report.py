@@ -92,7 +92,7 @@ class EpochSummary:
 
 
 def _first_batches(m: MetricResult) -> tuple[Window, ...]:
-    steps, means, halves = m.series.arrays()
+    steps, means, halves = m.arrays
     out: list[Window] = []
     # window_bounds(previous display, this one) on plain numbers; 0 weight before the first.
     m_j = h_j = 0.0
@@ -121,7 +121,7 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
     """
     metrics = {}
     for name, m in result.metrics.items():
-        steps, means, halves = m.series.arrays()
+        steps, means, halves = m.arrays
         first = Shown(int(steps[0]), float(means[0]), float(halves[0]))
         last = Shown(int(steps[-1]), float(means[-1]), float(halves[-1]))
         full = None
@@ -340,14 +340,16 @@ def jump_share(b: Boundary) -> str:
     return f"{pct(b.fraction_low, False)}-{pct(b.fraction_high, True)}"
 
 
-def bottom_line(b: Boundary) -> str:
-    """One line: the boundary, the jump, and what the numbers allow."""
+def bottom_line(b: Boundary, share: str | None = None) -> str:
+    """One line: the boundary, the jump, and what the numbers allow (``share`` is
+    ``jump_share(b)`` when the caller has it already)."""
     head = f"epoch {b.from_epoch} -> {b.from_epoch + 1}, {b.metric} {signed(b.jump)}: "
     if b.reason == "within_rounding":
         return head + "no jump beyond the display's rounding"
     if b.reason == "no_view_inside":
         return head + "one line per epoch (verbose=2): the log cannot tell whether it is lag"
-    share = jump_share(b)
+    if share is None:
+        share = jump_share(b)
     if b.verdict == "averaging_lag":
         return head + f"averaging lag: it explains {share} of the jump (at least {MOSTLY:.0%})"
     if b.verdict == "mixed":
@@ -362,7 +364,7 @@ def bottom_line(b: Boundary) -> str:
     return head + f"averaging lag explains {share}; the log cannot tell more"
 
 
-def _boundary_text(b: Boundary, firsts: str, separate_fits: bool) -> list[str]:
+def _boundary_text(b: Boundary, firsts: str, separate_fits: bool, share: str) -> list[str]:
     k = b.from_epoch
     lines = [
         f"  {b.metric}: epoch {k} ended at a shown mean of {fmt(b.shown_end_mean)}; "
@@ -371,14 +373,14 @@ def _boundary_text(b: Boundary, firsts: str, separate_fits: bool) -> list[str]:
         f"    Near the end of epoch {k}, {_batches(b.end_level)} averaged "
         f"{_interval(b.end_level)}.",
         f"    Averaging lag explains {signed_bound(b.lag_low, False)} to "
-        f"{signed_bound(b.lag_high, True)} of it ({jump_share(b)} of the jump).",
+        f"{signed_bound(b.lag_high, True)} of it ({share} of the jump).",
     ]
     if b.early is not None and b.late is not None:
         lines.append(
             f"    Within epoch {k}: {_batches(b.early)} averaged {_interval(b.early)}, "
             f"{_batches(b.late)} averaged {_interval(b.late)}."
         )
-    lines.append("    " + _verdict_text(b, separate_fits))
+    lines.append("    " + _verdict_text(b, separate_fits, share))
     return lines
 
 
@@ -397,9 +399,8 @@ def _needed(b: Boundary) -> str:
     )
 
 
-def _verdict_text(b: Boundary, separate_fits: bool) -> str:
+def _verdict_text(b: Boundary, separate_fits: bool, share: str) -> str:
     k = b.from_epoch
-    share = jump_share(b)
     noise = ""
     if b.next_window.batches <= 3:
         noise = (
@@ -459,15 +460,18 @@ def epoch_lines(e: EpochSummary) -> list[str]:
     return out
 
 
-def boundary_lines(b: Boundary, before: EpochSummary, after: EpochSummary) -> list[str]:
-    """The report's paragraph for one metric across one boundary."""
+def boundary_lines(
+    b: Boundary, before: EpochSummary, after: EpochSummary, share: str | None = None
+) -> list[str]:
+    """The report's paragraph for one metric across one boundary (``share`` is
+    ``jump_share(b)`` when the caller has it already)."""
     m = after.metrics.get(b.metric)
     firsts = ""
     if m is not None:
         firsts = ", ".join(f"{fmt(w.value)} at {w.last_batch}" for w in m.first_batches)
     firsts = firsts or f"{fmt(b.next_start)} at {b.next_window.last_batch}"
     separate_fits = before.header == after.header == "Epoch 1/1"
-    return _boundary_text(b, firsts, separate_fits)
+    return _boundary_text(b, firsts, separate_fits, jump_share(b) if share is None else share)
 
 
 def metric_line(m: MetricSummary) -> str:

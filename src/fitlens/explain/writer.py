@@ -29,6 +29,7 @@ from fitlens.explain.report import (
     epoch_json,
     epoch_lines,
     fmt,
+    jump_share,
     rules_text,
 )
 
@@ -119,13 +120,16 @@ class ReportWriter:
             self._epochs.write("\n" + "\n".join(epoch_lines(epoch)) + "\n")
             bottom, details = [], []
             for b in boundaries:
-                bottom.append("  " + bottom_line(b) + "\n")
+                share = None  # computed once: the bottom line and the paragraph both show it
+                if b.reason not in ("within_rounding", "no_view_inside"):
+                    share = jump_share(b)
+                bottom.append("  " + bottom_line(b, share) + "\n")
                 if b.reason == "within_rounding" or before is None:
                     continue
                 if self._detail_from != b.from_epoch:
                     self._detail_from = b.from_epoch
                     details.append(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
-                details.append("\n".join(boundary_lines(b, before, epoch)) + "\n")
+                details.append("\n".join(boundary_lines(b, before, epoch, share)) + "\n")
             if bottom:
                 self._bottom.write("".join(bottom))
             if details:
