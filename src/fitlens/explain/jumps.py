@@ -30,6 +30,7 @@ from fitlens.explain.analysis import SCALAR_END_WINDOWS, EpochResult, MetricResu
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
     Window,
+    exact_window,
     narrowest_end_window,
     ranged_end_window,
     window_bounds,
@@ -181,7 +182,10 @@ def halves(
     if i == len(steps) - 1 or (i > 0 and abs(int(steps[i - 1]) - mid) <= abs(int(steps[i]) - mid)):
         i -= 1
     middle = _display(steps, means, halves_, i)
-    early = window_bounds(None, middle, clip=metric.clip)
+    # window_bounds(None, middle): from the epoch start (weight 0), an exact end weight.
+    early = exact_window(
+        0.0, 0.0, 0.0, float(middle.step), middle.mean, middle.half, middle.step, metric.clip
+    )
     late = window_bounds(
         middle,
         end,

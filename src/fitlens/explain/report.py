@@ -10,6 +10,7 @@ any change to it bumps the schema version.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -237,6 +238,8 @@ def pct(fraction: float, up: bool) -> str:
         >>> pct(0.7484, up=False), pct(0.7484, up=True)
         ('74.8%', '74.9%')
     """
+    if fraction == 0.0 or fraction == 1.0:  # clipped shares, the most common ones
+        return "0.0%" if fraction == 0.0 else "100.0%"
     tenths = _outward(fraction * 1000, up)
     return f"{tenths / 10:.1f}%"
 
@@ -323,6 +326,159 @@ def boundary_json(b: Boundary) -> dict[str, Any]:
         "next_start_window": _window_json(b.next_window),
         "trend": b.trend,
     }
+
+
+def _float_text(x: float) -> str:
+    """A float as ``json`` writes it (``float.__repr__``); like ``allow_nan=False``, no
+    infinity or NaN."""
+    if x - x != 0.0:
+        raise ValueError(f"Out of range float values are not JSON compliant: {x!r}")
+    return float.__repr__(x)
+
+
+def _num_text(x: float) -> str:
+    """:func:`_num` as JSON text: ``null`` for an unbounded side."""
+    return "null" if x - x != 0.0 else float.__repr__(x)
+
+
+def _int_text(x: int | None) -> str:
+    return "null" if x is None else int.__repr__(x)
+
+
+_str_text = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
+
+
+class JsonText:
+    """:func:`epoch_json` and :func:`boundary_json` written straight to JSON text: the same
+    characters as ``json.JSONEncoder(separators=separators, allow_nan=False).encode`` of those
+    objects, without building the dicts (the report writes one of each per epoch).
+
+    Args:
+        separators: ``(item, key)`` separators, as for :mod:`json`.
+    """
+
+    def __init__(self, separators: tuple[str, str]) -> None:
+        i, k = separators
+        self.item = i
+
+        def obj(*keys: str) -> str:
+            return "{" + i.join(f'"{key}"{k}%s' for key in keys) + "}"
+
+        self._window = obj("first_batch", "last_batch", "value", "low", "high")
+        self._shown = obj("step", "value", "rounding")
+        self._metric = obj(
+            "kind",
+            "displays",
+            "first_shown",
+            "last_shown",
+            "windows_count",
+            "last_window",
+            "first_batches",
+        )
+        self._epoch = obj(
+            "index",
+            "header",
+            "training",
+            "target",
+            "last_step",
+            "complete",
+            "counter_unit",
+            "style",
+            "weighting",
+            "last_batch",
+            "metrics",
+        )
+        self._lag = obj("low", "high", "fraction_low", "fraction_high")
+        self._boundary = obj(
+            "metric",
+            "from_epoch",
+            "shown_end_mean",
+            "next_start",
+            "jump",
+            "lag_explains",
+            "verdict",
+            "reason",
+            "bottom_line",
+            "end_level",
+            "next_start_window",
+            "trend",
+        )
+        self._key = k
+
+    def window(self, w: Window) -> str:
+        """:func:`_window_json` as text."""
+        return self._window % (
+            int.__repr__(w.first_batch),
+            int.__repr__(w.last_batch),
+            _num_text(w.value),
+            _num_text(w.low),
+            _num_text(w.high),
+        )
+
+    def _shown_text(self, p: Shown) -> str:
+        return self._shown % (int.__repr__(p.step), _float_text(p.mean), _float_text(p.half))
+
+    def epoch(self, e: EpochSummary) -> str | None:
+        """:func:`epoch_json` as text, or ``None`` with ``--windows`` (every window: the
+        caller encodes the objects)."""
+        metrics = []
+        for name, m in e.metrics.items():
+            if m.full is not None:
+                return None
+            last = "null" if m.last_window is None else self.window(m.last_window)
+            firsts = self.item.join([self.window(w) for w in m.first_batches])
+            metrics.append(
+                _str_text(name)
+                + self._key
+                + self._metric
+                % (
+                    _str_text(m.kind),
+                    int.__repr__(m.displays),
+                    self._shown_text(m.first),
+                    self._shown_text(m.last),
+                    _int_text(m.windows),
+                    last,
+                    "[" + firsts + "]",
+                )
+            )
+        return self._epoch % (
+            int.__repr__(e.index),
+            "null" if e.header is None else _str_text(e.header),
+            "true" if e.training else "false",
+            _int_text(e.target),
+            int.__repr__(e.last_step),
+            "true" if e.complete else "false",
+            _str_text(e.unit),
+            _str_text(e.style),
+            _str_text(e.weighting),
+            _str_text(e.last_batch),
+            "{" + self.item.join(metrics) + "}",
+        )
+
+    def boundary(self, b: Boundary) -> tuple[str, str]:
+        """:func:`boundary_json` as text, and its bottom line's text alone."""
+        bottom = _str_text(bottom_line(b))
+        lag = self._lag % (
+            _num_text(b.lag_low),
+            _num_text(b.lag_high),
+            _float_text(b.fraction_low),
+            _float_text(b.fraction_high),
+        )
+        text = self._boundary % (
+            _str_text(b.metric),
+            int.__repr__(b.from_epoch),
+            _float_text(b.shown_end_mean),
+            _float_text(b.next_start),
+            _float_text(b.jump),
+            lag,
+            _str_text(b.verdict),
+            _str_text(b.reason),
+            bottom,
+            self.window(b.end_level),
+            self.window(b.next_window),
+            _str_text(b.trend),
+        )
+        return text, bottom
 
 
 def _batches(w: Window) -> str:
