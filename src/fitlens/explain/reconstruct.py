@@ -509,18 +509,20 @@ def last_window(
         ).row(-1)
     # window_columns' greedy choice for the last end only: the largest start j with
     # W_j (h + tol) <= W_n (tol - h), index 0 being the epoch start (weight 0), else 0. The same
-    # products as window_columns' arrays, bisected on scalars (the products grow with j).
+    # products as window_columns' arrays, on scalars, only near the answer (they grow with j).
     w_k = float(steps[n - 1])
     grow = h + tolerance
     goal = w_k * (tolerance - h)
-    lo_i, hi_i = (1, n + 1) if goal >= 0.0 else (0, 0)  # index 0's product is 0
-    while lo_i < hi_i:  # the first index whose product exceeds the goal
-        mid = (lo_i + hi_i) // 2
-        if float(steps[mid - 1]) * grow <= goal:
-            lo_i = mid + 1
-        else:
-            hi_i = mid
-    j = min(max(lo_i - 1, 0), n - 1)
+    j = 0  # index 0's product is 0: past the goal when the goal is negative
+    if goal >= 0.0:
+        # How many steps have a product within the goal: first by a search on the steps alone
+        # (the quotient may round either way), then corrected by the products themselves.
+        c = int(np.searchsorted(steps, goal / grow, side="right"))
+        while c < n and float(steps[c]) * grow <= goal:
+            c += 1
+        while c > 0 and float(steps[c - 1]) * grow > goal:
+            c -= 1
+        j = min(c, n - 1)
     w_j = float(steps[j - 1]) if j else 0.0
     span = w_k - w_j
     # means[j - 1] wraps around for the epoch start, as in window_columns: its weight is 0.
