@@ -186,13 +186,26 @@ def halves(
     early = exact_window(
         0.0, 0.0, 0.0, float(middle.step), middle.mean, middle.half, middle.step, metric.clip
     )
-    late = window_bounds(
-        middle,
-        end,
-        end_weight_low=metric.end_weight_low,
-        end_weight_high=metric.end_weight_high,
-        clip=metric.clip,
-    )
+    if metric.end_weight_low is None and metric.end_weight_high is None:
+        # window_bounds(middle, end) with an exact end weight, directly.
+        late = exact_window(
+            float(middle.step),
+            middle.mean,
+            middle.half,
+            float(end.step),
+            end.mean,
+            end.half,
+            end.step,
+            metric.clip,
+        )
+    else:
+        late = window_bounds(
+            middle,
+            end,
+            end_weight_low=metric.end_weight_low,
+            end_weight_high=metric.end_weight_high,
+            clip=metric.clip,
+        )
     return early, late
 
 
@@ -212,7 +225,10 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     jump = first.mean - end.mean
     second_half = _second_half(a_steps)
     end_level = choose_end_window(a, jump, second_half)
-    next_window = window_bounds(None, first, clip=b.clip)
+    # window_bounds(None, first): from the epoch start, an exact end weight.
+    next_window = exact_window(
+        0.0, 0.0, 0.0, float(first.step), first.mean, first.half, first.step, b.clip
+    )
     lag_low = end_level.low - (end.mean + end.half)
     lag_high = end_level.high - (end.mean - end.half)
     frac_low, frac_high = _fractions(lag_low, lag_high, jump)

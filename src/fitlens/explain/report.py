@@ -42,6 +42,12 @@ _OTHER_CAUSES = (
     "epoch and the start of the next",
 )
 
+#: The causes sentence without its end, for one fit call per epoch or one fit for all.
+_CAUSES = {
+    separate: "Likely causes: " + "; ".join((_RESTART_CAUSE[separate], *_OTHER_CAUSES))
+    for separate in (True, False)
+}
+
 
 #: How many first batches of each epoch are compared across epochs of a loop of ``fit`` calls.
 FIRST_BATCHES = 3
@@ -563,9 +569,7 @@ def _verdict_text(b: Boundary, separate_fits: bool, share: str) -> str:
             f"; and sampling noise: {fmt(b.next_start)} covers only "
             f"{_batches(b.next_window)} of epoch {k + 1}"
         )
-    causes = (
-        "Likely causes: " + "; ".join((_RESTART_CAUSE[separate_fits], *_OTHER_CAUSES)) + noise + "."
-    )
+    causes = _CAUSES[separate_fits] + noise + "."
     if b.verdict == "averaging_lag":
         return (
             f"Verdict: averaging lag ({share} is at least {MOSTLY:.0%}). The model was already "
