@@ -349,3 +349,14 @@ def test_the_last_window_alone_is_bit_identical_for_any_values_and_tolerance(arr
     alone = last_window(steps, means, halves, tol, clip=clip)
     # Equal as numbers (a clipped -0.0 value keeps its sign here, NumPy's clip drops it).
     assert alone == window_columns(steps, means, halves, tol, clip=clip).row(-1)
+
+
+def test_the_last_window_starts_where_the_tolerance_is_met_exactly():
+    """A start whose bound meets the tolerance exactly (W_j (h + tol) == W_k (tol - h), all
+    binary fractions) is taken, as window_columns takes it: the window is batches 3-4."""
+    steps = np.array([1, 2, 3, 4])
+    means = np.array([0.5, 0.25, 0.75, 0.5])
+    halves = np.full(4, 0.25)
+    alone = last_window(steps, means, halves, 0.75)
+    assert alone == window_columns(steps, means, halves, 0.75).row(-1)
+    assert (alone.first_batch, alone.last_batch) == (3, 4)
