@@ -18,6 +18,7 @@ from fitlens.explain.reconstruct import (
     exact_window,
     last_window,
     narrowest_end_window,
+    ranged_end_window,
     reconstruct,
     reconstruct_arrays,
     trailing_windows,
@@ -269,3 +270,93 @@ def test_the_exact_window_on_plain_numbers_is_bit_identical_to_the_array_bounds(
         shown_start = None if j < 0 else Shown(int(steps[j]), start[1], start[2])
         end = Shown(int(steps[-1]), m_k, h_k)
         assert window_bounds(shown_start, end, clip=clip) == expected
+
+
+#: Displayed values as the parser lets them through: any sign, tiny to huge (|x| <= 1e30).
+_any_value = st.one_of(
+    st.floats(-1e30, 1e30, allow_nan=False),
+    st.floats(-2.0, 2.0, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1.0, 1e-300, -1e-300, 5e-324]),
+)
+
+
+@st.composite
+def _any_displays(draw: st.DrawFn, least: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strictly increasing counters with arbitrary values and roundings (``%.4f``/``%.4e``)."""
+    steps = sorted(draw(st.sets(st.integers(1, 10**6), min_size=least, max_size=60)))
+    means = [draw(_any_value) for _ in steps]
+    halves = [draw(st.sampled_from([0.5e-4, 0.5e-8, 0.0, 0.5])) for _ in steps]
+    return np.array(steps, dtype=np.int64), np.array(means), np.array(halves)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
+@given(_any_displays(), st.data())
+def test_the_scalar_ranged_end_window_scan_picks_what_the_corner_arrays_pick(arrays, data):
+    """ranged_end_window (a partial last batch: a range of end weights, or a known fraction)
+    gives the same doubles as end_bounds' eight corners and the same pick: the first window
+    precise enough, else the narrowest; the epoch start comes last."""
+    steps, means, halves = arrays
+    n = len(steps)
+    last = int(steps[-1])
+    low_weight, high_weight = data.draw(
+        st.sampled_from(
+            [
+                (last - 1.0, None),
+                (0.5, None),
+                (float(steps[-2]), None),
+                (last - 1 + 0.375, last - 1 + 0.375),
+                (last - 0.5, last + 2.0),
+                (None, None),
+            ]
+        )
+    )
+    count = data.draw(st.integers(1, n + 2))
+    enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 0.01, 1.0, 1e20, math.inf]))
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)]))
+    weights = {"end_weight_low": low_weight, "end_weight_high": high_weight}
+    got = ranged_end_window(steps, means, halves, count, enough, clip=clip, **weights)
+    first, value, low, high = end_bounds(steps, means, halves, clip=clip, **weights)
+    k = min(count, len(first))
+    width = (high[:k] - low[:k]) / 2
+    fits = np.flatnonzero(width <= enough)
+    i = int(fits[0]) if len(fits) else int(np.argmin(width))
+    expected = Window(int(first[i]), last, float(value[i]), float(low[i]), float(high[i]))
+    assert got == (expected, bool(len(fits)))
+    # Bit for bit, signed zeros included.
+    assert [math.copysign(1.0, x) for x in got[0][2:]] == [
+        math.copysign(1.0, x) for x in expected[2:]
+    ]
+
+
+def test_the_ranged_scan_leaves_an_empty_window_to_the_arrays():
+    steps, means, halves = np.array([1, 5]), np.array([0.5, 0.6]), np.full(2, 0.5e-4)
+    # The largest end weight does not pass the display before the last: no scalar answer.
+    assert (
+        ranged_end_window(steps, means, halves, 2, 0.0, end_weight_low=0.5, end_weight_high=1.0)
+        is None
+    )
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
+@given(_any_displays(least=1), st.data())
+def test_the_last_window_alone_is_bit_identical_for_any_values_and_tolerance(arrays, data):
+    """last_window's scalar bisection finds the start window_columns' searchsorted finds, for
+    any sign and size of value and tolerances below the rounding (no valid start)."""
+    steps, means, halves = arrays
+    halves[:] = halves[0]  # one rounding: the scalar path
+    tol = data.draw(st.sampled_from([1e-9, 0.5e-4, 1e-4, 5e-3, 0.05, 1e6]))
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)]))
+    alone = last_window(steps, means, halves, tol, clip=clip)
+    # Equal as numbers (a clipped -0.0 value keeps its sign here, NumPy's clip drops it).
+    assert alone == window_columns(steps, means, halves, tol, clip=clip).row(-1)
+
+
+def test_the_last_window_starts_where_the_tolerance_is_met_exactly():
+    """A start whose bound meets the tolerance exactly (W_j (h + tol) == W_k (tol - h), all
+    binary fractions) is taken, as window_columns takes it: the window is batches 3-4."""
+    steps = np.array([1, 2, 3, 4])
+    means = np.array([0.5, 0.25, 0.75, 0.5])
+    halves = np.full(4, 0.25)
+    alone = last_window(steps, means, halves, 0.75)
+    assert alone == window_columns(steps, means, halves, 0.75).row(-1)
+    assert (alone.first_batch, alone.last_batch) == (3, 4)

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import math
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream
-from fitlens.explain.report import _outward, fmt, fmt_bound, pct
+from fitlens.explain.epochs import Shown
+from fitlens.explain.jumps import Boundary
+from fitlens.explain.reconstruct import Window
+from fitlens.explain.report import (
+    EpochSummary,
+    JsonText,
+    MetricSummary,
+    _outward,
+    bottom_line,
+    boundary_json,
+    epoch_json,
+    fmt,
+    fmt_bound,
+    pct,
+)
 from fitlens.explain.writer import Explained, render_text, to_json
 
 LOG = (
@@ -120,3 +137,95 @@ def test_a_metric_that_does_not_jump_gets_a_bottom_line_but_no_paragraph():
 def test_outward_rounding_is_the_ceil_or_floor_of_the_value_rounded_to_a_millionth(y, up):
     # The fast path must give exactly what the slow decimal rounding gives, near integers too.
     assert _outward(y, up) == (math.ceil if up else math.floor)(round(y, 6))
+
+
+#: Finite floats of every kind the report holds: any sign, signed zeros, tiny and huge.
+_finite = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 5e-324, -1e-300, 0.1, 1e30]),
+)
+#: Window bounds may be unbounded (JSON null).
+_bound = st.one_of(_finite, st.sampled_from([math.inf, -math.inf]))
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_windows = st.builds(
+    Window, st.integers(-5, 10**12), st.integers(-5, 10**12), _bound, _bound, _bound
+)
+_shown = st.builds(Shown, st.integers(0, 10**12), _finite, _finite)
+_metrics = st.builds(
+    MetricSummary,
+    _text,
+    st.sampled_from(["running_mean", "cumulative", "end_of_epoch"]),
+    st.integers(0, 10**6),
+    _shown,
+    _shown,
+    st.none() | _windows,
+    st.none() | st.integers(0, 10**6),
+    st.lists(_windows, max_size=3).map(tuple),
+    full=st.none(),
+)
+_epochs = st.builds(
+    EpochSummary,
+    st.integers(1, 10**6),
+    st.none() | _text,
+    st.booleans(),
+    st.none() | st.integers(1, 10**12),
+    st.integers(0, 10**12),
+    st.booleans(),
+    st.sampled_from(["step", "sample"]),
+    st.sampled_from(["bracket", "keras3", "summary"]),
+    st.sampled_from(["counter", "samples", "counter_or_samples"]),
+    st.sampled_from(["exact", "known", "any"]),
+    st.booleans(),
+    st.dictionaries(_text, _metrics, max_size=3),
+)
+_boundaries = st.builds(
+    Boundary,
+    _text,
+    st.integers(1, 10**6),
+    _finite,
+    _finite,
+    _finite,
+    _windows,
+    _windows,
+    _bound,
+    _bound,
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1.0),
+    st.sampled_from(["towards", "flat_or_away", "unknown"]),
+    st.none() | _windows,
+    st.none() | _windows,
+    st.sampled_from(["averaging_lag", "not_averaging_lag", "mixed", "unknown"]),
+    st.sampled_from(
+        ["lag_bounds", "flat_level", "within_rounding", "no_view_inside", "inconclusive"]
+    ),
+)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(_epochs, _boundaries, st.sampled_from([(",", ":"), (", ", ": ")]))
+def test_json_text_is_what_the_encoder_writes_for_the_same_objects(epoch, boundary, separators):
+    """JsonText writes the epoch and boundary objects' JSON directly: the same characters as
+    json's encoder (both separator styles, non-ASCII names, signed zeros, unbounded sides as
+    null) for any values."""
+    encode = json.JSONEncoder(separators=separators, allow_nan=False).encode
+    fast = JsonText(separators)
+    assert fast.epoch(epoch) == encode(epoch_json(epoch))
+    text, line = fast.boundary(boundary)
+    assert text == encode(boundary_json(boundary))
+    assert line == encode(bottom_line(boundary))
+
+
+def test_json_text_refuses_what_the_encoder_refuses():
+    """A non-finite value where JSON has no null (a displayed value) fails as json.dumps does,
+    and an epoch with every window (--windows) is left to the encoder."""
+    shown = Shown(1, math.nan, 0.5e-4)
+    metric = MetricSummary("loss", "running_mean", 1, shown, shown, None, None, ())
+    epoch = EpochSummary(
+        1, None, True, 2, 1, False, "step", "bracket", "counter", "exact", False, {"loss": metric}
+    )
+    with pytest.raises(ValueError, match="JSON compliant"):
+        json.JSONEncoder(allow_nan=False).encode(epoch_json(epoch))
+    with pytest.raises(ValueError, match="JSON compliant"):
+        JsonText((",", ":")).epoch(epoch)
+    full = metric._replace(first=Shown(1, 0.5, 0.5e-4), last=Shown(1, 0.5, 0.5e-4), full={})
+    assert JsonText((",", ":")).epoch(dataclasses.replace(epoch, metrics={"loss": full})) is None

@@ -37,6 +37,7 @@ from fitlens.explain.reconstruct import (
     WindowColumns,
     end_bounds,
     last_window,
+    ranged_end_window,
     window_columns,
 )
 
@@ -63,6 +64,10 @@ DEFAULT_TOLERANCE_UNITS = 100.0
 
 #: How many of the shortest windows ending an epoch are tried before all of them are computed.
 SHORTEST = 32
+
+#: How many of the shortest windows ending an epoch are tried on scalars, one by one, before
+#: any array is built (a precise one is usually among the first few).
+SCALAR_END_WINDOWS = 16
 
 
 #: How an epoch's last batch is treated: ``"exact"`` (the counter is the weight, or the sizes
@@ -139,6 +144,7 @@ class MetricResult:
     end_weight_low: float | None = None
     end_weight_high: float | None = None
     clip: tuple[float, float] | None = None
+    _arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _shown: list[Shown] | None = field(default=None, repr=False)
     _columns: WindowColumns | None = field(default=None, repr=False)
     _windows: list[Window] | None = field(default=None, repr=False)
@@ -149,8 +155,15 @@ class MetricResult:
         default=None, repr=False
     )
 
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`Series.arrays` of :attr:`series`, kept here (the report asks for them often)."""
+        if self._arrays is None:
+            self._arrays = self.series.arrays()
+        return self._arrays
+
     def _reconstruct(self, last_only: bool) -> WindowColumns:
-        steps, means, halves = self.series.arrays()
+        steps, means, halves = self.arrays
         if self.tolerance is None:
             steps = steps[:0]
         return window_columns(
@@ -186,10 +199,23 @@ class MetricResult:
             return self._columns.row(-1) if len(self._columns.first) else None
         if self.tolerance is None:
             return None
-        steps, means, halves = self.series.arrays()
+        steps, means, halves = self.arrays
         if self.end_weight_low is not None or self.end_weight_high is not None:
             # window_columns' last window: the shortest one ending the epoch that is precise
-            # enough (usually among the few shortest), else the whole epoch.
+            # enough (usually among the few shortest, tried on scalars), else the whole epoch.
+            if len(steps) > 1:
+                found = ranged_end_window(
+                    steps,
+                    means,
+                    halves,
+                    SCALAR_END_WINDOWS,
+                    self.tolerance,
+                    end_weight_low=self.end_weight_low,
+                    end_weight_high=self.end_weight_high,
+                    clip=self.clip,
+                )
+                if found is not None and found[1]:
+                    return found[0]
             first, value, low, high = self.shortest_end_windows
             fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
             if not len(fits):
@@ -222,7 +248,7 @@ class MetricResult:
     def _end_bounds(
         self, count: int | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        steps, means, halves = self.series.arrays()
+        steps, means, halves = self.arrays
         return end_bounds(
             steps,
             means,
@@ -329,7 +355,8 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
     mismatch = options.samples is not None and last_batch == "any"
     result = EpochResult(epoch, weighting, last_batch, mismatch)
     for name, series in epoch.series.items():
-        steps, _, halves = series.arrays()
+        arrays = series.arrays()
+        steps, _, halves = arrays
         kind, clip = _kind_and_clip(name)
         low = high = None
         last_step = int(steps[-1])
@@ -343,7 +370,9 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
             tolerance = options.tolerance
             if tolerance is None:
                 tolerance = DEFAULT_TOLERANCE_UNITS * float(halves.max())
-        result.metrics[name] = MetricResult(name, kind, series, tolerance, low, high, clip)
+        result.metrics[name] = MetricResult(
+            name, kind, series, tolerance, low, high, clip, _arrays=arrays
+        )
     return result
 
 

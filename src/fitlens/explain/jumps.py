@@ -26,9 +26,15 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from fitlens.explain.analysis import EpochResult, MetricResult
+from fitlens.explain.analysis import SCALAR_END_WINDOWS, EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
-from fitlens.explain.reconstruct import Window, narrowest_end_window, window_bounds
+from fitlens.explain.reconstruct import (
+    Window,
+    exact_window,
+    narrowest_end_window,
+    ranged_end_window,
+    window_bounds,
+)
 
 Verdict = Literal["averaging_lag", "not_averaging_lag", "mixed", "unknown"]
 #: Why the verdict: the lag bounds decided it, the epoch's flat level did, the jump is within
@@ -102,7 +108,7 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
     Without displays in the second half, the window since the previous display is all there is.
     ``second_half`` is ``_second_half(steps)`` when the caller has it already.
     """
-    steps, means, halves_ = metric.series.arrays()
+    steps, means, halves_ = metric.arrays
     end = int(steps[-1])
     if len(steps) == 1:
         return window_bounds(
@@ -125,6 +131,21 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
         window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
         if found or candidates <= count:
             return window
+    else:
+        # A partial last batch: the first few candidates on scalars (the corner bounds).
+        count = min(max(candidates, 1), SCALAR_END_WINDOWS)
+        scanned = ranged_end_window(
+            steps,
+            means,
+            halves_,
+            count,
+            abs(jump) / 4 if candidates else -1.0,
+            end_weight_low=metric.end_weight_low,
+            end_weight_high=metric.end_weight_high,
+            clip=metric.clip,
+        )
+        if scanned is not None and (scanned[1] or candidates <= count):
+            return scanned[0]
     # The windows from end_bounds, shortest first (the candidates are the first ones): the
     # first few usually hold a precise one; all are computed only when they do not.
     first, value, low, high = metric.shortest_end_windows
@@ -150,7 +171,7 @@ def halves(
     Returns:
         ``(early, late)``, or ``(None, None)`` when the epoch has no display strictly inside it.
     """
-    steps, means, halves_ = metric.series.arrays()
+    steps, means, halves_ = metric.arrays
     if len(steps) < 2:
         return None, None
     end = _display(steps, means, halves_, len(steps) - 1)
@@ -161,14 +182,30 @@ def halves(
     if i == len(steps) - 1 or (i > 0 and abs(int(steps[i - 1]) - mid) <= abs(int(steps[i]) - mid)):
         i -= 1
     middle = _display(steps, means, halves_, i)
-    early = window_bounds(None, middle, clip=metric.clip)
-    late = window_bounds(
-        middle,
-        end,
-        end_weight_low=metric.end_weight_low,
-        end_weight_high=metric.end_weight_high,
-        clip=metric.clip,
+    # window_bounds(None, middle): from the epoch start (weight 0), an exact end weight.
+    early = exact_window(
+        0.0, 0.0, 0.0, float(middle.step), middle.mean, middle.half, middle.step, metric.clip
     )
+    if metric.end_weight_low is None and metric.end_weight_high is None:
+        # window_bounds(middle, end) with an exact end weight, directly.
+        late = exact_window(
+            float(middle.step),
+            middle.mean,
+            middle.half,
+            float(end.step),
+            end.mean,
+            end.half,
+            end.step,
+            metric.clip,
+        )
+    else:
+        late = window_bounds(
+            middle,
+            end,
+            end_weight_low=metric.end_weight_low,
+            end_weight_high=metric.end_weight_high,
+            clip=metric.clip,
+        )
     return early, late
 
 
@@ -181,14 +218,17 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     a, b = before.metrics.get(name), after.metrics.get(name)
     if a is None or b is None or a.kind != "running_mean" or b.kind != "running_mean":
         return None
-    a_steps, a_means, a_halves = a.series.arrays()
-    b_steps, b_means, b_halves = b.series.arrays()
+    a_steps, a_means, a_halves = a.arrays
+    b_steps, b_means, b_halves = b.arrays
     end = _display(a_steps, a_means, a_halves, len(a_steps) - 1)
     first = _display(b_steps, b_means, b_halves, 0)
     jump = first.mean - end.mean
     second_half = _second_half(a_steps)
     end_level = choose_end_window(a, jump, second_half)
-    next_window = window_bounds(None, first, clip=b.clip)
+    # window_bounds(None, first): from the epoch start, an exact end weight.
+    next_window = exact_window(
+        0.0, 0.0, 0.0, float(first.step), first.mean, first.half, first.step, b.clip
+    )
     lag_low = end_level.low - (end.mean + end.half)
     lag_high = end_level.high - (end.mean - end.half)
     frac_low, frac_high = _fractions(lag_low, lag_high, jump)

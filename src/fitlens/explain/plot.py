@@ -142,7 +142,7 @@ class _MetricChart:
         self.envelope: _Envelope | None = None
 
     def add(self, i: int, n: int, m: MetricResult) -> None:
-        steps, means, _ = m.series.arrays()
+        steps, means, _ = m.arrays
         xs = i + steps / n
         shown_x = np.append(xs, xs[-1] if len(xs) else float(i))
         shown_y = np.append(means, math.nan)

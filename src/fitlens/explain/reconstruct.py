@@ -150,10 +150,14 @@ def _clip_one(
 ) -> tuple[float, float, float]:
     """:func:`clip_bounds` for one window."""
     lo, hi = clip
-    low, high = max(low, lo), min(high, hi)
+    # max() and min() written out (the same ties: the first argument wins): builtin calls cost
+    # more than the comparisons, and this runs several times per metric and epoch.
+    low = lo if lo > low else low
+    high = hi if hi < high else high
     if low > high:
         low, high = lo, hi
-    return min(max(value, lo), hi), low, high
+    value = lo if lo > value else value
+    return (hi if hi < value else value), low, high
 
 
 def end_bounds(
@@ -504,14 +508,22 @@ def last_window(
             last_only=True,
         ).row(-1)
     # window_columns' greedy choice for the last end only: the largest start j with
-    # W_j (h + tol) <= W_n (tol - h), index 0 being the epoch start (weight 0).
-    w = np.empty(n + 1)
-    w[0] = 0.0
-    w[1:] = steps
-    w_k = float(w[n])
-    j = int(np.searchsorted(w * (h + tolerance), w_k * (tolerance - h), side="right")) - 1
-    j = min(max(j, 0), n - 1)
-    w_j = float(w[j])
+    # W_j (h + tol) <= W_n (tol - h), index 0 being the epoch start (weight 0), else 0. The same
+    # products as window_columns' arrays, on scalars, only near the answer (they grow with j).
+    w_k = float(steps[n - 1])
+    grow = h + tolerance
+    goal = w_k * (tolerance - h)
+    j = 0  # index 0's product is 0: past the goal when the goal is negative
+    if goal >= 0.0:
+        # How many steps have a product within the goal: first by a search on the steps alone
+        # (the quotient may round either way), then corrected by the products themselves.
+        c = int(np.searchsorted(steps, goal / grow, side="right"))
+        while c < n and float(steps[c]) * grow <= goal:
+            c += 1
+        while c > 0 and float(steps[c - 1]) * grow > goal:
+            c -= 1
+        j = min(c, n - 1)
+    w_j = float(steps[j - 1]) if j else 0.0
     span = w_k - w_j
     # means[j - 1] wraps around for the epoch start, as in window_columns: its weight is 0.
     value = (w_k * float(means[n - 1]) - w_j * float(means[j - 1])) / span
@@ -613,3 +625,96 @@ def trailing_windows(
     last = points[-1].step
     rows = zip(first.tolist(), value.tolist(), low.tolist(), high.tolist(), strict=True)
     return [Window(f, last, v, lo, hi) for f, v, lo, hi in rows]
+
+
+def ranged_end_window(
+    steps: np.ndarray,
+    means: np.ndarray,
+    halves: np.ndarray,
+    count: int,
+    enough: float,
+    *,
+    end_weight_low: float | None,
+    end_weight_high: float | None,
+    clip: tuple[float, float] | None = None,
+) -> tuple[Window, bool] | None:
+    """:func:`narrowest_end_window` when the last display's weight is a range (a partial last
+    batch): among the ``count`` shortest windows of :func:`end_bounds` (the epoch start last),
+    the shortest whose half-width is at most ``enough``, else the narrowest (first of equals).
+
+    The same doubles as :func:`end_bounds`, on scalars: each bound is linear in ``m_k`` and
+    ``m_j`` with a positive and a non-positive coefficient, and IEEE arithmetic rounds
+    monotonically, so of the eight corners the low is one of the two at ``(m_k - h_k, m_j +
+    h_j)`` and the high one of the two at ``(m_k + h_k, m_j - h_j)``. Ties of the clip follow
+    NumPy's ``maximum``/``minimum`` (the clip limit wins), as :func:`clip_bounds` does.
+
+    Args:
+        steps: Counters, strictly increasing, at least two.
+        means: Displayed values.
+        halves: Rounding half-widths.
+        count: How many windows to consider (at least 1; more than there are means all).
+        enough: Half-width that ends the search; a negative one means the narrowest.
+        end_weight_low: As in :func:`end_bounds`.
+        end_weight_high: As in :func:`end_bounds`.
+        clip: Known range of the metric.
+
+    Returns:
+        ``(window, precise)``, or ``None`` when some window would be empty at the largest end
+        weight (:func:`end_bounds` handles that case).
+    """
+    n = len(steps)
+    w_hi = float(steps[-1]) if end_weight_high is None else float(end_weight_high)
+    w_lo = w_hi if end_weight_low is None else min(float(end_weight_low), w_hi)
+    end, m_k, h_k = int(steps[-1]), float(means[-1]), float(halves[-1])
+    take = min(count, n - 1)
+    rows = list(
+        zip(
+            steps[n - 1 - take : n - 1].tolist()[::-1],
+            means[n - 1 - take : n - 1].tolist()[::-1],
+            halves[n - 1 - take : n - 1].tolist()[::-1],
+            strict=True,
+        )
+    )
+    if count > take:
+        rows.append((0, 0.0, 0.0))  # the epoch start
+    mk_low, mk_high = m_k - h_k, m_k + h_k
+    best: Window | None = None
+    best_width = math.inf
+    for step, m_j, h_j in rows:
+        w_j = float(step)
+        if not w_hi > w_j:
+            return None
+        value = (w_hi * m_k - w_j * m_j) / (w_hi - w_j)
+        if w_lo == w_hi:  # a known partial batch: the closed form, as end_bounds
+            half = (w_hi * h_k + w_j * h_j) / (w_hi - w_j)
+            low, high = value - half, value + half
+        elif w_lo <= w_j:
+            low, high = -math.inf, math.inf
+        else:
+            mj_low, mj_high = m_j - h_j, m_j + h_j
+            low = min(
+                (w_lo * mk_low - w_j * mj_high) / (w_lo - w_j),
+                (w_hi * mk_low - w_j * mj_high) / (w_hi - w_j),
+            )
+            high = max(
+                (w_lo * mk_high - w_j * mj_low) / (w_lo - w_j),
+                (w_hi * mk_high - w_j * mj_low) / (w_hi - w_j),
+            )
+        slack = _SLACK * (abs(low) + abs(high) + 1.0)
+        if math.isfinite(slack):
+            low, high = low - slack, high + slack
+        if clip is not None:
+            lo, hi = clip
+            low = low if low > lo else lo
+            high = high if high < hi else hi
+            if low > high:
+                low, high = lo, hi
+            value = value if value > lo else lo
+            value = value if value < hi else hi
+        width = (high - low) / 2
+        if width <= enough:
+            return Window(int(w_j) + 1, end, value, low, high), True
+        if best is None or width < best_width:
+            best, best_width = Window(int(w_j) + 1, end, value, low, high), width
+    assert best is not None, "count must be at least 1"
+    return best, False

@@ -10,6 +10,7 @@ any change to it bumps the schema version.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -40,6 +41,12 @@ _OTHER_CAUSES = (
     "a train/eval-mode difference (dropout, batch-norm statistics) between the end of one "
     "epoch and the start of the next",
 )
+
+#: The causes sentence without its end, for one fit call per epoch or one fit for all.
+_CAUSES = {
+    separate: "Likely causes: " + "; ".join((_RESTART_CAUSE[separate], *_OTHER_CAUSES))
+    for separate in (True, False)
+}
 
 
 #: How many first batches of each epoch are compared across epochs of a loop of ``fit`` calls.
@@ -92,7 +99,7 @@ class EpochSummary:
 
 
 def _first_batches(m: MetricResult) -> tuple[Window, ...]:
-    steps, means, halves = m.series.arrays()
+    steps, means, halves = m.arrays
     out: list[Window] = []
     # window_bounds(previous display, this one) on plain numbers; 0 weight before the first.
     m_j = h_j = 0.0
@@ -121,7 +128,7 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
     """
     metrics = {}
     for name, m in result.metrics.items():
-        steps, means, halves = m.series.arrays()
+        steps, means, halves = m.arrays
         first = Shown(int(steps[0]), float(means[0]), float(halves[0]))
         last = Shown(int(steps[-1]), float(means[-1]), float(halves[-1]))
         full = None
@@ -237,6 +244,8 @@ def pct(fraction: float, up: bool) -> str:
         >>> pct(0.7484, up=False), pct(0.7484, up=True)
         ('74.8%', '74.9%')
     """
+    if fraction == 0.0 or fraction == 1.0:  # clipped shares, the most common ones
+        return "0.0%" if fraction == 0.0 else "100.0%"
     tenths = _outward(fraction * 1000, up)
     return f"{tenths / 10:.1f}%"
 
@@ -325,6 +334,159 @@ def boundary_json(b: Boundary) -> dict[str, Any]:
     }
 
 
+def _float_text(x: float) -> str:
+    """A float as ``json`` writes it (``float.__repr__``); like ``allow_nan=False``, no
+    infinity or NaN."""
+    if x - x != 0.0:
+        raise ValueError(f"Out of range float values are not JSON compliant: {x!r}")
+    return float.__repr__(x)
+
+
+def _num_text(x: float) -> str:
+    """:func:`_num` as JSON text: ``null`` for an unbounded side."""
+    return "null" if x - x != 0.0 else float.__repr__(x)
+
+
+def _int_text(x: int | None) -> str:
+    return "null" if x is None else int.__repr__(x)
+
+
+_str_text = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
+
+
+class JsonText:
+    """:func:`epoch_json` and :func:`boundary_json` written straight to JSON text: the same
+    characters as ``json.JSONEncoder(separators=separators, allow_nan=False).encode`` of those
+    objects, without building the dicts (the report writes one of each per epoch).
+
+    Args:
+        separators: ``(item, key)`` separators, as for :mod:`json`.
+    """
+
+    def __init__(self, separators: tuple[str, str]) -> None:
+        i, k = separators
+        self.item = i
+
+        def obj(*keys: str) -> str:
+            return "{" + i.join(f'"{key}"{k}%s' for key in keys) + "}"
+
+        self._window = obj("first_batch", "last_batch", "value", "low", "high")
+        self._shown = obj("step", "value", "rounding")
+        self._metric = obj(
+            "kind",
+            "displays",
+            "first_shown",
+            "last_shown",
+            "windows_count",
+            "last_window",
+            "first_batches",
+        )
+        self._epoch = obj(
+            "index",
+            "header",
+            "training",
+            "target",
+            "last_step",
+            "complete",
+            "counter_unit",
+            "style",
+            "weighting",
+            "last_batch",
+            "metrics",
+        )
+        self._lag = obj("low", "high", "fraction_low", "fraction_high")
+        self._boundary = obj(
+            "metric",
+            "from_epoch",
+            "shown_end_mean",
+            "next_start",
+            "jump",
+            "lag_explains",
+            "verdict",
+            "reason",
+            "bottom_line",
+            "end_level",
+            "next_start_window",
+            "trend",
+        )
+        self._key = k
+
+    def window(self, w: Window) -> str:
+        """:func:`_window_json` as text."""
+        return self._window % (
+            int.__repr__(w.first_batch),
+            int.__repr__(w.last_batch),
+            _num_text(w.value),
+            _num_text(w.low),
+            _num_text(w.high),
+        )
+
+    def _shown_text(self, p: Shown) -> str:
+        return self._shown % (int.__repr__(p.step), _float_text(p.mean), _float_text(p.half))
+
+    def epoch(self, e: EpochSummary) -> str | None:
+        """:func:`epoch_json` as text, or ``None`` with ``--windows`` (every window: the
+        caller encodes the objects)."""
+        metrics = []
+        for name, m in e.metrics.items():
+            if m.full is not None:
+                return None
+            last = "null" if m.last_window is None else self.window(m.last_window)
+            firsts = self.item.join([self.window(w) for w in m.first_batches])
+            metrics.append(
+                _str_text(name)
+                + self._key
+                + self._metric
+                % (
+                    _str_text(m.kind),
+                    int.__repr__(m.displays),
+                    self._shown_text(m.first),
+                    self._shown_text(m.last),
+                    _int_text(m.windows),
+                    last,
+                    "[" + firsts + "]",
+                )
+            )
+        return self._epoch % (
+            int.__repr__(e.index),
+            "null" if e.header is None else _str_text(e.header),
+            "true" if e.training else "false",
+            _int_text(e.target),
+            int.__repr__(e.last_step),
+            "true" if e.complete else "false",
+            _str_text(e.unit),
+            _str_text(e.style),
+            _str_text(e.weighting),
+            _str_text(e.last_batch),
+            "{" + self.item.join(metrics) + "}",
+        )
+
+    def boundary(self, b: Boundary) -> tuple[str, str]:
+        """:func:`boundary_json` as text, and its bottom line's text alone."""
+        bottom = _str_text(bottom_line(b))
+        lag = self._lag % (
+            _num_text(b.lag_low),
+            _num_text(b.lag_high),
+            _float_text(b.fraction_low),
+            _float_text(b.fraction_high),
+        )
+        text = self._boundary % (
+            _str_text(b.metric),
+            int.__repr__(b.from_epoch),
+            _float_text(b.shown_end_mean),
+            _float_text(b.next_start),
+            _float_text(b.jump),
+            lag,
+            _str_text(b.verdict),
+            _str_text(b.reason),
+            bottom,
+            self.window(b.end_level),
+            self.window(b.next_window),
+            _str_text(b.trend),
+        )
+        return text, bottom
+
+
 def _batches(w: Window) -> str:
     if w.first_batch == w.last_batch:
         return f"batch {w.last_batch}"
@@ -340,14 +502,16 @@ def jump_share(b: Boundary) -> str:
     return f"{pct(b.fraction_low, False)}-{pct(b.fraction_high, True)}"
 
 
-def bottom_line(b: Boundary) -> str:
-    """One line: the boundary, the jump, and what the numbers allow."""
+def bottom_line(b: Boundary, share: str | None = None) -> str:
+    """One line: the boundary, the jump, and what the numbers allow (``share`` is
+    ``jump_share(b)`` when the caller has it already)."""
     head = f"epoch {b.from_epoch} -> {b.from_epoch + 1}, {b.metric} {signed(b.jump)}: "
     if b.reason == "within_rounding":
         return head + "no jump beyond the display's rounding"
     if b.reason == "no_view_inside":
         return head + "one line per epoch (verbose=2): the log cannot tell whether it is lag"
-    share = jump_share(b)
+    if share is None:
+        share = jump_share(b)
     if b.verdict == "averaging_lag":
         return head + f"averaging lag: it explains {share} of the jump (at least {MOSTLY:.0%})"
     if b.verdict == "mixed":
@@ -362,7 +526,7 @@ def bottom_line(b: Boundary) -> str:
     return head + f"averaging lag explains {share}; the log cannot tell more"
 
 
-def _boundary_text(b: Boundary, firsts: str, separate_fits: bool) -> list[str]:
+def _boundary_text(b: Boundary, firsts: str, separate_fits: bool, share: str) -> list[str]:
     k = b.from_epoch
     lines = [
         f"  {b.metric}: epoch {k} ended at a shown mean of {fmt(b.shown_end_mean)}; "
@@ -371,14 +535,14 @@ def _boundary_text(b: Boundary, firsts: str, separate_fits: bool) -> list[str]:
         f"    Near the end of epoch {k}, {_batches(b.end_level)} averaged "
         f"{_interval(b.end_level)}.",
         f"    Averaging lag explains {signed_bound(b.lag_low, False)} to "
-        f"{signed_bound(b.lag_high, True)} of it ({jump_share(b)} of the jump).",
+        f"{signed_bound(b.lag_high, True)} of it ({share} of the jump).",
     ]
     if b.early is not None and b.late is not None:
         lines.append(
             f"    Within epoch {k}: {_batches(b.early)} averaged {_interval(b.early)}, "
             f"{_batches(b.late)} averaged {_interval(b.late)}."
         )
-    lines.append("    " + _verdict_text(b, separate_fits))
+    lines.append("    " + _verdict_text(b, separate_fits, share))
     return lines
 
 
@@ -397,18 +561,15 @@ def _needed(b: Boundary) -> str:
     )
 
 
-def _verdict_text(b: Boundary, separate_fits: bool) -> str:
+def _verdict_text(b: Boundary, separate_fits: bool, share: str) -> str:
     k = b.from_epoch
-    share = jump_share(b)
     noise = ""
     if b.next_window.batches <= 3:
         noise = (
             f"; and sampling noise: {fmt(b.next_start)} covers only "
             f"{_batches(b.next_window)} of epoch {k + 1}"
         )
-    causes = (
-        "Likely causes: " + "; ".join((_RESTART_CAUSE[separate_fits], *_OTHER_CAUSES)) + noise + "."
-    )
+    causes = _CAUSES[separate_fits] + noise + "."
     if b.verdict == "averaging_lag":
         return (
             f"Verdict: averaging lag ({share} is at least {MOSTLY:.0%}). The model was already "
@@ -459,15 +620,18 @@ def epoch_lines(e: EpochSummary) -> list[str]:
     return out
 
 
-def boundary_lines(b: Boundary, before: EpochSummary, after: EpochSummary) -> list[str]:
-    """The report's paragraph for one metric across one boundary."""
+def boundary_lines(
+    b: Boundary, before: EpochSummary, after: EpochSummary, share: str | None = None
+) -> list[str]:
+    """The report's paragraph for one metric across one boundary (``share`` is
+    ``jump_share(b)`` when the caller has it already)."""
     m = after.metrics.get(b.metric)
     firsts = ""
     if m is not None:
         firsts = ", ".join(f"{fmt(w.value)} at {w.last_batch}" for w in m.first_batches)
     firsts = firsts or f"{fmt(b.next_start)} at {b.next_window.last_batch}"
     separate_fits = before.header == after.header == "Epoch 1/1"
-    return _boundary_text(b, firsts, separate_fits)
+    return _boundary_text(b, firsts, separate_fits, jump_share(b) if share is None else share)
 
 
 def metric_line(m: MetricSummary) -> str:

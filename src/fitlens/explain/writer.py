@@ -23,12 +23,13 @@ from fitlens.explain.report import (
     SCHEMA,
     WEIGHTING_TEXT,
     EpochSummary,
+    JsonText,
     bottom_line,
-    boundary_json,
     boundary_lines,
     epoch_json,
     epoch_lines,
     fmt,
+    jump_share,
     rules_text,
 )
 
@@ -77,6 +78,7 @@ class ReportWriter:
         self.separators = separators
         # One encoder for every item: json.dumps with options builds a new one per call.
         self._encode = json.JSONEncoder(separators=separators, allow_nan=False).encode
+        self._json = JsonText(separators)  # the same text, without building the objects
         self.epochs = 0
         self.boundaries = 0
         self._bottom = spool()
@@ -103,29 +105,39 @@ class ReportWriter:
         if epoch.training:
             self._training += 1
             self._fit_loop &= epoch.header == "Epoch 1/1"
-            for name, m in epoch.metrics.items():
-                if m.kind == "running_mean":
-                    rows = [(w.value, (w.high - w.low) / 2) for w in m.first_batches]
-                    self._firsts.setdefault(name, []).append(rows)
+            if not self._fit_loop:
+                # Only a loop of fit calls shows the first batches: none to keep (flat memory).
+                self._firsts.clear()
+            else:
+                for name, m in epoch.metrics.items():
+                    if m.kind == "running_mean":
+                        rows = [(w.value, (w.high - w.low) / 2) for w in m.first_batches]
+                        self._firsts.setdefault(name, []).append(rows)
         before = self._previous
         if self.as_json:
-            self._item(self._epochs, epoch_json(epoch))
+            text = self._json.epoch(epoch)
+            if text is None:  # --windows: every window, through the encoder
+                text = self._encode(epoch_json(epoch))
+            self._text_item(self._epochs, text)
             for b in boundaries:
-                obj = boundary_json(b)
-                self._item(self._details, obj)
-                self._item(self._bottom, obj["bottom_line"])
+                text, line = self._json.boundary(b)
+                self._text_item(self._details, text)
+                self._text_item(self._bottom, line)
         else:
             # One write per spool and epoch: each write to a spooled file has its own cost.
             self._epochs.write("\n" + "\n".join(epoch_lines(epoch)) + "\n")
             bottom, details = [], []
             for b in boundaries:
-                bottom.append("  " + bottom_line(b) + "\n")
+                share = None  # computed once: the bottom line and the paragraph both show it
+                if b.reason not in ("within_rounding", "no_view_inside"):
+                    share = jump_share(b)
+                bottom.append("  " + bottom_line(b, share) + "\n")
                 if b.reason == "within_rounding" or before is None:
                     continue
                 if self._detail_from != b.from_epoch:
                     self._detail_from = b.from_epoch
                     details.append(f"Epoch {b.from_epoch} -> {b.from_epoch + 1}\n")
-                details.append("\n".join(boundary_lines(b, before, epoch)) + "\n")
+                details.append("\n".join(boundary_lines(b, before, epoch, share)) + "\n")
             if bottom:
                 self._bottom.write("".join(bottom))
             if details:
@@ -133,8 +145,7 @@ class ReportWriter:
         self.boundaries += len(boundaries)
         self._previous = epoch
 
-    def _item(self, spool: IO[str], obj: Any) -> None:
-        text = self._encode(obj)
+    def _text_item(self, spool: Spool, text: str) -> None:
         # Whether the list has items already, kept here: tell() on a text file on disk is slow.
         if id(spool) in self._started:
             text = self.separators[0] + text
@@ -255,7 +266,7 @@ class ReportWriter:
         out.write("Assumptions: " + "; ".join(self.assumptions()) + ".\n")
         out.write(rules_text() + "\n")
         copy(self._epochs, out)
-        if self._details.tell():
+        if not self._details.empty:
             out.write("\nJumps at epoch boundaries:\n")
             copy(self._details, out)
 
@@ -300,16 +311,60 @@ class ReportWriter:
         out.write("}")
 
 
-def spool() -> IO[str]:
-    """A text buffer for one part of a report, on disk once it passes 4 MiB."""
-    # Up to 4 MiB in memory, then a temporary file: flat memory for any log size.
-    return tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", encoding="utf-8")
+class Spool:
+    """A text buffer for one part of a report, on disk once it passes 4 MiB.
+
+    Writes gather in a list and reach the file :data:`BATCH` characters at a time: each write
+    to a spooled file asks for its position (slow on a text file), and the report writes a few
+    short pieces per epoch.
+    """
+
+    #: Characters gathered before they are written to the file.
+    BATCH = 1 << 16
+
+    def __init__(self) -> None:
+        # Up to 4 MiB in memory, then a temporary file: flat memory for any log size.
+        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed by close())
+            max_size=4 << 20, mode="w+", encoding="utf-8"
+        )
+        self._parts: list[str] = []
+        self._pending = 0
+        self.empty = True
+
+    def write(self, text: str) -> None:
+        """Append ``text``."""
+        self._parts.append(text)
+        self._pending += len(text)
+        self.empty = self.empty and not text
+        if self._pending >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._parts:
+            self._file.write("".join(self._parts))
+            self._parts, self._pending = [], 0
+
+    def copy_to(self, out: TextIO | Any) -> None:
+        """Write everything so far to ``out`` (anything with a ``write``)."""
+        self._flush()
+        self._file.seek(0)
+        shutil.copyfileobj(self._file, out, 1 << 20)
+        self._file.seek(0, 2)
+
+    def close(self) -> None:
+        """Release the file."""
+        self._parts = []
+        self._file.close()
 
 
-def copy(part: IO[str], out: TextIO | Any) -> None:
+def spool() -> Spool:
+    """A new, empty :class:`Spool`."""
+    return Spool()
+
+
+def copy(part: Spool, out: TextIO | Any) -> None:
     """Copy a whole `spool` to ``out`` (anything with a ``write``)."""
-    part.seek(0)
-    shutil.copyfileobj(part, out, 1 << 20)
+    part.copy_to(out)
 
 
 def replay(explained: Explained, as_json: bool = False) -> ReportWriter:
