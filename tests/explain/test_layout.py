@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from fitlens.explain import parse
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream
-from fitlens.explain.layout import Layout, decimal_points
+from fitlens.explain.layout import Layout, decimal_points, unit_marks
 from fitlens.explain.parse import EpochHeader, Progress, ProgressRun, iter_records
 from fitlens.explain.writer import render_text, to_json
 
@@ -172,7 +172,7 @@ def test_values_read_by_position_are_the_doubles_float_reads():
         assert layout is not None
         data = np.frombuffer(line, dtype=np.uint8)
         ok, steps, means = layout.read(
-            data, np.array([0]), np.array([len(line)]), decimal_points(data)
+            data, np.array([0]), np.array([len(line)]), decimal_points(data), unit_marks(data)
         )
         text = line.rsplit(b": ", 1)[1]
         assert ok[0] and steps[0] == int(line.split(b"/")[0])
@@ -197,6 +197,6 @@ def test_a_line_that_differs_from_the_layout_is_not_read_by_position():
     data = np.frombuffer(text, dtype=np.uint8)
     ends = np.append(np.flatnonzero(data == 10), len(text))
     starts = np.append(0, ends[:-1] + 1)
-    ok, steps, _ = layout.read(data, starts, ends, decimal_points(data))
+    ok, steps, _ = layout.read(data, starts, ends, decimal_points(data), unit_marks(data))
     assert ok.tolist() == [True, True, False, False, False, False, False, False]
     assert steps[:2].tolist() == [7, 17]

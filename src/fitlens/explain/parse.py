@@ -21,14 +21,13 @@ always a line trimmed by a paste, whose rounding bound would be a lie.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import numpy as np
 
-from fitlens.explain.layout import Layout, decimal_points
+from fitlens.explain.layout import Layout, decimal_points, name_marks, per_range, unit_marks
 from fitlens.explain.records import (
     CounterUnit,
     EpochHeader,
@@ -66,9 +65,11 @@ _BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
 # First bytes of a line that may start with a counter (Keras pads it with spaces).
 _COUNTER_START = frozenset(b" \t0123456789")
-# A line that cannot start with a counter, or a blank one: the breaks between runs of progress
-# lines in text without carriage returns.
-_BREAK = re.compile(rb"\n(?:[^ \t0-9\n][^\n]*)?(?=\n)")
+# By first byte: a line that cannot start with a counter, or a blank one (its first byte is
+# the next line break). Such lines are the breaks between runs of progress lines in text
+# without carriage returns.
+_BREAKS_RUN = np.ones(256, dtype=bool)
+_BREAKS_RUN[list(_COUNTER_START)] = False
 # Regexes are anchored and free of nested quantifiers, so each runs in time linear in the segment.
 _HEAD = re.compile(rb"[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?")
 _EPOCH = re.compile(rb"[ \t]{0,64}Epoch (\d{1,12})/(\d{1,12})[ \t]{0,64}$")
@@ -146,13 +147,16 @@ class _Parser:
         # counter-less Keras 1/2 ``verbose=2`` line is read as one.
         self.after_header = False
 
-    def block(self, block: bytes, line: int) -> None:
-        """Parse a block of whole lines starting at input line ``line``."""
+    def block(self, block: bytes, line: int) -> int:
+        """Parse a block of whole lines starting at input line ``line``.
+
+        Returns:
+            The number of line breaks in ``block``.
+        """
         # ANSI colours and backspace runs are left in place here: the redraw fast path reads
         # around them, and segment() removes them from any piece it parses.
         if b"\r" not in block:
-            self._plain_block(block, line)
-            return
+            return self._plain_block(block, line)
         group: list[bytes] = []  # consecutive plain lines that may be progress lines
         texts = block.split(b"\n")
         bulk = _bulk_redraws(texts)
@@ -173,8 +177,9 @@ class _Parser:
             line += 1
         if group:
             self.lines(b"\n".join(group), line - len(group))
+        return len(texts) - 1
 
-    def _plain_block(self, block: bytes, line: int) -> None:
+    def _plain_block(self, block: bytes, line: int) -> int:
         """:meth:`block` for text without ``\\r`` (pipes, files, one line per step).
 
         The lines that cannot start a progress record (headers, the user's prints, blank lines)
@@ -186,13 +191,15 @@ class _Parser:
         breaks = np.flatnonzero(text == ord("\n"))
         items: list[tuple[int, int, bool]] = []  # (start, end, is a run of lines)
         pos = 1
-        for match in _BREAK.finditer(data):
-            start = match.start()
+        # Line k runs from breaks[k] + 1 to breaks[k + 1]; the last, unterminated line (if any)
+        # is never a break.
+        cuts = np.flatnonzero(_BREAKS_RUN[text[breaks[:-1] + 1]])
+        for start, stop in zip(breaks[cuts].tolist(), breaks[cuts + 1].tolist(), strict=True):
             if start > pos:
                 items.append((pos, start, True))
-            if match.end() > start + 1:
-                items.append((start + 1, match.end(), False))
-            pos = match.end() + 1
+            if stop > start + 1:
+                items.append((start + 1, stop, False))
+            pos = stop + 1
         # The last run of progress lines: no break line follows it, only the block's own end.
         end = len(data) - 1 if data.endswith(b"\n") else len(data)
         if end > pos:
@@ -224,6 +231,7 @@ class _Parser:
                 ),
                 data[cut + 1 : end],
             )
+        return len(breaks) - 1
 
     def _take_run(self, run: ProgressRun, last: bytes) -> None:
         """Emit a bulk run of lines, then parse the run's last line (it may be wrapped)."""
@@ -523,10 +531,18 @@ def _bulk_redraws(texts: list[bytes]) -> dict[int, _Redraws]:
     seps = np.flatnonzero(chars == ord("\r"))
     starts = np.concatenate(([0], seps + 1))
     ends = np.append(seps, len(data))
-    counts = np.array([body.count(b"\r") + 1 for _, _, body, _ in lines])
+    # Body k spans edges[2k]:edges[2k + 1]; the "\r" that joins two bodies lies in neither.
+    sizes = np.array([len(body) for _, _, body, _ in lines])
+    edges = np.empty(2 * len(lines), dtype=np.int64)
+    edges[1::2] = np.cumsum(sizes + 1) - 1
+    edges[0::2] = edges[1::2] - sizes
+    counts = per_range(seps, edges) + 1
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    ok, steps, means = layout.read(chars, starts, ends, decimal_points(chars))
-    bad = _bad_runs(ok, steps, offsets, layout.target)
+    units = unit_marks(chars) if layout.units else None
+    ok, steps, means = layout.read(chars, starts, ends, None, units)
+    bad = _bad_runs(ok, steps, offsets, layout.target) | _refused(
+        chars, data, layout, edges, counts
+    )
     good = [
         (line, o, n)
         for line, o, n, b in zip(
@@ -534,13 +550,6 @@ def _bulk_redraws(texts: list[bytes]) -> dict[int, _Redraws]:
         )
         if not b
     ]
-    total = sum(n for _, _, n in good)
-    if (
-        len(good) < len(lines)
-        or _nan_or_inf(data, 0, len(data))
-        or any(data.count(b" - " + name + b":") != total for name in layout.names)
-    ):
-        good = [g for g in good if _same_names(g[0][2], 0, len(g[0][2]), layout.names, g[2])]
     out: dict[int, _Redraws] = {}
     for (i, style, body, last), o, n in good:
         cut = body.find(b"\r")
@@ -581,7 +590,7 @@ def _fixed_run(
     starts[0] = 0
     starts[1:] = ends + 1
     ends = np.append(ends, len(body))
-    ok, steps, means = layout.read(data, starts, ends, decimal_points(data))
+    ok, steps, means = layout.read(data, starts, ends, decimal_points(data), unit_marks(data))
     if not bool(ok.all()):
         return None
     return steps, means, layout.target, layout.names
@@ -667,22 +676,22 @@ def _bulk_lines(
     for i, j in zip(first.tolist(), last.tolist(), strict=True):
         chosen[i:j] = True
     rows = np.flatnonzero(chosen)
-    ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], decimal_points(text))
+    units = unit_marks(text) if layout.units else None
+    ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], None, units)
     counts = last - first
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    bad = _bad_runs(ok, steps, offsets, layout.target)
+    edges = np.array([edge for body in bodies for edge in body], dtype=np.int64)
+    bad = _bad_runs(ok, steps, offsets, layout.target) | _refused(text, data, layout, edges, counts)
     good = [
-        (start, cut, o, n)
-        for (start, cut), o, n, b in zip(
+        (start, o, n)
+        for (start, _), o, n, b in zip(
             bodies, offsets[:-1].tolist(), counts.tolist(), bad.tolist(), strict=True
         )
         if not b
     ]
-    if not _names_once(data, good, layout.names):
-        good = [g for g in good if _same_names(data, g[0], g[1], layout.names, g[3])]
     return {
         start: (steps[o : o + n], means[o : o + n], layout.target, layout.names)
-        for start, _, o, n in good
+        for start, o, n in good
     }
 
 
@@ -699,27 +708,33 @@ def _bad_runs(ok: np.ndarray, steps: np.ndarray, offsets: np.ndarray, target: in
     return bad
 
 
-def _names_once(
-    data: bytes, good: list[tuple[int, int, int, int]], names: tuple[bytes, ...]
-) -> bool:
-    """:func:`_same_names` for every run in ``good`` at once (``(start, cut, offset, n)``).
+def _refused(
+    text: np.ndarray, data: bytes, layout: Layout, edges: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Per run of pieces, whether the regex path would read it otherwise than by position.
 
-    Each line of a run shows each name in its tail (its layout says so), so a run holds at least
-    ``n``; when the whole text holds no more than those plus what lies outside the runs, no run
-    holds more.
+    Run ``r`` spans ``data[edges[2r]:edges[2r + 1]]`` and holds ``counts[r]`` pieces. Each
+    piece that has the layout shows its tail's decimals and each name once in its tail, so a
+    run holds at least ``counts[r]`` times those; it is refused when it holds more (a value, a
+    name or a counter unit outside a tail), or any ``nan``/``inf``.
+
+    Args:
+        text: ``data`` as uint8.
+        data: The text the runs lie in.
+        layout: The layout the pieces were read with.
+        edges: Where runs start and end, alternately, increasing.
+        counts: Pieces per run.
     """
+    bad = per_range(decimal_points(text), edges) != counts * layout.points
+    if not layout.units:  # else Layout.read checks them piece by piece
+        bad |= per_range(unit_marks(text), edges) != 0
+    colons = np.flatnonzero(text == ord(":"))
+    for name in layout.names:
+        bad |= per_range(name_marks(text, name, colons), edges) != counts
     if _nan_or_inf(data, 0, len(data)):
-        return False
-    expected = sum(n for _, _, _, n in good)
-    edges = [0, *itertools.chain.from_iterable((start, cut) for start, cut, _, _ in good)]
-    edges.append(len(data))
-    gaps = list(zip(edges[::2], edges[1::2], strict=True))
-    for name in names:
-        pattern = b" - " + name + b":"  # holds no line break: never straddles a run's edge
-        outside = sum(data.count(pattern, a, b) for a, b in gaps)
-        if data.count(pattern) - outside != expected:
-            return False
-    return True
+        pairs = edges.reshape(-1, 2).tolist()
+        bad |= np.array([_nan_or_inf(data, start, end) for start, end in pairs], dtype=bool)
+    return bad
 
 
 def _label(name: bytes) -> str:
@@ -758,8 +773,7 @@ def iter_records(chunks: Iterable[bytes], stats: ParseStats | None = None) -> It
             carry = data
             continue
         carry = data[cut + 1 :]
-        parser.block(data[: cut + 1], line)
-        line += data.count(b"\n", 0, cut + 1)
+        line += parser.block(data[: cut + 1], line)
         yield from parser.out
         parser.out.clear()
     if carry:
