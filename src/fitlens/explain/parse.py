@@ -189,24 +189,11 @@ class _Parser:
         data = b"\n" + block  # every line now follows a line break, which _BREAK starts with
         text = np.frombuffer(data, dtype=np.uint8)
         breaks = np.flatnonzero(text == ord("\n"))
-        items: list[tuple[int, int, bool]] = []  # (start, end, is a run of lines)
-        pos = 1
-        # Line k runs from breaks[k] + 1 to breaks[k + 1]; the last, unterminated line (if any)
-        # is never a break.
-        cuts = np.flatnonzero(_BREAKS_RUN[text[breaks[:-1] + 1]])
-        for start, stop in zip(breaks[cuts].tolist(), breaks[cuts + 1].tolist(), strict=True):
-            if start > pos:
-                items.append((pos, start, True))
-            if stop > start + 1:
-                items.append((start + 1, stop, False))
-            pos = stop + 1
-        # The last run of progress lines: no break line follows it, only the block's own end.
-        end = len(data) - 1 if data.endswith(b"\n") else len(data)
-        if end > pos:
-            items.append((pos, end, True))
+        items = _items(data, text, breaks)
         # An item's line: the block's first, plus the line breaks before it (but data[0]).
         lines = (np.searchsorted(breaks, [start for start, _, _ in items]) + (line - 1)).tolist()
         bulk = _bulk_lines(data, text, breaks, [(start, end) for start, end, run in items if run])
+        labels: dict[tuple[bytes, ...], tuple[str, ...]] = {}
         for (start, end, run), at in zip(items, lines, strict=True):
             if not run:
                 self.segment(data[start:end], at)
@@ -218,11 +205,14 @@ class _Parser:
             steps, means, target, names = found
             cut = data.rfind(b"\n", start, end)
             head = data[start : data.find(b"\n", start, end)]
+            label = labels.get(names)
+            if label is None:
+                label = labels[names] = tuple(map(_label, names))
             self._take_run(
                 ProgressRun(
                     steps,
                     target,
-                    tuple(_label(name) for name in names),
+                    label,
                     means,
                     _HALF_FIXED,
                     _unit(head),
@@ -367,10 +357,12 @@ class _Parser:
         if not seg:
             return
         prev = self.pending
-        if prev is not None and self._continues(prev, seg):
+        epoch = _EPOCH.match(seg)
+        # An "Epoch k/N" line continues no wrapped line: after "Epoch" comes a space, where a
+        # name would need its colon, and no separator or value goes on with a capital "E".
+        if epoch is None and prev is not None and self._continues(prev, seg):
             return
         self.flush()
-        epoch = _EPOCH.match(seg)
         if epoch is not None:
             self.out.append(EpochHeader(int(epoch.group(1)), int(epoch.group(2)), line))
             self.after_header = True
@@ -538,11 +530,11 @@ def _bulk_redraws(texts: list[bytes]) -> dict[int, _Redraws]:
     edges[0::2] = edges[1::2] - sizes
     counts = per_range(seps, edges) + 1
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    units = unit_marks(chars) if layout.units else None
+    found = _marks(chars, layout)
+    units = found[1] if layout.units else None
     ok, steps, means = layout.read(chars, starts, ends, None, units)
-    bad = _bad_runs(ok, steps, offsets, layout.target) | _refused(
-        chars, data, layout, edges, counts
-    )
+    bad = _bad_runs(ok, steps, offsets, layout.target)
+    bad |= _refused(data, found, layout, edges, counts)
     good = [
         (line, o, n)
         for line, o, n, b in zip(
@@ -634,8 +626,44 @@ def _unit(head: bytes) -> CounterUnit:
 
 def _bar_style(first: bytes) -> str:
     """``bracket`` or ``plain``, from the first piece of a run (no Keras 3 bar in it)."""
-    bar = _HEAD.match(_ANSI.sub(b"", first.lstrip(b"\x08")))
+    if first[:1] == b"\x08":
+        first = first.lstrip(b"\x08")
+    if b"\x1b" in first:
+        first = _ANSI.sub(b"", first)
+    bar = _HEAD.match(first)
     return "plain" if bar is None or not bar.group(3) else "bracket"
+
+
+def _items(data: bytes, text: np.ndarray, breaks: np.ndarray) -> list[tuple[int, int, bool]]:
+    """Cut text without ``\\r`` into runs of lines that may be progress lines and the lines
+    between them.
+
+    Args:
+        data: The text, starting with ``\\n`` (so every line follows one).
+        text: ``data`` as uint8.
+        breaks: Positions of every ``\\n`` in ``data``.
+
+    Returns:
+        ``(start, end, is a run)`` in order: a run is consecutive lines that start with a space,
+        a tab or a digit; the others are single lines that start otherwise (a blank line ends a
+        run and is left out). A line the text does not end with a line break belongs to a run.
+    """
+    items = []
+    pos = 1
+    # Line k runs from breaks[k] + 1 to breaks[k + 1]; the last, unterminated line (if any)
+    # is never a break.
+    cuts = np.flatnonzero(_BREAKS_RUN[text[breaks[:-1] + 1]])
+    for start, stop in zip(breaks[cuts].tolist(), breaks[cuts + 1].tolist(), strict=True):
+        if start > pos:
+            items.append((pos, start, True))
+        if stop > start + 1:
+            items.append((start + 1, stop, False))
+        pos = stop + 1
+    # The last run of progress lines: no break line follows it, only the block's own end.
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    if end > pos:
+        items.append((pos, end, True))
+    return items
 
 
 def _bulk_lines(
@@ -676,12 +704,14 @@ def _bulk_lines(
     for i, j in zip(first.tolist(), last.tolist(), strict=True):
         chosen[i:j] = True
     rows = np.flatnonzero(chosen)
-    units = unit_marks(text) if layout.units else None
+    found = _marks(text, layout)
+    units = found[1] if layout.units else None
     ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], None, units)
     counts = last - first
     offsets = np.concatenate(([0], np.cumsum(counts)))
     edges = np.array([edge for body in bodies for edge in body], dtype=np.int64)
-    bad = _bad_runs(ok, steps, offsets, layout.target) | _refused(text, data, layout, edges, counts)
+    bad = _bad_runs(ok, steps, offsets, layout.target)
+    bad |= _refused(data, found, layout, edges, counts)
     good = [
         (start, o, n)
         for (start, _), o, n, b in zip(
@@ -708,8 +738,19 @@ def _bad_runs(ok: np.ndarray, steps: np.ndarray, offsets: np.ndarray, target: in
     return bad
 
 
+def _marks(text: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """What :func:`_refused` counts in ``text``: decimals, unit marks and each name's marks."""
+    colons = np.flatnonzero(text == ord(":"))
+    names = [name_marks(text, name, colons) for name in layout.names]
+    return decimal_points(text), unit_marks(text), names
+
+
 def _refused(
-    text: np.ndarray, data: bytes, layout: Layout, edges: np.ndarray, counts: np.ndarray
+    data: bytes,
+    found: tuple[np.ndarray, np.ndarray, list[np.ndarray]],
+    layout: Layout,
+    edges: np.ndarray,
+    counts: np.ndarray,
 ) -> np.ndarray:
     """Per run of pieces, whether the regex path would read it otherwise than by position.
 
@@ -719,18 +760,18 @@ def _refused(
     name or a counter unit outside a tail), or any ``nan``/``inf``.
 
     Args:
-        text: ``data`` as uint8.
         data: The text the runs lie in.
+        found: :func:`_marks` of ``data``.
         layout: The layout the pieces were read with.
         edges: Where runs start and end, alternately, increasing.
         counts: Pieces per run.
     """
-    bad = per_range(decimal_points(text), edges) != counts * layout.points
+    points, units, names = found
+    bad = per_range(points, edges) != counts * layout.points
     if not layout.units:  # else Layout.read checks them piece by piece
-        bad |= per_range(unit_marks(text), edges) != 0
-    colons = np.flatnonzero(text == ord(":"))
-    for name in layout.names:
-        bad |= per_range(name_marks(text, name, colons), edges) != counts
+        bad |= per_range(units, edges) != 0
+    for marks in names:
+        bad |= per_range(marks, edges) != counts
     if _nan_or_inf(data, 0, len(data)):
         pairs = edges.reshape(-1, 2).tolist()
         bad |= np.array([_nan_or_inf(data, start, end) for start, end in pairs], dtype=bool)
