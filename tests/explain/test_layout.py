@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 from fitlens.explain import parse
 from fitlens.explain.analysis import Options
 from fitlens.explain.command import explain_stream
-from fitlens.explain.layout import Layout, decimal_points
+from fitlens.explain.layout import (
+    Layout,
+    _counters,
+    decimal_points,
+    name_marks,
+    per_range,
+    unit_marks,
+)
 from fitlens.explain.parse import EpochHeader, Progress, ProgressRun, iter_records
 from fitlens.explain.writer import render_text, to_json
 
@@ -172,7 +179,7 @@ def test_values_read_by_position_are_the_doubles_float_reads():
         assert layout is not None
         data = np.frombuffer(line, dtype=np.uint8)
         ok, steps, means = layout.read(
-            data, np.array([0]), np.array([len(line)]), decimal_points(data)
+            data, np.array([0]), np.array([len(line)]), decimal_points(data), unit_marks(data)
         )
         text = line.rsplit(b": ", 1)[1]
         assert ok[0] and steps[0] == int(line.split(b"/")[0])
@@ -197,6 +204,70 @@ def test_a_line_that_differs_from_the_layout_is_not_read_by_position():
     data = np.frombuffer(text, dtype=np.uint8)
     ends = np.append(np.flatnonzero(data == 10), len(text))
     starts = np.append(0, ends[:-1] + 1)
-    ok, steps, _ = layout.read(data, starts, ends, decimal_points(data))
+    ok, steps, _ = layout.read(data, starts, ends, decimal_points(data), unit_marks(data))
     assert ok.tolist() == [True, True, False, False, False, False, False, False]
     assert steps[:2].tolist() == [7, 17]
+
+
+def test_counters_are_spaces_then_digits_read_as_integers():
+    slots = [b"  7", b" 17", b"107", b"000", b"7  ", b" 1 7", b"   ", b"a12", b"\t12", b"1 2"]
+    width = max(map(len, slots))
+    raw = np.array([list(s.rjust(width, b" ")) for s in slots], dtype=np.uint8)
+    steps, ok = _counters(raw)
+    assert ok.tolist() == [True, True, True, True, False, False, False, False, False, False]
+    assert steps[:4].tolist() == [7, 17, 107, 0]
+
+
+def test_names_and_marks_are_counted_in_each_run_only():
+    text = b"x - loss: 1\n - loss: 2 - loss:\n - lossy: 3 - acc: 4\n - loss: 5"
+    data = np.frombuffer(text, dtype=np.uint8)
+    colons = np.flatnonzero(data == ord(":"))
+    found = name_marks(data, b"loss", colons)
+    assert [text[i - 7 : i + 1] for i in found.tolist()] == [b" - loss:"] * 4
+    second, lossy = text.index(b"\n") + 1, text.index(b" - lossy")
+    # Three ranges: the first line, the second line, the last 10 bytes.
+    edges = np.array([0, second - 1, second, lossy, len(text) - 10, len(text)])
+    assert per_range(found, edges).tolist() == [1, 2, 1]
+
+
+_MIDDLES = [
+    " [==>....] - ETA: 3s",  # the layout's own
+    " [=====>.] - ETA: 12s",  # another width: still the layout
+    " [==>....] - loss: 3s",  # a name where ETA was, no value
+    " [==>....] - x: 0.1234",  # a value the regexes read
+    " [==>....] - ETA: 1.5000s",  # a decimal that is no value
+    " [==>....] - 5ms/step",  # a counter unit the first line lacks
+    " [==>....] - acc: nan",  # nan in the middle
+    " [==>..:.] - ETA: 3s",  # a colon with no name
+]
+
+
+@st.composite
+def middle_logs(draw: st.DrawFn) -> bytes:
+    """One-line-per-step logs whose lines share a head and tail but not always a middle: what
+    the per-run checks (decimals, names, units, nan) must hand back to the regexes."""
+    out = []
+    for epoch in range(draw(st.integers(1, 4))):
+        out.append(f"Epoch {epoch + 1}/4")
+        for step in range(1, draw(st.integers(2, 9)) + 1):
+            middle = _MIDDLES[0] if draw(st.integers(0, 3)) else draw(st.sampled_from(_MIDDLES))
+            out.append(f"{step:3d}/200{middle} - loss: 0.{step:04d} - acc: 0.5{step:03d}")
+        if draw(st.booleans()):
+            out.append(draw(st.sampled_from(["holdout - loss: 0.2000", "", "e-04 - acc: 0.1"])))
+    return ("\n".join(out) + "\n").encode()
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(middle_logs(), st.sampled_from([1 << 20, 61]))
+def test_lines_that_differ_only_between_head_and_tail_give_the_general_paths_records(data, chunk):
+    bulk = _expanded(data, chunk)
+    with general_path():
+        assert _same(bulk, _expanded(data, chunk))
+    # The same lines drawn over each other as a terminal capture does.
+    text = b"".join(
+        b"\x08" * 7 + b"\r" + line if line[:1] in b" \t0123456789" and line else b"\n" + line
+        for line in data.split(b"\n")
+    )
+    bulk = _expanded(text + b"\n", chunk)
+    with general_path():
+        assert _same(bulk, _expanded(text + b"\n", chunk))

@@ -7,6 +7,9 @@ Lines here are synthetic format tests: written by hand from the format rules in 
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -249,3 +252,50 @@ def test_bulk_and_general_paths_agree_on_one_line_per_redraw_logs():
         parse._fast_run = original
     assert bulk == general
     assert any(isinstance(r, parse.ProgressRun) for r in iter_records([data]))
+
+
+def _items_by_regex(data: bytes) -> list[tuple[int, int, bool]]:
+    """The cut of text into runs and other lines, as the parser made it with one regex."""
+    items = []
+    pos = 1
+    for match in re.finditer(rb"\n(?:[^ \t0-9\n][^\n]*)?(?=\n)", data):
+        start = match.start()
+        if start > pos:
+            items.append((pos, start, True))
+        if match.end() > start + 1:
+            items.append((start + 1, match.end(), False))
+        pos = match.end() + 1
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    if end > pos:
+        items.append((pos, end, True))
+    return items
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"",
+                b" ",
+                b"\t1",
+                b"  7/9 - loss: 0.1000",
+                b"12/12",
+                b"Epoch 1/2",
+                b"x",
+                b"\x00",
+                b"-",
+                b"\x08\x08",
+                b"e-04",
+                b"\xe2\x94\x81",
+            ]
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_lines_are_cut_into_runs_by_their_first_byte_as_the_regex_cut_them(lines, ends):
+    data = b"\n" + b"\n".join(lines) + (b"\n" if ends else b"")
+    text = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(text == ord("\n"))
+    assert parse._items(data, text, breaks) == _items_by_regex(data)

@@ -64,7 +64,8 @@ class Series:
     """
 
     def __init__(self) -> None:
-        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # Bulk chunks keep their one half-width as a float until arrays() joins them.
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray | float]] = []
         self._steps: list[int] = []
         self._means: list[float] = []
         self._halves: list[float] = []
@@ -80,7 +81,7 @@ class Series:
     def add_run(self, steps: np.ndarray, means: np.ndarray, half: float) -> None:
         """Append displays in bulk (``means`` is one column of a run)."""
         self._flush()
-        self._chunks.append((steps, means, np.full(len(steps), half)))
+        self._chunks.append((steps, means, half))
         self._merged = None
 
     def _flush(self) -> None:
@@ -98,10 +99,14 @@ class Series:
         """``(steps, means, halves)``, steps strictly increasing."""
         if self._merged is None:
             self._flush()
-            if len(self._chunks) == 1:
-                steps, means, halves = self._chunks[0]
+            chunks = [
+                (s, m, np.full(len(s), h) if isinstance(h, float) else h)
+                for s, m, h in self._chunks
+            ]
+            if len(chunks) == 1:
+                steps, means, halves = chunks[0]
             else:
-                steps, means, halves = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+                steps, means, halves = (np.concatenate(c) for c in zip(*chunks, strict=True))
             # Usually strictly increasing already: one test, no sort and no copy.
             if len(steps) > 1 and not bool((steps[1:] > steps[:-1]).all()):
                 if bool((steps[1:] < steps[:-1]).any()):

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 _ZERO = np.uint8(ord("0"))
 _SPACE = np.uint8(ord(" "))
@@ -48,6 +49,29 @@ def unit_marks(data: np.ndarray) -> np.ndarray:
     s, slash = ord("s"), ord("/")
     at = np.flatnonzero(data[1:-1] == slash)  # the slashes (a few per line), then neighbours
     return at[(data[at] == s) & (data[at + 2] == s)]
+
+
+def name_marks(data: np.ndarray, name: bytes, colons: np.ndarray) -> np.ndarray:
+    """Positions of the ``:`` of every ``" - name:"`` in ``data`` (uint8).
+
+    Args:
+        data: The text.
+        name: A metric name as printed.
+        colons: Positions of every ``:`` in ``data``, increasing.
+    """
+    pattern = b" - " + name
+    at = colons[colons >= len(pattern)]
+    # Byte by byte from the colon back: most colons drop out at the first bytes.
+    for back, byte in enumerate(reversed(pattern), 1):
+        at = at[data[at - back] == byte]
+    return at
+
+
+def per_range(marks: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many of ``marks`` (increasing positions) lie in each range ``[edges[2k],
+    edges[2k + 1])``."""
+    at = np.searchsorted(marks, edges)
+    return at[1::2] - at[::2]
 
 
 def _weights(widths: list[int]) -> np.ndarray:
@@ -166,7 +190,12 @@ class Layout:
         )
 
     def read(
-        self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, points: np.ndarray
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        points: np.ndarray | None,
+        units: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Check and read lines ``data[starts[i]:ends[i]]``.
 
@@ -174,7 +203,9 @@ class Layout:
             data: The text as uint8.
             starts: Where each line starts, shape ``(n,)``.
             ends: Where each ends (exclusive), shape ``(n,)``.
-            points: :func:`decimal_points` of ``data``.
+            points: :func:`decimal_points` of ``data``, or None when the caller checks them
+                (each line holds at least the tail's: :func:`per_range` can check whole runs).
+            units: :func:`unit_marks` of ``data``, or None when the caller checks them.
 
         Returns:
             ``(ok, steps, means)``: whether each line has the layout, its counter (int64) and
@@ -185,31 +216,49 @@ class Layout:
         if len(data) < max(head_len, tail_len):
             return np.zeros(len(starts), dtype=bool), starts, np.zeros((len(starts), 0))
         # Rows that are too short read from the start of the text instead (and stay not ok).
-        head = data[np.where(ok, starts, 0)[:, None] + np.arange(head_len)]
-        tail = data[np.where(ok, ends - tail_len, 0)[:, None] + np.arange(tail_len)]
+        # Whole rows of a sliding view: one copy per line, no index array per byte.
+        head = sliding_window_view(data, head_len)[np.where(ok, starts, 0)]
+        tail = sliding_window_view(data, tail_len)[np.where(ok, ends - tail_len, 0)]
         # Only the fixed columns, compared with != and any (numpy's fastest row test).
         fixed = np.flatnonzero(self.head_fixed)
         ok &= ~(head[:, fixed] != self.head[fixed]).any(axis=1)
         fixed = np.flatnonzero(self.tail_fixed)
         ok &= ~(tail[:, fixed] != self.tail[fixed]).any(axis=1)
-        raw = head[:, self.slot[0] : self.slot[1]]
-        counter = raw - _ZERO
-        is_digit = counter <= 9
-        is_space = raw == _SPACE
-        ok &= (is_digit | is_space).all(axis=1) & is_digit[:, -1]
-        ok &= ~(is_digit[:, :-1] & is_space[:, 1:]).any(axis=1)  # right-aligned
-        width = counter.shape[1]
-        steps = np.where(is_digit, counter, 0).astype(np.float64) @ (
-            10.0 ** np.arange(width - 1, -1, -1)
-        )
+        steps, counter_ok = _counters(head[:, self.slot[0] : self.slot[1]])
+        ok &= counter_ok
         values = tail[:, self.digits] - _ZERO
         ok &= (values <= 9).all(axis=1)
         # Integers below 2**53: every product and partial sum is exact, in any order.
         means = values.astype(np.float64) @ self.weights / 1e4
         if self.negative.any():
             means[:, self.negative] = -means[:, self.negative]
-        inside = np.searchsorted(points, ends) - np.searchsorted(points, starts)
-        ok &= inside == self.points
-        units = unit_marks(data)
-        ok &= np.searchsorted(units, ends - 2) - np.searchsorted(units, starts) == self.units
-        return ok, steps.astype(np.int64), means
+        if points is not None:
+            inside = np.searchsorted(points, ends) - np.searchsorted(points, starts)
+            ok &= inside == self.points
+        if units is not None:
+            ok &= np.searchsorted(units, ends - 2) - np.searchsorted(units, starts) == self.units
+        return ok, steps, means
+
+
+def _counters(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Read right-aligned counters: ``raw`` holds one counter slot per row (uint8).
+
+    Returns:
+        ``(steps, ok)``: the integers (int64) and whether each slot is spaces then digits, with
+        at least one digit; rows that are not ok hold garbage.
+    """
+    n, width = raw.shape
+    steps = np.zeros(n, dtype=np.int64)
+    ok = np.ones(n, dtype=bool)
+    seen = np.zeros(n, dtype=bool)  # a digit came before: no space may follow
+    digit = seen
+    for j in range(width):  # a few columns: one vector pass each
+        column = raw[:, j]
+        value = column - _ZERO
+        digit = value <= 9
+        ok &= digit | ((column == _SPACE) & ~seen)
+        seen |= digit
+        steps *= 10
+        steps += np.where(digit, value, 0)
+    ok &= digit
+    return steps, ok

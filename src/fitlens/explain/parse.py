@@ -21,14 +21,13 @@ always a line trimmed by a paste, whose rounding bound would be a lie.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import numpy as np
 
-from fitlens.explain.layout import Layout, decimal_points
+from fitlens.explain.layout import Layout, decimal_points, name_marks, per_range, unit_marks
 from fitlens.explain.records import (
     CounterUnit,
     EpochHeader,
@@ -66,9 +65,11 @@ _BACKSPACES = re.compile(rb"\x08+")
 _BAR3 = "━".encode()
 # First bytes of a line that may start with a counter (Keras pads it with spaces).
 _COUNTER_START = frozenset(b" \t0123456789")
-# A line that cannot start with a counter, or a blank one: the breaks between runs of progress
-# lines in text without carriage returns.
-_BREAK = re.compile(rb"\n(?:[^ \t0-9\n][^\n]*)?(?=\n)")
+# By first byte: a line that cannot start with a counter, or a blank one (its first byte is
+# the next line break). Such lines are the breaks between runs of progress lines in text
+# without carriage returns.
+_BREAKS_RUN = np.ones(256, dtype=bool)
+_BREAKS_RUN[list(_COUNTER_START)] = False
 # Regexes are anchored and free of nested quantifiers, so each runs in time linear in the segment.
 _HEAD = re.compile(rb"[ \t]{0,64}(\d{1,15})/(\d{1,15}|Unknown)(?![\d/])[ \t]?(\[|\xe2\x94\x81)?")
 _EPOCH = re.compile(rb"[ \t]{0,64}Epoch (\d{1,12})/(\d{1,12})[ \t]{0,64}$")
@@ -146,13 +147,16 @@ class _Parser:
         # counter-less Keras 1/2 ``verbose=2`` line is read as one.
         self.after_header = False
 
-    def block(self, block: bytes, line: int) -> None:
-        """Parse a block of whole lines starting at input line ``line``."""
+    def block(self, block: bytes, line: int) -> int:
+        """Parse a block of whole lines starting at input line ``line``.
+
+        Returns:
+            The number of line breaks in ``block``.
+        """
         # ANSI colours and backspace runs are left in place here: the redraw fast path reads
         # around them, and segment() removes them from any piece it parses.
         if b"\r" not in block:
-            self._plain_block(block, line)
-            return
+            return self._plain_block(block, line)
         group: list[bytes] = []  # consecutive plain lines that may be progress lines
         texts = block.split(b"\n")
         bulk = _bulk_redraws(texts)
@@ -173,8 +177,9 @@ class _Parser:
             line += 1
         if group:
             self.lines(b"\n".join(group), line - len(group))
+        return len(texts) - 1
 
-    def _plain_block(self, block: bytes, line: int) -> None:
+    def _plain_block(self, block: bytes, line: int) -> int:
         """:meth:`block` for text without ``\\r`` (pipes, files, one line per step).
 
         The lines that cannot start a progress record (headers, the user's prints, blank lines)
@@ -184,22 +189,11 @@ class _Parser:
         data = b"\n" + block  # every line now follows a line break, which _BREAK starts with
         text = np.frombuffer(data, dtype=np.uint8)
         breaks = np.flatnonzero(text == ord("\n"))
-        items: list[tuple[int, int, bool]] = []  # (start, end, is a run of lines)
-        pos = 1
-        for match in _BREAK.finditer(data):
-            start = match.start()
-            if start > pos:
-                items.append((pos, start, True))
-            if match.end() > start + 1:
-                items.append((start + 1, match.end(), False))
-            pos = match.end() + 1
-        # The last run of progress lines: no break line follows it, only the block's own end.
-        end = len(data) - 1 if data.endswith(b"\n") else len(data)
-        if end > pos:
-            items.append((pos, end, True))
+        items = _items(data, text, breaks)
         # An item's line: the block's first, plus the line breaks before it (but data[0]).
         lines = (np.searchsorted(breaks, [start for start, _, _ in items]) + (line - 1)).tolist()
         bulk = _bulk_lines(data, text, breaks, [(start, end) for start, end, run in items if run])
+        labels: dict[tuple[bytes, ...], tuple[str, ...]] = {}
         for (start, end, run), at in zip(items, lines, strict=True):
             if not run:
                 self.segment(data[start:end], at)
@@ -211,11 +205,14 @@ class _Parser:
             steps, means, target, names = found
             cut = data.rfind(b"\n", start, end)
             head = data[start : data.find(b"\n", start, end)]
+            label = labels.get(names)
+            if label is None:
+                label = labels[names] = tuple(map(_label, names))
             self._take_run(
                 ProgressRun(
                     steps,
                     target,
-                    tuple(_label(name) for name in names),
+                    label,
                     means,
                     _HALF_FIXED,
                     _unit(head),
@@ -224,6 +221,7 @@ class _Parser:
                 ),
                 data[cut + 1 : end],
             )
+        return len(breaks) - 1
 
     def _take_run(self, run: ProgressRun, last: bytes) -> None:
         """Emit a bulk run of lines, then parse the run's last line (it may be wrapped)."""
@@ -359,10 +357,12 @@ class _Parser:
         if not seg:
             return
         prev = self.pending
-        if prev is not None and self._continues(prev, seg):
+        epoch = _EPOCH.match(seg)
+        # An "Epoch k/N" line continues no wrapped line: after "Epoch" comes a space, where a
+        # name would need its colon, and no separator or value goes on with a capital "E".
+        if epoch is None and prev is not None and self._continues(prev, seg):
             return
         self.flush()
-        epoch = _EPOCH.match(seg)
         if epoch is not None:
             self.out.append(EpochHeader(int(epoch.group(1)), int(epoch.group(2)), line))
             self.after_header = True
@@ -523,10 +523,18 @@ def _bulk_redraws(texts: list[bytes]) -> dict[int, _Redraws]:
     seps = np.flatnonzero(chars == ord("\r"))
     starts = np.concatenate(([0], seps + 1))
     ends = np.append(seps, len(data))
-    counts = np.array([body.count(b"\r") + 1 for _, _, body, _ in lines])
+    # Body k spans edges[2k]:edges[2k + 1]; the "\r" that joins two bodies lies in neither.
+    sizes = np.array([len(body) for _, _, body, _ in lines])
+    edges = np.empty(2 * len(lines), dtype=np.int64)
+    edges[1::2] = np.cumsum(sizes + 1) - 1
+    edges[0::2] = edges[1::2] - sizes
+    counts = per_range(seps, edges) + 1
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    ok, steps, means = layout.read(chars, starts, ends, decimal_points(chars))
+    found = _marks(chars, layout)
+    units = found[1] if layout.units else None
+    ok, steps, means = layout.read(chars, starts, ends, None, units)
     bad = _bad_runs(ok, steps, offsets, layout.target)
+    bad |= _refused(data, found, layout, edges, counts)
     good = [
         (line, o, n)
         for line, o, n, b in zip(
@@ -534,13 +542,6 @@ def _bulk_redraws(texts: list[bytes]) -> dict[int, _Redraws]:
         )
         if not b
     ]
-    total = sum(n for _, _, n in good)
-    if (
-        len(good) < len(lines)
-        or _nan_or_inf(data, 0, len(data))
-        or any(data.count(b" - " + name + b":") != total for name in layout.names)
-    ):
-        good = [g for g in good if _same_names(g[0][2], 0, len(g[0][2]), layout.names, g[2])]
     out: dict[int, _Redraws] = {}
     for (i, style, body, last), o, n in good:
         cut = body.find(b"\r")
@@ -581,7 +582,7 @@ def _fixed_run(
     starts[0] = 0
     starts[1:] = ends + 1
     ends = np.append(ends, len(body))
-    ok, steps, means = layout.read(data, starts, ends, decimal_points(data))
+    ok, steps, means = layout.read(data, starts, ends, decimal_points(data), unit_marks(data))
     if not bool(ok.all()):
         return None
     return steps, means, layout.target, layout.names
@@ -625,8 +626,44 @@ def _unit(head: bytes) -> CounterUnit:
 
 def _bar_style(first: bytes) -> str:
     """``bracket`` or ``plain``, from the first piece of a run (no Keras 3 bar in it)."""
-    bar = _HEAD.match(_ANSI.sub(b"", first.lstrip(b"\x08")))
+    if first[:1] == b"\x08":
+        first = first.lstrip(b"\x08")
+    if b"\x1b" in first:
+        first = _ANSI.sub(b"", first)
+    bar = _HEAD.match(first)
     return "plain" if bar is None or not bar.group(3) else "bracket"
+
+
+def _items(data: bytes, text: np.ndarray, breaks: np.ndarray) -> list[tuple[int, int, bool]]:
+    """Cut text without ``\\r`` into runs of lines that may be progress lines and the lines
+    between them.
+
+    Args:
+        data: The text, starting with ``\\n`` (so every line follows one).
+        text: ``data`` as uint8.
+        breaks: Positions of every ``\\n`` in ``data``.
+
+    Returns:
+        ``(start, end, is a run)`` in order: a run is consecutive lines that start with a space,
+        a tab or a digit; the others are single lines that start otherwise (a blank line ends a
+        run and is left out). A line the text does not end with a line break belongs to a run.
+    """
+    items = []
+    pos = 1
+    # Line k runs from breaks[k] + 1 to breaks[k + 1]; the last, unterminated line (if any)
+    # is never a break.
+    cuts = np.flatnonzero(_BREAKS_RUN[text[breaks[:-1] + 1]])
+    for start, stop in zip(breaks[cuts].tolist(), breaks[cuts + 1].tolist(), strict=True):
+        if start > pos:
+            items.append((pos, start, True))
+        if stop > start + 1:
+            items.append((start + 1, stop, False))
+        pos = stop + 1
+    # The last run of progress lines: no break line follows it, only the block's own end.
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    if end > pos:
+        items.append((pos, end, True))
+    return items
 
 
 def _bulk_lines(
@@ -667,22 +704,24 @@ def _bulk_lines(
     for i, j in zip(first.tolist(), last.tolist(), strict=True):
         chosen[i:j] = True
     rows = np.flatnonzero(chosen)
-    ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], decimal_points(text))
+    found = _marks(text, layout)
+    units = found[1] if layout.units else None
+    ok, steps, means = layout.read(text, breaks[rows] + 1, breaks[rows + 1], None, units)
     counts = last - first
     offsets = np.concatenate(([0], np.cumsum(counts)))
+    edges = np.array([edge for body in bodies for edge in body], dtype=np.int64)
     bad = _bad_runs(ok, steps, offsets, layout.target)
+    bad |= _refused(data, found, layout, edges, counts)
     good = [
-        (start, cut, o, n)
-        for (start, cut), o, n, b in zip(
+        (start, o, n)
+        for (start, _), o, n, b in zip(
             bodies, offsets[:-1].tolist(), counts.tolist(), bad.tolist(), strict=True
         )
         if not b
     ]
-    if not _names_once(data, good, layout.names):
-        good = [g for g in good if _same_names(data, g[0], g[1], layout.names, g[3])]
     return {
         start: (steps[o : o + n], means[o : o + n], layout.target, layout.names)
-        for start, _, o, n in good
+        for start, o, n in good
     }
 
 
@@ -699,27 +738,44 @@ def _bad_runs(ok: np.ndarray, steps: np.ndarray, offsets: np.ndarray, target: in
     return bad
 
 
-def _names_once(
-    data: bytes, good: list[tuple[int, int, int, int]], names: tuple[bytes, ...]
-) -> bool:
-    """:func:`_same_names` for every run in ``good`` at once (``(start, cut, offset, n)``).
+def _marks(text: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """What :func:`_refused` counts in ``text``: decimals, unit marks and each name's marks."""
+    colons = np.flatnonzero(text == ord(":"))
+    names = [name_marks(text, name, colons) for name in layout.names]
+    return decimal_points(text), unit_marks(text), names
 
-    Each line of a run shows each name in its tail (its layout says so), so a run holds at least
-    ``n``; when the whole text holds no more than those plus what lies outside the runs, no run
-    holds more.
+
+def _refused(
+    data: bytes,
+    found: tuple[np.ndarray, np.ndarray, list[np.ndarray]],
+    layout: Layout,
+    edges: np.ndarray,
+    counts: np.ndarray,
+) -> np.ndarray:
+    """Per run of pieces, whether the regex path would read it otherwise than by position.
+
+    Run ``r`` spans ``data[edges[2r]:edges[2r + 1]]`` and holds ``counts[r]`` pieces. Each
+    piece that has the layout shows its tail's decimals and each name once in its tail, so a
+    run holds at least ``counts[r]`` times those; it is refused when it holds more (a value, a
+    name or a counter unit outside a tail), or any ``nan``/``inf``.
+
+    Args:
+        data: The text the runs lie in.
+        found: :func:`_marks` of ``data``.
+        layout: The layout the pieces were read with.
+        edges: Where runs start and end, alternately, increasing.
+        counts: Pieces per run.
     """
+    points, units, names = found
+    bad = per_range(points, edges) != counts * layout.points
+    if not layout.units:  # else Layout.read checks them piece by piece
+        bad |= per_range(units, edges) != 0
+    for marks in names:
+        bad |= per_range(marks, edges) != counts
     if _nan_or_inf(data, 0, len(data)):
-        return False
-    expected = sum(n for _, _, _, n in good)
-    edges = [0, *itertools.chain.from_iterable((start, cut) for start, cut, _, _ in good)]
-    edges.append(len(data))
-    gaps = list(zip(edges[::2], edges[1::2], strict=True))
-    for name in names:
-        pattern = b" - " + name + b":"  # holds no line break: never straddles a run's edge
-        outside = sum(data.count(pattern, a, b) for a, b in gaps)
-        if data.count(pattern) - outside != expected:
-            return False
-    return True
+        pairs = edges.reshape(-1, 2).tolist()
+        bad |= np.array([_nan_or_inf(data, start, end) for start, end in pairs], dtype=bool)
+    return bad
 
 
 def _label(name: bytes) -> str:
@@ -758,8 +814,7 @@ def iter_records(chunks: Iterable[bytes], stats: ParseStats | None = None) -> It
             carry = data
             continue
         carry = data[cut + 1 :]
-        parser.block(data[: cut + 1], line)
-        line += data.count(b"\n", 0, cut + 1)
+        line += parser.block(data[: cut + 1], line)
         yield from parser.out
         parser.out.clear()
     if carry:
