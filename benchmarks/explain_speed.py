@@ -18,6 +18,7 @@ Requirement (issues 4 and 13): at least 50 MB/s for the whole command, and a pea
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import subprocess
@@ -26,51 +27,84 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS = 200  # steps per epoch
+STEPS = 200  # steps per epoch, unless --steps says otherwise
+STEP_SECONDS = 0.05  # mean time per step: a 200-step epoch takes 10 s, a 2,000-step one 100 s
 
 
-def _epoch_bytes(rng: random.Random, epoch: int, epochs: int, style: str) -> bytes:
+def _duration(seconds: float) -> str:
+    """A time as Keras's progress bars print an ETA (``9s``, ``1:02``, ``1:02:03``)."""
+    whole = int(seconds)  # Keras's "%d" drops the fraction
+    if seconds > 3600:
+        return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    if seconds > 60:
+        return f"{whole // 60}:{whole % 60:02d}"
+    return f"{whole}s"
+
+
+def _epoch_bytes(
+    rng: random.Random, epoch: int, epochs: int, style: str, steps: int = STEPS
+) -> bytes:
+    """One epoch of ``style`` as Keras prints it (checked against Keras 3's
+    ``keras/src/utils/progbar.py`` and Keras 2's ``Progbar``): the counter padded to the
+    target's width, an ETA that shrinks and changes width (``1:39``, ``59s``, ``9s``), the
+    elapsed time on the last line; in a terminal, each redraw erases the previous one with a
+    backspace per column it printed, and a redraw narrower than the previous one is padded with
+    spaces."""
     parts = [f"Epoch {epoch}/{epochs}\n"]
     acc_total = loss_total = 0.0
     prev = 0
     level = min(0.99, 0.5 + 0.4 * epoch / max(epochs, 1))
-    for step in range(1, STEPS + 1):
+    digits = len(str(steps))
+    per_step = STEP_SECONDS * rng.uniform(0.8, 1.2)
+    elapsed = 0.0
+    for step in range(1, steps + 1):
         acc_total += min(1.0, max(0.0, rng.gauss(level, 0.05)))
         loss_total += abs(rng.gauss(1.0 - level, 0.05))
         acc, loss = acc_total / step, loss_total / step
+        elapsed += per_step * rng.uniform(0.9, 1.1)
+        per_ms = elapsed / step * 1000
+        last = step == steps
+        when = f"{elapsed:.0f}s" if last else _duration(elapsed / step * (steps - step))
         if style == "keras3":
-            done = 20 * step // STEPS
+            done = 20 * step // steps
+            green = f"\x1b[32m{'━' * done}\x1b[0m" if done else ""
             line = (
-                f"\x1b[1m{step:3d}/{STEPS}\x1b[0m \x1b[32m{'━' * done}\x1b[0m"
-                f"\x1b[37m{'━' * (20 - done)}\x1b[0m \x1b[1m{step // 40}s\x1b[0m 5ms/step"
+                f"\x1b[1m{step:{digits}d}/{steps}\x1b[0m {green}"
+                f"\x1b[37m{'━' * (20 - done)}\x1b[0m \x1b[1m{when}\x1b[0m {per_ms:.0f}ms/step"
                 f" - accuracy: {acc:.4f} - loss: {loss:.4f}"
             )
-            width = len(line) - 42
+            width = len(line) - (34 if done else 25)  # less the colour codes
         else:
-            done = 30 * step // STEPS
+            done = 30 * step // steps
             bar = "=" * max(done - 1, 0) + (">" if done < 30 else "=") + "." * (30 - done)
-            line = f"{step:3d}/{STEPS} [{bar}] - ETA: 3s - loss: {loss:.4f} - acc: {acc:.4f}"
+            timing = f"{when} {per_ms:.0f}ms/step" if last else f"ETA: {when}"
+            line = (
+                f"{step:{digits}d}/{steps} [{bar}] - {timing} - loss: {loss:.4f} - acc: {acc:.4f}"
+            )
             width = len(line)
         if style == "keras2-lines":
             parts.append(line + "\n")
         else:
-            parts.append("\b" * prev + "\r" + line)
+            parts.append("\b" * prev + "\r" + line + " " * max(prev - width, 0))
         prev = width
     if style != "keras2-lines":
         parts.append("\n")
     return "".join(parts).encode()
 
 
-def generate(path: Path, size_mb: float, style: str = "keras3", seed: int = 0) -> int:
-    """Write a log of about ``size_mb`` MB to ``path``; returns its size in bytes."""
+def generate(
+    path: Path, size_mb: float, style: str = "keras3", seed: int = 0, steps: int = STEPS
+) -> int:
+    """Write a log of about ``size_mb`` MB to ``path`` with ``steps`` steps per epoch;
+    returns its size in bytes."""
     rng = random.Random(seed)
     target = int(size_mb * 1e6)
-    per_epoch = len(_epoch_bytes(rng, 1, 1, style))
+    per_epoch = len(_epoch_bytes(rng, 1, 1, style, steps))
     epochs = max(2, target // per_epoch)
     written = 0
     with path.open("wb") as f:
         for epoch in range(1, epochs + 1):
-            data = _epoch_bytes(rng, epoch, epochs, style)
+            data = _epoch_bytes(rng, epoch, epochs, style, steps)
             f.write(data)
             written += len(data)
     return written
@@ -131,7 +165,7 @@ def run_command(
 
 def _row(style: str, how: str, r: dict[str, float]) -> None:
     print(
-        f"{style:12s} {r['bytes'] / 1e6:6.1f} MB {how}  "
+        f"{style:18s} {r['bytes'] / 1e6:6.1f} MB {how}  "
         f"wall {r['seconds']:6.2f} s = {r['mb_per_s']:5.1f} MB/s  "
         f"cpu {r['cpu_seconds']:6.2f} s = {r['cpu_mb_per_s']:5.1f} MB/s  "
         f"peak RSS {r['peak_rss_mib']:6.1f} MiB",
@@ -147,6 +181,14 @@ def main() -> int:
         nargs="+",
         choices=["keras3", "keras2", "keras2-lines"],
         default=["keras2-lines", "keras3"],
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[STEPS, 2000],
+        help="steps per epoch: each size and style is measured with each (Keras pads the "
+        "counter to the target's width; long epochs change the ETA's width more often)",
     )
     parser.add_argument(
         "--html", action="store_true", help="also time `--html OUT.html` (file, text report)"
@@ -170,18 +212,19 @@ def main() -> int:
             generate(warm, 0.05, "keras2-lines")
             run_command(warm, False, False, pycache=pycache)
         for style in args.styles:
-            for size in sorted(args.sizes):
-                path = Path(tmp) / f"{style}-{size:g}.log"
-                generate(path, size, style)
+            for size, steps in itertools.product(sorted(args.sizes), args.steps):
+                path = Path(tmp) / f"{style}-{size:g}-{steps}.log"
+                generate(path, size, style, steps=steps)
+                label = f"{style} {steps}/ep"
                 for via_pipe in (False, True):
                     for as_json in (False, True):
                         how = ("stdin " if via_pipe else "file  ") + (
                             "--json" if as_json else "text  "
                         )
-                        _row(style, how, run_command(path, as_json, via_pipe, pycache=pycache))
+                        _row(label, how, run_command(path, as_json, via_pipe, pycache=pycache))
                 if args.html:
                     page = Path(tmp) / "page.html"
-                    _row(style, "file  --html", run_command(path, False, False, page, pycache))
+                    _row(label, "file  --html", run_command(path, False, False, page, pycache))
                 path.unlink()
     return 0
 

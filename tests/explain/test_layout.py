@@ -186,6 +186,20 @@ def test_values_read_by_position_are_the_doubles_float_reads():
         assert means[0, 0] == float(text) and np.signbit(means[0, 0]) == text.startswith(b"-")
 
 
+def _read_by_layout_of(
+    first: bytes, others: list[bytes], sep: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`Layout.read` of ``first`` and ``others`` joined by ``sep``, with ``first``'s layout."""
+    head = parse._RUN_HEAD.match(b"\r" + first)
+    layout = Layout.of(first, head, list(parse._METRIC.finditer(first)))
+    assert layout is not None
+    text = sep.join([first, *others])
+    data = np.frombuffer(text, dtype=np.uint8)
+    ends = np.append(np.flatnonzero(data == sep[0]), len(text))
+    starts = np.append(0, ends[:-1] + 1)
+    return layout.read(data, starts, ends, decimal_points(data), unit_marks(data))
+
+
 def test_a_line_that_differs_from_the_layout_is_not_read_by_position():
     first = b"  7/200 [=>....] - ETA: 3s - loss: 0.4299 - acc: 0.5220"
     others = [
@@ -197,14 +211,7 @@ def test_a_line_that_differs_from_the_layout_is_not_read_by_position():
         b" 17/200 [=>....] - ETA: 3s - loss: 0.4299 - acx: 0.5220",  # another name
         b"17/200 - acc: 0.5220",  # too short
     ]
-    head = parse._RUN_HEAD.match(b"\r" + first)
-    layout = Layout.of(first, head, list(parse._METRIC.finditer(first)))
-    assert layout is not None
-    text = b"\n".join([first, *others])
-    data = np.frombuffer(text, dtype=np.uint8)
-    ends = np.append(np.flatnonzero(data == 10), len(text))
-    starts = np.append(0, ends[:-1] + 1)
-    ok, steps, _ = layout.read(data, starts, ends, decimal_points(data), unit_marks(data))
+    ok, steps, _ = _read_by_layout_of(first, others, b"\n")
     assert ok.tolist() == [True, True, False, False, False, False, False, False]
     assert steps[:2].tolist() == [7, 17]
 
@@ -271,3 +278,73 @@ def test_lines_that_differ_only_between_head_and_tail_give_the_general_paths_rec
     bulk = _expanded(text + b"\n", chunk)
     with general_path():
         assert _same(bulk, _expanded(text + b"\n", chunk))
+
+
+@st.composite
+def keras3_captures(draw: st.DrawFn) -> bytes:
+    """Keras 3 terminal captures as its progress bar writes them: each redraw erases the
+    previous one with one backspace per column it printed and is padded with spaces when it is
+    narrower, so the backspaces and spaces change with the ETA's width (``1:02``, ``59s``,
+    ``9s``), the time per step's and the bar's colours; values keep their width."""
+    out = []
+    names = draw(st.sampled_from([["accuracy", "loss"], ["loss"], ["loss", "mae", "top_5"]]))
+    for epoch in range(draw(st.integers(1, 3))):
+        out.append(f"Epoch {epoch + 1}/3\n")
+        target = draw(st.sampled_from([7, 40, 200, 2000]))
+        steps = sorted(draw(st.sets(st.integers(1, target), min_size=2, max_size=14)))
+        prev = 0
+        for step in steps:
+            done = 20 * step // target
+            green = f"\x1b[32m{'━' * done}\x1b[0m" if done else ""
+            last = step == target
+            when = (
+                f"{draw(st.integers(0, 200))}s"
+                if last
+                else explain_speed._duration(draw(st.integers(0, 4000)))
+            )
+            values = "".join(f" - {n}: {draw(st.floats(0, 0.9999)):.4f}" for n in names)
+            line = (
+                f"\x1b[1m{step:{len(str(target))}d}/{target}\x1b[0m {green}"
+                f"\x1b[37m{'━' * (20 - done)}\x1b[0m \x1b[1m{when}\x1b[0m"
+                f" {draw(st.integers(1, 1500))}ms/step{values}"
+            )
+            width = len(line) - (34 if done else 25)
+            out.append("\b" * prev + "\r" + line + " " * max(prev - width, 0))
+            prev = width
+        out.append("\n")
+    return "".join(out).encode()
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(keras3_captures(), st.sampled_from([1 << 20, 333]))
+def test_keras3_redraws_whose_width_changes_are_read_by_position_as_the_general_path_reads(
+    data, chunk
+):
+    # Every line of redraws but its last piece is read by layout, whatever its backspaces and
+    # spaces (they used to be part of the layout: a width change sent the line to the regexes).
+    for text in data.split(b"\n"):
+        _, body, _ = parse._split_redraws(text)
+        if body:
+            assert parse._fixed_run(body, b"\r") is not None
+    bulk = _expanded(data, chunk)
+    with general_path():
+        assert _same(bulk, _expanded(data, chunk))
+
+
+def test_trailing_spaces_and_backspaces_are_not_part_of_the_layout():
+    first = b" 7/40 \x1b[1m3s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5220\x08\x08\x08"
+    others = [
+        b" 8/40 \x1b[1m3s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5221",  # no backspaces
+        b" 9/40 \x1b[1m10s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5222" + b"\x08" * 60,
+        b"10/40 \x1b[1m9s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5223 " + b"\x08" * 59,
+        b"11/40 \x1b[1m9s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5224" + b" " * 64,
+        b"12/40 \x1b[1m9s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5225" + b" " * 65,  # too many
+        b"13/40 \x1b[1m9s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5226\t\x08\x08",  # a tab
+        b"14/40 \x1b[1m9s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5227\x08 ",  # spaces last
+        b"15/40 \x1b[1m9s\x1b[0m 5ms/step - loss: 0.4299 - acc: 0.5228 x\x08",  # a word
+        b" " * 60 + b"\x08" * 60,  # padding only
+    ]
+    ok, steps, means = _read_by_layout_of(first, others, b"\r")
+    assert ok.tolist() == [True] * 5 + [False] * 5
+    assert steps[:5].tolist() == [7, 8, 9, 10, 11]
+    assert means[:5, 1].tolist() == [0.522, 0.5221, 0.5222, 0.5223, 0.5224]

@@ -25,9 +25,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 _ZERO = np.uint8(ord("0"))
 _SPACE = np.uint8(ord(" "))
 _POINT = np.uint8(ord("."))
+_BACKSPACE = np.uint8(8)
 #: Longest counter slot and value (in digits) read by position: integers below 10**15 are
 #: exact in float64.
 _MAX_DIGITS = 15
+#: Most trailing spaces stripped from a piece read by position (Keras pads a redraw with one
+#: per column it lost, a few at most); a piece with more takes the regex path.
+_MAX_PAD = 64
 
 
 def decimal_points(data: np.ndarray) -> np.ndarray:
@@ -129,18 +133,20 @@ class Layout:
         """The layout of ``line``, or None when it cannot be read by position.
 
         Args:
-            line: One progress line (or redraw), trailing backspaces included.
+            line: One progress line (or redraw), trailing spaces and backspaces included.
             head: The parser's counter regex matched on ``b"\\r" + line``.
             metrics: The parser's ``name: value`` regex matches in ``line``, in order.
 
         Returns:
-            None unless the values are contiguous, end the line (up to trailing backspaces),
+            None unless the values are contiguous, end the line (up to trailing spaces then
+            backspaces, which :meth:`read` ignores in every line),
             each name shows once, every value is a plain ``%.4f`` number of at most 15 digits,
             and the counter's slot is at most 15 bytes of spaces and digits.
         """
         if not metrics or any(a.end() != b.start() for a, b in itertools.pairwise(metrics)):
             return None
-        if line[metrics[-1].end() :].strip(b"\x08"):
+        end = _content_end(line)
+        if metrics[-1].end() != end:
             return None
         names = tuple(m.group(1) for m in metrics)
         if len(set(names)) != len(names):
@@ -153,7 +159,7 @@ class Layout:
         tail_start = metrics[0].start()
         if not 0 < step_end - slot_start <= _MAX_DIGITS or head_len > tail_start:
             return None
-        tail = line[tail_start:]
+        tail = line[tail_start:end]
         tail_fixed = np.ones(len(tail), dtype=bool)
         columns: list[int] = []
         widths: list[int] = []
@@ -212,6 +218,7 @@ class Layout:
             its values (float64, shape ``(n, len(names))``); rows that are not ok hold garbage.
         """
         head_len, tail_len = len(self.head), len(self.tail)
+        ends = _content_ends(data, starts, ends)
         ok = ends - starts >= head_len + tail_len
         if len(data) < max(head_len, tail_len):
             return np.zeros(len(starts), dtype=bool), starts, np.zeros((len(starts), 0))
@@ -232,12 +239,50 @@ class Layout:
         means = values.astype(np.float64) @ self.weights / 1e4
         if self.negative.any():
             means[:, self.negative] = -means[:, self.negative]
-        if points is not None:
+        if points is not None:  # padding holds no decimals: the content's ends will do
             inside = np.searchsorted(points, ends) - np.searchsorted(points, starts)
             ok &= inside == self.points
         if units is not None:
             ok &= np.searchsorted(units, ends - 2) - np.searchsorted(units, starts) == self.units
         return ok, steps, means
+
+
+def _content_end(line: bytes) -> int:
+    """Where a piece's text ends: before its trailing backspaces, then before the spaces
+    that come before them."""
+    return len(line.rstrip(b"\x08").rstrip(b" "))
+
+
+def _content_ends(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """:func:`_content_end` of every piece ``data[starts[i]:ends[i]]`` (uint8).
+
+    Keras 3 ends each redraw with as many backspaces as the previous one was wide, and pads
+    a redraw narrower than the previous one with spaces: both change with the width of the
+    elapsed time or ETA (``9s``, ``10s``, ``1:02``), so the layout's tail is matched against the
+    text before them. A piece made only of padding gets its start.
+    """
+    ends = ends.copy()
+    last = ends - 1
+    erased = (last >= starts) & (data[np.maximum(last, 0)] == _BACKSPACE)
+    if erased.any():
+        # Each backspace run that ends a piece starts where the bytes turn into backspaces:
+        # a few such places per piece, found in two passes over the text.
+        back = data == _BACKSPACE
+        turns = np.flatnonzero(back[1:] & ~back[:-1]) + 1
+        if back[0]:
+            turns = np.concatenate(([0], turns))
+        at = np.flatnonzero(erased)
+        run_start = turns[np.searchsorted(turns, last[at], side="right") - 1]
+        ends[at] = np.maximum(run_start, starts[at])
+    # Spaces: one per column the redraw lost (a few at most), one vector pass each.
+    # Past _MAX_PAD, a piece still ends with a space and fails the tail's last digit.
+    at = np.flatnonzero((ends > starts) & (data[np.maximum(ends - 1, 0)] == _SPACE))
+    for _ in range(_MAX_PAD):
+        if not len(at):
+            break
+        ends[at] -= 1
+        at = at[(ends[at] > starts[at]) & (data[np.maximum(ends[at] - 1, 0)] == _SPACE)]
+    return ends
 
 
 def _counters(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
