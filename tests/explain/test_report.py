@@ -237,10 +237,12 @@ def test_json_text_window_writes_null_for_each_unbounded_side_like_the_encoder(s
                 assert fast.window(w) == encode(expected), w
 
 
-def test_json_text_refuses_what_the_encoder_refuses():
-    """A non-finite value where JSON has no null (a displayed value) fails as json.dumps does,
-    and an epoch with every window (--windows) is left to the encoder."""
-    shown = Shown(1, math.nan, 0.5e-4)
+@pytest.mark.parametrize(
+    "shown", [Shown(1, math.nan, 0.5e-4), Shown(1, 0.5, math.inf), Shown(1, -math.inf, 0.5e-4)]
+)
+def test_json_text_refuses_what_the_encoder_refuses(shown):
+    """A non-finite value where JSON has no null (a displayed value or its rounding) fails as
+    json.dumps does, and an epoch with every window (--windows) is left to the encoder."""
     metric = MetricSummary("loss", "running_mean", 1, shown, shown, None, None, ())
     epoch = EpochSummary(
         1, None, True, 2, 1, False, "step", "bracket", "counter", "exact", False, {"loss": metric}

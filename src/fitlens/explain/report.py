@@ -433,7 +433,10 @@ class JsonText:
         )
 
     def _shown_text(self, p: Shown) -> str:
-        return self._shown % (int.__repr__(p.step), _float_text(p.mean), _float_text(p.half))
+        step, mean, half = p
+        if mean - mean == 0.0 and half - half == 0.0:  # finite: no call per number
+            return self._shown % (int.__repr__(step), float.__repr__(mean), float.__repr__(half))
+        return self._shown % (int.__repr__(step), _float_text(mean), _float_text(half))
 
     def epoch(self, e: EpochSummary) -> str | None:
         """:func:`epoch_json` as text, or ``None`` with ``--windows`` (every window: the
