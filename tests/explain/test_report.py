@@ -215,10 +215,34 @@ def test_json_text_is_what_the_encoder_writes_for_the_same_objects(epoch, bounda
     assert line == encode(bottom_line(boundary))
 
 
-def test_json_text_refuses_what_the_encoder_refuses():
-    """A non-finite value where JSON has no null (a displayed value) fails as json.dumps does,
-    and an epoch with every window (--windows) is left to the encoder."""
-    shown = Shown(1, math.nan, 0.5e-4)
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_json_text_window_writes_null_for_each_unbounded_side_like_the_encoder(separators):
+    """JsonText.window takes a shortcut when every side is finite: a window with any mix of
+    finite, infinite and NaN sides (each side on its own, all 27 mixes) still reads exactly as
+    the encoder writes it, null where a side is unbounded."""
+    encode = json.JSONEncoder(separators=separators, allow_nan=False).encode
+    fast = JsonText(separators)
+    kinds = [0.1 + 0.2, math.inf, math.nan]
+    for value in kinds:
+        for low in (-0.0, -math.inf, math.nan):
+            for high in (*kinds[:1], 5e-324, math.inf, math.nan):
+                w = Window(3, 10**12, value, low, high)
+                expected = {
+                    "first_batch": 3,
+                    "last_batch": 10**12,
+                    "value": value if math.isfinite(value) else None,
+                    "low": low if math.isfinite(low) else None,
+                    "high": high if math.isfinite(high) else None,
+                }
+                assert fast.window(w) == encode(expected), w
+
+
+@pytest.mark.parametrize(
+    "shown", [Shown(1, math.nan, 0.5e-4), Shown(1, 0.5, math.inf), Shown(1, -math.inf, 0.5e-4)]
+)
+def test_json_text_refuses_what_the_encoder_refuses(shown):
+    """A non-finite value where JSON has no null (a displayed value or its rounding) fails as
+    json.dumps does, and an epoch with every window (--windows) is left to the encoder."""
     metric = MetricSummary("loss", "running_mean", 1, shown, shown, None, None, ())
     epoch = EpochSummary(
         1, None, True, 2, 1, False, "step", "bracket", "counter", "exact", False, {"loss": metric}
