@@ -283,3 +283,69 @@ def test_copies_with_batches_added_together_equal_each_with_batches_and_leave_th
         assert all(_same(x, y) for x, y in ((a.value, b.value), (a.low, b.low), (a.high, b.high)))
         after = est.state_dict()
         assert all(np.array_equal(after[k], before[i][k], equal_nan=True) for k in after)
+
+
+def _update_lines_reference(lines, values, weights):
+    """`update_lines` as it was before its gathers and scatters were cut (fitlens b2e7391): one
+    line's values per row, the old sums stacked from tuples. Kept to pin the rounding."""
+    import math
+
+    from fitlens.core.estimators.discounted import _block_factors
+
+    for i, line in enumerate(lines):
+        if math.isnan(line.decay):
+            first_size = weights[0] if weights.ndim == 1 else weights[i, 0]
+            line.decay = line._initial_decay(float(first_size))
+    first = lines[0]
+    n, size, k = values.shape[-1], first.m.size, first.my.size
+    discounts, powers_t, move_t, carry = _block_factors(
+        tuple(line.decay for line in lines), n, size
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        wv = weights * values
+        parts = np.array([weights, weights, wv, wv * values, weights > 0])
+        if parts.ndim == 3:
+            parts = parts.swapaxes(0, 1)
+        new = (discounts * parts) @ powers_t
+    mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
+    if first.steps:
+        old = np.array([(line.m, line.t) for line in lines])
+        mt = mt + carry * (old @ move_t)
+        old_my = np.array([line.my for line in lines])[:, None, :]
+        my = my + carry[:, 0] * (old_my @ move_t[:k, :k])[:, 0]
+        sb = sb + carry[:, 0] * np.array([(line.syy, line.batches) for line in lines])
+    for i, line in enumerate(lines):
+        line.m, line.t = mt[i]
+        line.my = my[i]
+        line.syy, line.batches = float(sb[i, 0]), float(sb[i, 1])
+        line.steps += n
+        line._fit = None
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(1, 70), min_size=1, max_size=4),
+    st.integers(1, 3),
+    st.sampled_from([4.0, 32.0]),
+)
+def test_metrics_lines_updated_a_row_per_metric_hold_the_sums_of_the_reference_update_bit_for_bit(
+    seed, blocks, metrics, size
+):
+    """`update_together` hands `update_lines` one row of values per metric for its five lines
+    (``per_row``) and the old sums are gathered in one array: the sums must be those of the
+    update that stacked one row per line from tuples, bit for bit, NaN and weightless batches
+    included (the History of every entry point rests on them)."""
+    rng = np.random.default_rng(seed)
+    memories = (300.0, 600.0, 1200.0, 2400.0, 4800.0)
+    new = [EMATrend(m) for _ in range(metrics) for m in memories]
+    reference = [EMATrend(m) for _ in range(metrics) for m in memories]
+    for n in blocks:
+        v = rng.random((metrics, n))
+        v[rng.random(v.shape) < 0.05] = np.nan
+        w = rng.choice([0.0, size], (metrics, n), p=[0.1, 0.9])
+        update_lines(new, v, w, per_row=len(memories))
+        _update_lines_reference(reference, np.repeat(v, 5, axis=0), np.repeat(w, 5, axis=0))
+    for mine, theirs in zip(new, reference, strict=True):
+        a, b = mine.state_dict(), theirs.state_dict()
+        for key in b:
+            assert np.array_equal(a[key], b[key], equal_nan=True), key

@@ -48,6 +48,9 @@ NOW_READ_SECONDS = 0.5
 #: A step no refresh is due at (line mode off).
 _NEVER = 2**62
 
+#: Numbers queued per step (see `Lens.record`).
+_PER_STEP = 5
+
 #: Moves the queued per-step values (a flat list, metric after metric per step) to the host.
 ToHost = Callable[[list[Any]], np.ndarray]
 
@@ -150,10 +153,11 @@ class Lens:
         self._line_every: int | None = None
         self.epoch_start = self.last_refresh = self.next_refresh = 0.0
         self.t_begin = self.t_record = self.t_ready = 0.0
-        self._steps: list[int] = []
         self._values: list[Any] = []
         self._weights: list[list[Any]] = []
-        self._clocks: list[tuple[float, float, float, float]] = []  # size, t_ready, begin, record
+        # per step, flat (one list, one numpy conversion per flush): size, 1-based step in the
+        # epoch, previous step's end, batch in hand, values recorded
+        self._clocks: list[float] = []
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -269,11 +273,10 @@ class Lens:
         """
         t = self.t_record = self.clock()
         self._values.extend(values)
-        self._clocks.append((size, self.t_ready, self.t_begin, t))  # times: at the flush
         if weights is not None:
             self._weights.append(list(weights))
         self.step = self.step + 1 if step is None else step
-        self._steps.append(self.step)
+        self._clocks.extend((size, self.step, self.t_ready, self.t_begin, t))  # times: at the flush
 
     def step_done(
         self,
@@ -349,11 +352,11 @@ class Lens:
 
     def flush(self) -> None:
         """Move the queued steps to the host in one transfer and feed them to the estimators."""
-        n = len(self._steps)
+        n = len(self._clocks) // _PER_STEP
         if n == 0 or self.stream is None:
             return
         k = len(self.stream.names)
-        clocks = np.array(self._clocks, dtype=np.float64)  # (n, 4): size, ready, begin, record
+        clocks = np.array(self._clocks, dtype=np.float64).reshape(n, _PER_STEP)
         sizes = clocks[:, 0].copy()
         if not self._weights:
             values = self.to_host(self._values).reshape(n, k)
@@ -367,21 +370,21 @@ class Lens:
                 flat[i] = w
             weights = np.asarray(flat, dtype=np.float64).reshape(n, k)
         rows = Rows(
-            np.asarray(self._steps),
+            clocks[:, 1].astype(np.int64),  # steps: exact in float64 (below 2**53)
             values,
             weights,
             sizes,
-            clocks[:, 3] - clocks[:, 2],  # step time: from the batch in hand to its values
-            clocks[:, 2] - clocks[:, 1],  # data wait: from the previous step's end
+            clocks[:, 4] - clocks[:, 3],  # step time: from the batch in hand to its values
+            clocks[:, 3] - clocks[:, 2],  # data wait: from the previous step's end
         )
         self.stream.append(*(self.reduce(rows) if self.reduce is not None else rows))
-        for queue in (self._steps, self._values, self._weights, self._clocks):
+        for queue in (self._values, self._weights, self._clocks):
             queue.clear()
 
     @property
     def pending(self) -> int:
         """Steps queued and not yet on the host."""
-        return len(self._steps)
+        return len(self._clocks) // _PER_STEP
 
     # -- values -------------------------------------------------------------------------------
 

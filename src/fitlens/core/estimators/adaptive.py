@@ -178,7 +178,12 @@ def update_together(
         else:
             est.update(values[:, i], weights[:, i])
     for columns in groups.values():
+        group = [cast(AdaptiveTrend, estimators[i]) for i in columns]
         check_weights(weights[:, columns])
-        lines = [line for i in columns for line in cast(AdaptiveTrend, estimators[i]).lines]
-        per_line = [i for i in columns for _ in cast(AdaptiveTrend, estimators[i]).lines]
-        update_lines(lines, values[:, per_line].T, weights[:, per_line].T)
+        lines = [line for est in group for line in est.lines]
+        per_row = len(group[0].lines)
+        if len(lines) == per_row * len(group):  # as many lines each: one row per estimator
+            update_lines(lines, values[:, columns].T, weights[:, columns].T, per_row)
+        else:
+            per_line = [i for i in columns for _ in cast(AdaptiveTrend, estimators[i]).lines]
+            update_lines(lines, values[:, per_line].T, weights[:, per_line].T)

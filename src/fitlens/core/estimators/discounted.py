@@ -66,7 +66,9 @@ def _block_factors(
     return discounts, powers_t, move_t, carry
 
 
-def update_lines(lines: Sequence[_Discounted], values: np.ndarray, weights: np.ndarray) -> None:
+def update_lines(
+    lines: Sequence[_Discounted], values: np.ndarray, weights: np.ndarray, per_row: int = 1
+) -> None:
     """Add ``n`` batches (oldest first) to discounted fits of one degree that have seen the same
     number of batches so far; their decays may differ.
 
@@ -77,39 +79,43 @@ def update_lines(lines: Sequence[_Discounted], values: np.ndarray, weights: np.n
     is this function with one line.
 
     Args:
-        lines: the fits. values, weights: ``(n,)`` batches for every line, or ``(lines, n)``,
-            one row per line (several metrics' lines at once).
+        lines: the fits. values, weights: ``(n,)`` batches for every line, or ``(rows, n)``,
+            one row per ``per_row`` consecutive lines (several metrics' lines at once: a row
+            per metric, ``per_row`` lines each; ``rows * per_row == len(lines)``).
     """
-    for i, line in enumerate(lines):
-        if math.isnan(line.decay):
-            first_size = weights[0] if weights.ndim == 1 else weights[i, 0]
-            line.decay = line._initial_decay(float(first_size))
+    decays = [line.decay for line in lines]
+    if any(math.isnan(decay) for decay in decays):  # the first batches size the memory
+        for i, line in enumerate(lines):
+            if math.isnan(line.decay):
+                first_size = weights[0] if weights.ndim == 1 else weights[i // per_row, 0]
+                line.decay = line._initial_decay(float(first_size))
+        decays = [line.decay for line in lines]
     first = lines[0]
-    n, size, k = values.shape[-1], first.m.size, first.my.size
-    discounts, powers_t, move_t, carry = _block_factors(
-        tuple(line.decay for line in lines), n, size
-    )
+    count, n, size, k = len(lines), values.shape[-1], first.m.size, first.my.size
+    discounts, powers_t, move_t, carry = _block_factors(tuple(decays), n, size)
     # an inf or NaN batch (nan_policy "propagate") makes the sums NaN, as it should: numpy's
     # warnings about it would only reach the user's run as noise
     with np.errstate(invalid="ignore", over="ignore"):
         wv = weights * values
-        parts = np.array(
-            [weights, weights, wv, wv * values, weights > 0]
-        )  # (5, n) or (5, lines, n)
-        if parts.ndim == 3:
-            parts = parts.swapaxes(0, 1)
-        new = (discounts * parts) @ powers_t  # (lines, 5, size): each part's sums of x^j
+        parts = np.array([weights, weights, wv, wv * values, weights > 0])  # (5, n) or (5, rows, n)
+        if parts.ndim == 3:  # a row's parts serve its lines: elementwise, the same products
+            parts = parts.swapaxes(0, 1)[:, None]
+            weighted = (discounts.reshape(-1, per_row, 5, n) * parts).reshape(count, 5, n)
+        else:
+            weighted = discounts * parts
+        new = weighted @ powers_t  # (lines, 5, size): each part's sums of x^j
     mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
     if first.steps:
-        old = np.array([(line.m, line.t) for line in lines])  # (lines, 2, size)
-        mt = mt + carry * (old @ move_t)
-        old_my = np.array([line.my for line in lines])[:, None, :]  # (lines, 1, k)
-        my = my + carry[:, 0] * (old_my @ move_t[:k, :k])[:, 0]
-        sb = sb + carry[:, 0] * np.array([(line.syy, line.batches) for line in lines])
-    for i, line in enumerate(lines):
-        line.m, line.t = mt[i]
-        line.my = my[i]
-        line.syy, line.batches = float(sb[i, 0]), float(sb[i, 1])
+        # the old sums in one array; each line's blocks keep their shapes (and so the
+        # products their rounding): (2, size) for m and t, (1, k) for my
+        old = np.concatenate([a for line in lines for a in (line.m, line.t, line.my)])
+        old = old.reshape(count, 2 * size + k)
+        mt = mt + carry * (old[:, : 2 * size].reshape(count, 2, size) @ move_t)
+        my = my + carry[:, 0] * (old[:, None, 2 * size :] @ move_t[:k, :k])[:, 0]
+        old_sb = np.array([x for line in lines for x in (line.syy, line.batches)])
+        sb = sb + carry[:, 0] * old_sb.reshape(count, 2)
+    for line, (m, t), line_my, (syy, batches) in zip(lines, mt, my, sb.tolist(), strict=True):
+        line.m, line.t, line.my, line.syy, line.batches = m, t, line_my, syy, batches
         line.steps += n
         line._fit = None
 
