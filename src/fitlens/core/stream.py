@@ -29,6 +29,7 @@ from fitlens.core.estimators import (
     update_together,
     with_batches_together,
 )
+from fitlens.core.estimators.base import check_weights
 from fitlens.core.history import BatchLog
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
 
@@ -181,8 +182,9 @@ class MetricStream:
 
     def _update(self, values: np.ndarray, weights: np.ndarray, means: bool = True) -> None:
         if means:
+            check_weights(weights)  # once for every column: the means take them unchecked
             for i, name in enumerate(self.names):
-                self.means[name].update(values[:, i], weights[:, i])
+                self.means[name].add(values[:, i], weights[:, i])
         update_together([self.nows[n] for n in self.names], values, weights)  # one stacked update
 
     def mean(self, name: str) -> float:

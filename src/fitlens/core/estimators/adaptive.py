@@ -10,7 +10,7 @@ from typing import Any, cast
 import numpy as np
 
 from fitlens.core.estimators.base import Estimator, NanPolicy, check_weights
-from fitlens.core.estimators.discounted import EMATrend, update_lines
+from fitlens.core.estimators.discounted import EMATrend, stacked_sums, update_lines
 from fitlens.core.estimators.interval import _bias2, _spread
 from fitlens.core.local_fit import LocalFit, local_fits
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
@@ -122,15 +122,14 @@ class AdaptiveTrend(Estimator):
 def _fit_lines(lines: Sequence[EMATrend], steps: int) -> None:
     """Fit ``lines`` (all over ``steps`` batches) in one stacked solve; each line's fit depends
     on its own sums only (`local_fits`), so it is the fit the line makes alone, bit for bit."""
-    fits = local_fits(
-        np.array([line.m for line in lines]),
-        np.array([line.my for line in lines]),
-        np.array([line.t for line in lines]),
-        np.array([line.syy for line in lines]),
-        np.array([line.batches for line in lines]),
-        steps,
-        EMATrend.degree,
-    )
+    stack = stacked_sums(lines)
+    if stack is not None:  # the sums of the update that made them, as they lie (same values)
+        sums = [stack.mt[:, 0], stack.my, stack.mt[:, 1], stack.sb[:, 0], stack.sb[:, 1]]
+        m, my, t, syy, batches = (np.ascontiguousarray(a) for a in sums)
+    else:
+        m, my, t = (np.array([getattr(line, k) for line in lines]) for k in ("m", "my", "t"))
+        syy, batches = (np.array([getattr(line, k) for line in lines]) for k in ("syy", "batches"))
+    fits = local_fits(m, my, t, syy, batches, steps, EMATrend.degree)
     for line, fit in zip(lines, fits, strict=True):
         line._fit = fit
 
@@ -177,13 +176,16 @@ def update_together(
             groups.setdefault(est.steps, []).append(i)
         else:
             est.update(values[:, i], weights[:, i])
+    every = list(range(values.shape[1]))
     for columns in groups.values():
         group = [cast(AdaptiveTrend, estimators[i]) for i in columns]
-        check_weights(weights[:, columns])
+        # every column in order (the common case): no copy
+        v, w = (values, weights) if columns == every else (values[:, columns], weights[:, columns])
+        check_weights(w)
         lines = [line for est in group for line in est.lines]
         per_row = len(group[0].lines)
         if len(lines) == per_row * len(group):  # as many lines each: one row per estimator
-            update_lines(lines, values[:, columns].T, weights[:, columns].T, per_row)
+            update_lines(lines, v.T, w.T, per_row)
         else:
             per_line = [i for i in columns for _ in cast(AdaptiveTrend, estimators[i]).lines]
             update_lines(lines, values[:, per_line].T, weights[:, per_line].T)

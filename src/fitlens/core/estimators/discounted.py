@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,6 +66,33 @@ def _block_factors(
     return discounts, powers_t, move_t, carry
 
 
+#: The sums of a discounted fit: what `update_lines` leaves in a stack, read on demand.
+_SUMS = frozenset(("m", "t", "my", "syy", "batches"))
+
+
+class _Stacked(NamedTuple):
+    """The sums of lines updated together, one row per line (never written in place)."""
+
+    mt: np.ndarray  # (lines, 2, size): m and t
+    my: np.ndarray  # (lines, k)
+    sb: np.ndarray  # (lines, 2): syy and batches
+
+
+def stacked_sums(lines: Sequence[_Discounted]) -> _Stacked | None:
+    """The stack holding the sums of ``lines``, row ``i`` for line ``i``, when the last
+    `update_lines` left them there and nothing changed them since; else None."""
+    src = lines[0].__dict__.get("_src")
+    if src is None or len(src[0].sb) != len(lines):
+        return None
+    stack = src[0]
+    for i, line in enumerate(lines):
+        state = line.__dict__
+        src = state.get("_src")
+        if src is None or src[0] is not stack or src[1] != i or not _SUMS.isdisjoint(state):
+            return None
+    return stack
+
+
 def update_lines(
     lines: Sequence[_Discounted], values: np.ndarray, weights: np.ndarray, per_row: int = 1
 ) -> None:
@@ -78,20 +105,27 @@ def update_lines(
     line updated with others rounds exactly as when it is updated alone: `_Discounted._update`
     is this function with one line.
 
+    The new sums stay in their stack (`_Stacked`); each line reads its row when it is first
+    read (`_Discounted.__getattr__`), and the next update of the same lines starts from the
+    stack: no per-line arrays are made or gathered between two blocks of steps.
+
     Args:
         lines: the fits. values, weights: ``(n,)`` batches for every line, or ``(rows, n)``,
             one row per ``per_row`` consecutive lines (several metrics' lines at once: a row
             per metric, ``per_row`` lines each; ``rows * per_row == len(lines)``).
     """
     decays = [line.decay for line in lines]
-    if any(math.isnan(decay) for decay in decays):  # the first batches size the memory
+    if math.isnan(sum(decays)):  # a decay not known yet: the first batches size the memory
         for i, line in enumerate(lines):
             if math.isnan(line.decay):
                 first_size = weights[0] if weights.ndim == 1 else weights[i // per_row, 0]
                 line.decay = line._initial_decay(float(first_size))
         decays = [line.decay for line in lines]
     first = lines[0]
-    count, n, size, k = len(lines), values.shape[-1], first.m.size, first.my.size
+    count, n, steps = len(lines), values.shape[-1], first.steps
+    stack = stacked_sums(lines) if steps else None
+    size = first.m.size if stack is None else stack.mt.shape[-1]
+    k = first.my.size if stack is None else stack.my.shape[-1]
     discounts, powers_t, move_t, carry = _block_factors(tuple(decays), n, size)
     # an inf or NaN batch (nan_policy "propagate") makes the sums NaN, as it should: numpy's
     # warnings about it would only reach the user's run as noise
@@ -105,19 +139,29 @@ def update_lines(
             weighted = discounts * parts
         new = weighted @ powers_t  # (lines, 5, size): each part's sums of x^j
     mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
-    if first.steps:
-        # the old sums in one array; each line's blocks keep their shapes (and so the
-        # products their rounding): (2, size) for m and t, (1, k) for my
-        old = np.concatenate([a for line in lines for a in (line.m, line.t, line.my)])
-        old = old.reshape(count, 2 * size + k)
-        mt = mt + carry * (old[:, : 2 * size].reshape(count, 2, size) @ move_t)
-        my = my + carry[:, 0] * (old[:, None, 2 * size :] @ move_t[:k, :k])[:, 0]
-        old_sb = np.array([x for line in lines for x in (line.syy, line.batches)])
-        sb = sb + carry[:, 0] * old_sb.reshape(count, 2)
-    for line, (m, t), line_my, (syy, batches) in zip(lines, mt, my, sb.tolist(), strict=True):
-        line.m, line.t, line.my, line.syy, line.batches = m, t, line_my, syy, batches
-        line.steps += n
-        line._fit = None
+    if steps:
+        if stack is not None:
+            old_mt, old_my, old_sb = stack
+        else:  # the old sums in one array; each line's blocks keep their shapes (and so the
+            # products their rounding): (2, size) for m and t, (1, k) for my
+            old = np.concatenate([a for line in lines for a in (line.m, line.t, line.my)])
+            old = old.reshape(count, 2 * size + k)
+            old_mt, old_my = old[:, : 2 * size].reshape(count, 2, size), old[:, 2 * size :]
+            old_sb = np.array([x for line in lines for x in (line.syy, line.batches)])
+            old_sb = old_sb.reshape(count, 2)
+        mt = mt + carry * (old_mt @ move_t)
+        my = my + carry[:, 0] * (old_my[:, None, :] @ move_t[:k, :k])[:, 0]
+        sb = sb + carry[:, 0] * old_sb
+    lazy = stack is not None  # then no line holds its sums (`stacked_sums`)
+    stack = _Stacked(mt, my, sb)
+    for i, line in enumerate(lines):
+        state = line.__dict__
+        if not lazy:
+            for key in _SUMS:
+                state.pop(key, None)
+        state["_src"] = (stack, i)
+        state["_fit"] = None
+        line.steps = steps + n
 
 
 class _Discounted(Estimator):
@@ -146,6 +190,25 @@ class _Discounted(Estimator):
         self.steps = 0
         self.decay = self._initial_decay(math.nan)
         self._fit: LocalFit | None = None
+        self._src: tuple[_Stacked, int] | None = None  # see `__getattr__`
+
+    def __getattr__(self, name: str) -> Any:
+        """The sums an `update_lines` left in its stack: read (and kept) at the first access.
+
+        Python calls this only for attributes the instance does not hold."""
+        if name in _SUMS:
+            src = self.__dict__.get("_src")
+            if src is not None:
+                stack, i = src
+                state = self.__dict__
+                m, t = stack.mt[i]
+                syy, batches = stack.sb[i].tolist()
+                for key, value in (("m", m), ("t", t), ("my", stack.my[i]), ("syy", syy)):
+                    state.setdefault(key, value)
+                state.setdefault("batches", batches)
+                state["_src"] = None
+                return state[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _shift(self, n: int) -> None:
         """Age the sums by ``n`` batches: every x decreases by n, every weight decays (the
@@ -181,6 +244,7 @@ class _Discounted(Estimator):
     def _load(self, state: dict[str, Any]) -> None:
         super()._load(state)
         self._fit = None
+        self._src = None
 
     @property
     def weight(self) -> float:

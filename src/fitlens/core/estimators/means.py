@@ -36,6 +36,15 @@ class EpochMean(Estimator):
         self.total_sq = 0.0
         self.batches = 0.0
 
+    def add(self, values: np.ndarray, weights: np.ndarray) -> None:
+        """`update` with float64 ``(n,)`` batches whose weights are known to be finite and
+        >= 0 (`MetricStream` checks a block's weights once for every metric): the same sums,
+        without the conversions and checks."""
+        if self.nan_policy == "ignore":
+            self.update(values, weights)
+        elif values.size:
+            self._update(values, weights)
+
     def _update(self, values: np.ndarray, weights: np.ndarray) -> None:
         self.total += float(np.dot(values, weights))
         self.count += float(weights.sum())
