@@ -349,3 +349,55 @@ def test_metrics_lines_updated_a_row_per_metric_hold_the_sums_of_the_reference_u
         a, b = mine.state_dict(), theirs.state_dict()
         for key in b:
             assert np.array_equal(a[key], b[key], equal_nan=True), key
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(
+        st.sampled_from(["update", "read", "reload", "extend", "merge", "reset", "set_syy"]),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_sums_left_in_a_stack_are_each_lines_own_through_every_change_of_state(seed, changes):
+    """`update_lines` leaves the new sums in one stack and each line reads its row when first
+    read; the next update starts from the stack only while no line changed since. Whatever
+    happens in between (a read, a reload, an extend, a merge, a reset, a sum set directly),
+    every line must hold what lines that always keep their own sums hold, bit for bit."""
+    rng = np.random.default_rng(seed)
+    memories = (300.0, 1200.0, 4800.0)
+    lazy = [EMATrend(m) for _ in range(2) for m in memories]
+    kept = [EMATrend(m) for _ in range(2) for m in memories]
+
+    def block() -> None:
+        n = int(rng.integers(1, 70))
+        v, w = rng.random((2, n)), rng.choice([0.0, 16.0], (2, n), p=[0.1, 0.9])
+        update_lines(lazy, v, w, per_row=len(memories))
+        _update_lines_reference(kept, np.repeat(v, 3, axis=0), np.repeat(w, 3, axis=0))
+
+    block()
+    for change in changes:
+        i = int(rng.integers(len(lazy)))
+        if change == "read":
+            assert _same(lazy[i].value, kept[i].value)
+        elif change == "reload":
+            for lines in (lazy, kept):
+                lines[i].load_state_dict(lines[i].state_dict())
+        elif change in ("extend", "merge"):  # every line, so that they stay at the same steps
+            for j, memory in enumerate(memories * 2):
+                other = EMATrend(memory)
+                other.decay = lazy[j].decay  # sized by the first batch: the same as theirs
+                other.update(rng.random(lazy[j].steps if change == "merge" else 9), 16.0)
+                for lines in (lazy, kept):
+                    getattr(lines[j], change)(other)
+        elif change == "reset":
+            for line in (*lazy, *kept):
+                line.reset()
+        elif change == "set_syy":
+            for lines in (lazy, kept):
+                lines[i].syy = 0.5
+        block()
+    for mine, theirs in zip(lazy, kept, strict=True):
+        a, b = mine.state_dict(), theirs.state_dict()
+        for key in b:
+            assert np.array_equal(a[key], b[key], equal_nan=True), key
