@@ -31,6 +31,32 @@ def test_batch_log_grows_past_its_capacity_and_keeps_every_row():
     assert log["step"].tolist() == list(range(1, 31))
 
 
+def test_a_block_of_rows_appended_from_arrays_is_stored_as_append_stores_the_same_rows():
+    """`MetricStream` appends each flush with `append_block` (no checks): every column, its
+    dtype and its growth past the capacity must be what `append` gives."""
+    rng = np.random.default_rng(0)
+    block, rows = BatchLog(["loss", "accuracy"], capacity=4), BatchLog(["loss", "accuracy"], 4)
+    for start in (0, 3, 10):
+        n = 7
+        steps, sizes = np.arange(start + 1, start + n + 1), np.full(n, 32.0)
+        times, waits, values = rng.random(n), rng.random(n), rng.random((n, 2))
+        block.append_block(2, steps, sizes, times, waits, values)
+        rows.append(
+            {
+                "epoch": np.full(n, 2),
+                "step": steps,
+                "size": sizes,
+                "step_time": times,
+                "data_time": waits,
+                "loss": values[:, 0],
+                "accuracy": values[:, 1],
+            }
+        )
+    assert len(block) == len(rows) == 21
+    for column in rows.columns:
+        np.testing.assert_array_equal(block[column], rows[column], strict=True)
+
+
 def test_batch_log_columns_are_read_only_views():
     log = BatchLog(["loss"])
     log.append(_rows(2))

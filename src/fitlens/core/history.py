@@ -131,6 +131,35 @@ class BatchLog:
             self._columns[k][self._size : self._size + rows] = a
         self._size += rows
 
+    def append_block(
+        self,
+        epoch: int,
+        steps: np.ndarray,
+        sizes: np.ndarray,
+        step_times: np.ndarray,
+        data_times: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
+        """Append ``n`` rows of one 1-based ``epoch`` from arrays already shaped: ``(n,)`` steps,
+        sizes and seconds, ``(n, metrics)`` values in the order of `metric_names`. What
+        `append` stores, without its checks and conversions (a flush appends every refresh).
+        """
+        rows = len(steps)
+        start, end = self._size, self._size + rows
+        self._reserve(end)
+        columns = self._columns
+        columns["epoch"][start:end] = epoch
+        for name, column in (
+            ("step", steps),
+            ("size", sizes),
+            ("step_time", step_times),
+            ("data_time", data_times),
+        ):
+            columns[name][start:end] = column
+        for i, name in enumerate(list(self._dtypes)[len(_BASE_COLUMNS) :]):
+            columns[name][start:end] = values[:, i]
+        self._size = end
+
     def _reserve(self, needed: int) -> None:
         capacity = len(next(iter(self._columns.values())))
         if needed <= capacity:

@@ -124,6 +124,11 @@ class MetricStream:
         ranges: Mapping[str, MetricRange] | None = None,
     ) -> None:
         self.names = list(names)
+        if batches.metric_names != self.names:
+            raise ValueError(
+                f"Expected a batch log with the metric columns {self.names}, in that order. "
+                f"Received one with {batches.metric_names}: pass `BatchLog(names)`."
+            )
         self.ranges = {n: (ranges or {}).get(n, UNBOUNDED) for n in self.names}
         self.means = {n: EpochMean() for n in self.names}
         self.nows = {n: make_estimator(now, self.ranges[n]) for n in self.names}
@@ -163,16 +168,8 @@ class MetricStream:
             weights: (n, metrics) the weight (samples) behind each value; 0 leaves it out.
             sizes: (n,) samples per row. step_times, data_times: (n,) seconds.
         """
-        row: dict[str, Any] = {
-            "epoch": np.full(len(steps), self.epoch + 1),  # 1-based in the log, as shown
-            "step": steps,
-            "size": sizes,
-            "step_time": step_times,
-            "data_time": data_times,
-        }
-        for i, name in enumerate(self.names):
-            row[name] = values[:, i]
-        self.batches.append(row)
+        # 1-based epoch in the log, as shown; the log's metric columns are `names`, in order
+        self.batches.append_block(self.epoch + 1, steps, sizes, step_times, data_times, values)
         self.rows += len(steps)
         self.step_time += float(step_times.sum())
         self.data_time += float(data_times.sum())

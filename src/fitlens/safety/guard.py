@@ -579,7 +579,10 @@ class RunGuard:
         for name in batches.metric_names:
             if name in _NOT_CHECKED:
                 continue
-            bad = np.flatnonzero(~np.isfinite(batches[name][self.checked_rows : n]))
+            rows = batches[name][self.checked_rows : n]
+            if math.isfinite(rows.sum()):  # one reduction per refresh when all is well
+                continue  # (a finite sum has no NaN or inf in it; an overflow looks below)
+            bad = np.flatnonzero(~np.isfinite(rows))
             if bad.size and (first is None or bad[0] < first[0]):
                 first = (int(bad[0]), name)
         if first is None:
