@@ -22,6 +22,7 @@ of batches; pass the tuple ``(x, y)``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -241,14 +242,7 @@ class BatchSource:
     def epoch(self) -> Iterator[Batch]:
         """The batches of one epoch (at most ``steps``)."""
         source = self._iterator if self._iterator is not None else iter(self.iterable)
-        if self.steps is None:
-            yield from source
-            return
-        for _ in range(self.steps):
-            try:
-                yield next(source)
-            except StopIteration:
-                return
+        yield from source if self.steps is None else itertools.islice(source, self.steps)
 
 
 def _refuse_list_pair(data: Any, name: str) -> None:

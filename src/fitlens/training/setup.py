@@ -451,7 +451,20 @@ def _weighted_arrays(source: BatchSource) -> bool:
 def _on_device(
     batches: Iterator[Any], device: torch.device, cast: Float64Cast
 ) -> Iterator[tuple[Any, Any, Any]]:
+    cpu = device.type == "cpu"
     for batch in batches:
+        if cpu and type(batch) is tuple and len(batch) == 2:  # per step: the common case first
+            x, y = batch  # two CPU tensors, none float64: nothing to move or cast
+            if (
+                type(x) is torch.Tensor
+                and type(y) is torch.Tensor
+                and x.is_cpu
+                and y.is_cpu
+                and x.dtype is not torch.float64
+                and y.dtype is not torch.float64
+            ):
+                yield x, y, None
+                continue
         x, y, w = unpack_weighted(batch, "train")
         if w is not None:
             w = cast(to_device(w, device))
