@@ -300,7 +300,7 @@ def _update_lines_reference(lines, values, weights):
     n, size, k = values.shape[-1], first.m.size, first.my.size
     discounts, powers_t, move_t, carry = _block_factors(
         tuple(line.decay for line in lines), n, size
-    )
+    )[:4]
     with np.errstate(invalid="ignore", over="ignore"):
         wv = weights * values
         parts = np.array([weights, weights, wv, wv * values, weights > 0])

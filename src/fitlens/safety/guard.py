@@ -459,16 +459,16 @@ class RunGuard:
     def after_step(self, step: int) -> None:
         """Checkpoint when one is due; stop here if SIGINT/SIGTERM arrived."""
         self.global_step += 1
-        every = self.config.every_steps
-        last_step = self.source.steps is not None and step >= self.source.steps
         # Without a run_dir there is nothing to write: not even the clock is read. Under DDP
         # the clock is read at refreshes only, and the ranks agree on it there.
-        due = self.checkpoints and (
-            (every and self.global_step % every == 0)
-            or (self.peers.take_due() if self.peers is not None else self.time_due())
-        )
-        if due and not last_step:  # the epoch-end checkpoint follows right after validation
-            self.checkpoint(self.lens.epoch, step)
+        if self.checkpoints:
+            every = self.config.every_steps
+            last_step = self.source.steps is not None and step >= self.source.steps
+            due = (every and self.global_step % every == 0) or (
+                self.peers.take_due() if self.peers is not None else self.time_due()
+            )
+            if due and not last_step:  # the epoch-end checkpoint follows right after validation
+                self.checkpoint(self.lens.epoch, step)
         if self.guard.received:
             self._interrupt(self.lens.epoch, step)
 

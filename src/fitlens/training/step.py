@@ -84,7 +84,8 @@ class TrainStep:
     def run(self, x: Any, y: Any, w: Any = None) -> None:
         """One step on the batch ``(x, y)`` with sample weights ``w`` (or None), already on the
         device."""
-        saved = self._buffers()  # the forward pass updates them before the loss is known
+        # the forward pass updates the buffers before the loss is known (kept only for skips)
+        saved = self._buffers() if self.skips is not None else ()
         outputs = self._forward(self.model, x)
         weights = None if w is None and self.weigh is None else self._weights(y, w)
         if weights is None:

@@ -45,7 +45,7 @@ def _discounts(decay: float, n: int) -> np.ndarray:
 @lru_cache(maxsize=256)
 def _block_factors(
     decays: tuple[float, ...], n: int, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What a block of ``n`` batches does to the sums of lines with these ``decays``.
 
     Returns (read-only):
@@ -54,6 +54,8 @@ def _block_factors(
         powers_t: ``(n, size)``: ``x**j`` of each batch.
         move_t: ``(size, size)``: `_move`, transposed (the sums are rows).
         carry: ``(lines, 2, 1)``: ``decay**n`` and ``decay**2n``, the old sums' decay.
+        move_my: ``move_t[:k, :k]`` for ``my`` (``k = (size + 1) // 2`` sums); carry_one:
+            ``carry[:, 0]``: views kept with the rest, so that an update slices nothing.
     """
     d = np.array([_discounts(decay, n) for decay in decays])  # (lines, n)
     discounts = np.stack([d, d * d, d, d, d], axis=1)
@@ -63,7 +65,8 @@ def _block_factors(
     carry = np.stack([c, c * c], axis=1)[:, :, None]
     for array in (discounts, powers_t, move_t, carry):
         array.flags.writeable = False
-    return discounts, powers_t, move_t, carry
+    k = (size + 1) // 2
+    return discounts, powers_t, move_t, carry, move_t[:k, :k], carry[:, 0]
 
 
 #: The sums of a discounted fit: what `update_lines` leaves in a stack, read on demand.
@@ -126,7 +129,7 @@ def update_lines(
     stack = stacked_sums(lines) if steps else None
     size = first.m.size if stack is None else stack.mt.shape[-1]
     k = first.my.size if stack is None else stack.my.shape[-1]
-    discounts, powers_t, move_t, carry = _block_factors(tuple(decays), n, size)
+    discounts, powers_t, move_t, carry, move_my, carry_one = _block_factors(tuple(decays), n, size)
     # an inf or NaN batch (nan_policy "propagate") makes the sums NaN, as it should: numpy's
     # warnings about it would only reach the user's run as noise
     with np.errstate(invalid="ignore", over="ignore"):
@@ -150,8 +153,8 @@ def update_lines(
             old_sb = np.array([x for line in lines for x in (line.syy, line.batches)])
             old_sb = old_sb.reshape(count, 2)
         mt = mt + carry * (old_mt @ move_t)
-        my = my + carry[:, 0] * (old_my[:, None, :] @ move_t[:k, :k])[:, 0]
-        sb = sb + carry[:, 0] * old_sb
+        my = my + carry_one * (old_my[:, None, :] @ move_my)[:, 0]
+        sb = sb + carry_one * old_sb
     lazy = stack is not None  # then no line holds its sums (`stacked_sums`)
     stack = _Stacked(mt, my, sb)
     for i, line in enumerate(lines):
@@ -216,7 +219,7 @@ class _Discounted(Estimator):
         if n == 0 or self.steps == 0:
             return
         self._fit = None
-        _, _, move_t, carry = _block_factors((self.decay,), n, self.m.size)
+        _, _, move_t, carry, _, _ = _block_factors((self.decay,), n, self.m.size)
         k = self.my.size
         self.m, self.t = carry[0] * (np.array([(self.m, self.t)]) @ move_t)[0]
         self.my = carry[0, 0] * (self.my[None, None, :] @ move_t[:k, :k])[0, 0]
