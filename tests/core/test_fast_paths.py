@@ -23,6 +23,7 @@ from fitlens.core.estimators import (
     TrendWindow,
     WindowMean,
     fit_together,
+    update_blocks_together,
     update_together,
     with_batches_together,
 )
@@ -401,3 +402,39 @@ def test_sums_left_in_a_stack_are_each_lines_own_through_every_change_of_state(s
         a, b = mine.state_dict(), theirs.state_dict()
         for key in b:
             assert np.array_equal(a[key], b[key], equal_nan=True), key
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.sampled_from([64, 64, 64, 17, 1]), min_size=1, max_size=6),
+    st.integers(1, 3),
+    st.booleans(),
+)
+def test_blocks_updated_in_one_call_hold_the_sums_of_one_update_per_block_bit_for_bit(
+    seed, lengths, metrics, uneven
+):
+    """`MetricStream` hands the now estimates every block gathered since their last read in
+    one `update_blocks_together` (one stacked product for the blocks of a length, the aging
+    block by block): every state must be that of one `update_together` per block, in order,
+    including a tail shorter than a block between whole ones, NaN and weightless batches."""
+    rng = np.random.default_rng(seed)
+
+    def make() -> list[Estimator]:
+        ests: list[Estimator] = [AdaptiveTrend(bounds=RATE) for _ in range(metrics)]
+        if uneven:  # fewer lines than the others: one row per line
+            ests.append(AdaptiveTrend((30.0, 90.0)))
+        return [*ests, EMATrend(beta=0.9)]
+
+    together, one_by_one = make(), make()
+    blocks = []
+    for n in lengths:
+        v = rng.random((n, len(together)))
+        v[rng.random(v.shape) < 0.03] = np.nan
+        blocks.append((v, rng.choice([0.0, 8.0, 32.0], v.shape, p=[0.1, 0.3, 0.6])))
+    update_blocks_together(together, blocks)
+    for v, w in blocks:
+        update_together(one_by_one, v, w)
+    for a, b in zip(together, one_by_one, strict=True):
+        mine, theirs = a.state_dict(), b.state_dict()
+        for key in theirs:
+            assert np.array_equal(mine[key], theirs[key], equal_nan=True), key

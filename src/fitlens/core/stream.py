@@ -26,7 +26,7 @@ from fitlens.core.estimators import (
     NowEstimate,
     fit_together,
     make_estimator,
-    update_together,
+    update_blocks_together,
     with_batches_together,
 )
 from fitlens.core.estimators.base import check_weights
@@ -113,6 +113,9 @@ class MetricStream:
     Attributes:
         epoch: the 0-based epoch being recorded. rows: its rows in ``batches`` so far.
         data_time, step_time: seconds of data wait and of steps in this epoch's rows.
+        nows: each metric's now estimator. Whole blocks reach it when a now is read (`now`,
+            `estimate`, `snapshot`, `state_dict`): a display reads the nows a few times an
+            epoch, and the blocks in between then take one stacked update.
     """
 
     def __init__(
@@ -138,6 +141,9 @@ class MetricStream:
         self.rows = 0
         self.data_time = self.step_time = 0.0
         self._tail = Blocks(len(self.names))
+        # whole blocks not yet in the now estimates: they take them all at once when read
+        # (`_nows`), in the same order, so their sums are those of one update per block
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def begin_epoch(self, epoch: int) -> None:
         """Start 0-based ``epoch``: reset the epoch means; the now estimates go on."""
@@ -178,11 +184,18 @@ class MetricStream:
             self._update(block_values, block_weights)
 
     def _update(self, values: np.ndarray, weights: np.ndarray, means: bool = True) -> None:
+        check_weights(weights)  # once for every column: the means take them unchecked
         if means:
-            check_weights(weights)  # once for every column: the means take them unchecked
             for i, name in enumerate(self.names):
                 self.means[name].add(values[:, i], weights[:, i])
-        update_together([self.nows[n] for n in self.names], values, weights)  # one stacked update
+        self._pending.append((values, weights))
+
+    def _nows(self) -> dict[str, Estimator]:
+        """The now estimates with every block so far (the pending ones in one stacked update)."""
+        if self._pending:
+            update_blocks_together([self.nows[n] for n in self.names], self._pending)
+            self._pending = []
+        return self.nows
 
     def mean(self, name: str) -> float:
         """The epoch value: the running mean, or the metric's own epoch value when it has one."""
@@ -193,11 +206,11 @@ class MetricStream:
 
     def now(self, name: str) -> float:
         """The now estimate of ``name`` over every row so far."""
-        return self._tail.read(self.nows[name], self.names.index(name))
+        return self._tail.read(self._nows()[name], self.names.index(name))
 
     def estimate(self, name: str, level: float = NOW_LEVEL) -> NowEstimate:
         """The now estimate of ``name`` with its ``level`` interval, from one fit."""
-        return self._tail.estimate(self.nows[name], self.names.index(name), level)
+        return self._tail.estimate(self._nows()[name], self.names.index(name), level)
 
     def weight(self, name: str) -> float:
         """The weight (samples) behind ``name``'s epoch mean so far."""
@@ -216,7 +229,8 @@ class MetricStream:
         means = {n: self.mean(n) for n in self.names}
         read = [n for n in self.names if n not in self.epoch_values or self.is_mean(n, means[n])]
         columns = [self.names.index(n) for n in read]
-        added = self._tail.added_together([self.nows[n] for n in read], columns)
+        estimators = self._nows()
+        added = self._tail.added_together([estimators[n] for n in read], columns)
         nows = dict(zip(read, added, strict=True))
         fit_together(nows.values())  # every metric's lines in one stacked solve: same fits
         return {
@@ -250,7 +264,7 @@ class MetricStream:
             "data_time": self.data_time,
             "step_time": self.step_time,
             "means": {n: e.state_dict() for n, e in self.means.items()},
-            "nows": {n: e.state_dict() for n, e in self.nows.items()},
+            "nows": {n: e.state_dict() for n, e in self._nows().items()},
             "tail_values": self._tail.values.copy(),
             "tail_weights": self._tail.weights.copy(),
         }
@@ -266,6 +280,7 @@ class MetricStream:
                 f"The checkpoint tracks metrics {sorted(state['means'])}, this run tracks "
                 f"{sorted(self.names)}. Resume with the same `metrics`."
             )
+        self._pending = []  # blocks of the state being replaced
         for n in self.names:
             self.nows[n].load_state_dict(state["nows"][n])
         tail_values = np.array(state["tail_values"], dtype=np.float64)

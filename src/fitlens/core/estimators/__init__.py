@@ -30,6 +30,7 @@ from __future__ import annotations
 from fitlens.core.estimators.adaptive import (
     AdaptiveTrend,
     fit_together,
+    update_blocks_together,
     update_together,
     with_batches_together,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "fit_interval",
     "fit_together",
     "make_estimator",
+    "update_blocks_together",
     "update_together",
     "with_batches_together",
 ]

@@ -10,7 +10,12 @@ from typing import Any, cast
 import numpy as np
 
 from fitlens.core.estimators.base import Estimator, NanPolicy, check_weights
-from fitlens.core.estimators.discounted import EMATrend, stacked_sums, update_lines
+from fitlens.core.estimators.discounted import (
+    EMATrend,
+    stacked_sums,
+    update_lines,
+    update_lines_blocks,
+)
 from fitlens.core.estimators.interval import _bias2, _spread
 from fitlens.core.local_fit import LocalFit, local_fits
 from fitlens.core.metric_range import UNBOUNDED, MetricRange
@@ -167,25 +172,44 @@ def update_together(
     """``estimators[i].update(values[:, i], weights[:, i])`` for every column ``i`` of ``(n,
     metrics)`` batches, with the lines of the `AdaptiveTrend`s (``"propagate"``, over the same
     steps) updated in one stacked `update_lines`: each line's sums are those it reaches alone,
-    bit for bit. A block of steps feeds every metric's now estimate this way (`MetricStream`).
+    bit for bit. The report's replay feeds every metric's now estimate a block at a time this
+    way (`fitlens.report.series`).
     """
-    values, weights = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    update_blocks_together(estimators, [(values, weights)])
+
+
+def update_blocks_together(
+    estimators: Sequence[Estimator], blocks: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """`update_together` for each ``(values, weights)`` block in turn, oldest first: the same
+    states, bit for bit, with the `AdaptiveTrend` lines' blocks in one `update_lines_blocks`
+    (`MetricStream` feeds the now estimates the blocks of steps gathered since they were last
+    read). Every block's weights are checked before any estimator changes."""
+    blocks = [
+        (np.asarray(v, dtype=np.float64), np.asarray(w, dtype=np.float64))
+        for v, w in blocks
+        if len(v)
+    ]
+    if not blocks:
+        return
     groups: dict[int, list[int]] = {}
     for i, est in enumerate(estimators):
-        if type(est) is AdaptiveTrend and est.nan_policy == "propagate" and len(values):
+        if type(est) is AdaptiveTrend and est.nan_policy == "propagate":
             groups.setdefault(est.steps, []).append(i)
         else:
-            est.update(values[:, i], weights[:, i])
-    every = list(range(values.shape[1]))
+            for values, weights in blocks:
+                est.update(values[:, i], weights[:, i])
+    every = list(range(blocks[0][0].shape[1]))
     for columns in groups.values():
         group = [cast(AdaptiveTrend, estimators[i]) for i in columns]
         # every column in order (the common case): no copy
-        v, w = (values, weights) if columns == every else (values[:, columns], weights[:, columns])
-        check_weights(w)
+        picked = [(v, w) if columns == every else (v[:, columns], w[:, columns]) for v, w in blocks]
+        for _, w in picked:
+            check_weights(w)
         lines = [line for est in group for line in est.lines]
         per_row = len(group[0].lines)
         if len(lines) == per_row * len(group):  # as many lines each: one row per estimator
-            update_lines(lines, v.T, w.T, per_row)
+            update_lines_blocks(lines, [(v.T, w.T) for v, w in picked], per_row)
         else:
             per_line = [i for i in columns for _ in cast(AdaptiveTrend, estimators[i]).lines]
-            update_lines(lines, values[:, per_line].T, weights[:, per_line].T)
+            update_lines_blocks(lines, [(v[:, per_line].T, w[:, per_line].T) for v, w in blocks])

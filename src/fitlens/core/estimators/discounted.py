@@ -117,46 +117,87 @@ def update_lines(
             one row per ``per_row`` consecutive lines (several metrics' lines at once: a row
             per metric, ``per_row`` lines each; ``rows * per_row == len(lines)``).
     """
+    update_lines_blocks(lines, [(values, weights)], per_row)
+
+
+def update_lines_blocks(
+    lines: Sequence[_Discounted],
+    blocks: Sequence[tuple[np.ndarray, np.ndarray]],
+    per_row: int = 1,
+) -> None:
+    """`update_lines` for several blocks of batches in turn, oldest first: the sums, bit for
+    bit, of one `update_lines` per block, in fewer numpy calls (the blocks' new sums of a
+    length come from one stacked product; only the aging of the old sums goes block by block).
+
+    Args:
+        lines, per_row: as `update_lines`. blocks: ``(values, weights)`` of each block, shaped
+            as `update_lines` takes them (all ``(n,)`` or all ``(rows, n)``).
+    """
+    if not blocks:
+        return
     decays = [line.decay for line in lines]
     if math.isnan(sum(decays)):  # a decay not known yet: the first batches size the memory
+        weights = blocks[0][1]
         for i, line in enumerate(lines):
             if math.isnan(line.decay):
                 first_size = weights[0] if weights.ndim == 1 else weights[i // per_row, 0]
                 line.decay = line._initial_decay(float(first_size))
         decays = [line.decay for line in lines]
+    if blocks[0][0].ndim == 1:  # one row of batches for every line
+        per_row = len(lines)
     first = lines[0]
-    count, n, steps = len(lines), values.shape[-1], first.steps
+    count, steps = len(lines), first.steps
     stack = stacked_sums(lines) if steps else None
     size = first.m.size if stack is None else stack.mt.shape[-1]
     k = first.my.size if stack is None else stack.my.shape[-1]
-    discounts, powers_t, move_t, carry, move_my, carry_one = _block_factors(tuple(decays), n, size)
+    old: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    if stack is not None:
+        old = (stack.mt, stack.my, stack.sb)
+    elif steps:  # the old sums in one array; each line's blocks keep their shapes (and so the
+        # products their rounding): (2, size) for m and t, (1, k) for my
+        gathered = np.concatenate([a for line in lines for a in (line.m, line.t, line.my)])
+        gathered = gathered.reshape(count, 2 * size + k)
+        sums = np.array([x for line in lines for x in (line.syy, line.batches)])
+        mt_my = gathered[:, : 2 * size].reshape(count, 2, size), gathered[:, 2 * size :]
+        old = (*mt_my, sums.reshape(count, 2))
+    start = 0
     # an inf or NaN batch (nan_policy "propagate") makes the sums NaN, as it should: numpy's
     # warnings about it would only reach the user's run as noise
     with np.errstate(invalid="ignore", over="ignore"):
-        wv = weights * values
-        parts = np.array([weights, weights, wv, wv * values, weights > 0])  # (5, n) or (5, rows, n)
-        if parts.ndim == 3:  # a row's parts serve its lines: elementwise, the same products
-            parts = parts.swapaxes(0, 1)[:, None]
-            weighted = (discounts.reshape(-1, per_row, 5, n) * parts).reshape(count, 5, n)
-        else:
-            weighted = discounts * parts
-        new = weighted @ powers_t  # (lines, 5, size): each part's sums of x^j
-    mt, my, sb = new[:, :2], new[:, 2, :k], new[:, 3:, 0]
-    if steps:
-        if stack is not None:
-            old_mt, old_my, old_sb = stack
-        else:  # the old sums in one array; each line's blocks keep their shapes (and so the
-            # products their rounding): (2, size) for m and t, (1, k) for my
-            old = np.concatenate([a for line in lines for a in (line.m, line.t, line.my)])
-            old = old.reshape(count, 2 * size + k)
-            old_mt, old_my = old[:, : 2 * size].reshape(count, 2, size), old[:, 2 * size :]
-            old_sb = np.array([x for line in lines for x in (line.syy, line.batches)])
-            old_sb = old_sb.reshape(count, 2)
-        mt = mt + carry * (old_mt @ move_t)
-        my = my + carry_one * (old_my[:, None, :] @ move_my)[:, 0]
-        sb = sb + carry_one * old_sb
+        while start < len(blocks):  # the blocks of one length at a time (all but a tail's)
+            n = blocks[start][0].shape[-1]
+            stop = start + 1
+            while stop < len(blocks) and blocks[stop][0].shape[-1] == n:
+                stop += 1
+            discounts, powers_t, move_t, carry, move_my, carry_one = _block_factors(
+                tuple(decays), n, size
+            )
+            if stop - start == 1:
+                values, weights = blocks[start]
+            else:
+                values = np.stack([v for v, _ in blocks[start:stop]])
+                weights = np.stack([w for _, w in blocks[start:stop]])
+            values = values.reshape(stop - start, -1, n)  # (blocks, rows, n)
+            weights = weights.reshape(values.shape)
+            wv = weights * values
+            parts = np.array([weights, weights, wv, wv * values, weights > 0])
+            # (blocks, rows, 1, 5, n): a row's parts serve its lines, elementwise the same
+            # products as line by line
+            parts = np.moveaxis(parts, 0, 2)[:, :, None]
+            weighted = discounts.reshape(-1, per_row, 5, n) * parts
+            new = weighted.reshape(stop - start, count, 5, n) @ powers_t  # (.., lines, 5, size)
+            for block in new:
+                mt, my, sb = block[:, :2], block[:, 2, :k], block[:, 3:, 0]
+                if old is not None:
+                    mt = mt + carry * (old[0] @ move_t)
+                    my = my + carry_one * (old[1][:, None, :] @ move_my)[:, 0]
+                    sb = sb + carry_one * old[2]
+                old = (mt, my, sb)
+                steps += n
+            start = stop
+    assert old is not None
     lazy = stack is not None  # then no line holds its sums (`stacked_sums`)
-    stack = _Stacked(mt, my, sb)
+    stack = _Stacked(*old)
     for i, line in enumerate(lines):
         state = line.__dict__
         if not lazy:
@@ -164,7 +205,7 @@ def update_lines(
                 state.pop(key, None)
         state["_src"] = (stack, i)
         state["_fit"] = None
-        line.steps = steps + n
+        line.steps = steps
 
 
 class _Discounted(Estimator):
