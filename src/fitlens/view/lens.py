@@ -356,7 +356,8 @@ class Lens:
         if n == 0 or self.stream is None:
             return
         k = len(self.stream.names)
-        clocks = np.array(self._clocks, dtype=np.float64).reshape(n, _PER_STEP)
+        # fromiter: half the time of np.array on a list of Python ints and floats, same values
+        clocks = np.fromiter(self._clocks, np.float64, n * _PER_STEP).reshape(n, _PER_STEP)
         sizes = clocks[:, 0].copy()
         if not self._weights:
             values = self.to_host(self._values).reshape(n, k)
