@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,53 @@ def test_import_fitlens_does_not_import_torch():
     code = "import sys, fitlens; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+_SEED_LOG = Path(__file__).resolve().parents[1] / "explain" / "data" / "seed-keras2.log"
+# Runs a command in-process, then prints OpenBLAS's thread setting and, where threadpoolctl is
+# installed, the threads OpenBLAS actually started (the last line of stdout).
+_BLAS_PROBE = """
+import json, os, sys
+from fitlens.cli.main import main
+main(sys.argv[1:])
+try:
+    import threadpoolctl
+    started = [p["num_threads"] for p in threadpoolctl.threadpool_info()
+               if p["internal_api"] == "openblas"]
+except ImportError:
+    started = None
+print(json.dumps([os.environ.get("OPENBLAS_NUM_THREADS"), started]))
+"""
+
+
+def _blas_after(*args, env_value=None):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if env_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = env_value
+    out = subprocess.run(
+        [sys.executable, "-c", _BLAS_PROBE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_explain_starts_one_openblas_thread():
+    setting, started = _blas_after("explain", str(_SEED_LOG), "--quiet")
+    assert setting == "1"
+    if started is not None:  # threadpoolctl shows what OpenBLAS did with it
+        assert started in ([1], [])
+
+
+def test_explain_keeps_the_users_openblas_thread_count():
+    setting, _ = _blas_after("explain", str(_SEED_LOG), "--quiet", env_value="2")
+    assert setting == "2"
+
+
+def test_other_commands_keep_openblas_default_threads():
+    # `show` on a missing run directory: a usage error, after the command's imports.
+    setting, _ = _blas_after("show", "/nonexistent-run-dir")
+    assert setting is None
