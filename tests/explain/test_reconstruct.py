@@ -18,6 +18,7 @@ from fitlens.explain.reconstruct import (
     exact_window,
     last_window,
     narrowest_end_window,
+    ranged_end_candidates,
     ranged_end_window,
     reconstruct,
     reconstruct_arrays,
@@ -289,6 +290,20 @@ def _any_displays(draw: st.DrawFn, least: int = 2) -> tuple[np.ndarray, np.ndarr
     return np.array(steps, dtype=np.int64), np.array(means), np.array(halves)
 
 
+def _end_weight_choices(steps: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """End weights of a last display: any last batch, a range from far back, one starting at
+    the display before, a known partial batch, a range past the counter, none."""
+    last = int(steps[-1])
+    return [
+        (last - 1.0, None),
+        (0.5, None),
+        (float(steps[-2]), None),
+        (last - 1 + 0.375, last - 1 + 0.375),
+        (last - 0.5, last + 2.0),
+        (None, None),
+    ]
+
+
 @settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
 @given(_any_displays(), st.data())
 def test_the_scalar_ranged_end_window_scan_picks_what_the_corner_arrays_pick(arrays, data):
@@ -298,18 +313,7 @@ def test_the_scalar_ranged_end_window_scan_picks_what_the_corner_arrays_pick(arr
     steps, means, halves = arrays
     n = len(steps)
     last = int(steps[-1])
-    low_weight, high_weight = data.draw(
-        st.sampled_from(
-            [
-                (last - 1.0, None),
-                (0.5, None),
-                (float(steps[-2]), None),
-                (last - 1 + 0.375, last - 1 + 0.375),
-                (last - 0.5, last + 2.0),
-                (None, None),
-            ]
-        )
-    )
+    low_weight, high_weight = data.draw(st.sampled_from(_end_weight_choices(steps)))
     count = data.draw(st.integers(1, n + 2))
     enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 0.01, 1.0, 1e20, math.inf]))
     clip = data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)]))
@@ -360,3 +364,48 @@ def test_the_last_window_starts_where_the_tolerance_is_met_exactly():
     alone = last_window(steps, means, halves, 0.75)
     assert alone == window_columns(steps, means, halves, 0.75).row(-1)
     assert (alone.first_batch, alone.last_batch) == (3, 4)
+
+
+#: Displayed values for the batched scan: those of _any_value, and NaN and infinities too.
+_odd_value = st.one_of(_any_value, st.sampled_from([math.nan, math.inf, -math.inf, -0.0]))
+
+
+@st.composite
+def _odd_displays(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like _any_displays, with NaN, infinities and -0.0 among the values; short or long."""
+    steps = sorted(draw(st.sets(st.integers(1, 10**6), min_size=2, max_size=40)))
+    means = [draw(_odd_value) for _ in steps]
+    halves = [draw(st.sampled_from([0.5e-4, 0.5e-8, 0.0, 0.5])) for _ in steps]
+    return np.array(steps, dtype=np.int64), np.array(means), np.array(halves)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
+@given(st.lists(_odd_displays(), min_size=1, max_size=5), st.data())
+def test_the_batched_ranged_candidates_scan_bit_for_bit_as_the_scalar_scan(series, data):
+    """ranged_end_candidates (every metric of a batch of epochs at once) then
+    EndCandidates.scan give exactly ranged_end_window's answer for every count and threshold:
+    the same doubles (signed zeros, NaN, infinities), the same pick, the same give-up."""
+    weights, clips = [], []
+    for steps, _, _ in series:
+        choices = [*_end_weight_choices(steps), (None, float(steps[-2]))]  # the last: all empty
+        weights.append(data.draw(st.sampled_from(choices)))
+        clips.append(data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)])))
+    most = data.draw(st.integers(1, 20))
+    batch = ranged_end_candidates(series, weights, clips, most)
+    for (steps, means, halves), (low_w, high_w), clip, held in zip(
+        series, weights, clips, batch, strict=True
+    ):
+        assert len(held.first) == min(most, len(steps))
+        for count in {1, most, data.draw(st.integers(1, most))}:
+            enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 0.01, 1.0, math.inf, math.nan]))
+            expected = ranged_end_window(
+                steps,
+                means,
+                halves,
+                count,
+                enough,
+                end_weight_low=low_w,
+                end_weight_high=high_w,
+                clip=clip,
+            )
+            assert repr(held.scan(count, enough)) == repr(expected)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from fitlens.explain.analysis import EpochResult, Options, analyze
+from fitlens.explain.analysis import EpochResult, Options, analyze, prepare
 from fitlens.explain.epochs import split_epochs
 from fitlens.explain.jumps import Boundary, explain_all, is_training
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 #: Inputs from this size up get progress lines on stderr (bytes; also the step on a pipe).
 PROGRESS_BYTES = 50_000_000
+#: Epochs analysed together (:func:`fitlens.explain.analysis.prepare`): at most this many, and
+#: no more once they hold :data:`BATCH_DISPLAYS` displays (memory stays flat).
+BATCH_EPOCHS = 128
+#: Displays (all metrics) that close a batch of epochs.
+BATCH_DISPLAYS = 65_536
 
 
 class UserError(Exception):
@@ -183,6 +188,29 @@ def _checked_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
     return itertools.chain([first], chunks)
 
 
+def _prepared(
+    results: Iterator[EpochResult], progress: ReadProgress | None
+) -> Iterator[EpochResult]:
+    """``results`` in order, each batch of them put through :func:`prepare` before its first
+    is handed on.
+
+    ``progress`` counts epochs as they are read, as without batches.
+    """
+    batch: list[EpochResult] = []
+    displays = 0
+    for result in results:
+        batch.append(result)
+        if progress is not None:
+            progress.epochs += 1
+        displays += sum(len(m.arrays[0]) for m in result.metrics.values())
+        if len(batch) >= BATCH_EPOCHS or displays >= BATCH_DISPLAYS:
+            prepare(batch)
+            yield from batch
+            batch, displays = [], 0
+    prepare(batch)
+    yield from batch
+
+
 def explain_stream(
     stream: BinaryIO,
     name: str,
@@ -225,10 +253,8 @@ def explain_stream(
     headers_seen = False
     any_metric = False
     epochs = 0
-    for result in analyze(split_epochs(records), options):
+    for result in _prepared(analyze(split_epochs(records), options), progress):
         epochs += 1
-        if progress is not None:
-            progress.epochs = epochs
         training = is_training(result, headers_seen)
         headers_seen = headers_seen or result.epoch.header is not None
         any_metric = any_metric or bool(result.metrics)

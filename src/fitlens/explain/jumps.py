@@ -32,7 +32,6 @@ from fitlens.explain.reconstruct import (
     Window,
     exact_window,
     narrowest_end_window,
-    ranged_end_window,
     window_bounds,
 )
 
@@ -134,16 +133,7 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
     else:
         # A partial last batch: the first few candidates on scalars (the corner bounds).
         count = min(max(candidates, 1), SCALAR_END_WINDOWS)
-        scanned = ranged_end_window(
-            steps,
-            means,
-            halves_,
-            count,
-            abs(jump) / 4 if candidates else -1.0,
-            end_weight_low=metric.end_weight_low,
-            end_weight_high=metric.end_weight_high,
-            clip=metric.clip,
-        )
+        scanned = metric.ranged_end_window(count, abs(jump) / 4 if candidates else -1.0)
         if scanned is not None and (scanned[1] or candidates <= count):
             return scanned[0]
     # The windows from end_bounds, shortest first (the candidates are the first ones): the

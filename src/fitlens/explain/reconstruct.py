@@ -718,3 +718,159 @@ def ranged_end_window(
             best, best_width = Window(int(w_j) + 1, end, value, low, high), width
     assert best is not None, "count must be at least 1"
     return best, False
+
+
+class EndCandidates(NamedTuple):
+    """The windows :func:`ranged_end_window` scans for one metric, computed ahead (as lists).
+
+    Attributes:
+        end: The last display's counter (every window's last batch).
+        first: First batch of each window, shortest first (the epoch start last, when within
+            reach).
+        value: Point values.
+        low: Lower bounds.
+        high: Upper bounds.
+        width: Half-widths, ``(high - low) / 2``.
+        empty: Index of the first window that is empty at the largest end weight (the scan
+            gives up there), or ``len(first)``.
+    """
+
+    end: int
+    first: list[int]
+    value: list[float]
+    low: list[float]
+    high: list[float]
+    width: list[float]
+    empty: int
+
+    def scan(self, count: int, enough: float) -> tuple[Window, bool] | None:
+        """:func:`ranged_end_window` with these ``count`` and ``enough`` (``count`` at most the
+        number of windows held, unless they are all there are)."""
+        best = -1
+        best_width = math.inf
+        width = self.width
+        for i in range(min(count, len(width))):
+            if i == self.empty:
+                return None
+            w = width[i]
+            if w <= enough:
+                return self.row(i), True
+            if best < 0 or w < best_width:
+                best, best_width = i, w
+        if best < 0:
+            raise ValueError("count must be at least 1")
+        return self.row(best), False
+
+    def row(self, i: int) -> Window:
+        """Window ``i``."""
+        return Window(self.first[i], self.end, self.value[i], self.low[i], self.high[i])
+
+
+def ranged_end_candidates(
+    series: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    end_weights: Sequence[tuple[float | None, float | None]],
+    clips: Sequence[tuple[float, float] | None],
+    count: int,
+) -> list[EndCandidates]:
+    """The ``count`` shortest windows of :func:`ranged_end_window` for many metrics at once.
+
+    :func:`ranged_end_window` evaluates its windows one by one on scalars; for a short epoch
+    that loop costs more than the rest of the epoch's analysis. Here the same doubles come from
+    a few array passes over every metric of a batch of epochs: the same operations in the same
+    order, elementwise (IEEE arithmetic is the same on scalars and arrays), with ``min``/``max``
+    and the clip written as the selections the scalar code makes, so ties, signed zeros, NaN and
+    infinities come out the same.
+
+    Args:
+        series: Per metric, ``(steps, means, halves)`` with at least two displays.
+        end_weights: Per metric, ``(end_weight_low, end_weight_high)`` as in
+            :func:`ranged_end_window`.
+        clips: Per metric, its known range or ``None``.
+        count: How many windows to compute per metric (at least 1).
+
+    Returns:
+        Per metric, its first ``min(count, n)`` windows (``n`` displays: the ``n - 1`` after an
+        earlier display, then the epoch start).
+    """
+    rows = len(series)
+    if rows == 0:
+        return []
+    tails_s, tails_m, tails_h, lengths = [], [], [], []
+    scalars = np.empty((rows, 7))  # w_hi, w_lo, m_k, h_k, clip low, clip high, clipped
+    ends = []
+    for r, ((steps, means, halves), (low_w, high_w), clip) in enumerate(
+        zip(series, end_weights, clips, strict=True)
+    ):
+        n = len(steps)
+        end = int(steps[-1])
+        top = float(end) if high_w is None else float(high_w)
+        bottom = top if low_w is None else min(float(low_w), top)
+        lo, hi = clip if clip is not None else (0.0, 0.0)
+        scalars[r] = (top, bottom, means[-1], halves[-1], lo, hi, clip is not None)
+        take = min(n - 1, count)
+        tails_s.append(steps[n - 1 - take : n - 1])
+        tails_m.append(means[n - 1 - take : n - 1])
+        tails_h.append(halves[n - 1 - take : n - 1])
+        lengths.append(take)
+        ends.append(end)
+    takes = np.array(lengths)
+    all_s = np.concatenate(tails_s).astype(np.float64)
+    all_m = np.concatenate(tails_m)
+    all_h = np.concatenate(tails_h)
+    stops = np.cumsum(takes)
+    column = np.arange(count)
+    # Column c of row r: display take - 1 - c of its tail (shortest window first), then the
+    # epoch start (weight 0, mean 0), then padding that no scan reaches.
+    shown = column < takes[:, None]
+    index = np.where(shown, stops[:, None] - 1 - column, 0)
+    w_j = np.where(shown, all_s[index], 0.0)
+    m_j = np.where(shown, all_m[index], 0.0)
+    h_j = np.where(shown, all_h[index], 0.0)
+    w_hi, w_lo, m_k, h_k, clip_lo, clip_hi, clipped = (scalars[:, i : i + 1] for i in range(7))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = (w_hi * m_k - w_j * m_j) / (w_hi - w_j)
+        half = (w_hi * h_k + w_j * h_j) / (w_hi - w_j)
+        mk_low, mk_high = m_k - h_k, m_k + h_k
+        mj_low, mj_high = m_j - h_j, m_j + h_j
+        a = (w_lo * mk_low - w_j * mj_high) / (w_lo - w_j)
+        b = (w_hi * mk_low - w_j * mj_high) / (w_hi - w_j)
+        c = (w_lo * mk_high - w_j * mj_low) / (w_lo - w_j)
+        d = (w_hi * mk_high - w_j * mj_low) / (w_hi - w_j)
+        exact = w_lo == w_hi
+        open_ = w_lo <= w_j
+        low = np.where(exact, value - half, np.where(open_, -math.inf, np.where(b < a, b, a)))
+        high = np.where(exact, value + half, np.where(open_, math.inf, np.where(d > c, d, c)))
+        slack = _SLACK * (np.abs(low) + np.abs(high) + 1.0)
+        finite = np.isfinite(slack)
+        low = np.where(finite, low - slack, low)
+        high = np.where(finite, high + slack, high)
+        clipped = clipped != 0.0
+        c_low = np.where(low > clip_lo, low, clip_lo)
+        c_high = np.where(high < clip_hi, high, clip_hi)
+        crossed = c_low > c_high
+        c_low, c_high = np.where(crossed, clip_lo, c_low), np.where(crossed, clip_hi, c_high)
+        c_value = np.where(value > clip_lo, value, clip_lo)
+        c_value = np.where(c_value < clip_hi, c_value, clip_hi)
+        low = np.where(clipped, c_low, low)
+        high = np.where(clipped, c_high, high)
+        value = np.where(clipped, c_value, value)
+        width = (high - low) / 2
+    empty = ~(w_hi > w_j)
+    firsts = (w_j.astype(np.int64) + 1).tolist()
+    values, lows, highs, widths = value.tolist(), low.tolist(), high.tolist(), width.tolist()
+    empties = np.where(empty.any(axis=1), empty.argmax(axis=1), count).tolist()
+    out = []
+    for r, take in enumerate(lengths):
+        k = min(count, take + 1)
+        out.append(
+            EndCandidates(
+                ends[r],
+                firsts[r][:k],
+                values[r][:k],
+                lows[r][:k],
+                highs[r][:k],
+                widths[r][:k],
+                min(empties[r], k),
+            )
+        )
+    return out
