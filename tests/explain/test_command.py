@@ -287,7 +287,7 @@ def _varied_log(path: Path, seed: int) -> None:
     rng = random.Random(seed)
     out = []
     for k in range(1, 61):
-        target = rng.choice([2, 3, 5, 16, 17, 18, 40])
+        target = rng.choice([2, 3, 5, 16, 17, 18, 40, 100])
         level, acc = rng.uniform(0.1, 2.0), rng.uniform(0.3, 0.99)
         stride = rng.choice([1, 1, 2])
         out.append(f"Epoch {k}/60\n")

@@ -395,7 +395,7 @@ def test_the_batched_ranged_candidates_scan_bit_for_bit_as_the_scalar_scan(serie
     for (steps, means, halves), (low_w, high_w), clip, held in zip(
         series, weights, clips, batch, strict=True
     ):
-        assert len(held.first) == min(most, len(steps))
+        assert held.size == min(most, len(steps))
         for count in {1, most, data.draw(st.integers(1, most))}:
             enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 0.01, 1.0, math.inf, math.nan]))
             expected = ranged_end_window(

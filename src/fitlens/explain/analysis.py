@@ -163,13 +163,19 @@ class MetricResult:
         """Whether the last display's weight is a range or a known partial batch."""
         return self.end_weight_low is not None or self.end_weight_high is not None
 
+    @property
+    def held(self) -> EndCandidates | None:
+        """The :data:`SHORTEST` windows that end the epoch as :func:`prepare` computed them for
+        a batch of epochs (all of them in a shorter epoch), when it did and none is empty: the
+        same doubles as :attr:`shortest_end_windows` (displays are finite), as lists."""
+        held = self._candidates
+        return held if held is not None and held.empty == held.size else None
+
     def ranged_end_window(self, count: int, enough: float) -> tuple[Window, bool] | None:
         """:func:`~fitlens.explain.reconstruct.ranged_end_window` of the displays (at least two),
         from the windows :func:`prepare` computed for a batch of epochs when it did."""
         held = self._candidates
-        if held is not None and (
-            count <= len(held.first) or len(held.first) == len(self.arrays[0])
-        ):
+        if held is not None and (count <= held.size or held.size == len(self.arrays[0])):
             return held.scan(count, enough)
         steps, means, halves = self.arrays
         return ranged_end_window(
@@ -228,6 +234,21 @@ class MetricResult:
         if self.tolerance is None:
             return None
         steps, means, halves = self.arrays
+        held = self.held
+        if held is not None:
+            # The same search on the windows computed ahead: the first precise one, else the
+            # whole epoch when they are all there are, else all windows from the arrays.
+            window, precise = held.pick(held.size, self.tolerance)
+            if precise:
+                return window
+            if held.size == len(steps):
+                return held.window(len(steps) - 1)
+            first, value, low, high = self.end_windows
+            fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
+            i = int(fits[0]) if len(fits) else len(first) - 1
+            return Window(
+                int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i])
+            )
         if self.ranged:
             # window_columns' last window: the shortest one ending the epoch that is precise
             # enough (usually among the few shortest, tried on scalars), else the whole epoch.
@@ -413,7 +434,7 @@ def prepare(results: Sequence[EpochResult]) -> None:
         [m.arrays for m in metrics],
         [(m.end_weight_low, m.end_weight_high) for m in metrics],
         [m.clip for m in metrics],
-        SCALAR_END_WINDOWS,
+        SHORTEST,
     )
     for m, held in zip(metrics, found, strict=True):
         m._candidates = held

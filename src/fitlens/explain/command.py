@@ -202,7 +202,8 @@ def _prepared(
         batch.append(result)
         if progress is not None:
             progress.epochs += 1
-        displays += sum(len(m.arrays[0]) for m in result.metrics.values())
+        # At most one display per step and metric.
+        displays += result.epoch.last_step * len(result.metrics)
         if len(batch) >= BATCH_EPOCHS or displays >= BATCH_DISPLAYS:
             prepare(batch)
             yield from batch

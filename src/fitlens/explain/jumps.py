@@ -130,6 +130,14 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
         window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
         if found or candidates <= count:
             return window
+    elif (held := metric.held) is not None:
+        # A partial last batch, its windows computed ahead: the same search on them.
+        count = min(max(candidates, 1), held.size)
+        window, found = held.pick(count, abs(jump) / 4 if candidates else -1.0)
+        if found or candidates <= count:
+            return window
+        # None of them is precise and there are more candidates: all of them, below.
+        return _end_window(metric.end_windows, candidates, abs(jump) / 4, end)
     else:
         # A partial last batch: the first few candidates on scalars (the corner bounds).
         count = min(max(candidates, 1), SCALAR_END_WINDOWS)
@@ -142,11 +150,22 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
     if candidates == 0:
         return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
     width = (high[:candidates] - low[:candidates]) / 2
-    precise = np.flatnonzero(width <= abs(jump) / 4)
-    if not len(precise) and len(first) < candidates:
-        first, value, low, high = metric.end_windows
-        width = (high[:candidates] - low[:candidates]) / 2
-        precise = np.flatnonzero(width <= abs(jump) / 4)
+    if not len(np.flatnonzero(width <= abs(jump) / 4)) and len(first) < candidates:
+        return _end_window(metric.end_windows, candidates, abs(jump) / 4, end)
+    return _end_window((first, value, low, high), candidates, abs(jump) / 4, end)
+
+
+def _end_window(
+    ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    candidates: int,
+    enough: float,
+    end: int,
+) -> Window:
+    """Of the first ``candidates`` windows of ``ends`` (:attr:`MetricResult.end_windows`'s
+    columns), the first whose half-width is at most ``enough``, else the narrowest."""
+    first, value, low, high = ends
+    width = (high[:candidates] - low[:candidates]) / 2
+    precise = np.flatnonzero(width <= enough)
     i = int(precise[0]) if len(precise) else int(np.argmin(width))
     return Window(int(first[i]), end, float(value[i]), float(low[i]), float(high[i]))
 

@@ -720,50 +720,69 @@ def ranged_end_window(
     return best, False
 
 
+class _Candidates(NamedTuple):
+    """Windows of many metrics, one row each, shortest first (see :func:`ranged_end_candidates`)."""
+
+    first: np.ndarray
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    width: np.ndarray
+
+
 class EndCandidates(NamedTuple):
-    """The windows :func:`ranged_end_window` scans for one metric, computed ahead (as lists).
+    """The windows :func:`ranged_end_window` scans for one metric, computed ahead.
 
     Attributes:
         end: The last display's counter (every window's last batch).
-        first: First batch of each window, shortest first (the epoch start last, when within
-            reach).
-        value: Point values.
-        low: Lower bounds.
-        high: Upper bounds.
-        width: Half-widths, ``(high - low) / 2``.
+        size: How many windows are held: the shortest first, the epoch start last when
+            within reach.
         empty: Index of the first window that is empty at the largest end weight (the scan
-            gives up there), or ``len(first)``.
+            gives up there), or ``size``.
+        row: This metric's row in ``batch``.
+        batch: The windows of every metric of the batch (first batch, value, low, high and
+            half-width, one row per metric).
     """
 
     end: int
-    first: list[int]
-    value: list[float]
-    low: list[float]
-    high: list[float]
-    width: list[float]
+    size: int
     empty: int
+    row: int
+    batch: _Candidates
 
     def scan(self, count: int, enough: float) -> tuple[Window, bool] | None:
         """:func:`ranged_end_window` with these ``count`` and ``enough`` (``count`` at most the
         number of windows held, unless they are all there are)."""
         best = -1
         best_width = math.inf
-        width = self.width
-        for i in range(min(count, len(width))):
+        for i, w in enumerate(self.batch.width[self.row, : min(count, self.size)].tolist()):
             if i == self.empty:
                 return None
-            w = width[i]
             if w <= enough:
-                return self.row(i), True
+                return self.window(i), True
             if best < 0 or w < best_width:
                 best, best_width = i, w
         if best < 0:
             raise ValueError("count must be at least 1")
-        return self.row(best), False
+        return self.window(best), False
 
-    def row(self, i: int) -> Window:
+    def pick(self, count: int, enough: float) -> tuple[Window, bool]:
+        """:meth:`scan` when no window is empty (``empty == size``)."""
+        found = self.scan(count, enough)
+        if found is None:
+            raise ValueError("an empty window among those held: scan them instead")
+        return found
+
+    def window(self, i: int) -> Window:
         """Window ``i``."""
-        return Window(self.first[i], self.end, self.value[i], self.low[i], self.high[i])
+        b, r = self.batch, self.row
+        return Window(
+            int(b.first[r, i]),
+            self.end,
+            float(b.value[r, i]),
+            float(b.low[r, i]),
+            float(b.high[r, i]),
+        )
 
 
 def ranged_end_candidates(
@@ -792,41 +811,32 @@ def ranged_end_candidates(
         Per metric, its first ``min(count, n)`` windows (``n`` displays: the ``n - 1`` after an
         earlier display, then the epoch start).
     """
-    rows = len(series)
-    if rows == 0:
+    if not series:
         return []
-    tails_s, tails_m, tails_h, lengths = [], [], [], []
-    scalars = np.empty((rows, 7))  # w_hi, w_lo, m_k, h_k, clip low, clip high, clipped
-    ends = []
-    for r, ((steps, means, halves), (low_w, high_w), clip) in enumerate(
-        zip(series, end_weights, clips, strict=True)
-    ):
-        n = len(steps)
-        end = int(steps[-1])
-        top = float(end) if high_w is None else float(high_w)
-        bottom = top if low_w is None else min(float(low_w), top)
-        lo, hi = clip if clip is not None else (0.0, 0.0)
-        scalars[r] = (top, bottom, means[-1], halves[-1], lo, hi, clip is not None)
-        take = min(n - 1, count)
-        tails_s.append(steps[n - 1 - take : n - 1])
-        tails_m.append(means[n - 1 - take : n - 1])
-        tails_h.append(halves[n - 1 - take : n - 1])
-        lengths.append(take)
-        ends.append(end)
-    takes = np.array(lengths)
-    all_s = np.concatenate(tails_s).astype(np.float64)
-    all_m = np.concatenate(tails_m)
-    all_h = np.concatenate(tails_h)
-    stops = np.cumsum(takes)
+    steps_all, means_all, halves_all = (np.concatenate(c) for c in zip(*series, strict=True))
+    sizes = np.array([len(s) for s, _, _ in series])
+    last = np.cumsum(sizes) - 1
+    ends = steps_all[last]
+    w_hi = np.array([math.nan if h is None else h for _, h in end_weights], dtype=np.float64)
+    w_hi = np.where(np.isnan(w_hi), ends.astype(np.float64), w_hi)
+    w_lo = np.array([math.nan if lo is None else lo for lo, _ in end_weights], dtype=np.float64)
+    # min(low, w_hi) as the scalar code takes it: w_hi only when smaller.
+    w_lo = np.where(np.isnan(w_lo) | (w_hi < w_lo), w_hi, w_lo)
+    clipped = np.array([c is not None for c in clips])
+    clip_lo = np.array([c[0] if c is not None else 0.0 for c in clips], dtype=np.float64)
+    clip_hi = np.array([c[1] if c is not None else 0.0 for c in clips], dtype=np.float64)
+    m_k, h_k = means_all[last], halves_all[last]
+    takes = np.minimum(sizes - 1, count)
     column = np.arange(count)
-    # Column c of row r: display take - 1 - c of its tail (shortest window first), then the
-    # epoch start (weight 0, mean 0), then padding that no scan reaches.
+    # Column c of row r: the display c places before its last (shortest window first), then
+    # the epoch start (weight 0, mean 0), then padding that no scan reaches.
     shown = column < takes[:, None]
-    index = np.where(shown, stops[:, None] - 1 - column, 0)
-    w_j = np.where(shown, all_s[index], 0.0)
-    m_j = np.where(shown, all_m[index], 0.0)
-    h_j = np.where(shown, all_h[index], 0.0)
-    w_hi, w_lo, m_k, h_k, clip_lo, clip_hi, clipped = (scalars[:, i : i + 1] for i in range(7))
+    index = np.where(shown, (last - 1)[:, None] - column, 0)
+    w_j = np.where(shown, steps_all[index], 0).astype(np.float64)
+    m_j = np.where(shown, means_all[index], 0.0)
+    h_j = np.where(shown, halves_all[index], 0.0)
+    w_hi, w_lo, m_k, h_k = w_hi[:, None], w_lo[:, None], m_k[:, None], h_k[:, None]
+    clipped, clip_lo, clip_hi = clipped[:, None], clip_lo[:, None], clip_hi[:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         value = (w_hi * m_k - w_j * m_j) / (w_hi - w_j)
         half = (w_hi * h_k + w_j * h_j) / (w_hi - w_j)
@@ -844,33 +854,24 @@ def ranged_end_candidates(
         finite = np.isfinite(slack)
         low = np.where(finite, low - slack, low)
         high = np.where(finite, high + slack, high)
-        clipped = clipped != 0.0
         c_low = np.where(low > clip_lo, low, clip_lo)
         c_high = np.where(high < clip_hi, high, clip_hi)
         crossed = c_low > c_high
-        c_low, c_high = np.where(crossed, clip_lo, c_low), np.where(crossed, clip_hi, c_high)
+        c_low = np.where(crossed, clip_lo, c_low)
+        c_high = np.where(crossed, clip_hi, c_high)
         c_value = np.where(value > clip_lo, value, clip_lo)
         c_value = np.where(c_value < clip_hi, c_value, clip_hi)
         low = np.where(clipped, c_low, low)
         high = np.where(clipped, c_high, high)
         value = np.where(clipped, c_value, value)
         width = (high - low) / 2
-    empty = ~(w_hi > w_j)
-    firsts = (w_j.astype(np.int64) + 1).tolist()
-    values, lows, highs, widths = value.tolist(), low.tolist(), high.tolist(), width.tolist()
-    empties = np.where(empty.any(axis=1), empty.argmax(axis=1), count).tolist()
-    out = []
-    for r, take in enumerate(lengths):
-        k = min(count, take + 1)
-        out.append(
-            EndCandidates(
-                ends[r],
-                firsts[r][:k],
-                values[r][:k],
-                lows[r][:k],
-                highs[r][:k],
-                widths[r][:k],
-                min(empties[r], k),
-            )
+    held = np.minimum(takes + 1, count)
+    empty = ~(w_hi > w_j) & (column < held[:, None])
+    empties = np.where(empty.any(axis=1), empty.argmax(axis=1), held)
+    batch = _Candidates(w_j.astype(np.int64) + 1, value, low, high, width)
+    return [
+        EndCandidates(e, k, z, r, batch)
+        for r, (e, k, z) in enumerate(
+            zip(ends.tolist(), held.tolist(), empties.tolist(), strict=True)
         )
-    return out
+    ]
