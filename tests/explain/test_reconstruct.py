@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
     Window,
+    bounds_rows,
     end_bounds,
     exact_window,
     last_window,
@@ -409,3 +410,44 @@ def test_the_batched_ranged_candidates_scan_bit_for_bit_as_the_scalar_scan(serie
                 clip=clip,
             )
             assert repr(held.scan(count, enough)) == repr(expected)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
+@given(st.lists(st.tuples(_odd_displays(), st.data()), min_size=1, max_size=6))
+def test_window_bounds_on_rows_is_bit_identical_to_window_bounds(rows):
+    """bounds_rows (many windows at once, one per row) gives window_bounds' doubles exactly:
+    exact and ranged end weights, the epoch start, unbounded windows, both clips, NaN,
+    infinities and signed zeros."""
+    cases = []
+    for (steps, means, halves), data in rows:
+        k = data.draw(st.integers(1, len(steps) - 1))
+        j = data.draw(st.integers(-1, k - 1))  # -1: the epoch start
+        start = None if j < 0 else Shown(int(steps[j]), float(means[j]), float(halves[j]))
+        end = Shown(int(steps[k]), float(means[k]), float(halves[k]))
+        low_w, high_w = data.draw(
+            st.sampled_from(
+                [(None, None), (end.step - 1.0, None), (0.25, None), (end.step - 0.625,) * 2]
+            )
+        )
+        clip = data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)]))
+        cases.append((start, end, low_w, high_w, clip))
+    w_j = np.array([0.0 if s is None else float(s.step) for s, *_ in cases])
+    m_j = np.array([0.0 if s is None else s.mean for s, *_ in cases])
+    h_j = np.array([0.0 if s is None else s.half for s, *_ in cases])
+    w_hi = np.array([float(e.step) if hw is None else hw for _, e, _, hw, _ in cases])
+    w_lo = np.array(
+        [h if lw is None else min(lw, h) for (_, _, lw, _, _), h in zip(cases, w_hi, strict=True)]
+    )
+    m_k = np.array([e.mean for _, e, *_ in cases])
+    h_k = np.array([e.half for _, e, *_ in cases])
+    clips = [c for *_, c in cases]
+    clipped = np.array([c is not None for c in clips])
+    lo = np.array([0.0 if c is None else c[0] for c in clips])
+    hi = np.array([0.0 if c is None else c[1] for c in clips])
+    value, low, high = bounds_rows((w_j, m_j, h_j), (w_lo, w_hi, m_k, h_k), (clipped, lo, hi))
+    for r, (start, end, low_w, high_w, clip) in enumerate(cases):
+        expected = window_bounds(
+            start, end, end_weight_low=low_w, end_weight_high=high_w, clip=clip
+        )
+        got = (float(value[r]), float(low[r]), float(high[r]))
+        assert repr(got) == repr(tuple(expected[2:])), r

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from fitlens.explain.reconstruct import (
     Window,
     WindowColumns,
     end_bounds,
+    first_within,
     last_window,
     ranged_end_candidates,
     ranged_end_window,
@@ -123,6 +124,29 @@ class Options:
         return (self.samples - (target - 1) * self.batch_size) / self.batch_size
 
 
+class Ahead(NamedTuple):
+    """What a boundary needs of one metric, computed for a batch of epochs at once
+    (:func:`fitlens.explain.jumps.prepare`); the same values as computed one by one.
+
+    Attributes:
+        first: The first display.
+        last: The last display.
+        first_window: The window from the epoch start to the first display.
+        second_half: Index of the first display before the last at or after half its step.
+        sees_end: Whether a display before the last is in the epoch's second half.
+        early: The window over the first half (``None`` with one display).
+        late: The window over the second half (``None`` with one display).
+    """
+
+    first: Shown
+    last: Shown
+    first_window: Window
+    second_half: int
+    sees_end: bool
+    early: Window | None
+    late: Window | None
+
+
 @dataclass
 class MetricResult:
     """One metric in one epoch.
@@ -157,6 +181,8 @@ class MetricResult:
         default=None, repr=False
     )
     _candidates: EndCandidates | None = field(default=None, repr=False)
+    _last_pick: int | None = field(default=None, repr=False)
+    ahead: Ahead | None = field(default=None, repr=False)
 
     @property
     def ranged(self) -> bool:
@@ -238,9 +264,12 @@ class MetricResult:
         if held is not None:
             # The same search on the windows computed ahead: the first precise one, else the
             # whole epoch when they are all there are, else all windows from the arrays.
-            window, precise = held.pick(held.size, self.tolerance)
-            if precise:
-                return window
+            if self._last_pick is None:
+                window, precise = held.pick(held.size, self.tolerance)
+                if precise:
+                    return window
+            elif self._last_pick >= 0:
+                return held.window(self._last_pick)
             if held.size == len(steps):
                 return held.window(len(steps) - 1)
             first, value, low, high = self.end_windows
@@ -438,6 +467,10 @@ def prepare(results: Sequence[EpochResult]) -> None:
     )
     for m, held in zip(metrics, found, strict=True):
         m._candidates = held
+    # The report's last window: the first within the tolerance, found for all at once.
+    tolerances = np.array([math.nan if m.tolerance is None else m.tolerance for m in metrics])
+    for m, i in zip(metrics, first_within(found, tolerances), strict=True):
+        m._last_pick = i
 
 
 def analyze(epochs: Iterable[Epoch], options: Options) -> Iterator[EpochResult]:

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from fitlens.explain.analysis import EpochResult, Options, analyze, prepare
+from fitlens.explain.analysis import EpochResult, Options, analyze
 from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import Boundary, explain_all, is_training
+from fitlens.explain.jumps import Boundary, explain_all, is_training, prepare
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
 from fitlens.explain.report import EpochSummary, summarize
 from fitlens.explain.writer import Explained, ReportWriter
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 #: Inputs from this size up get progress lines on stderr (bytes; also the step on a pipe).
 PROGRESS_BYTES = 50_000_000
-#: Epochs analysed together (:func:`fitlens.explain.analysis.prepare`): at most this many, and
+#: Epochs analysed together (:func:`fitlens.explain.jumps.prepare`): at most this many, and
 #: no more once they hold :data:`BATCH_DISPLAYS` displays (memory stays flat).
 BATCH_EPOCHS = 128
 #: Displays (all metrics) that close a batch of epochs.

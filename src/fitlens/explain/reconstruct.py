@@ -785,6 +785,24 @@ class EndCandidates(NamedTuple):
         )
 
 
+def first_within(held: Sequence[EndCandidates], enough: np.ndarray) -> list[int]:
+    """For each metric, :meth:`EndCandidates.scan`'s pick over all its windows when one is
+    precise: the index of the first whose half-width is at most ``enough[i]``, else -1.
+
+    Args:
+        held: Windows of one batch (from a single :func:`ranged_end_candidates` call).
+        enough: Per metric, the half-width that ends the search.
+    """
+    if not held:
+        return []
+    batch = held[0].batch
+    rows = np.array([h.row for h in held])
+    sizes = np.array([h.size for h in held])
+    fits = batch.width[rows] <= enough[:, None]
+    fits &= np.arange(fits.shape[1]) < sizes[:, None]
+    return np.where(fits.any(axis=1), fits.argmax(axis=1), -1).tolist()
+
+
 def ranged_end_candidates(
     series: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     end_weights: Sequence[tuple[float | None, float | None]],
@@ -875,3 +893,65 @@ def ranged_end_candidates(
             zip(ends.tolist(), held.tolist(), empties.tolist(), strict=True)
         )
     ]
+
+
+def bounds_rows(
+    start: tuple[np.ndarray, np.ndarray, np.ndarray],
+    end: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    clip: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`window_bounds` for many windows at once, one per row: the same doubles.
+
+    The same operations in the same order as :func:`window_bounds` (its :func:`exact_window`
+    path when the end weight is exact), elementwise; ``min``/``max`` of the eight corners are
+    folded in the same order with the same tie rule (the earlier corner wins), and the clip is
+    :func:`_clip_one`'s selections. A row whose largest end weight does not exceed its start
+    is an error in :func:`window_bounds`; here its numbers are meaningless and the caller must
+    not use them.
+
+    Args:
+        start: ``(w_j, m_j, h_j)``: the start's weight (0 for the epoch start), mean and
+            rounding half-width.
+        end: ``(w_lo, w_hi, m_k, h_k)``: the end's smallest and largest weight (equal when
+            exact; ``w_lo`` already at most ``w_hi``), mean and half-width.
+        clip: ``(clipped, lo, hi)``: whether each row has a known range, and the range.
+
+    Returns:
+        ``(value, low, high)``.
+    """
+    w_j, m_j, h_j = start
+    w_lo, w_hi, m_k, h_k = end
+    clipped, lo, hi = clip
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        span = w_hi - w_j
+        value = (w_hi * m_k - w_j * m_j) / span
+        half = (w_hi * h_k + w_j * h_j) / span
+        corners = [
+            (w * mk - w_j * mj) / (w - w_j)
+            for w in (w_lo, w_hi)
+            for mk in (m_k - h_k, m_k + h_k)
+            for mj in (m_j - h_j, m_j + h_j)
+        ]
+        low_c = high_c = corners[0]
+        for corner in corners[1:]:
+            low_c = np.where(corner < low_c, corner, low_c)
+            high_c = np.where(corner > high_c, corner, high_c)
+        exact = w_lo == w_hi
+        unbounded = w_lo <= w_j
+        low = np.where(exact, value - half, np.where(unbounded, -math.inf, low_c))
+        high = np.where(exact, value + half, np.where(unbounded, math.inf, high_c))
+        finite = np.isfinite(low) & np.isfinite(high)
+        slack = _SLACK * (np.abs(low) + np.abs(high) + 1.0)
+        low = np.where(finite, low - slack, low)
+        high = np.where(finite, high + slack, high)
+    c_low = np.where(lo > low, lo, low)
+    c_high = np.where(hi < high, hi, high)
+    crossed = c_low > c_high
+    c_low, c_high = np.where(crossed, lo, c_low), np.where(crossed, hi, c_high)
+    c_value = np.where(lo > value, lo, value)
+    c_value = np.where(hi < c_value, hi, c_value)
+    return (
+        np.where(clipped, c_value, value),
+        np.where(clipped, c_low, low),
+        np.where(clipped, c_high, high),
+    )
