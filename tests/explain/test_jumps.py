@@ -121,7 +121,7 @@ def test_windows_computed_ahead_choose_the_same_end_level_and_last_window(n, dat
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([1, 2, 3, 5, 17, 40]), min_size=2, max_size=6), st.data())
+@given(st.lists(st.sampled_from([1, 2, 3, 5, 17, 40, 80]), min_size=2, max_size=6), st.data())
 def test_boundaries_of_a_prepared_batch_are_those_of_epochs_one_at_a_time(sizes, data):
     """jumps.prepare (first and last displays, halves, first windows and end windows of a batch
     of epochs at once) gives explain_all exactly the boundaries it finds without it: one

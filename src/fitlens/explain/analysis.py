@@ -183,6 +183,9 @@ class MetricResult:
     _candidates: EndCandidates | None = field(default=None, repr=False)
     _last_pick: int | None = field(default=None, repr=False)
     ahead: Ahead | None = field(default=None, repr=False)
+    #: ``(jump, window)``: :func:`fitlens.explain.jumps.choose_end_window` for that jump,
+    #: computed ahead for a batch of epochs.
+    end_choice: tuple[float, Window] | None = field(default=None, repr=False)
 
     @property
     def ranged(self) -> bool:

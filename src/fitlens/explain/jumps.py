@@ -30,6 +30,7 @@ from fitlens.explain import analysis
 from fitlens.explain.analysis import SCALAR_END_WINDOWS, Ahead, EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
+    EndCandidates,
     Window,
     bounds_rows,
     exact_window,
@@ -109,6 +110,9 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
     Without displays in the second half, the window since the previous display is all there is.
     ``second_half`` is ``_second_half(steps)`` when the caller has it already.
     """
+    choice = metric.end_choice
+    if choice is not None and choice[0] == jump:
+        return choice[1]
     steps, means, halves_ = metric.arrays
     end = int(steps[-1])
     if len(steps) == 1:
@@ -381,6 +385,47 @@ def prepare(results: Sequence[EpochResult]) -> None:
             early,
             late,
         )
+    _choose_ahead(results)
+
+
+def _choose_ahead(results: Sequence[EpochResult]) -> None:
+    """:func:`choose_end_window` for every running mean whose next epoch is in the batch, at
+    once, where the windows held decide it (the first precise one among the candidates held,
+    or the narrowest when they are all the candidates); the rest is left to it."""
+    pairs: list[tuple[MetricResult, EndCandidates, float, int]] = []
+    batch = None
+    for before, after in itertools.pairwise(results):
+        for name, a in before.metrics.items():
+            b = after.metrics.get(name)
+            held = a.held
+            if b is None or held is None or a.ahead is None or b.ahead is None:
+                continue
+            if b.kind != "running_mean" or (batch is not None and held.batch is not batch):
+                continue
+            batch = held.batch
+            jump = b.ahead.first.mean - a.ahead.last.mean
+            pairs.append((a, held, jump, len(a.arrays[0]) - 1 - a.ahead.second_half))
+    if batch is None:
+        return
+    rows = np.array([p[1].row for p in pairs])
+    sizes = np.array([p[1].size for p in pairs])
+    jumps = np.array([p[2] for p in pairs])
+    candidates = np.array([p[3] for p in pairs])
+    count = np.minimum(np.maximum(candidates, 1), sizes)
+    enough = np.where(candidates > 0, np.abs(jumps) / 4, -1.0)
+    width = batch.width[rows]
+    within = np.arange(width.shape[1]) < count[:, None]
+    fits = (width <= enough[:, None]) & within
+    precise = fits.any(axis=1)
+    narrowest = np.argmin(np.where(within, width, np.inf), axis=1)
+    pick = np.where(precise, fits.argmax(axis=1), narrowest)
+    # The scan's strict comparisons and argmin agree unless a width is NaN: leave those.
+    decided = (precise | (candidates <= count)) & ~np.isnan(np.where(within, width, 0.0)).any(
+        axis=1
+    )
+    for (a, held, jump, _), i, done in zip(pairs, pick.tolist(), decided.tolist(), strict=True):
+        if done:
+            a.end_choice = (jump, held.window(i))
 
 
 def _fractions(lag_low: float, lag_high: float, jump: float) -> tuple[float, float]:
