@@ -35,6 +35,7 @@ from fitlens.explain.reconstruct import (
     bounds_rows,
     exact_window,
     narrowest_end_window,
+    ranged_end_candidates,
     window_bounds,
 )
 
@@ -413,19 +414,49 @@ def _choose_ahead(results: Sequence[EpochResult]) -> None:
     candidates = np.array([p[3] for p in pairs])
     count = np.minimum(np.maximum(candidates, 1), sizes)
     enough = np.where(candidates > 0, np.abs(jumps) / 4, -1.0)
-    width = batch.width[rows]
-    within = np.arange(width.shape[1]) < count[:, None]
-    fits = (width <= enough[:, None]) & within
-    precise = fits.any(axis=1)
-    narrowest = np.argmin(np.where(within, width, np.inf), axis=1)
-    pick = np.where(precise, fits.argmax(axis=1), narrowest)
-    # The scan's strict comparisons and argmin agree unless a width is NaN: leave those.
-    decided = (precise | (candidates <= count)) & ~np.isnan(np.where(within, width, 0.0)).any(
-        axis=1
-    )
-    for (a, held, jump, _), i, done in zip(pairs, pick.tolist(), decided.tolist(), strict=True):
+    pick, precise, clean = _pick(batch.width[rows], count, enough)
+    decided = (precise | (candidates <= count)) & clean
+    rest = []
+    for r, ((a, held, jump, _), i, done) in enumerate(
+        zip(pairs, pick.tolist(), decided.tolist(), strict=True)
+    ):
         if done:
             a.end_choice = (jump, held.window(i))
+        elif clean[r]:
+            rest.append(r)
+    if not rest:
+        return
+    # No held window is precise and there are more candidates: all of them, for these
+    # metrics at once (the same doubles as MetricResult.end_windows, the displays being finite).
+    metrics = [pairs[r][0] for r in rest]
+    wide = ranged_end_candidates(
+        [m.arrays for m in metrics],
+        [(m.end_weight_low, m.end_weight_high) for m in metrics],
+        [m.clip for m in metrics],
+        int(candidates[rest].max()),
+    )
+    pick, _, clean = _pick(wide[0].batch.width, candidates[rest], enough[rest])
+    for m, r, held, i, ok in zip(metrics, rest, wide, pick.tolist(), clean.tolist(), strict=True):
+        if ok and held.empty == held.size:
+            m.end_choice = (pairs[r][2], held.window(i))
+
+
+def _pick(
+    width: np.ndarray, count: np.ndarray, enough: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``width``, among its first ``count`` columns: the first at most ``enough``,
+    else the narrowest (the first of equals), as :meth:`EndCandidates.scan` picks.
+
+    Returns:
+        ``(pick, precise, clean)``: the column, whether it is within ``enough``, and whether
+        the row has no NaN (where strict comparisons and ``argmin`` could disagree).
+    """
+    within = np.arange(width.shape[1]) < count[:, None]
+    fits = (width <= enough[:, None]) & within
+    precise = np.asarray(fits.any(axis=1))
+    narrowest = np.argmin(np.where(within, width, np.inf), axis=1)
+    clean = np.asarray(~np.isnan(np.where(within, width, 0.0)).any(axis=1))
+    return np.where(precise, fits.argmax(axis=1), narrowest), precise, clean
 
 
 def _fractions(lag_low: float, lag_high: float, jump: float) -> tuple[float, float]:
