@@ -223,11 +223,14 @@ def explain_stream(
     progress: ReadProgress | None = None,
     chart: ChartData | None = None,
 ) -> Explained:
-    """Run the whole pipeline on a binary stream, one epoch at a time.
+    """Run the whole pipeline on a binary stream, a batch of epochs at a time.
 
-    Only the previous epoch's reconstruction is held (for its boundary with the next); every
-    epoch is reduced to a summary as soon as its boundary is explained, and handed to
-    ``writer`` if there is one (then the returned object holds no epochs: memory stays flat).
+    Epochs are analysed in batches of at most :data:`BATCH_EPOCHS` (fewer when they hold
+    :data:`BATCH_DISPLAYS` displays): :func:`fitlens.explain.jumps.prepare` computes their
+    windows with a few array passes over the whole batch, bit for bit what one epoch at a time
+    gives. Then each epoch is reduced to a summary as soon as its boundary is explained, and
+    handed to ``writer`` if there is one (then the returned object holds no epochs: memory stays
+    flat, one batch and the previous epoch).
 
     Args:
         stream: The log's bytes.
