@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fitlens.explain import command
 from fitlens.explain.command import main
 
 SRC = Path(__file__).parents[2] / "src"
@@ -276,3 +278,48 @@ def test_a_small_log_gets_no_progress_lines_and_quiet_hides_the_files_written(
     assert capsys.readouterr().err.startswith("fitlens explain: page written to")
     assert main([str(log), "--html", str(out), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def _varied_log(path: Path, seed: int) -> None:
+    """A Keras 2 log whose last lines show ms/step (so the last batch may be partial), with
+    epochs from 2 to 40 steps (shorter and longer than the windows computed ahead), noisy values
+    and a few shown every other step."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(1, 61):
+        target = rng.choice([2, 3, 5, 16, 17, 18, 40, 100])
+        level, acc = rng.uniform(0.1, 2.0), rng.uniform(0.3, 0.99)
+        stride = rng.choice([1, 1, 2])
+        out.append(f"Epoch {k}/60\n")
+        for step in [*range(1, target, stride), target]:
+            loss = level * (1 + rng.uniform(-0.2, 0.2) / step)
+            a = min(1.0, acc + rng.uniform(-0.3, 0.3) / step)
+            tail = "- 1s 5ms/step" if step == target else "- ETA: 1s"
+            out.append(f"{step:3d}/{target} [==>...] {tail} - loss: {loss:.4f} - acc: {a:.4f}\n")
+    path.write_text("".join(out))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_epochs_analysed_in_batches_report_exactly_what_one_at_a_time_does(
+    tmp_path, capsys, monkeypatch, seed
+):
+    """The windows computed ahead for a batch of epochs (explain_stream's batches, cut by epoch
+    count or by displays, a partial batch at the end) give byte for byte the report and JSON
+    that the scalar scan per epoch gives."""
+    path = tmp_path / "train.log"
+    _varied_log(path, seed)
+    outputs = {}
+    for epochs, displays in [(128, 65_536), (7, 65_536), (1, 65_536), (128, 50)]:
+        monkeypatch.setattr(command, "BATCH_EPOCHS", epochs)
+        monkeypatch.setattr(command, "BATCH_DISPLAYS", displays)
+        for args in ([], ["--json"]):
+            assert main([str(path), *args]) == 0
+            outputs[(epochs, displays, *args)] = capsys.readouterr().out
+    monkeypatch.setattr(command, "prepare", lambda results: None)  # the scalar scan alone
+    for args in ([], ["--json"]):
+        assert main([str(path), *args]) == 0
+        alone = capsys.readouterr().out
+        assert "averaging lag" in alone or args
+        for key, text in outputs.items():
+            if key[2:] == tuple(args):
+                assert text == alone, key

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fitlens.explain.analysis import Options, analyze
-from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import boundaries
+from fitlens.explain.analysis import EpochResult, MetricResult, Options, analyze, prepare
+from fitlens.explain.epochs import Epoch, Series, split_epochs
+from fitlens.explain.jumps import boundaries, choose_end_window, explain_all
+from fitlens.explain.jumps import prepare as prepare_boundaries
 from fitlens.explain.parse import iter_records
 
 
@@ -86,3 +89,70 @@ def test_a_headerless_bar_after_headed_epochs_is_not_compared():
     results = list(analyze(split_epochs(iter_records([data])), Options()))
     assert len(results) == 3
     assert [b.from_epoch for b in boundaries(results)] == [1]
+
+
+def _metric(steps: list[int], means: list[float], half: float, weights, clip) -> MetricResult:
+    """A running mean shown at ``steps`` with the given end weights and clip."""
+    series = Series()
+    for step, mean in zip(steps, means, strict=True):
+        series.add(step, mean, half)
+    return MetricResult("acc", "running_mean", series, 100 * half, *weights, clip)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(st.sampled_from([2, 3, 17, 33, 34, 80, 200]), st.data())
+def test_windows_computed_ahead_choose_the_same_end_level_and_last_window(n, data):
+    """analysis.prepare's windows (a batch of epochs) give choose_end_window and the report's
+    last window exactly what the scalar scan and end_bounds give one epoch at a time: epochs
+    shorter and longer than the windows held, jumps that no held window meets, both clips."""
+    steps = sorted(data.draw(st.sets(st.integers(1, 400), min_size=n, max_size=n)))
+    values = data.draw(st.lists(st.floats(-2.0, 2.0), min_size=n, max_size=n))
+    half = data.draw(st.sampled_from([0.5e-4, 0.5e-2, 0.0]))
+    means = [round(v, 4) for v in values]
+    last = steps[-1]
+    weights = data.draw(st.sampled_from([(last - 1.0, None), (last - 1 + 0.375, last - 1 + 0.375)]))
+    clip = data.draw(st.sampled_from([None, (0.0, 1.0)]))
+    jump = data.draw(st.sampled_from([0.0, 1e-5, 1e-3, 0.05, 0.5, -0.2]))
+    ahead, alone = (_metric(steps, means, half, weights, clip) for _ in range(2))
+    prepare([EpochResult(Epoch(1), "samples", "any", metrics={"acc": ahead})])
+    assert ahead.held is not None
+    assert repr(choose_end_window(ahead, jump)) == repr(choose_end_window(alone, jump))
+    assert repr(ahead.last_window) == repr(alone.last_window)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([1, 2, 3, 5, 17, 40, 80]), min_size=2, max_size=6), st.data())
+def test_boundaries_of_a_prepared_batch_are_those_of_epochs_one_at_a_time(sizes, data):
+    """jumps.prepare (first and last displays, halves, first windows and end windows of a batch
+    of epochs at once) gives explain_all exactly the boundaries it finds without it: one
+    display, exact or partial last batches, clipped or not, epochs of any length."""
+
+    def epochs() -> list[EpochResult]:
+        return [
+            EpochResult(
+                Epoch(k + 1, target=target, last_step=target),
+                "samples",
+                metrics={name: _metric(*shown, weight, clip) for name, shown, weight, clip in rows},
+            )
+            for k, (target, rows) in enumerate(plan)
+        ]
+
+    plan = []
+    for n in sizes:
+        steps = sorted(data.draw(st.sets(st.integers(1, 120), min_size=n, max_size=n)))
+        rows = []
+        for name, clip in (("loss", None), ("acc", (0.0, 1.0))):
+            values = data.draw(st.lists(st.floats(-0.5, 1.5), min_size=n, max_size=n))
+            half = data.draw(st.sampled_from([0.5e-4, 0.5e-2]))
+            last = steps[-1]
+            weight = data.draw(
+                st.sampled_from([(None, None), (last - 1.0, None), (last - 0.5, last - 0.5)])
+            )
+            rows.append((name, (steps, [round(v, 4) for v in values], half), weight, clip))
+        plan.append((steps[-1], rows))
+    ahead, alone = epochs(), epochs()
+    prepare_boundaries(ahead)
+    for k in range(len(plan) - 1):
+        assert repr(explain_all(ahead[k], ahead[k + 1])) == repr(
+            explain_all(alone[k], alone[k + 1])
+        )

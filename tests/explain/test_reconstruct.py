@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
     Window,
+    bounds_rows,
     end_bounds,
     exact_window,
     last_window,
     narrowest_end_window,
+    ranged_end_candidates,
     ranged_end_window,
     reconstruct,
     reconstruct_arrays,
@@ -289,6 +291,20 @@ def _any_displays(draw: st.DrawFn, least: int = 2) -> tuple[np.ndarray, np.ndarr
     return np.array(steps, dtype=np.int64), np.array(means), np.array(halves)
 
 
+def _end_weight_choices(steps: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """End weights of a last display: any last batch, a range from far back, one starting at
+    the display before, a known partial batch, a range past the counter, none."""
+    last = int(steps[-1])
+    return [
+        (last - 1.0, None),
+        (0.5, None),
+        (float(steps[-2]), None),
+        (last - 1 + 0.375, last - 1 + 0.375),
+        (last - 0.5, last + 2.0),
+        (None, None),
+    ]
+
+
 @settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
 @given(_any_displays(), st.data())
 def test_the_scalar_ranged_end_window_scan_picks_what_the_corner_arrays_pick(arrays, data):
@@ -298,18 +314,7 @@ def test_the_scalar_ranged_end_window_scan_picks_what_the_corner_arrays_pick(arr
     steps, means, halves = arrays
     n = len(steps)
     last = int(steps[-1])
-    low_weight, high_weight = data.draw(
-        st.sampled_from(
-            [
-                (last - 1.0, None),
-                (0.5, None),
-                (float(steps[-2]), None),
-                (last - 1 + 0.375, last - 1 + 0.375),
-                (last - 0.5, last + 2.0),
-                (None, None),
-            ]
-        )
-    )
+    low_weight, high_weight = data.draw(st.sampled_from(_end_weight_choices(steps)))
     count = data.draw(st.integers(1, n + 2))
     enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 0.01, 1.0, 1e20, math.inf]))
     clip = data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)]))
@@ -360,3 +365,89 @@ def test_the_last_window_starts_where_the_tolerance_is_met_exactly():
     alone = last_window(steps, means, halves, 0.75)
     assert alone == window_columns(steps, means, halves, 0.75).row(-1)
     assert (alone.first_batch, alone.last_batch) == (3, 4)
+
+
+#: Displayed values for the batched scan: those of _any_value, and NaN and infinities too.
+_odd_value = st.one_of(_any_value, st.sampled_from([math.nan, math.inf, -math.inf, -0.0]))
+
+
+@st.composite
+def _odd_displays(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like _any_displays, with NaN, infinities and -0.0 among the values; short or long."""
+    steps = sorted(draw(st.sets(st.integers(1, 10**6), min_size=2, max_size=40)))
+    means = [draw(_odd_value) for _ in steps]
+    halves = [draw(st.sampled_from([0.5e-4, 0.5e-8, 0.0, 0.5])) for _ in steps]
+    return np.array(steps, dtype=np.int64), np.array(means), np.array(halves)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
+@given(st.lists(_odd_displays(), min_size=1, max_size=5), st.data())
+def test_the_batched_ranged_candidates_scan_bit_for_bit_as_the_scalar_scan(series, data):
+    """ranged_end_candidates (every metric of a batch of epochs at once) then
+    EndCandidates.scan give exactly ranged_end_window's answer for every count and threshold:
+    the same doubles (signed zeros, NaN, infinities), the same pick, the same give-up."""
+    weights, clips = [], []
+    for steps, _, _ in series:
+        choices = [*_end_weight_choices(steps), (None, float(steps[-2]))]  # the last: all empty
+        weights.append(data.draw(st.sampled_from(choices)))
+        clips.append(data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)])))
+    most = data.draw(st.integers(1, 20))
+    batch = ranged_end_candidates(series, weights, clips, most)
+    for (steps, means, halves), (low_w, high_w), clip, held in zip(
+        series, weights, clips, batch, strict=True
+    ):
+        assert held.size == min(most, len(steps))
+        for count in {1, most, data.draw(st.integers(1, most))}:
+            enough = data.draw(st.sampled_from([-1.0, 0.0, 1e-4, 0.01, 1.0, math.inf, math.nan]))
+            expected = ranged_end_window(
+                steps,
+                means,
+                halves,
+                count,
+                enough,
+                end_weight_low=low_w,
+                end_weight_high=high_w,
+                clip=clip,
+            )
+            assert repr(held.scan(count, enough)) == repr(expected)
+
+
+@settings(derandomize=True, max_examples=_EXAMPLES * 2, deadline=None)
+@given(st.lists(st.tuples(_odd_displays(), st.data()), min_size=1, max_size=6))
+def test_window_bounds_on_rows_is_bit_identical_to_window_bounds(rows):
+    """bounds_rows (many windows at once, one per row) gives window_bounds' doubles exactly:
+    exact and ranged end weights, the epoch start, unbounded windows, both clips, NaN,
+    infinities and signed zeros."""
+    cases = []
+    for (steps, means, halves), data in rows:
+        k = data.draw(st.integers(1, len(steps) - 1))
+        j = data.draw(st.integers(-1, k - 1))  # -1: the epoch start
+        start = None if j < 0 else Shown(int(steps[j]), float(means[j]), float(halves[j]))
+        end = Shown(int(steps[k]), float(means[k]), float(halves[k]))
+        low_w, high_w = data.draw(
+            st.sampled_from(
+                [(None, None), (end.step - 1.0, None), (0.25, None), (end.step - 0.625,) * 2]
+            )
+        )
+        clip = data.draw(st.sampled_from([None, (0.0, 1.0), (-0.5, 0.25)]))
+        cases.append((start, end, low_w, high_w, clip))
+    w_j = np.array([0.0 if s is None else float(s.step) for s, *_ in cases])
+    m_j = np.array([0.0 if s is None else s.mean for s, *_ in cases])
+    h_j = np.array([0.0 if s is None else s.half for s, *_ in cases])
+    w_hi = np.array([float(e.step) if hw is None else hw for _, e, _, hw, _ in cases])
+    w_lo = np.array(
+        [h if lw is None else min(lw, h) for (_, _, lw, _, _), h in zip(cases, w_hi, strict=True)]
+    )
+    m_k = np.array([e.mean for _, e, *_ in cases])
+    h_k = np.array([e.half for _, e, *_ in cases])
+    clips = [c for *_, c in cases]
+    clipped = np.array([c is not None for c in clips])
+    lo = np.array([0.0 if c is None else c[0] for c in clips])
+    hi = np.array([0.0 if c is None else c[1] for c in clips])
+    value, low, high = bounds_rows((w_j, m_j, h_j), (w_lo, w_hi, m_k, h_k), (clipped, lo, hi))
+    for r, (start, end, low_w, high_w, clip) in enumerate(cases):
+        expected = window_bounds(
+            start, end, end_weight_low=low_w, end_weight_high=high_w, clip=clip
+        )
+        got = (float(value[r]), float(low[r]), float(high[r]))
+        assert repr(got) == repr(tuple(expected[2:])), r

@@ -25,18 +25,21 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from fitlens.explain.epochs import Epoch, Series, Shown
 from fitlens.explain.reconstruct import (
+    EndCandidates,
     Window,
     WindowColumns,
     end_bounds,
+    first_within,
     last_window,
+    ranged_end_candidates,
     ranged_end_window,
     window_columns,
 )
@@ -121,6 +124,29 @@ class Options:
         return (self.samples - (target - 1) * self.batch_size) / self.batch_size
 
 
+class Ahead(NamedTuple):
+    """What a boundary needs of one metric, computed for a batch of epochs at once
+    (:func:`fitlens.explain.jumps.prepare`); the same values as computed one by one.
+
+    Attributes:
+        first: The first display.
+        last: The last display.
+        first_window: The window from the epoch start to the first display.
+        second_half: Index of the first display before the last at or after half its step.
+        sees_end: Whether a display before the last is in the epoch's second half.
+        early: The window over the first half (``None`` with one display).
+        late: The window over the second half (``None`` with one display).
+    """
+
+    first: Shown
+    last: Shown
+    first_window: Window
+    second_half: int
+    sees_end: bool
+    early: Window | None
+    late: Window | None
+
+
 @dataclass
 class MetricResult:
     """One metric in one epoch.
@@ -154,6 +180,43 @@ class MetricResult:
     _shortest: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
         default=None, repr=False
     )
+    _candidates: EndCandidates | None = field(default=None, repr=False)
+    _last_pick: int | None = field(default=None, repr=False)
+    ahead: Ahead | None = field(default=None, repr=False)
+    #: ``(jump, window)``: :func:`fitlens.explain.jumps.choose_end_window` for that jump,
+    #: computed ahead for a batch of epochs.
+    end_choice: tuple[float, Window] | None = field(default=None, repr=False)
+
+    @property
+    def ranged(self) -> bool:
+        """Whether the last display's weight is a range or a known partial batch."""
+        return self.end_weight_low is not None or self.end_weight_high is not None
+
+    @property
+    def held(self) -> EndCandidates | None:
+        """The :data:`SHORTEST` windows that end the epoch as :func:`prepare` computed them for
+        a batch of epochs (all of them in a shorter epoch), when it did and none is empty: the
+        same doubles as :attr:`shortest_end_windows` (displays are finite), as lists."""
+        held = self._candidates
+        return held if held is not None and held.empty == held.size else None
+
+    def ranged_end_window(self, count: int, enough: float) -> tuple[Window, bool] | None:
+        """:func:`~fitlens.explain.reconstruct.ranged_end_window` of the displays (at least two),
+        from the windows :func:`prepare` computed for a batch of epochs when it did."""
+        held = self._candidates
+        if held is not None and (count <= held.size or held.size == len(self.arrays[0])):
+            return held.scan(count, enough)
+        steps, means, halves = self.arrays
+        return ranged_end_window(
+            steps,
+            means,
+            halves,
+            count,
+            enough,
+            end_weight_low=self.end_weight_low,
+            end_weight_high=self.end_weight_high,
+            clip=self.clip,
+        )
 
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,20 +263,29 @@ class MetricResult:
         if self.tolerance is None:
             return None
         steps, means, halves = self.arrays
-        if self.end_weight_low is not None or self.end_weight_high is not None:
+        held = self.held
+        if held is not None:
+            # The same search on the windows computed ahead: the first precise one, else the
+            # whole epoch when they are all there are, else all windows from the arrays.
+            if self._last_pick is None:
+                window, precise = held.pick(held.size, self.tolerance)
+                if precise:
+                    return window
+            elif self._last_pick >= 0:
+                return held.window(self._last_pick)
+            if held.size == len(steps):
+                return held.window(len(steps) - 1)
+            first, value, low, high = self.end_windows
+            fits = np.flatnonzero((high - low) / 2 <= self.tolerance)
+            i = int(fits[0]) if len(fits) else len(first) - 1
+            return Window(
+                int(first[i]), int(steps[-1]), float(value[i]), float(low[i]), float(high[i])
+            )
+        if self.ranged:
             # window_columns' last window: the shortest one ending the epoch that is precise
             # enough (usually among the few shortest, tried on scalars), else the whole epoch.
             if len(steps) > 1:
-                found = ranged_end_window(
-                    steps,
-                    means,
-                    halves,
-                    SCALAR_END_WINDOWS,
-                    self.tolerance,
-                    end_weight_low=self.end_weight_low,
-                    end_weight_high=self.end_weight_high,
-                    clip=self.clip,
-                )
+                found = self.ranged_end_window(SCALAR_END_WINDOWS, self.tolerance)
                 if found is not None and found[1]:
                     return found[0]
             first, value, low, high = self.shortest_end_windows
@@ -374,6 +446,34 @@ def analyze_epoch(epoch: Epoch, options: Options) -> EpochResult:
             name, kind, series, tolerance, low, high, clip, _arrays=arrays
         )
     return result
+
+
+def prepare(results: Sequence[EpochResult]) -> None:
+    """Compute ahead, for a batch of epochs at once, the windows that end each epoch whose last
+    batch may be partial (what :meth:`MetricResult.ranged_end_window` scans for the report's
+    last window and for the level before each jump).
+
+    The answers are the same as without it, bit for bit; one pass of array arithmetic over a
+    batch replaces a loop on scalars per metric and epoch (the bulk of the work on short epochs).
+    """
+    metrics = [
+        m
+        for result in results
+        for m in result.metrics.values()
+        if m.kind == "running_mean" and m.ranged and m._candidates is None and len(m.arrays[0]) > 1
+    ]
+    found = ranged_end_candidates(
+        [m.arrays for m in metrics],
+        [(m.end_weight_low, m.end_weight_high) for m in metrics],
+        [m.clip for m in metrics],
+        SHORTEST,
+    )
+    for m, held in zip(metrics, found, strict=True):
+        m._candidates = held
+    # The report's last window: the first within the tolerance, found for all at once.
+    tolerances = np.array([math.nan if m.tolerance is None else m.tolerance for m in metrics])
+    for m, i in zip(metrics, first_within(found, tolerances), strict=True):
+        m._last_pick = i
 
 
 def analyze(epochs: Iterable[Epoch], options: Options) -> Iterator[EpochResult]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from fitlens.explain.analysis import EpochResult, Options, analyze
 from fitlens.explain.epochs import split_epochs
-from fitlens.explain.jumps import Boundary, explain_all, is_training
+from fitlens.explain.jumps import Boundary, explain_all, is_training, prepare
 from fitlens.explain.parse import ParseStats, iter_records, read_chunks
 from fitlens.explain.report import EpochSummary, summarize
 from fitlens.explain.writer import Explained, ReportWriter
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 #: Inputs from this size up get progress lines on stderr (bytes; also the step on a pipe).
 PROGRESS_BYTES = 50_000_000
+#: Epochs analysed together (:func:`fitlens.explain.jumps.prepare`): at most this many, and
+#: no more once they hold :data:`BATCH_DISPLAYS` displays (memory stays flat).
+BATCH_EPOCHS = 128
+#: Displays (all metrics) that close a batch of epochs.
+BATCH_DISPLAYS = 65_536
 
 
 class UserError(Exception):
@@ -183,6 +188,30 @@ def _checked_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
     return itertools.chain([first], chunks)
 
 
+def _prepared(
+    results: Iterator[EpochResult], progress: ReadProgress | None
+) -> Iterator[EpochResult]:
+    """``results`` in order, each batch of them put through :func:`prepare` before its first
+    is handed on.
+
+    ``progress`` counts epochs as they are read, as without batches.
+    """
+    batch: list[EpochResult] = []
+    displays = 0
+    for result in results:
+        batch.append(result)
+        if progress is not None:
+            progress.epochs += 1
+        # At most one display per step and metric.
+        displays += result.epoch.last_step * len(result.metrics)
+        if len(batch) >= BATCH_EPOCHS or displays >= BATCH_DISPLAYS:
+            prepare(batch)
+            yield from batch
+            batch, displays = [], 0
+    prepare(batch)
+    yield from batch
+
+
 def explain_stream(
     stream: BinaryIO,
     name: str,
@@ -194,11 +223,14 @@ def explain_stream(
     progress: ReadProgress | None = None,
     chart: ChartData | None = None,
 ) -> Explained:
-    """Run the whole pipeline on a binary stream, one epoch at a time.
+    """Run the whole pipeline on a binary stream, a batch of epochs at a time.
 
-    Only the previous epoch's reconstruction is held (for its boundary with the next); every
-    epoch is reduced to a summary as soon as its boundary is explained, and handed to
-    ``writer`` if there is one (then the returned object holds no epochs: memory stays flat).
+    Epochs are analysed in batches of at most :data:`BATCH_EPOCHS` (fewer when they hold
+    :data:`BATCH_DISPLAYS` displays): :func:`fitlens.explain.jumps.prepare` computes their
+    windows with a few array passes over the whole batch, bit for bit what one epoch at a time
+    gives. Then each epoch is reduced to a summary as soon as its boundary is explained, and
+    handed to ``writer`` if there is one (then the returned object holds no epochs: memory stays
+    flat, one batch and the previous epoch).
 
     Args:
         stream: The log's bytes.
@@ -225,10 +257,8 @@ def explain_stream(
     headers_seen = False
     any_metric = False
     epochs = 0
-    for result in analyze(split_epochs(records), options):
+    for result in _prepared(analyze(split_epochs(records), options), progress):
         epochs += 1
-        if progress is not None:
-            progress.epochs = epochs
         training = is_training(result, headers_seen)
         headers_seen = headers_seen or result.epoch.header is not None
         any_metric = any_metric or bool(result.metrics)

@@ -26,13 +26,16 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from fitlens.explain.analysis import SCALAR_END_WINDOWS, EpochResult, MetricResult
+from fitlens.explain import analysis
+from fitlens.explain.analysis import SCALAR_END_WINDOWS, Ahead, EpochResult, MetricResult
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
+    EndCandidates,
     Window,
+    bounds_rows,
     exact_window,
     narrowest_end_window,
-    ranged_end_window,
+    ranged_end_candidates,
     window_bounds,
 )
 
@@ -108,6 +111,9 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
     Without displays in the second half, the window since the previous display is all there is.
     ``second_half`` is ``_second_half(steps)`` when the caller has it already.
     """
+    choice = metric.end_choice
+    if choice is not None and choice[0] == jump:
+        return choice[1]
     steps, means, halves_ = metric.arrays
     end = int(steps[-1])
     if len(steps) == 1:
@@ -131,19 +137,18 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
         window, found = narrowest_end_window(steps, means, halves_, count, enough, metric.clip)
         if found or candidates <= count:
             return window
+    elif (held := metric.held) is not None:
+        # A partial last batch, its windows computed ahead: the same search on them.
+        count = min(max(candidates, 1), held.size)
+        window, found = held.pick(count, abs(jump) / 4 if candidates else -1.0)
+        if found or candidates <= count:
+            return window
+        # None of them is precise and there are more candidates: all of them, below.
+        return _end_window(metric.end_windows, candidates, abs(jump) / 4, end)
     else:
         # A partial last batch: the first few candidates on scalars (the corner bounds).
         count = min(max(candidates, 1), SCALAR_END_WINDOWS)
-        scanned = ranged_end_window(
-            steps,
-            means,
-            halves_,
-            count,
-            abs(jump) / 4 if candidates else -1.0,
-            end_weight_low=metric.end_weight_low,
-            end_weight_high=metric.end_weight_high,
-            clip=metric.clip,
-        )
+        scanned = metric.ranged_end_window(count, abs(jump) / 4 if candidates else -1.0)
         if scanned is not None and (scanned[1] or candidates <= count):
             return scanned[0]
     # The windows from end_bounds, shortest first (the candidates are the first ones): the
@@ -152,11 +157,22 @@ def choose_end_window(metric: MetricResult, jump: float, second_half: int | None
     if candidates == 0:
         return Window(int(first[0]), end, float(value[0]), float(low[0]), float(high[0]))
     width = (high[:candidates] - low[:candidates]) / 2
-    precise = np.flatnonzero(width <= abs(jump) / 4)
-    if not len(precise) and len(first) < candidates:
-        first, value, low, high = metric.end_windows
-        width = (high[:candidates] - low[:candidates]) / 2
-        precise = np.flatnonzero(width <= abs(jump) / 4)
+    if not len(np.flatnonzero(width <= abs(jump) / 4)) and len(first) < candidates:
+        return _end_window(metric.end_windows, candidates, abs(jump) / 4, end)
+    return _end_window((first, value, low, high), candidates, abs(jump) / 4, end)
+
+
+def _end_window(
+    ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    candidates: int,
+    enough: float,
+    end: int,
+) -> Window:
+    """Of the first ``candidates`` windows of ``ends`` (:attr:`MetricResult.end_windows`'s
+    columns), the first whose half-width is at most ``enough``, else the narrowest."""
+    first, value, low, high = ends
+    width = (high[:candidates] - low[:candidates]) / 2
+    precise = np.flatnonzero(width <= enough)
     i = int(precise[0]) if len(precise) else int(np.argmin(width))
     return Window(int(first[i]), end, float(value[i]), float(low[i]), float(high[i]))
 
@@ -218,26 +234,19 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
     a, b = before.metrics.get(name), after.metrics.get(name)
     if a is None or b is None or a.kind != "running_mean" or b.kind != "running_mean":
         return None
-    a_steps, a_means, a_halves = a.arrays
-    b_steps, b_means, b_halves = b.arrays
-    end = _display(a_steps, a_means, a_halves, len(a_steps) - 1)
-    first = _display(b_steps, b_means, b_halves, 0)
+    ahead_a, ahead_b = a.ahead or _ahead(a), b.ahead or _ahead(b, with_halves=False)
+    end, first = ahead_a.last, ahead_b.first
     jump = first.mean - end.mean
-    second_half = _second_half(a_steps)
-    end_level = choose_end_window(a, jump, second_half)
-    # window_bounds(None, first): from the epoch start, an exact end weight.
-    next_window = exact_window(
-        0.0, 0.0, 0.0, float(first.step), first.mean, first.half, first.step, b.clip
-    )
+    end_level = choose_end_window(a, jump, ahead_a.second_half)
+    next_window = ahead_b.first_window
     lag_low = end_level.low - (end.mean + end.half)
     lag_high = end_level.high - (end.mean - end.half)
     frac_low, frac_high = _fractions(lag_low, lag_high, jump)
-    early, late = halves(a, second_half)
+    early, late = ahead_a.early, ahead_a.late
     trend = _trend(early, late, jump)
     verdict, reason = _verdict(frac_low, frac_high, trend, jump, end, first)
-    # Steps increase: some display before the last is in the second half if the one before it is.
-    sees_end = len(a_steps) > 1 and int(a_steps[-2]) >= end.step / 2
-    sees_start = first.step < int(b_steps[-1]) or not after.epoch.complete
+    sees_start = first.step < ahead_b.last.step or not after.epoch.complete
+    sees_end = ahead_a.sees_end
     if not (sees_end and sees_start) and reason != "within_rounding":
         # One display per epoch (verbose=2): the log has no view inside the epochs at all.
         verdict, reason = "unknown", "no_view_inside"
@@ -259,6 +268,195 @@ def explain_boundary(before: EpochResult, after: EpochResult, name: str) -> Boun
         verdict,
         reason,
     )
+
+
+def _ahead(metric: MetricResult, with_halves: bool = True) -> Ahead:
+    """:class:`~fitlens.explain.analysis.Ahead` of one metric, on its own (what
+    :func:`prepare` computes for a batch of epochs); without ``early``/``late`` unless
+    ``with_halves`` (the epoch after a boundary needs none)."""
+    steps, means, halves_ = metric.arrays
+    end = _display(steps, means, halves_, len(steps) - 1)
+    first = _display(steps, means, halves_, 0)
+    second_half = _second_half(steps)
+    # window_bounds(None, first): from the epoch start, an exact end weight.
+    first_window = exact_window(
+        0.0, 0.0, 0.0, float(first.step), first.mean, first.half, first.step, metric.clip
+    )
+    early, late = halves(metric, second_half) if with_halves else (None, None)
+    # Steps increase: some display before the last is in the second half if the one before it is.
+    sees_end = len(steps) > 1 and int(steps[-2]) >= end.step / 2
+    return Ahead(first, end, first_window, second_half, sees_end, early, late)
+
+
+def prepare(results: Sequence[EpochResult]) -> None:
+    """Compute ahead, for a batch of epochs at once, what their boundaries need of each
+    running mean (:class:`~fitlens.explain.analysis.Ahead`, and
+    :func:`fitlens.explain.analysis.prepare`'s windows): the same numbers, bit for bit, as
+    :func:`explain_boundary` computes without it, from a few array passes instead of a dozen
+    scalar formulas per metric and epoch."""
+    analysis.prepare(results)
+    metrics = [
+        m
+        for result in results
+        for m in result.metrics.values()
+        if m.kind == "running_mean" and m.ahead is None
+    ]
+    if not metrics:
+        return
+    arrays = [m.arrays for m in metrics]
+    sizes = np.array([len(a[0]) for a in arrays])
+    steps = np.concatenate([a[0] for a in arrays])
+    means = np.concatenate([a[1] for a in arrays])
+    halves_ = np.concatenate([a[2] for a in arrays])
+    rows = len(metrics)
+    lasts = np.cumsum(sizes) - 1
+    starts = lasts + 1 - sizes
+    weights = steps.astype(np.float64)
+    ends = weights[lasts]
+    # _second_half of every row with one search: row r's steps shifted by r * shift keep their
+    # order and sit above every earlier row's (exact in doubles), and its last step is at least
+    # half of itself, so the search never leaves the row.
+    shift = float(weights.max()) + 1.0 if len(weights) else 1.0
+    row = np.arange(rows) * shift
+    found = np.searchsorted(np.repeat(row, sizes) + weights, row + ends / 2, side="left")
+    second = found - starts
+    # halves(): the display nearest the middle (the first of two as near).
+    mid = ends / 2
+    before = np.abs(weights[found - 1] - mid) <= np.abs(weights[found] - mid)
+    middle = found - ((second == sizes - 1) | ((second > 0) & before))
+    many = sizes > 1
+    # window_bounds' end weights: float(end_weight_high) or the last step, and
+    # min(float(end_weight_low), w_hi) (w_hi only when smaller) or w_hi.
+    w_hi = np.array(
+        [
+            e if m.end_weight_high is None else float(m.end_weight_high)
+            for e, m in zip(ends.tolist(), metrics, strict=True)
+        ]
+    )
+    w_lo = np.array(
+        [
+            h if m.end_weight_low is None or h < m.end_weight_low else float(m.end_weight_low)
+            for h, m in zip(w_hi.tolist(), metrics, strict=True)
+        ]
+    )
+    clips = [m.clip for m in metrics]
+    clipped = np.array([c is not None for c in clips])
+    lo = np.array([0.0 if c is None else c[0] for c in clips])
+    hi = np.array([0.0 if c is None else c[1] for c in clips])
+    zero = np.zeros(rows)
+    # Three windows per metric: first display, early half, late half (rows stacked).
+    w_mid = weights[middle]
+    w_first = weights[starts]
+    value, low, high = bounds_rows(
+        (
+            np.concatenate([zero, zero, w_mid]),
+            np.concatenate([zero, zero, means[middle]]),
+            np.concatenate([zero, zero, halves_[middle]]),
+        ),
+        (
+            np.concatenate([w_first, w_mid, w_lo]),
+            np.concatenate([w_first, w_mid, w_hi]),
+            np.concatenate([means[starts], means[middle], means[lasts]]),
+            np.concatenate([halves_[starts], halves_[middle], halves_[lasts]]),
+        ),
+        (np.tile(clipped, 3), np.tile(lo, 3), np.tile(hi, 3)),
+    )
+    # The scalar formulas raise on an empty window: those metrics are left to them.
+    usable = (w_first > 0) & (~many | ((w_mid > 0) & (w_hi > w_mid)))
+    sees_end = many & (weights[lasts - 1] >= mid)
+    value_l, low_l, high_l = value.tolist(), low.tolist(), high.tolist()
+    ints = [steps[starts], steps[middle], steps[lasts], w_mid.astype(np.int64) + 1]
+    first_s, mid_s, last_s, late_first = (a.tolist() for a in ints)
+    columns = (means[starts], halves_[starts], means[lasts], halves_[lasts])
+    first_m, first_h, last_m, last_h = (a.tolist() for a in columns)
+    for r, m in enumerate(metrics):
+        if not usable[r]:
+            continue
+        early = late = None
+        if many[r]:
+            i, k = rows + r, 2 * rows + r
+            early = Window(1, mid_s[r], value_l[i], low_l[i], high_l[i])
+            late = Window(late_first[r], last_s[r], value_l[k], low_l[k], high_l[k])
+        m.ahead = Ahead(
+            Shown(first_s[r], first_m[r], first_h[r]),
+            Shown(last_s[r], last_m[r], last_h[r]),
+            Window(1, first_s[r], value_l[r], low_l[r], high_l[r]),
+            int(second[r]),
+            bool(sees_end[r]),
+            early,
+            late,
+        )
+    _choose_ahead(results)
+
+
+def _choose_ahead(results: Sequence[EpochResult]) -> None:
+    """:func:`choose_end_window` for every running mean whose next epoch is in the batch, at
+    once, where the windows held decide it (the first precise one among the candidates held,
+    or the narrowest when they are all the candidates); the rest is left to it."""
+    pairs: list[tuple[MetricResult, EndCandidates, float, int]] = []
+    batch = None
+    for before, after in itertools.pairwise(results):
+        for name, a in before.metrics.items():
+            b = after.metrics.get(name)
+            held = a.held
+            if b is None or held is None or a.ahead is None or b.ahead is None:
+                continue
+            if b.kind != "running_mean" or (batch is not None and held.batch is not batch):
+                continue
+            batch = held.batch
+            jump = b.ahead.first.mean - a.ahead.last.mean
+            pairs.append((a, held, jump, len(a.arrays[0]) - 1 - a.ahead.second_half))
+    if batch is None:
+        return
+    rows = np.array([p[1].row for p in pairs])
+    sizes = np.array([p[1].size for p in pairs])
+    jumps = np.array([p[2] for p in pairs])
+    candidates = np.array([p[3] for p in pairs])
+    count = np.minimum(np.maximum(candidates, 1), sizes)
+    enough = np.where(candidates > 0, np.abs(jumps) / 4, -1.0)
+    pick, precise, clean = _pick(batch.width[rows], count, enough)
+    decided = (precise | (candidates <= count)) & clean
+    rest = []
+    for r, ((a, held, jump, _), i, done) in enumerate(
+        zip(pairs, pick.tolist(), decided.tolist(), strict=True)
+    ):
+        if done:
+            a.end_choice = (jump, held.window(i))
+        elif clean[r]:
+            rest.append(r)
+    if not rest:
+        return
+    # No held window is precise and there are more candidates: all of them, for these
+    # metrics at once (the same doubles as MetricResult.end_windows, the displays being finite).
+    metrics = [pairs[r][0] for r in rest]
+    wide = ranged_end_candidates(
+        [m.arrays for m in metrics],
+        [(m.end_weight_low, m.end_weight_high) for m in metrics],
+        [m.clip for m in metrics],
+        int(candidates[rest].max()),
+    )
+    pick, _, clean = _pick(wide[0].batch.width, candidates[rest], enough[rest])
+    for m, r, held, i, ok in zip(metrics, rest, wide, pick.tolist(), clean.tolist(), strict=True):
+        if ok and held.empty == held.size:
+            m.end_choice = (pairs[r][2], held.window(i))
+
+
+def _pick(
+    width: np.ndarray, count: np.ndarray, enough: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``width``, among its first ``count`` columns: the first at most ``enough``,
+    else the narrowest (the first of equals), as :meth:`EndCandidates.scan` picks.
+
+    Returns:
+        ``(pick, precise, clean)``: the column, whether it is within ``enough``, and whether
+        the row has no NaN (where strict comparisons and ``argmin`` could disagree).
+    """
+    within = np.arange(width.shape[1]) < count[:, None]
+    fits = (width <= enough[:, None]) & within
+    precise = np.asarray(fits.any(axis=1))
+    narrowest = np.argmin(np.where(within, width, np.inf), axis=1)
+    clean = np.asarray(~np.isnan(np.where(within, width, 0.0)).any(axis=1))
+    return np.where(precise, fits.argmax(axis=1), narrowest), precise, clean
 
 
 def _fractions(lag_low: float, lag_high: float, jump: float) -> tuple[float, float]:

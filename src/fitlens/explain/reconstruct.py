@@ -35,6 +35,7 @@ from fitlens.explain.epochs import Shown
 
 # Relative slack added to every bound: covers float64 rounding in the formula itself.
 _SLACK = 1e-12
+_INF = math.inf
 
 
 class Window(NamedTuple):
@@ -137,7 +138,9 @@ def exact_window(
     value = (w_k * m_k - w_j * m_j) / span
     half = (w_k * h_k + w_j * h_j) / span
     low, high = value - half, value + half
-    if math.isfinite(low) and math.isfinite(high):
+    # math.isfinite written out (the same test): the report calls this a few times per metric
+    # and epoch, where the calls cost more than the arithmetic.
+    if -_INF < low < _INF and -_INF < high < _INF:
         slack = _SLACK * (abs(low) + abs(high) + 1.0)
         low, high = low - slack, high + slack
     if clip is not None:
@@ -718,3 +721,240 @@ def ranged_end_window(
             best, best_width = Window(int(w_j) + 1, end, value, low, high), width
     assert best is not None, "count must be at least 1"
     return best, False
+
+
+class _Candidates(NamedTuple):
+    """Windows of many metrics, one row each, shortest first (see :func:`ranged_end_candidates`)."""
+
+    first: np.ndarray
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    width: np.ndarray
+
+
+class EndCandidates(NamedTuple):
+    """The windows :func:`ranged_end_window` scans for one metric, computed ahead.
+
+    Attributes:
+        end: The last display's counter (every window's last batch).
+        size: How many windows are held: the shortest first, the epoch start last when
+            within reach.
+        empty: Index of the first window that is empty at the largest end weight (the scan
+            gives up there), or ``size``.
+        row: This metric's row in ``batch``.
+        batch: The windows of every metric of the batch (first batch, value, low, high and
+            half-width, one row per metric).
+    """
+
+    end: int
+    size: int
+    empty: int
+    row: int
+    batch: _Candidates
+
+    def scan(self, count: int, enough: float) -> tuple[Window, bool] | None:
+        """:func:`ranged_end_window` with these ``count`` and ``enough`` (``count`` at most the
+        number of windows held, unless they are all there are)."""
+        best = -1
+        best_width = math.inf
+        for i, w in enumerate(self.batch.width[self.row, : min(count, self.size)].tolist()):
+            if i == self.empty:
+                return None
+            if w <= enough:
+                return self.window(i), True
+            if best < 0 or w < best_width:
+                best, best_width = i, w
+        if best < 0:
+            raise ValueError("count must be at least 1")
+        return self.window(best), False
+
+    def pick(self, count: int, enough: float) -> tuple[Window, bool]:
+        """:meth:`scan` when no window is empty (``empty == size``)."""
+        found = self.scan(count, enough)
+        if found is None:
+            raise ValueError("an empty window among those held: scan them instead")
+        return found
+
+    def window(self, i: int) -> Window:
+        """Window ``i``."""
+        b, r = self.batch, self.row
+        return Window(
+            int(b.first[r, i]),
+            self.end,
+            float(b.value[r, i]),
+            float(b.low[r, i]),
+            float(b.high[r, i]),
+        )
+
+
+def first_within(held: Sequence[EndCandidates], enough: np.ndarray) -> list[int]:
+    """For each metric, :meth:`EndCandidates.scan`'s pick over all its windows when one is
+    precise: the index of the first whose half-width is at most ``enough[i]``, else -1.
+
+    Args:
+        held: Windows of one batch (from a single :func:`ranged_end_candidates` call).
+        enough: Per metric, the half-width that ends the search.
+    """
+    if not held:
+        return []
+    batch = held[0].batch
+    rows = np.array([h.row for h in held])
+    sizes = np.array([h.size for h in held])
+    fits = batch.width[rows] <= enough[:, None]
+    fits &= np.arange(fits.shape[1]) < sizes[:, None]
+    return np.where(fits.any(axis=1), fits.argmax(axis=1), -1).tolist()
+
+
+def ranged_end_candidates(
+    series: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    end_weights: Sequence[tuple[float | None, float | None]],
+    clips: Sequence[tuple[float, float] | None],
+    count: int,
+) -> list[EndCandidates]:
+    """The ``count`` shortest windows of :func:`ranged_end_window` for many metrics at once.
+
+    :func:`ranged_end_window` evaluates its windows one by one on scalars; for a short epoch
+    that loop costs more than the rest of the epoch's analysis. Here the same doubles come from
+    a few array passes over every metric of a batch of epochs: the same operations in the same
+    order, elementwise (IEEE arithmetic is the same on scalars and arrays), with ``min``/``max``
+    and the clip written as the selections the scalar code makes, so ties, signed zeros, NaN and
+    infinities come out the same.
+
+    Args:
+        series: Per metric, ``(steps, means, halves)`` with at least two displays.
+        end_weights: Per metric, ``(end_weight_low, end_weight_high)`` as in
+            :func:`ranged_end_window`.
+        clips: Per metric, its known range or ``None``.
+        count: How many windows to compute per metric (at least 1).
+
+    Returns:
+        Per metric, its first ``min(count, n)`` windows (``n`` displays: the ``n - 1`` after an
+        earlier display, then the epoch start).
+    """
+    if not series:
+        return []
+    steps_all, means_all, halves_all = (np.concatenate(c) for c in zip(*series, strict=True))
+    sizes = np.array([len(s) for s, _, _ in series])
+    last = np.cumsum(sizes) - 1
+    ends = steps_all[last]
+    w_hi = np.array([math.nan if h is None else h for _, h in end_weights], dtype=np.float64)
+    w_hi = np.where(np.isnan(w_hi), ends.astype(np.float64), w_hi)
+    w_lo = np.array([math.nan if lo is None else lo for lo, _ in end_weights], dtype=np.float64)
+    # min(low, w_hi) as the scalar code takes it: w_hi only when smaller.
+    w_lo = np.where(np.isnan(w_lo) | (w_hi < w_lo), w_hi, w_lo)
+    clipped = np.array([c is not None for c in clips])
+    clip_lo = np.array([c[0] if c is not None else 0.0 for c in clips], dtype=np.float64)
+    clip_hi = np.array([c[1] if c is not None else 0.0 for c in clips], dtype=np.float64)
+    m_k, h_k = means_all[last], halves_all[last]
+    takes = np.minimum(sizes - 1, count)
+    column = np.arange(count)
+    # Column c of row r: the display c places before its last (shortest window first), then
+    # the epoch start (weight 0, mean 0), then padding that no scan reaches.
+    shown = column < takes[:, None]
+    index = np.where(shown, (last - 1)[:, None] - column, 0)
+    w_j = np.where(shown, steps_all[index], 0).astype(np.float64)
+    m_j = np.where(shown, means_all[index], 0.0)
+    h_j = np.where(shown, halves_all[index], 0.0)
+    w_hi, w_lo, m_k, h_k = w_hi[:, None], w_lo[:, None], m_k[:, None], h_k[:, None]
+    clipped, clip_lo, clip_hi = clipped[:, None], clip_lo[:, None], clip_hi[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = (w_hi * m_k - w_j * m_j) / (w_hi - w_j)
+        half = (w_hi * h_k + w_j * h_j) / (w_hi - w_j)
+        mk_low, mk_high = m_k - h_k, m_k + h_k
+        mj_low, mj_high = m_j - h_j, m_j + h_j
+        a = (w_lo * mk_low - w_j * mj_high) / (w_lo - w_j)
+        b = (w_hi * mk_low - w_j * mj_high) / (w_hi - w_j)
+        c = (w_lo * mk_high - w_j * mj_low) / (w_lo - w_j)
+        d = (w_hi * mk_high - w_j * mj_low) / (w_hi - w_j)
+        exact = w_lo == w_hi
+        open_ = w_lo <= w_j
+        low = np.where(exact, value - half, np.where(open_, -math.inf, np.where(b < a, b, a)))
+        high = np.where(exact, value + half, np.where(open_, math.inf, np.where(d > c, d, c)))
+        slack = _SLACK * (np.abs(low) + np.abs(high) + 1.0)
+        finite = np.isfinite(slack)
+        low = np.where(finite, low - slack, low)
+        high = np.where(finite, high + slack, high)
+        c_low = np.where(low > clip_lo, low, clip_lo)
+        c_high = np.where(high < clip_hi, high, clip_hi)
+        crossed = c_low > c_high
+        c_low = np.where(crossed, clip_lo, c_low)
+        c_high = np.where(crossed, clip_hi, c_high)
+        c_value = np.where(value > clip_lo, value, clip_lo)
+        c_value = np.where(c_value < clip_hi, c_value, clip_hi)
+        low = np.where(clipped, c_low, low)
+        high = np.where(clipped, c_high, high)
+        value = np.where(clipped, c_value, value)
+        width = (high - low) / 2
+    held = np.minimum(takes + 1, count)
+    empty = ~(w_hi > w_j) & (column < held[:, None])
+    empties = np.where(empty.any(axis=1), empty.argmax(axis=1), held)
+    batch = _Candidates(w_j.astype(np.int64) + 1, value, low, high, width)
+    return [
+        EndCandidates(e, k, z, r, batch)
+        for r, (e, k, z) in enumerate(
+            zip(ends.tolist(), held.tolist(), empties.tolist(), strict=True)
+        )
+    ]
+
+
+def bounds_rows(
+    start: tuple[np.ndarray, np.ndarray, np.ndarray],
+    end: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    clip: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`window_bounds` for many windows at once, one per row: the same doubles.
+
+    The same operations in the same order as :func:`window_bounds` (its :func:`exact_window`
+    path when the end weight is exact), elementwise; ``min``/``max`` of the eight corners are
+    folded in the same order with the same tie rule (the earlier corner wins), and the clip is
+    :func:`_clip_one`'s selections. A row whose largest end weight does not exceed its start
+    is an error in :func:`window_bounds`; here its numbers are meaningless and the caller must
+    not use them.
+
+    Args:
+        start: ``(w_j, m_j, h_j)``: the start's weight (0 for the epoch start), mean and
+            rounding half-width.
+        end: ``(w_lo, w_hi, m_k, h_k)``: the end's smallest and largest weight (equal when
+            exact; ``w_lo`` already at most ``w_hi``), mean and half-width.
+        clip: ``(clipped, lo, hi)``: whether each row has a known range, and the range.
+
+    Returns:
+        ``(value, low, high)``.
+    """
+    w_j, m_j, h_j = start
+    w_lo, w_hi, m_k, h_k = end
+    clipped, lo, hi = clip
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        span = w_hi - w_j
+        value = (w_hi * m_k - w_j * m_j) / span
+        half = (w_hi * h_k + w_j * h_j) / span
+        corners = [
+            (w * mk - w_j * mj) / (w - w_j)
+            for w in (w_lo, w_hi)
+            for mk in (m_k - h_k, m_k + h_k)
+            for mj in (m_j - h_j, m_j + h_j)
+        ]
+        low_c = high_c = corners[0]
+        for corner in corners[1:]:
+            low_c = np.where(corner < low_c, corner, low_c)
+            high_c = np.where(corner > high_c, corner, high_c)
+        exact = w_lo == w_hi
+        unbounded = w_lo <= w_j
+        low = np.where(exact, value - half, np.where(unbounded, -math.inf, low_c))
+        high = np.where(exact, value + half, np.where(unbounded, math.inf, high_c))
+        finite = np.isfinite(low) & np.isfinite(high)
+        slack = _SLACK * (np.abs(low) + np.abs(high) + 1.0)
+        low = np.where(finite, low - slack, low)
+        high = np.where(finite, high + slack, high)
+    c_low = np.where(lo > low, lo, low)
+    c_high = np.where(hi < high, hi, high)
+    crossed = c_low > c_high
+    c_low, c_high = np.where(crossed, lo, c_low), np.where(crossed, hi, c_high)
+    c_value = np.where(lo > value, lo, value)
+    c_value = np.where(hi < c_value, hi, c_value)
+    return (
+        np.where(clipped, c_value, value),
+        np.where(clipped, c_low, low),
+        np.where(clipped, c_high, high),
+    )
