@@ -129,7 +129,13 @@ def run_hand_loop(case: Case, batches: list, item_every_step: bool) -> Times:
     return elapsed(start)
 
 
-def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase, bar: bool = False) -> Times:
+def run_fitlens(
+    case: Case,
+    batches: list,
+    out_file: io.TextIOBase,
+    bar: bool = False,
+    clock: Callable[[], float] | None = None,
+) -> Times:
     model = torch_mlp(case.sizes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     # bar: what a terminal gets (status lines redrawn 10 times a second, each reading the now
@@ -137,7 +143,13 @@ def run_fitlens(case: Case, batches: list, out_file: io.TextIOBase, bar: bool = 
     progress = fitlens.Progress(1, file=out_file, mode="bar" if bar else "auto")
     start = now()
     fitlens.fit(
-        model, batches, loss="cross_entropy", optimizer=opt, metrics=["accuracy"], verbose=progress
+        model,
+        batches,
+        loss="cross_entropy",
+        optimizer=opt,
+        metrics=["accuracy"],
+        verbose=progress,
+        clock=clock,
     )
     return elapsed(start)
 
