@@ -18,14 +18,19 @@ steps, and once more with two ``--short`` calls in a row. Then
 ``fit`` runs on a steady clock (``fit(clock=...)``, a counter advancing a third of a 550 us
 step per read, as in ``benchmarks/lens_cost.py``), so its display refreshes fall at the same
 steps as on a real clock at that speed and not 50x more rarely, as they would under valgrind.
-What it does not cover: instructions are not time (cache misses and branch mispredictions are
-not counted), and a GPU run, whose host-side work is the same but whose steps are not.
+What it does not cover: instructions are not time. ``--caches`` runs valgrind's cachegrind
+instead, which also simulates the caches (first level for instructions and data, and the last
+level, sized as this CPU reports them) and a branch predictor, and prints their misses per step:
+a model of the hardware, not the hardware (no second-level cache, no prefetchers), but the same
+model for every runner and deterministic. Nor does it cover a GPU run, whose host-side work is
+the same but whose steps are not.
 
 Usage (needs ``valgrind``; each process takes minutes under callgrind, importing torch alone
 about 9 billion instructions)::
 
     PYTHONPATH=src python benchmarks/loop_instructions.py            # ~45 min on 1 core
     PYTHONPATH=src python benchmarks/loop_instructions.py --runners a c
+    PYTHONPATH=src python benchmarks/loop_instructions.py --runners a c --caches  # ~1 h
 """
 
 from __future__ import annotations
@@ -64,15 +69,35 @@ def run_in_process(runner: str, steps: int, calls: int) -> None:
             run_fitlens(case, batches, sink, bar=runner == "f", clock=steady)
 
 
-def count(runner: str, steps: int, calls: int) -> int:
-    """Instructions of one process running ``runner`` (callgrind's "Collected" total)."""
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
-    cmd += [os.path.abspath(__file__), "--child", runner, str(steps), str(calls)]
+#: cachegrind's summary lines read with ``--caches``, as (column, label in its output).
+CACHE_EVENTS = (
+    ("I1 miss", r"I1\s+misses"),
+    ("D1 miss", r"D1\s+misses"),
+    ("LL miss", r"LL misses"),
+    ("mispred", r"Mispredicts"),
+)
+
+
+def count(runner: str, steps: int, calls: int, caches: bool = False) -> dict[str, int]:
+    """Events of one process running ``runner``: ``"instr"`` (callgrind's "Collected" total, or
+    cachegrind's "I refs") and, with ``caches``, the simulated misses of `CACHE_EVENTS`."""
+    if caches:
+        tool = ["--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes"]
+        tool.append("--cachegrind-out-file=/dev/null")
+    else:
+        tool = ["--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    cmd = ["valgrind", *tool, sys.executable, os.path.abspath(__file__)]
+    cmd += ["--child", runner, str(steps), str(calls)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    found = re.search(r"Collected\s*:\s*(\d+)", out)
-    if found is None:
-        raise RuntimeError(f"no instruction count in callgrind's output:\n{out[-2000:]}")
-    return int(found.group(1))
+    labels: tuple[tuple[str, str], ...] = (("instr", r"I\s+refs" if caches else r"Collected"),)
+    labels += CACHE_EVENTS if caches else ()
+    events = {}
+    for key, label in labels:
+        found = re.search(label + r"\s*:\s*([\d,]+)", out)
+        if found is None:
+            raise RuntimeError(f"no {label!r} in valgrind's output:\n{out[-2000:]}")
+        events[key] = int(found.group(1).replace(",", ""))
+    return events
 
 
 def main() -> int:
@@ -80,6 +105,12 @@ def main() -> int:
     parser.add_argument("--runners", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--short", type=int, default=100, help="steps of the short runs")
     parser.add_argument("--long", type=int, default=600, help="steps of the long run")
+    parser.add_argument(
+        "--caches",
+        action="store_true",
+        help="cachegrind: also simulated cache misses and branch mispredictions per step "
+        "(no per-call column)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -89,16 +120,28 @@ def main() -> int:
         parser.error("valgrind was not found: install it (e.g. `apt-get install -y valgrind`)")
     if not 0 < args.short < args.long:
         parser.error(f"need 0 < --short < --long, got {args.short} and {args.long}")
-    print(f"instructions (callgrind), tiny MLP; short {args.short} steps, long {args.long} steps")
-    print(f"  {'runner':34s} {'per step':>12s} {'vs a':>8s} {'per warm call':>15s}")
+    tool = "cachegrind, simulated caches and branches" if args.caches else "callgrind"
+    print(f"instructions ({tool}), tiny MLP; short {args.short} steps, long {args.long} steps")
+    extra = [key for key, _ in CACHE_EVENTS] if args.caches else []
+    print(
+        f"  {'runner':34s} {'per step':>12s} {'vs a':>8s} {'per warm call':>15s}"
+        + "".join(f" {key + '/step':>14s}" for key in extra)
+    )
     base = None
     for key in args.runners:
-        short = count(key, args.short, 1)
-        step = (count(key, args.long, 1) - short) / (args.long - args.short)
-        call = count(key, args.short, 2) - short - args.short * step
+        short = count(key, args.short, 1, args.caches)
+        long = count(key, args.long, 1, args.caches)
+        per_step = {e: (long[e] - short[e]) / (args.long - args.short) for e in short}
+        step = per_step["instr"]
+        call = count(key, args.short, 2)["instr"] - short["instr"] if not args.caches else None
+        call_text = f"{call - args.short * step:15,.0f}" if call is not None else f"{'-':>15s}"
         base = step if key == "a" else base
         ratio = f"{step / base:.4f}x" if base else "-"
-        print(f"  {key}. {RUNNERS[key]:31s} {step:12,.0f} {ratio:>8s} {call:15,.0f}", flush=True)
+        print(
+            f"  {key}. {RUNNERS[key]:31s} {step:12,.0f} {ratio:>8s} {call_text}"
+            + "".join(f" {per_step[e]:14,.0f}" for e in extra),
+            flush=True,
+        )
     return 0
 
 
