@@ -360,7 +360,13 @@ def _decimal_points_by_hand(data: bytes) -> list[int]:
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([b".", b"0", b"9", b"5.0", b"[==>....]", b" ", b"/", b"\xe2"])))
+@given(
+    st.lists(
+        st.sampled_from(
+            [b".", b"0", b"9", b"5.0", b"[==>....]", b" ", b"/", b"\xe2", "━━━━━━━━".encode()]
+        )
+    )
+)
 def test_decimal_points_are_found_whether_points_are_sparse_or_dense(pieces):
     # Dense points (a Keras 2 bar) take the every-byte pass; sparse ones the per-point test.
     data = b"".join(pieces)
