@@ -348,3 +348,28 @@ def test_trailing_spaces_and_backspaces_are_not_part_of_the_layout():
     assert ok.tolist() == [True] * 5 + [False] * 5
     assert steps[:5].tolist() == [7, 8, 9, 10, 11]
     assert means[:5, 1].tolist() == [0.522, 0.5221, 0.5222, 0.5223, 0.5224]
+
+
+def _decimal_points_by_hand(data: bytes) -> list[int]:
+    """Every ``.`` with a digit on each side, one byte at a time (the reference)."""
+    return [
+        i
+        for i in range(1, len(data) - 1)
+        if data[i] == ord(".") and chr(data[i - 1]).isdigit() and chr(data[i + 1]).isdigit()
+    ]
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b".", b"0", b"9", b"5.0", b"[==>....]", b" ", b"/", b"\xe2", "━━━━━━━━".encode()]
+        )
+    )
+)
+def test_decimal_points_are_found_whether_points_are_sparse_or_dense(pieces):
+    # Dense points (a Keras 2 bar) take the every-byte pass; sparse ones the per-point test.
+    data = b"".join(pieces)
+    found = decimal_points(np.frombuffer(data, dtype=np.uint8))
+    assert found.tolist() == _decimal_points_by_hand(data)
+    assert decimal_points(np.frombuffer(b"1.2", dtype=np.uint8)).tolist() == [1]

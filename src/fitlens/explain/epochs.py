@@ -25,7 +25,6 @@ dynamic display, cannot tell the two apart: there a late step 1 still starts a n
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +32,7 @@ import numpy as np
 from fitlens.explain.records import (
     CounterUnit,
     EpochHeader,
+    Plain,
     Progress,
     ProgressRun,
     Record,
@@ -140,8 +140,7 @@ class Series:
         return None
 
 
-@dataclass
-class Epoch:
+class Epoch(Plain):
     """The progress lines of one epoch, by metric.
 
     Attributes:
@@ -158,16 +157,43 @@ class Epoch:
         last_line: Input line of its latest record.
     """
 
-    index: int
-    header: str | None = None
-    target: int | None = None
-    last_step: int = 0
-    unit: CounterUnit = "unknown"
-    style: str = "plain"
-    series: dict[str, Series] = field(default_factory=dict)
-    final: dict[str, Shown] = field(default_factory=dict)
-    first_line: int = 0
-    last_line: int = 0
+    _fields = (
+        "index",
+        "header",
+        "target",
+        "last_step",
+        "unit",
+        "style",
+        "series",
+        "final",
+        "first_line",
+        "last_line",
+    )
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        index: int,
+        header: str | None = None,
+        target: int | None = None,
+        last_step: int = 0,
+        unit: CounterUnit = "unknown",
+        style: str = "plain",
+        series: dict[str, Series] | None = None,
+        final: dict[str, Shown] | None = None,
+        first_line: int = 0,
+        last_line: int = 0,
+    ) -> None:
+        self.index = index
+        self.header = header
+        self.target = target
+        self.last_step = last_step
+        self.unit = unit
+        self.style = style
+        self.series = {} if series is None else series
+        self.final = {} if final is None else final
+        self.first_line = first_line
+        self.last_line = last_line
 
     @property
     def complete(self) -> bool:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from fitlens.explain.records import Plain
 
 _ZERO = np.uint8(ord("0"))
 _SPACE = np.uint8(ord(" "))
@@ -41,8 +42,16 @@ def decimal_points(data: np.ndarray) -> np.ndarray:
     more of them than its layout's tail holds no value anywhere else (bars print ``.`` too, but
     never between digits).
     """
+    points = data[1:-1] == _POINT
+    if np.count_nonzero(points) * 8 < len(data):
+        # Few points (a Keras 3 bar prints none): test the neighbours of each, not every byte.
+        at = np.flatnonzero(points) + 1
+        return at[((data[at - 1] - _ZERO) <= 9) & ((data[at + 1] - _ZERO) <= 9)]
+    # A Keras 2 bar is a third points: one pass over every byte for the digits instead.
     digit = (data - _ZERO) <= 9
-    return np.flatnonzero(digit[:-2] & (data[1:-1] == _POINT) & digit[2:]) + 1
+    points &= digit[:-2]
+    points &= digit[2:]
+    return np.flatnonzero(points) + 1
 
 
 def unit_marks(data: np.ndarray) -> np.ndarray:
@@ -88,8 +97,7 @@ def _weights(widths: list[int]) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Plain):
     """Where the counter and the values sit in a progress line, taken from one example.
 
     A line has the layout when its first ``head`` bytes equal the example's except in the
@@ -113,18 +121,49 @@ class Layout:
             ``us/sample``, which a bar's last line prints and the others do not).
     """
 
-    names: tuple[bytes, ...]
-    target: int
-    head: np.ndarray
-    slot: tuple[int, int]
-    tail: np.ndarray
-    head_fixed: np.ndarray
-    tail_fixed: np.ndarray
-    digits: np.ndarray
-    weights: np.ndarray
-    negative: np.ndarray
-    points: int
-    units: int
+    _fields = (
+        "names",
+        "target",
+        "head",
+        "slot",
+        "tail",
+        "head_fixed",
+        "tail_fixed",
+        "digits",
+        "weights",
+        "negative",
+        "points",
+        "units",
+    )
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        names: tuple[bytes, ...],
+        target: int,
+        head: np.ndarray,
+        slot: tuple[int, int],
+        tail: np.ndarray,
+        head_fixed: np.ndarray,
+        tail_fixed: np.ndarray,
+        digits: np.ndarray,
+        weights: np.ndarray,
+        negative: np.ndarray,
+        points: int,
+        units: int,
+    ) -> None:
+        self.names = names
+        self.target = target
+        self.head = head
+        self.slot = slot
+        self.tail = tail
+        self.head_fixed = head_fixed
+        self.tail_fixed = tail_fixed
+        self.digits = digits
+        self.weights = weights
+        self.negative = negative
+        self.points = points
+        self.units = units
 
     @classmethod
     def of(
