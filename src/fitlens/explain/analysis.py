@@ -141,6 +141,10 @@ class Options:
     def __hash__(self) -> int:
         return hash(self._key())
 
+    def __reduce__(self) -> tuple[type[Options], tuple[float | None, int | None, int | None]]:
+        # pickle and copy rebuild it through __init__ (assignment is refused).
+        return (Options, self._key())
+
     def __repr__(self) -> str:
         return (
             f"Options(tolerance={self.tolerance!r}, samples={self.samples!r}, "
