@@ -83,3 +83,22 @@ def test_long_epochs_take_the_same_end_of_epoch_level_and_last_window():
             for jump in (0.0, 1e-5, 1e-3, 0.05):
                 assert choose_end_window(metric, jump) == _reference_end_window(metric, jump)
             assert metric.last_window == metric.columns.row(-1)
+
+
+def test_options_are_an_immutable_value_that_pickles_and_copies():
+    """Options (a plain class, not a dataclass, for start-up time) keeps a frozen dataclass's
+    behaviour: equal and hashed by value, assignment refused, pickle and copy round-trip."""
+    import copy
+    import pickle
+
+    import pytest
+
+    options = Options(0.01, 100, 10)
+    assert options == Options(tolerance=0.01, samples=100, batch_size=10) != Options()
+    assert hash(options) == hash(Options(0.01, 100, 10))
+    assert pickle.loads(pickle.dumps(options)) == options == copy.deepcopy(options)
+    assert repr(options) == "Options(tolerance=0.01, samples=100, batch_size=10)"
+    with pytest.raises(AttributeError):
+        options.tolerance = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="positive, finite tolerance"):
+        Options(-1.0)

@@ -7,11 +7,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fitlens.explain.analysis import EpochResult, MetricResult, Options, analyze, prepare
-from fitlens.explain.epochs import Epoch, Series, split_epochs
+from fitlens.explain.analysis import (
+    FIRST_BATCHES,
+    EpochResult,
+    MetricResult,
+    Options,
+    analyze,
+    prepare,
+)
+from fitlens.explain.epochs import Epoch, Series, Shown, split_epochs
 from fitlens.explain.jumps import boundaries, choose_end_window, explain_all
 from fitlens.explain.jumps import prepare as prepare_boundaries
 from fitlens.explain.parse import iter_records
+from fitlens.explain.reconstruct import Window, window_bounds
+from fitlens.explain.report import summarize
 
 
 def _log(levels_per_epoch: list[np.ndarray], shown_every: int = 1) -> bytes:
@@ -156,3 +165,51 @@ def test_boundaries_of_a_prepared_batch_are_those_of_epochs_one_at_a_time(sizes,
         assert repr(explain_all(ahead[k], ahead[k + 1])) == repr(
             explain_all(alone[k], alone[k + 1])
         )
+
+
+def _first_batches_one_by_one(m: MetricResult) -> tuple[Window, ...]:
+    """The report's first batches the straightforward way: one window per display while the
+    steps run 1, 2, ... (at most FIRST_BATCHES), each from the display before it."""
+    steps, means, halves = m.arrays
+    out = []
+    for i in range(min(FIRST_BATCHES, len(steps))):
+        if int(steps[i]) != i + 1:
+            break
+        before = Shown(i, float(means[i - 1]), float(halves[i - 1])) if i else None
+        shown = Shown(int(steps[i]), float(means[i]), float(halves[i]))
+        out.append(window_bounds(before, shown, clip=m.clip))
+    return tuple(out)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([1, 2, 3, 4, 9]), min_size=1, max_size=6), st.data())
+def test_first_batches_of_a_prepared_batch_are_those_of_each_epoch_alone(sizes, data):
+    """jumps.prepare's first batches (all epochs of a batch at once, as arrays) are the windows
+    window_bounds gives display by display, bit for bit, and the summaries agree: steps that
+    start at 1 or later, a gap after batch 1 or 2, clipped or not."""
+    plan = []
+    for n in sizes:
+        start = data.draw(st.sampled_from([1, 1, 2]))
+        steps = sorted(data.draw(st.sets(st.integers(start, start + 10), min_size=n, max_size=n)))
+        values = data.draw(st.lists(st.floats(-0.5, 1.5), min_size=n, max_size=n))
+        half = data.draw(st.sampled_from([0.5e-4, 0.5e-2]))
+        clip = data.draw(st.sampled_from([None, (0.0, 1.0)]))
+        plan.append((steps, [round(v, 4) for v in values], half, clip))
+
+    def epochs() -> list[EpochResult]:
+        return [
+            EpochResult(
+                Epoch(k + 1, target=steps[-1], last_step=steps[-1]),
+                "counter",
+                metrics={"acc": _metric(steps, means, half, (None, None), clip)},
+            )
+            for k, (steps, means, half, clip) in enumerate(plan)
+        ]
+
+    ahead, alone = epochs(), epochs()
+    prepare_boundaries(ahead)
+    for a, b in zip(ahead, alone, strict=True):
+        m = a.metrics["acc"]
+        assert m.first_batches is not None
+        assert repr(m.first_batches) == repr(_first_batches_one_by_one(b.metrics["acc"]))
+        assert repr(summarize(a, True)) == repr(summarize(b, True))

@@ -26,7 +26,6 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -47,18 +46,25 @@ from fitlens.explain.reconstruct import (
 MetricKind = Literal["running_mean", "cumulative", "end_of_epoch"]
 
 # Metrics that are fractions by definition; their bounds are clipped to [0, 1].
-_UNIT_RANGE = re.compile(
+_UNIT_RANGE = (
     r"(?:^|_)(?:acc|accuracy|binary_accuracy|categorical_accuracy"
     r"|sparse_categorical_accuracy|top_k_categorical_accuracy)(?:_\d+)?$"
 )
 # Keras metrics computed from counts accumulated over the epoch (confusion matrices, sums),
 # not means of per-batch values: no window of batches can be isolated from their displays.
-_CUMULATIVE = re.compile(
+_CUMULATIVE = (
     r"(?:^|_)(?:auc|precision|recall|f1_score|fbeta_score|iou|mean_iou|one_hot_iou"
     r"|one_hot_mean_iou|binary_iou|r2_score|true_positives|false_positives|true_negatives"
     r"|false_negatives|precision_at_recall|recall_at_precision|sensitivity_at_specificity"
     r"|specificity_at_sensitivity)(?:_\d+)?$"
 )
+
+
+@functools.cache
+def _pattern(source: str) -> re.Pattern[str]:
+    """``re.compile(source)``, on first use: compiling at import would cost every start-up."""
+    return re.compile(source)
+
 
 #: Default target half-width of a window, in units of the display's rounding half-width
 #: (100 × 0.00005 = ±0.005 for ``%.4f`` values).
@@ -73,28 +79,79 @@ SHORTEST = 32
 SCALAR_END_WINDOWS = 16
 
 
+#: How many first batches of each epoch are compared across epochs of a loop of ``fit`` calls.
+FIRST_BATCHES = 3
+
+
 #: How an epoch's last batch is treated: ``"exact"`` (the counter is the weight, or the sizes
 #: given make every batch full), ``"known"`` (``--samples``/``--batch-size`` give its size),
 #: ``"any"`` (the log does not say: every size from one sample to a full batch is allowed).
 LastBatch = Literal["exact", "known", "any"]
 
 
-@dataclass(frozen=True)
 class Options:
-    """How to reconstruct.
+    """How to reconstruct (immutable, compared and hashed by value).
+
+    A plain class, not a dataclass: ``@dataclass`` generates and compiles its methods when the
+    module loads, a millisecond per class of every ``fitlens explain`` start-up.
 
     Attributes:
         tolerance: Target half-width of each window in the metric's units; ``None`` means
             ``DEFAULT_TOLERANCE_UNITS`` × the display's rounding half-width.
         samples: Training samples per epoch, if the user knows them (with ``batch_size``).
         batch_size: Samples per full batch, if the user knows it (with ``samples``).
+
+    Raises:
+        ValueError: A tolerance that is not positive and finite, only one of ``samples`` and
+            ``batch_size``, or a size below 1.
     """
 
-    tolerance: float | None = None
-    samples: int | None = None
-    batch_size: int | None = None
+    __slots__ = ("batch_size", "samples", "tolerance")
 
-    def __post_init__(self) -> None:
+    tolerance: float | None
+    samples: int | None
+    batch_size: int | None
+
+    def __init__(
+        self,
+        tolerance: float | None = None,
+        samples: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "tolerance", tolerance)
+        object.__setattr__(self, "samples", samples)
+        object.__setattr__(self, "batch_size", batch_size)
+        self._check()
+
+    def _key(self) -> tuple[float | None, int | None, int | None]:
+        return (self.tolerance, self.samples, self.batch_size)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Options is immutable; cannot assign to {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Options is immutable; cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Options)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self) -> tuple[type[Options], tuple[float | None, int | None, int | None]]:
+        # pickle and copy rebuild it through __init__ (assignment is refused).
+        return (Options, self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Options(tolerance={self.tolerance!r}, samples={self.samples!r}, "
+            f"batch_size={self.batch_size!r})"
+        )
+
+    def _check(self) -> None:
         if self.tolerance is not None and not (
             self.tolerance > 0 and math.isfinite(self.tolerance)
         ):
@@ -147,7 +204,6 @@ class Ahead(NamedTuple):
     late: Window | None
 
 
-@dataclass
 class MetricResult:
     """One metric in one epoch.
 
@@ -161,31 +217,74 @@ class MetricResult:
         end_weight_low: Smallest weight behind the last display (partial last batch), if any.
         end_weight_high: Largest weight behind the last display, if not its counter.
         clip: Known range of the metric, if any.
+
+    The rest is computed on first use or ahead for a batch of epochs
+    (:func:`fitlens.explain.jumps.prepare`): ``ahead`` (:class:`Ahead`), ``end_choice``
+    (``(jump, window)``: :func:`fitlens.explain.jumps.choose_end_window` for that jump) and
+    ``first_batches`` (the epoch's first single-batch windows, as the report shows them).
+
+    A plain class with slots, not a dataclass: one is made per metric and epoch, and
+    ``@dataclass`` compiles its methods at every start-up.
     """
 
-    name: str
-    kind: MetricKind
-    series: Series
-    tolerance: float | None
-    end_weight_low: float | None = None
-    end_weight_high: float | None = None
-    clip: tuple[float, float] | None = None
-    _arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    _shown: list[Shown] | None = field(default=None, repr=False)
-    _columns: WindowColumns | None = field(default=None, repr=False)
-    _windows: list[Window] | None = field(default=None, repr=False)
-    _ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
-        default=None, repr=False
+    __slots__ = (
+        "_arrays",
+        "_candidates",
+        "_columns",
+        "_ends",
+        "_last_pick",
+        "_shortest",
+        "_shown",
+        "_windows",
+        "ahead",
+        "clip",
+        "end_choice",
+        "end_weight_high",
+        "end_weight_low",
+        "first_batches",
+        "kind",
+        "name",
+        "series",
+        "tolerance",
     )
-    _shortest: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
-        default=None, repr=False
-    )
-    _candidates: EndCandidates | None = field(default=None, repr=False)
-    _last_pick: int | None = field(default=None, repr=False)
-    ahead: Ahead | None = field(default=None, repr=False)
-    #: ``(jump, window)``: :func:`fitlens.explain.jumps.choose_end_window` for that jump,
-    #: computed ahead for a batch of epochs.
-    end_choice: tuple[float, Window] | None = field(default=None, repr=False)
+
+    def __init__(
+        self,
+        name: str,
+        kind: MetricKind,
+        series: Series,
+        tolerance: float | None,
+        end_weight_low: float | None = None,
+        end_weight_high: float | None = None,
+        clip: tuple[float, float] | None = None,
+        _arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.series = series
+        self.tolerance = tolerance
+        self.end_weight_low = end_weight_low
+        self.end_weight_high = end_weight_high
+        self.clip = clip
+        self._arrays = _arrays
+        self._shown: list[Shown] | None = None
+        self._columns: WindowColumns | None = None
+        self._windows: list[Window] | None = None
+        self._ends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._shortest: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._candidates: EndCandidates | None = None
+        self._last_pick: int | None = None
+        self.ahead: Ahead | None = None
+        self.end_choice: tuple[float, Window] | None = None
+        self.first_batches: tuple[Window, ...] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"MetricResult(name={self.name!r}, kind={self.kind!r}, series={self.series!r}, "
+            f"tolerance={self.tolerance!r}, end_weight_low={self.end_weight_low!r}, "
+            f"end_weight_high={self.end_weight_high!r}, clip={self.clip!r}, "
+            f"ahead={self.ahead!r}, end_choice={self.end_choice!r})"
+        )
 
     @property
     def ranged(self) -> bool:
@@ -347,7 +446,6 @@ class MetricResult:
         return self._shown
 
 
-@dataclass
 class EpochResult:
     """Everything reconstructed about one epoch.
 
@@ -361,11 +459,28 @@ class EpochResult:
         metrics: Per metric, in display order.
     """
 
-    epoch: Epoch
-    weighting: str
-    last_batch: LastBatch = "exact"
-    sizes_mismatch: bool = False
-    metrics: dict[str, MetricResult] = field(default_factory=dict)
+    __slots__ = ("epoch", "last_batch", "metrics", "sizes_mismatch", "weighting")
+
+    def __init__(
+        self,
+        epoch: Epoch,
+        weighting: str,
+        last_batch: LastBatch = "exact",
+        sizes_mismatch: bool = False,
+        metrics: dict[str, MetricResult] | None = None,
+    ) -> None:
+        self.epoch = epoch
+        self.weighting = weighting
+        self.last_batch = last_batch
+        self.sizes_mismatch = sizes_mismatch
+        self.metrics: dict[str, MetricResult] = {} if metrics is None else metrics
+
+    def __repr__(self) -> str:
+        return (
+            f"EpochResult(epoch={self.epoch!r}, weighting={self.weighting!r}, "
+            f"last_batch={self.last_batch!r}, sizes_mismatch={self.sizes_mismatch!r}, "
+            f"metrics={self.metrics!r})"
+        )
 
 
 def weighting_of(epoch: Epoch) -> str:
@@ -382,7 +497,7 @@ def weighting_of(epoch: Epoch) -> str:
 
 def clip_for(name: str) -> tuple[float, float] | None:
     """``(0, 1)`` for metrics that are fractions by definition (accuracy, AUC, ...), else None."""
-    return (0.0, 1.0) if _UNIT_RANGE.search(name) else None
+    return (0.0, 1.0) if _pattern(_UNIT_RANGE).search(name) else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -391,7 +506,7 @@ def _kind_and_clip(name: str) -> tuple[MetricKind, tuple[float, float] | None]:
     kind: MetricKind = "running_mean"
     if name.startswith("val_"):
         kind = "end_of_epoch"
-    elif _CUMULATIVE.search(name):
+    elif _pattern(_CUMULATIVE).search(name):
         kind = "cumulative"
     return kind, clip_for(name)
 

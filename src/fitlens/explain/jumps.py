@@ -27,7 +27,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from fitlens.explain import analysis
-from fitlens.explain.analysis import SCALAR_END_WINDOWS, Ahead, EpochResult, MetricResult
+from fitlens.explain.analysis import (
+    FIRST_BATCHES,
+    SCALAR_END_WINDOWS,
+    Ahead,
+    EpochResult,
+    MetricResult,
+)
 from fitlens.explain.epochs import Shown
 from fitlens.explain.reconstruct import (
     EndCandidates,
@@ -344,23 +350,41 @@ def prepare(results: Sequence[EpochResult]) -> None:
     lo = np.array([0.0 if c is None else c[0] for c in clips])
     hi = np.array([0.0 if c is None else c[1] for c in clips])
     zero = np.zeros(rows)
-    # Three windows per metric: first display, early half, late half (rows stacked).
+    # The report's first batches (steps 1, 2, ... while consecutive): the first display's
+    # window is the first, then one window per display from the one before it. ``shown[j]`` is
+    # how many rows have batches 1..j+1 displayed; an index past a row's end is never used.
+    at = [np.minimum(starts + j, lasts) for j in range(FIRST_BATCHES)]
+    consecutive = steps[starts] == 1
+    shown = [consecutive]
+    for j in range(1, FIRST_BATCHES):
+        consecutive = consecutive & (sizes > j) & (steps[at[j]] == j + 1)
+        shown.append(consecutive)
+    later = range(1, FIRST_BATCHES)
+    # Windows per metric: first display, early half, late half, then first batches 2, 3, ...
+    # (rows stacked).
     w_mid = weights[middle]
     w_first = weights[starts]
+    blocks = 3 + len(later)
     value, low, high = bounds_rows(
         (
-            np.concatenate([zero, zero, w_mid]),
-            np.concatenate([zero, zero, means[middle]]),
-            np.concatenate([zero, zero, halves_[middle]]),
+            np.concatenate([zero, zero, w_mid, *(weights[at[j - 1]] for j in later)]),
+            np.concatenate([zero, zero, means[middle], *(means[at[j - 1]] for j in later)]),
+            np.concatenate([zero, zero, halves_[middle], *(halves_[at[j - 1]] for j in later)]),
         ),
         (
-            np.concatenate([w_first, w_mid, w_lo]),
-            np.concatenate([w_first, w_mid, w_hi]),
-            np.concatenate([means[starts], means[middle], means[lasts]]),
-            np.concatenate([halves_[starts], halves_[middle], halves_[lasts]]),
+            np.concatenate([w_first, w_mid, w_lo, *(weights[at[j]] for j in later)]),
+            np.concatenate([w_first, w_mid, w_hi, *(weights[at[j]] for j in later)]),
+            np.concatenate(
+                [means[starts], means[middle], means[lasts], *(means[at[j]] for j in later)]
+            ),
+            np.concatenate(
+                [halves_[starts], halves_[middle], halves_[lasts], *(halves_[at[j]] for j in later)]
+            ),
         ),
-        (np.tile(clipped, 3), np.tile(lo, 3), np.tile(hi, 3)),
+        (np.tile(clipped, blocks), np.tile(lo, blocks), np.tile(hi, blocks)),
     )
+    # How many first batches each metric shows (0 to FIRST_BATCHES).
+    counts = np.sum(shown, axis=0).tolist()
     # The scalar formulas raise on an empty window: those metrics are left to them.
     usable = (w_first > 0) & (~many | ((w_mid > 0) & (w_hi > w_mid)))
     sees_end = many & (weights[lasts - 1] >= mid)
@@ -377,15 +401,21 @@ def prepare(results: Sequence[EpochResult]) -> None:
             i, k = rows + r, 2 * rows + r
             early = Window(1, mid_s[r], value_l[i], low_l[i], high_l[i])
             late = Window(late_first[r], last_s[r], value_l[k], low_l[k], high_l[k])
+        first_window = Window(1, first_s[r], value_l[r], low_l[r], high_l[r])
         m.ahead = Ahead(
             Shown(first_s[r], first_m[r], first_h[r]),
             Shown(last_s[r], last_m[r], last_h[r]),
-            Window(1, first_s[r], value_l[r], low_l[r], high_l[r]),
+            first_window,
             int(second[r]),
             bool(sees_end[r]),
             early,
             late,
         )
+        firsts = [first_window][: counts[r]]
+        for j in range(1, counts[r]):
+            k = (2 + j) * rows + r  # block 2 + j: batch j + 1, from display j to display j + 1
+            firsts.append(Window(j + 1, j + 1, value_l[k], low_l[k], high_l[k]))
+        m.first_batches = tuple(firsts)
     _choose_ahead(results)
 
 

@@ -10,12 +10,17 @@ any change to it bumps the schema version.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fitlens.explain.analysis import EpochResult, LastBatch, MetricKind, MetricResult
+from fitlens.explain.analysis import (
+    FIRST_BATCHES,
+    EpochResult,
+    LastBatch,
+    MetricKind,
+    MetricResult,
+)
 from fitlens.explain.epochs import Shown
 from fitlens.explain.jumps import LITTLE, MOSTLY, Boundary
 from fitlens.explain.reconstruct import Window, exact_window
@@ -47,10 +52,6 @@ _CAUSES = {
     separate: "Likely causes: " + "; ".join((_RESTART_CAUSE[separate], *_OTHER_CAUSES))
     for separate in (True, False)
 }
-
-
-#: How many first batches of each epoch are compared across epochs of a loop of ``fit`` calls.
-FIRST_BATCHES = 3
 
 
 class MetricSummary(NamedTuple):
@@ -99,6 +100,10 @@ class EpochSummary:
 
 
 def _first_batches(m: MetricResult) -> tuple[Window, ...]:
+    """:attr:`MetricSummary.first_batches` of a running mean, as
+    :func:`fitlens.explain.jumps.prepare` computed them for a batch of epochs when it did."""
+    if m.first_batches is not None:
+        return m.first_batches
     steps, means, halves = m.arrays
     out: list[Window] = []
     # window_bounds(previous display, this one) on plain numbers; 0 weight before the first.
@@ -129,8 +134,12 @@ def summarize(result: EpochResult, training: bool, keep_windows: bool = False) -
     metrics = {}
     for name, m in result.metrics.items():
         steps, means, halves = m.arrays
-        first = Shown(int(steps[0]), float(means[0]), float(halves[0]))
-        last = Shown(int(steps[-1]), float(means[-1]), float(halves[-1]))
+        ahead = m.ahead
+        if ahead is not None:  # the same numbers, read once for the batch of epochs
+            first, last = ahead.first, ahead.last
+        else:
+            first = Shown(int(steps[0]), float(means[0]), float(halves[0]))
+            last = Shown(int(steps[-1]), float(means[-1]), float(halves[-1]))
         full = None
         if keep_windows:
             full = {
@@ -351,9 +360,6 @@ def _int_text(x: int | None) -> str:
     return "null" if x is None else int.__repr__(x)
 
 
-_str_text = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
-
-
 class JsonText:
     """:func:`epoch_json` and :func:`boundary_json` written straight to JSON text: the same
     characters as ``json.JSONEncoder(separators=separators, allow_nan=False).encode`` of those
@@ -364,6 +370,11 @@ class JsonText:
     """
 
     def __init__(self, separators: tuple[str, str]) -> None:
+        # Imported here: the text report never loads the json package (start-up time).
+        from json.encoder import encode_basestring_ascii
+
+        #: How ``json.dumps`` writes a string (``ensure_ascii``).
+        self.str_text = encode_basestring_ascii
         i, k = separators
         self.item = i
 
@@ -441,6 +452,7 @@ class JsonText:
     def epoch(self, e: EpochSummary) -> str | None:
         """:func:`epoch_json` as text, or ``None`` with ``--windows`` (every window: the
         caller encodes the objects)."""
+        str_text = self.str_text
         metrics = []
         for name, m in e.metrics.items():
             if m.full is not None:
@@ -448,11 +460,11 @@ class JsonText:
             last = "null" if m.last_window is None else self.window(m.last_window)
             firsts = self.item.join([self.window(w) for w in m.first_batches])
             metrics.append(
-                _str_text(name)
+                str_text(name)
                 + self._key
                 + self._metric
                 % (
-                    _str_text(m.kind),
+                    str_text(m.kind),
                     int.__repr__(m.displays),
                     self._shown_text(m.first),
                     self._shown_text(m.last),
@@ -463,21 +475,22 @@ class JsonText:
             )
         return self._epoch % (
             int.__repr__(e.index),
-            "null" if e.header is None else _str_text(e.header),
+            "null" if e.header is None else str_text(e.header),
             "true" if e.training else "false",
             _int_text(e.target),
             int.__repr__(e.last_step),
             "true" if e.complete else "false",
-            _str_text(e.unit),
-            _str_text(e.style),
-            _str_text(e.weighting),
-            _str_text(e.last_batch),
+            str_text(e.unit),
+            str_text(e.style),
+            str_text(e.weighting),
+            str_text(e.last_batch),
             "{" + self.item.join(metrics) + "}",
         )
 
     def boundary(self, b: Boundary) -> tuple[str, str]:
         """:func:`boundary_json` as text, and its bottom line's text alone."""
-        bottom = _str_text(bottom_line(b))
+        str_text = self.str_text
+        bottom = str_text(bottom_line(b))
         lag = self._lag % (
             _num_text(b.lag_low),
             _num_text(b.lag_high),
@@ -485,18 +498,18 @@ class JsonText:
             _float_text(b.fraction_high),
         )
         text = self._boundary % (
-            _str_text(b.metric),
+            str_text(b.metric),
             int.__repr__(b.from_epoch),
             _float_text(b.shown_end_mean),
             _float_text(b.next_start),
             _float_text(b.jump),
             lag,
-            _str_text(b.verdict),
-            _str_text(b.reason),
+            str_text(b.verdict),
+            str_text(b.reason),
             bottom,
             self.window(b.end_level),
             self.window(b.next_window),
-            _str_text(b.trend),
+            str_text(b.trend),
         )
         return text, bottom
 

@@ -9,11 +9,7 @@ a few counters and, for a loop of ``fit`` calls, the first batches' values of ea
 from __future__ import annotations
 
 import io
-import json
-import shutil
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import IO, Any, TextIO
 
 from fitlens.explain.analysis import EpochResult, Options
@@ -34,9 +30,11 @@ from fitlens.explain.report import (
 )
 
 
-@dataclass
 class Explained:
     """A whole explained log held in memory (tests, ``--plot``, library use).
+
+    A plain class, not a dataclass: ``@dataclass`` generates and compiles its methods when the
+    module loads, a millisecond of every ``fitlens explain`` start-up.
 
     Attributes:
         source: The input's name (a path, or ``stdin``).
@@ -47,12 +45,41 @@ class Explained:
         results: The full per-epoch reconstructions, kept only when asked for (``--plot``).
     """
 
-    source: str
-    epochs: list[EpochSummary]
-    boundaries: list[Boundary]
-    stats: ParseStats
-    options: Options = field(default_factory=Options)
-    results: list[EpochResult] | None = None
+    __slots__ = ("boundaries", "epochs", "options", "results", "source", "stats")
+
+    def __init__(
+        self,
+        source: str,
+        epochs: list[EpochSummary],
+        boundaries: list[Boundary],
+        stats: ParseStats,
+        options: Options | None = None,
+        results: list[EpochResult] | None = None,
+    ) -> None:
+        self.source = source
+        self.epochs = epochs
+        self.boundaries = boundaries
+        self.stats = stats
+        self.options = Options() if options is None else options
+        self.results = results
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.source, self.epochs, self.boundaries, self.stats, self.options, self.results)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Explained)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return (
+            f"Explained(source={self.source!r}, epochs={self.epochs!r}, "
+            f"boundaries={self.boundaries!r}, stats={self.stats!r}, options={self.options!r}, "
+            f"results={self.results!r})"
+        )
 
 
 class ReportWriter:
@@ -76,9 +103,14 @@ class ReportWriter:
         self.options = options
         self.as_json = as_json
         self.separators = separators
-        # One encoder for every item: json.dumps with options builds a new one per call.
-        self._encode = json.JSONEncoder(separators=separators, allow_nan=False).encode
-        self._json = JsonText(separators)  # the same text, without building the objects
+        self._encode: Callable[[Any], str] | None = None
+        self._json: JsonText | None = None
+        if as_json:  # the text report never loads the json package (start-up time)
+            import json
+
+            # One encoder for every item: json.dumps with options builds a new one per call.
+            self._encode = json.JSONEncoder(separators=separators, allow_nan=False).encode
+            self._json = JsonText(separators)  # the same text, without building the objects
         self.epochs = 0
         self.boundaries = 0
         self._bottom = spool()
@@ -114,7 +146,7 @@ class ReportWriter:
                         rows = [(w.value, (w.high - w.low) / 2) for w in m.first_batches]
                         self._firsts.setdefault(name, []).append(rows)
         before = self._previous
-        if self.as_json:
+        if self._json is not None and self._encode is not None:
             text = self._json.epoch(epoch)
             if text is None:  # --windows: every window, through the encoder
                 text = self._encode(epoch_json(epoch))
@@ -277,6 +309,8 @@ class ReportWriter:
     def write_json(self, stats: ParseStats, out: IO[str] | Any) -> None:
         """Write the JSON report (one object, no line break after it) to ``out`` (anything with
         a ``write``); the temporary files stay open (`close` releases them)."""
+        import json
+
         options = self.options
         head = {
             "schema": SCHEMA,
@@ -312,21 +346,21 @@ class ReportWriter:
 
 
 class Spool:
-    """A text buffer for one part of a report, on disk once it passes 4 MiB.
+    """A text buffer for one part of a report, on disk once it passes :data:`MEMORY` characters.
 
-    Writes gather in a list and reach the file :data:`BATCH` characters at a time: each write
-    to a spooled file asks for its position (slow on a text file), and the report writes a few
-    short pieces per epoch.
+    Pieces gather in a list; past :data:`MEMORY` characters they go to a temporary file,
+    :data:`BATCH` characters at a time (each write to a file has its own cost, and the report
+    writes a few short pieces per epoch). The file, and the :mod:`tempfile` module, are only
+    made for a report that big: a small one never touches the disk (start-up time).
     """
 
-    #: Characters gathered before they are written to the file.
+    #: Characters gathered before they are written to the file, once there is one.
     BATCH = 1 << 16
+    #: Characters kept in memory before a temporary file is made (flat memory for any log).
+    MEMORY = 4 << 20
 
     def __init__(self) -> None:
-        # Up to 4 MiB in memory, then a temporary file: flat memory for any log size.
-        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed by close())
-            max_size=4 << 20, mode="w+", encoding="utf-8"
-        )
+        self._file: IO[str] | None = None
         self._parts: list[str] = []
         self._pending = 0
         self.empty = True
@@ -336,25 +370,37 @@ class Spool:
         self._parts.append(text)
         self._pending += len(text)
         self.empty = self.empty and not text
-        if self._pending >= self.BATCH:
+        if self._pending >= (self.BATCH if self._file is not None else self.MEMORY):
             self._flush()
 
     def _flush(self) -> None:
+        if self._file is None:
+            import tempfile
+
+            self._file = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed by close())
         if self._parts:
             self._file.write("".join(self._parts))
             self._parts, self._pending = [], 0
 
     def copy_to(self, out: TextIO | Any) -> None:
         """Write everything so far to ``out`` (anything with a ``write``)."""
+        if self._file is None:
+            if len(self._parts) > 1:
+                self._parts = ["".join(self._parts)]
+            if self._parts:
+                out.write(self._parts[0])
+            return
         self._flush()
         self._file.seek(0)
-        shutil.copyfileobj(self._file, out, 1 << 20)
+        while chunk := self._file.read(1 << 20):
+            out.write(chunk)
         self._file.seek(0, 2)
 
     def close(self) -> None:
         """Release the file."""
         self._parts = []
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def spool() -> Spool:
@@ -397,5 +443,7 @@ def render_text(explained: Explained) -> str:
 
 def to_json(explained: Explained) -> dict[str, Any]:
     """The whole report as a JSON-ready dict with a stable schema."""
+    import json
+
     report: dict[str, Any] = json.loads(_write(explained, as_json=True))
     return report
