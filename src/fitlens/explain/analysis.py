@@ -26,6 +26,7 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -89,69 +90,22 @@ FIRST_BATCHES = 3
 LastBatch = Literal["exact", "known", "any"]
 
 
+@dataclass(frozen=True)
 class Options:
-    """How to reconstruct (immutable, compared and hashed by value).
-
-    A plain class, not a dataclass: ``@dataclass`` generates and compiles its methods when the
-    module loads, a millisecond per class of every ``fitlens explain`` start-up.
+    """How to reconstruct.
 
     Attributes:
         tolerance: Target half-width of each window in the metric's units; ``None`` means
             ``DEFAULT_TOLERANCE_UNITS`` × the display's rounding half-width.
         samples: Training samples per epoch, if the user knows them (with ``batch_size``).
         batch_size: Samples per full batch, if the user knows it (with ``samples``).
-
-    Raises:
-        ValueError: A tolerance that is not positive and finite, only one of ``samples`` and
-            ``batch_size``, or a size below 1.
     """
 
-    __slots__ = ("batch_size", "samples", "tolerance")
+    tolerance: float | None = None
+    samples: int | None = None
+    batch_size: int | None = None
 
-    tolerance: float | None
-    samples: int | None
-    batch_size: int | None
-
-    def __init__(
-        self,
-        tolerance: float | None = None,
-        samples: int | None = None,
-        batch_size: int | None = None,
-    ) -> None:
-        object.__setattr__(self, "tolerance", tolerance)
-        object.__setattr__(self, "samples", samples)
-        object.__setattr__(self, "batch_size", batch_size)
-        self._check()
-
-    def _key(self) -> tuple[float | None, int | None, int | None]:
-        return (self.tolerance, self.samples, self.batch_size)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Options is immutable; cannot assign to {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"Options is immutable; cannot delete {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Options)
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __reduce__(self) -> tuple[type[Options], tuple[float | None, int | None, int | None]]:
-        # pickle and copy rebuild it through __init__ (assignment is refused).
-        return (Options, self._key())
-
-    def __repr__(self) -> str:
-        return (
-            f"Options(tolerance={self.tolerance!r}, samples={self.samples!r}, "
-            f"batch_size={self.batch_size!r})"
-        )
-
-    def _check(self) -> None:
+    def __post_init__(self) -> None:
         if self.tolerance is not None and not (
             self.tolerance > 0 and math.isfinite(self.tolerance)
         ):
