@@ -1,0 +1,230 @@
+"""Tightness of reconstruct.py's bounds and picks, pinned where containment alone would pass.
+
+Each test pins a number or a choice worked by hand, so that a looser bound (an infinite side,
+``max`` for ``min``), a dropped window or a wrong pick fails. They were written against the
+survivors of a mutation run (``benchmarks/mutation_reconstruct.sh``); the numbers carry the
+float64 slack the code adds (``reconstruct._SLACK``, 1e-12 relative).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from fitlens.explain.epochs import Shown
+from fitlens.explain.reconstruct import (
+    bounds_rows,
+    end_bounds,
+    first_within,
+    last_window,
+    narrowest_end_window,
+    ranged_end_candidates,
+    reconstruct_arrays,
+    trailing_windows,
+    window_bounds,
+    window_columns,
+)
+
+_H = 0.5e-4
+# Float64 slack the bounds carry: 1e-12 relative, see reconstruct._SLACK.
+_EPS = 1e-11
+
+
+def _pair(first: float = 0.5, last: float = 0.75) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Displays at steps 2 and 4 (± 0.00005): batches 3-4 average 2·last − first."""
+    return np.array([2, 4]), np.array([first, last]), np.array([_H, _H])
+
+
+def test_first_within_gives_each_metric_its_first_precise_window_or_minus_one():
+    # Metric 0, last batch of any size (end weight 3 to 4): batches 3-4 are 0.99985 to 1.25025
+    # (half-width 0.1252), the whole epoch 0.75 ± 0.00005. Metric 1, exact: batches 3-4 are
+    # 1.0 ± 0.00015.
+    held = ranged_end_candidates([_pair(), _pair()], [(3.0, None), (None, None)], [None, None], 2)
+    assert first_within(held, np.array([0.001, 0.001])) == [1, 0]
+    assert first_within(held, np.array([1.0, 1.0])) == [0, 0]
+    assert first_within(held, np.array([1e-6, 1e-6])) == [-1, -1]
+    assert first_within(held, np.array([1e-6, 0.001])) == [-1, 0]
+    assert first_within([], np.array([])) == []
+
+
+def test_picking_among_candidates_with_an_empty_window_is_refused():
+    # End weight at most 2: the window after the display at step 2 is empty.
+    (held,) = ranged_end_candidates([_pair()], [(1.0, 2.0)], [None], 2)
+    assert held.empty == 0
+    assert held.scan(2, 1.0) is None
+    with pytest.raises(ValueError, match="empty window"):
+        held.pick(2, 1.0)
+
+
+def test_picking_gives_the_first_precise_window_else_the_narrowest():
+    (held,) = ranged_end_candidates([_pair()], [(3.0, None)], [None], 2)
+    window, precise = held.pick(2, 0.001)
+    assert precise and (window.first_batch, window.last_batch) == (1, 4)
+    assert (window.low, window.high) == pytest.approx((0.74995, 0.75005), abs=_EPS)
+    window, precise = held.pick(2, 1.0)
+    assert precise and (window.first_batch, window.last_batch) == (3, 4)
+    assert (window.low, window.high) == pytest.approx((0.99985, 1.25025), abs=_EPS)
+    window, precise = held.pick(2, 1e-6)
+    assert not precise and window.first_batch == 1
+    window, precise = held.pick(1, 1e-6)
+    assert not precise and window.first_batch == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        held.scan(0, 1.0)
+    assert math.isfinite(window.high)
+
+
+def test_a_known_partial_last_batch_sets_the_last_window_of_the_array_path():
+    # End weight exactly 3.5 (half a last batch): batches 3-4 weigh 1.5 and average
+    # (3.5·0.75 − 2·0.5)/1.5 = 1.08333 ± (3.5 + 2)·h/1.5; the first window is batches 1-2.
+    first, last = reconstruct_arrays(*_pair(), 1.0, end_weight_low=3.5, end_weight_high=3.5)
+    assert (first.first_batch, first.last_batch, last.first_batch, last.last_batch) == (1, 2, 3, 4)
+    assert last.value == pytest.approx(1.625 / 1.5, abs=1e-15)
+    assert last.half_width == pytest.approx(5.5 * _H / 1.5, abs=_EPS)
+    assert first.value == 0.5 and first.half_width == pytest.approx(_H, abs=_EPS)
+
+
+def test_trailing_windows_pin_value_clip_and_a_known_partial_last_batch():
+    points = [Shown(2, 0.5, _H), Shown(4, 0.75, _H)]
+    short, whole = trailing_windows(points, clip=(0.0, 1.0))
+    # Batches 3-4: 1.0 ± 0.00015, cut at 1 above; the whole epoch 0.75 ± 0.00005.
+    assert (short.value, short.high) == (1.0, 1.0)
+    assert short.low == pytest.approx(0.99985, abs=_EPS)
+    assert whole.value == 0.75
+    assert (whole.low, whole.high) == pytest.approx((0.74995, 0.75005), abs=_EPS)
+    short, _ = trailing_windows(points, end_weight_low=3.5, end_weight_high=3.5)
+    assert short.value == pytest.approx(1.625 / 1.5, abs=1e-15)
+    assert short.half_width == pytest.approx(5.5 * _H / 1.5, abs=_EPS)
+
+
+# Displays at steps 1, 2, 4 with different roundings: batches 3-4 average
+# (4·0.75 − 2·0.5)/2 = 1.0 ± (4·h + 2·100h)/2 = ± 0.0051, batches 2-4 average
+# (4·0.75 − 1·0.5)/3 = 0.83333 ± (4·h + 1·h)/3 = ± 0.0000833: the longer window is narrower.
+_MIXED = (np.array([1, 2, 4]), np.array([0.5, 0.5, 0.75]), np.array([_H, 100 * _H, _H]))
+
+
+def test_the_narrowest_end_window_uses_each_display_s_own_rounding():
+    shortest, precise = narrowest_end_window(*_MIXED, 1, -1.0)
+    assert not precise and (shortest.first_batch, shortest.last_batch) == (3, 4)
+    assert shortest.value == pytest.approx(1.0, abs=1e-15)
+    assert shortest.half_width == pytest.approx(0.0051, abs=_EPS)
+    narrowest, precise = narrowest_end_window(*_MIXED, 2, -1.0)
+    assert not precise and (narrowest.first_batch, narrowest.last_batch) == (2, 4)
+    assert narrowest.value == pytest.approx(2.5 / 3, abs=1e-15)
+    assert narrowest.half_width == pytest.approx(5 * _H / 3, abs=_EPS)
+
+
+def test_a_window_exactly_as_wide_as_enough_is_precise():
+    shortest, _ = narrowest_end_window(*_MIXED, 1, -1.0)
+    enough = (shortest.high - shortest.low) / 2  # the very double the scan compares
+    assert narrowest_end_window(*_MIXED, 2, enough) == (shortest, True)
+
+
+@pytest.mark.parametrize(
+    ("h", "tolerance", "end", "boundary", "first"),
+    [(0.1, 0.30912010276172125, 6370, 3256, 3257), (0.1, 2.887755102040816, 732, 683, 683)],
+    ids=["quotient-rounds-down", "quotient-rounds-up"],
+)
+def test_the_last_window_s_search_corrects_a_quotient_that_rounds_the_wrong_way(
+    h, tolerance, end, boundary, first
+):
+    """last_window guesses the start from goal / grow, then corrects with the products that
+    window_columns compares. Here (found by a search over tolerances at a start's exact edge)
+    the quotient says the reverse of the products: step 3256 fits by its product but not by
+    the quotient (first case), step 683 by the quotient but not by its product (second)."""
+    grow, goal = h + tolerance, end * (tolerance - h)
+    assert (boundary * grow <= goal) != (boundary <= goal / grow)
+    steps, means, halves = np.arange(1, end + 1), np.full(end, 0.5), np.full(end, h)
+    alone = last_window(steps, means, halves, tolerance)
+    assert alone == window_columns(steps, means, halves, tolerance).row(-1)
+    assert (alone.first_batch, alone.last_batch) == (first, end)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "value", "half"),
+    [(3.5, 3.5, 1.625 / 1.5, 5.5 * _H / 1.5), (None, 3.5, 1.625 / 1.5, 5.5 * _H / 1.5)],
+    ids=["both-weights", "high-weight-only"],
+)
+def test_the_last_window_alone_honours_a_known_partial_last_batch(low, high, value, half):
+    # End weight 3.5 (given as both weights, or as the largest alone: the smallest defaults to
+    # it): batches 3-4 average (3.5·0.75 − 2·0.5)/1.5 ± (3.5 + 2)·h/1.5.
+    alone = last_window(*_pair(), 1.0, end_weight_low=low, end_weight_high=high)
+    assert (alone.first_batch, alone.last_batch) == (3, 4)
+    assert alone.value == pytest.approx(value, abs=1e-15)
+    assert alone.half_width == pytest.approx(half, abs=_EPS)
+
+
+def test_empty_input_gives_empty_integer_and_float_columns():
+    empty = np.array([], dtype=np.int64)
+    columns = window_columns(empty, empty.astype(float), empty.astype(float), 5e-3)
+    assert [c.dtype for c in columns] == [np.int64, np.int64] + [np.float64] * 3
+    assert [len(c) for c in columns] == [0] * 5
+    assert last_window(empty, empty.astype(float), empty.astype(float), 5e-3) is None
+    # And the same types when there are windows, on the vectorized path and on the loop's.
+    for halves in (np.full(2, _H), np.array([_H, 2 * _H])):
+        columns = window_columns(np.array([2, 4]), np.array([0.5, 0.75]), halves, 5e-3)
+        assert [c.dtype for c in columns] == [np.int64, np.int64] + [np.float64] * 3
+
+
+def test_mixed_roundings_are_clipped_too():
+    # The loop's path (two roundings): batches 3-4 are 1.0 ± 0.00025, cut at 1 above.
+    steps, means, halves = np.array([2, 4]), np.array([0.5, 0.75]), np.array([2 * _H, _H])
+    columns = window_columns(steps, means, halves, 5e-3, clip=(0.0, 1.0))
+    assert (columns.value[-1], columns.high[-1]) == (1.0, 1.0)
+    assert columns.low[-1] == pytest.approx(1 - 4 * _H, abs=_EPS)
+
+
+def test_the_vectorized_last_window_alone_is_one_window():
+    # One rounding, no end weights: the array path with last_only. Tolerance 0.0002 is met by
+    # batches 3-4 (± 0.00015) and not by batch 4 alone (± 0.00035).
+    steps, means, halves = np.array([1, 2, 3, 4]), np.array([0.5, 0.6, 0.7, 0.8]), np.full(4, _H)
+    (first,) = window_columns(steps, means, halves, 0.0002, last_only=True).first.tolist()
+    assert first == 3
+
+
+def test_unusable_rows_raise_no_floating_point_warnings():
+    """Empty windows (0/0, x/0) and overflowing products give meaningless numbers that the
+    callers discard: the array code computes them silently, as documented."""
+    w = np.array([2.0, 2.0, 2.0])
+    m = np.array([0.5, 1e308, 0.5])
+    m_end = np.array([1.0, 1e308, 0.75])
+    h = np.full(3, _H)
+    w_end = np.array([2.0, 4.0, 4.0])  # row 0 empty, row 1 overflows, row 2 fine
+    w_lo = np.array([2.0, 4.0, 1.0])  # row 2: the end weight may fall below the start
+    clip = (np.array([False] * 3), np.zeros(3), np.ones(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounds_rows((w, m, h), (w_lo, w_end, m_end, h), clip)
+        bounds_rows((w, m, h), (w_end, w_end, m_end, h), clip)
+        ranged_end_candidates(
+            [(np.array([2, 4]), np.array([1e308, 1e308]), np.full(2, _H))], [(1.0, 2.0)], [None], 2
+        )
+        end_bounds(*_pair(), end_weight_low=2.0)  # the corners at weight 2 divide by 0
+
+
+def _one_row(start: tuple[float, float, float], end: tuple[float, float, float, float]):
+    """bounds_rows on a single unclipped row: ``(value, low, high)`` as floats."""
+    clip = (np.array([False]), np.zeros(1), np.ones(1))
+    rows = bounds_rows(tuple(np.array([x]) for x in start), tuple(np.array([x]) for x in end), clip)
+    return tuple(float(c[0]) for c in rows)
+
+
+def test_a_row_whose_last_batch_may_be_empty_is_unbounded_both_ways():
+    # Start at weight 2, end weight 2 to 4: the window may hold nothing. Its corners at weight 2
+    # divide a positive number by 0 (all +inf), so only the rule gives the -inf below.
+    _, low, high = _one_row((2.0, 0.5, _H), (2.0, 4.0, 0.75, _H))
+    assert (low, high) == (-math.inf, math.inf)
+    # Weight 3 to 4: the hand-worked 0.99985 to 1.25025.
+    _, low, high = _one_row((2.0, 0.5, _H), (3.0, 4.0, 0.75, _H))
+    assert (low, high) == pytest.approx((0.99985, 1.25025), abs=_EPS)
+
+
+def test_a_bound_that_overflows_on_one_side_leaves_the_other_side_finite():
+    # 1e308 ± 1e308: the high overflows to inf, the low is exactly 0 and gets no slack (the
+    # slack of an infinite interval would be infinite too).
+    window = window_bounds(None, Shown(1, 1e308, 1e308))
+    assert (window.low, window.high) == (0.0, math.inf)
+    _, low, high = _one_row((0.0, 0.0, 0.0), (1.0, 1.0, 1e308, 1e308))
+    assert (low, high) == (0.0, math.inf)
