@@ -22,6 +22,7 @@ from fitlens.explain.reconstruct import (
     last_window,
     narrowest_end_window,
     ranged_end_candidates,
+    reconstruct,
     reconstruct_arrays,
     trailing_windows,
     window_bounds,
@@ -226,5 +227,53 @@ def test_a_bound_that_overflows_on_one_side_leaves_the_other_side_finite():
     # slack of an infinite interval would be infinite too).
     window = window_bounds(None, Shown(1, 1e308, 1e308))
     assert (window.low, window.high) == (0.0, math.inf)
+    window = window_bounds(None, Shown(1, -1e308, 1e308))
+    assert (window.low, window.high) == (-math.inf, 0.0)
     _, low, high = _one_row((0.0, 0.0, 0.0), (1.0, 1.0, 1e308, 1e308))
     assert (low, high) == (0.0, math.inf)
+
+
+def test_a_window_that_touches_the_clip_keeps_its_single_point():
+    """A window whose low equals the clip's top is the single point low..low (it meets the
+    range there), not the whole range (what a window entirely outside gets). Each function is
+    clipped at its own unclipped low."""
+
+    def touching(low: float) -> tuple[float, float]:
+        return (low - 1.0, low)
+
+    free = window_bounds(Shown(2, 0.5, _H), Shown(4, 0.75, _H))
+    w = window_bounds(Shown(2, 0.5, _H), Shown(4, 0.75, _H), clip=touching(free.low))
+    assert (w.low, w.value, w.high) == (free.low,) * 3
+    start = (np.array([2.0]), np.array([0.5]), np.array([_H]))
+    end = (np.array([4.0]), np.array([4.0]), np.array([0.75]), np.array([_H]))
+    lo, hi = touching(free.low)
+    rows = bounds_rows(start, end, (np.array([True]), np.array([lo]), np.array([hi])))
+    assert [float(c[0]) for c in rows] == [free.low] * 3
+    steps, means, halves = _pair()
+    free = last_window(steps, means, halves, 1.0)
+    w = last_window(steps, means, halves, 1.0, clip=touching(free.low))
+    assert (w.low, w.value, w.high) == (free.low,) * 3
+    _, _, free_low, _ = end_bounds(steps, means, halves)
+    _, value, low, high = end_bounds(steps, means, halves, clip=touching(free_low[0]))
+    assert (low[0], value[0], high[0]) == (free_low[0],) * 3
+
+
+@pytest.mark.parametrize("clip", [(0.0, 1.0), (-1.0, 0.0)], ids=["at-the-bottom", "at-the-top"])
+def test_a_negative_zero_value_on_the_clip_edge_keeps_its_sign(clip):
+    # The value (1·(-0.0) − 0·0)/1 is -0.0, equal to the clip's 0.0: the value wins the tie in
+    # window_bounds and in bounds_rows alike (bit for bit, as documented).
+    window = window_bounds(None, Shown(1, -0.0, _H), clip=clip)
+    assert math.copysign(1.0, window.value) == -1.0
+    start = (np.zeros(1), np.zeros(1), np.zeros(1))
+    end = (np.ones(1), np.ones(1), np.array([-0.0]), np.array([_H]))
+    value, _, _ = bounds_rows(
+        start, end, (np.array([True]), np.array([clip[0]]), np.array([clip[1]]))
+    )
+    assert math.copysign(1.0, float(value[0])) == -1.0
+
+
+def test_the_reference_loop_takes_a_start_that_meets_the_tolerance_exactly():
+    """Mixed roundings go through reconstruct's loop; a start whose bound meets the tolerance
+    exactly (all binary fractions: (4 + 2)·0.25 = 0.75·(4 − 2)) is taken: batches 3-4."""
+    points = [Shown(1, 0.5, 0.125), Shown(2, 0.25, 0.25), Shown(3, 0.75, 0.25), Shown(4, 0.5, 0.25)]
+    assert [(w.first_batch, w.last_batch) for w in reconstruct(points, 0.75)][-1] == (3, 4)
