@@ -6,7 +6,9 @@
 # property tests at FITLENS_EXPLAIN_EXAMPLES examples each (default 20; the suite uses 200).
 #
 # Usage:
-#   MUTMUT_PYTHON=/path/to/venv/bin/python benchmarks/mutation_reconstruct.sh [scratch_dir]
+#   MUTMUT_PYTHON=/path/to/venv/bin/python benchmarks/mutation_reconstruct.sh [scratch_dir [mutant...]]
+# With mutant names (as `mutmut results` prints them) only those are run, e.g. the survivors
+# of an earlier run against new tests.
 # MUTMUT_PYTHON is a Python with mutmut 3.x (3.8.1 measured) and the project's test
 # dependencies (numpy, hypothesis, pytest, torch for tests/conftest.py). mutmut is not in the
 # dev extras: install it in a venv of your own, e.g.
@@ -38,5 +40,10 @@ pytest_add_cli_args_test_selection = [$tests]
 EOF
 cd "$scratch"
 unset PYTHONPATH
-"$python" -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" || true
-"$python" -m mutmut results --all false
+"$python" -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "${@:2}" || true
+echo
+"$python" -m mutmut results --all true >"$scratch/results.txt" 2>&1 || true
+echo "mutants by status (all of reconstruct.py; 'not checked' when only some were run):"
+sed 's/.*: //' "$scratch/results.txt" | sort | uniq -c
+echo "survivors:"
+grep -E ': (survived|suspicious|timeout)$' "$scratch/results.txt" || true

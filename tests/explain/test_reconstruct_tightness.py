@@ -203,6 +203,7 @@ def test_unusable_rows_raise_no_floating_point_warnings():
             [(np.array([2, 4]), np.array([1e308, 1e308]), np.full(2, _H))], [(1.0, 2.0)], [None], 2
         )
         end_bounds(*_pair(), end_weight_low=2.0)  # the corners at weight 2 divide by 0
+        end_bounds(*_pair(0.5, 0.5), end_weight_low=2.0)  # and some of them are 0/0
 
 
 def _one_row(start: tuple[float, float, float], end: tuple[float, float, float, float]):
@@ -229,6 +230,9 @@ def test_a_bound_that_overflows_on_one_side_leaves_the_other_side_finite():
     assert (window.low, window.high) == (0.0, math.inf)
     window = window_bounds(None, Shown(1, -1e308, 1e308))
     assert (window.low, window.high) == (-math.inf, 0.0)
+    # The corner path (the last batch of any size) likewise: corners 0 and inf.
+    window = window_bounds(None, Shown(1, 1e308, 1e308), end_weight_low=0.5)
+    assert (window.low, window.high) == (0.0, math.inf)
     _, low, high = _one_row((0.0, 0.0, 0.0), (1.0, 1.0, 1e308, 1e308))
     assert (low, high) == (0.0, math.inf)
 
@@ -277,3 +281,27 @@ def test_the_reference_loop_takes_a_start_that_meets_the_tolerance_exactly():
     exactly (all binary fractions: (4 + 2)·0.25 = 0.75·(4 − 2)) is taken: batches 3-4."""
     points = [Shown(1, 0.5, 0.125), Shown(2, 0.25, 0.25), Shown(3, 0.75, 0.25), Shown(4, 0.5, 0.25)]
     assert [(w.first_batch, w.last_batch) for w in reconstruct(points, 0.75)][-1] == (3, 4)
+
+
+def test_end_bounds_gives_only_the_count_shortest_windows():
+    steps, means, halves = _MIXED
+    every = end_bounds(steps, means, halves)
+    assert every[0].dtype == np.int64
+    assert every[0].tolist() == [3, 2, 1]  # after step 2, after step 1, the whole epoch
+    for count, firsts in [(1, [3]), (2, [3, 2]), (3, [3, 2, 1]), (9, [3, 2, 1])]:
+        some = end_bounds(steps, means, halves, count=count)
+        assert some[0].tolist() == firsts
+        for got, all_of_them in zip(some[1:], every[1:], strict=True):
+            assert got.tolist() == all_of_them[:count].tolist()
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "weights"),
+    [(4, 4, {}), (4, 2, {}), (4, 6, {"end_weight_high": 4.0}), (4, 6, {"end_weight_high": 3.5})],
+    ids=["same-step", "backwards", "end-weight-at-start", "end-weight-before-start"],
+)
+def test_an_empty_window_is_refused_with_both_weights(start, end, weights):
+    high = float(weights.get("end_weight_high", end))
+    message = rf"^Expected w_k > w_j for a non-empty window\. Received: w_j=4\.0, w_k={high}\.$"
+    with pytest.raises(ValueError, match=message):
+        window_bounds(Shown(start, 0.5, _H), Shown(end, 0.75, _H), **weights)
