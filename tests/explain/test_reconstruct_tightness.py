@@ -72,7 +72,7 @@ def test_picking_gives_the_first_precise_window_else_the_narrowest():
     assert not precise and window.first_batch == 1
     window, precise = held.pick(1, 1e-6)
     assert not precise and window.first_batch == 3
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="^count must be at least 1$"):
         held.scan(0, 1.0)
     assert math.isfinite(window.high)
 
@@ -305,3 +305,17 @@ def test_an_empty_window_is_refused_with_both_weights(start, end, weights):
     message = rf"^Expected w_k > w_j for a non-empty window\. Received: w_j=4\.0, w_k={high}\.$"
     with pytest.raises(ValueError, match=message):
         window_bounds(Shown(start, 0.5, _H), Shown(end, 0.75, _H), **weights)
+
+
+def test_a_known_partial_last_batch_uses_the_closed_form_bit_for_bit():
+    """With one end weight (73.375) the batched candidates use the closed form value ± half,
+    as end_bounds does; here the corner formula would differ from it in the last bit."""
+    steps, means, halves = np.array([42, 74]), np.array([0.041, 0.2698]), np.full(2, _H)
+    w, m_k, m_j = 73.375, 0.2698, 0.041
+    corner = (w * (m_k - _H) - 42 * (m_j + _H)) / (w - 42)
+    closed = (w * m_k - 42 * m_j) / (w - 42) - (w * _H + 42 * _H) / (w - 42)
+    assert corner != closed  # the case is one that tells the two apart
+    (held,) = ranged_end_candidates([(steps, means, halves)], [(w, w)], [None], 2)
+    first, value, low, high = end_bounds(steps, means, halves, end_weight_low=w, end_weight_high=w)
+    for i in range(2):
+        assert held.window(i) == (int(first[i]), 74, value[i], low[i], high[i])
