@@ -65,6 +65,10 @@ def test_picking_gives_the_first_precise_window_else_the_narrowest():
     window, precise = held.pick(2, 0.001)
     assert precise and (window.first_batch, window.last_batch) == (1, 4)
     assert (window.low, window.high) == pytest.approx((0.74995, 0.75005), abs=_EPS)
+    assert (held.size, held.empty) == (2, 2)  # no window is empty
+    # 0.1 is below batches 3-4's half-width 0.1252: the whole epoch is the first precise one.
+    window, precise = held.pick(2, 0.1)
+    assert precise and (window.first_batch, window.last_batch) == (1, 4)
     window, precise = held.pick(2, 1.0)
     assert precise and (window.first_batch, window.last_batch) == (3, 4)
     assert (window.low, window.high) == pytest.approx((0.99985, 1.25025), abs=_EPS)
@@ -257,6 +261,13 @@ def test_a_window_that_touches_the_clip_keeps_its_single_point():
     free = last_window(steps, means, halves, 1.0)
     w = last_window(steps, means, halves, 1.0, clip=touching(free.low))
     assert (w.low, w.value, w.high) == (free.low,) * 3
+    (free_held,) = ranged_end_candidates([(steps, means, halves)], [(None, None)], [None], 2)
+    free_low_0 = free_held.window(0).low
+    (held,) = ranged_end_candidates(
+        [(steps, means, halves)], [(None, None)], [touching(free_low_0)], 2
+    )
+    w = held.window(0)
+    assert (w.low, w.value, w.high) == (free_low_0,) * 3
     _, _, free_low, _ = end_bounds(steps, means, halves)
     _, value, low, high = end_bounds(steps, means, halves, clip=touching(free_low[0]))
     assert (low[0], value[0], high[0]) == (free_low[0],) * 3
@@ -319,3 +330,15 @@ def test_a_known_partial_last_batch_uses_the_closed_form_bit_for_bit():
     first, value, low, high = end_bounds(steps, means, halves, end_weight_low=w, end_weight_high=w)
     for i in range(2):
         assert held.window(i) == (int(first[i]), 74, value[i], low[i], high[i])
+
+
+@pytest.mark.parametrize("clip", [(0.0, 1.0), (-1.0, 0.0)], ids=["at-the-bottom", "at-the-top"])
+def test_the_batched_candidates_clip_a_negative_zero_value_to_the_limit(clip):
+    # The epoch start's value (2·(-0.0) − 0·0)/2 is -0.0; the batched code clips as NumPy's
+    # maximum/minimum do (the limit wins a tie), giving +0.0 at either end.
+    steps, means, halves = np.array([1, 2]), np.array([0.5, -0.0]), np.full(2, _H)
+    (held,) = ranged_end_candidates([(steps, means, halves)], [(None, None)], [clip], 2)
+    assert held.window(1).first_batch == 1
+    assert math.copysign(1.0, held.window(1).value) == 1.0
+    (free,) = ranged_end_candidates([(steps, means, halves)], [(None, None)], [None], 2)
+    assert math.copysign(1.0, free.window(1).value) == -1.0
