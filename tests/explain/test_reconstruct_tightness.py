@@ -76,7 +76,7 @@ def test_picking_gives_the_first_precise_window_else_the_narrowest():
     assert not precise and window.first_batch == 1
     window, precise = held.pick(1, 1e-6)
     assert not precise and window.first_batch == 3
-    with pytest.raises(ValueError, match="^count must be at least 1$"):
+    with pytest.raises(ValueError, match=r"^count must be at least 1$"):
         held.scan(0, 1.0)
     assert math.isfinite(window.high)
 
