@@ -22,6 +22,7 @@ from fitlens.explain.reconstruct import (
     last_window,
     narrowest_end_window,
     ranged_end_candidates,
+    ranged_end_window,
     reconstruct,
     reconstruct_arrays,
     trailing_windows,
@@ -78,6 +79,14 @@ def test_picking_gives_the_first_precise_window_else_the_narrowest():
     assert not precise and window.first_batch == 3
     with pytest.raises(ValueError, match=r"^count must be at least 1$"):
         held.scan(0, 1.0)
+    # The scalar scan it copies: the same picks, the same refusal of count 0.
+    weights = {"end_weight_low": 3.0, "end_weight_high": None}
+    window, precise = ranged_end_window(*_pair(), 2, 0.1, **weights)
+    assert precise and window.first_batch == 1
+    with pytest.raises(AssertionError, match=r"^count must be at least 1$"):
+        ranged_end_window(*_pair(), 0, 1.0, **weights)
+    with pytest.raises(AssertionError, match=r"^count must be at least 1$"):
+        narrowest_end_window(*_pair(), 0, 1.0)
     assert math.isfinite(window.high)
 
 
@@ -268,6 +277,14 @@ def test_a_window_that_touches_the_clip_keeps_its_single_point():
     )
     w = held.window(0)
     assert (w.low, w.value, w.high) == (free_low_0,) * 3
+    free_ranged, _ = ranged_end_window(
+        steps, means, halves, 1, -1.0, end_weight_low=3.0, end_weight_high=None
+    )
+    clip = touching(free_ranged.low)
+    w, _ = ranged_end_window(
+        steps, means, halves, 1, -1.0, end_weight_low=3.0, end_weight_high=None, clip=clip
+    )
+    assert (w.low, w.value, w.high) == (free_ranged.low,) * 3
     _, _, free_low, _ = end_bounds(steps, means, halves)
     _, value, low, high = end_bounds(steps, means, halves, clip=touching(free_low[0]))
     assert (low[0], value[0], high[0]) == (free_low[0],) * 3
@@ -342,3 +359,8 @@ def test_the_batched_candidates_clip_a_negative_zero_value_to_the_limit(clip):
     assert math.copysign(1.0, held.window(1).value) == 1.0
     (free,) = ranged_end_candidates([(steps, means, halves)], [(None, None)], [None], 2)
     assert math.copysign(1.0, free.window(1).value) == -1.0
+    # ranged_end_window, whose doubles the batched code copies, the same.
+    window, _ = ranged_end_window(
+        steps, means, halves, 2, -1.0, end_weight_low=1.5, end_weight_high=None, clip=clip
+    )
+    assert window.first_batch == 1 and math.copysign(1.0, window.value) == 1.0
