@@ -50,6 +50,9 @@ def test_first_within_gives_each_metric_its_first_precise_window_or_minus_one():
     assert first_within(held, np.array([1e-6, 1e-6])) == [-1, -1]
     assert first_within(held, np.array([1e-6, 0.001])) == [-1, 0]
     assert first_within([], np.array([])) == []
+    (one,) = ranged_end_candidates([_pair()], [(None, None)], [None], 2)
+    exact = float(one.batch.width[0, 0])  # a window exactly as wide as enough is precise
+    assert first_within([one], np.array([exact])) == [0]
 
 
 def test_picking_among_candidates_with_an_empty_window_is_refused():
@@ -57,7 +60,7 @@ def test_picking_among_candidates_with_an_empty_window_is_refused():
     (held,) = ranged_end_candidates([_pair()], [(1.0, 2.0)], [None], 2)
     assert held.empty == 0
     assert held.scan(2, 1.0) is None
-    with pytest.raises(ValueError, match="empty window"):
+    with pytest.raises(ValueError, match=r"^an empty window among those held: scan them instead$"):
         held.pick(2, 1.0)
 
 
@@ -364,3 +367,14 @@ def test_the_batched_candidates_clip_a_negative_zero_value_to_the_limit(clip):
         steps, means, halves, 2, -1.0, end_weight_low=1.5, end_weight_high=None, clip=clip
     )
     assert window.first_batch == 1 and math.copysign(1.0, window.value) == 1.0
+
+
+def test_among_equally_narrow_windows_the_shortest_is_taken():
+    # Roundings 0.375, 0.125, 0 at steps 1, 2, 4, every display 0.5: batches 3-4 are
+    # 0.5 ± (0 + 2·0.125)/2 and batches 2-4 0.5 ± (0 + 1·0.375)/3, the same 0.125 (binary
+    # fractions, the same slack): neither is precise, the first of equals wins.
+    steps, means, halves = np.array([1, 2, 4]), np.full(3, 0.5), np.array([0.375, 0.125, 0.0])
+    shortest, _ = narrowest_end_window(steps, means, halves, 1, -1.0)
+    longer, _ = narrowest_end_window(steps, means, halves, 2, shortest.half_width / 2)
+    assert (longer.first_batch, longer.half_width) == (3, shortest.half_width)
+    assert shortest.half_width == pytest.approx(0.125, abs=_EPS)
