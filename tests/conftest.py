@@ -7,14 +7,20 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 # The suite is deterministic: hypothesis draws the same examples on every run (a CI failure is
 # reproducible, never a coin toss). FITLENS_HYPOTHESIS=explore draws fresh ones, for bug hunts;
 # pin what they find with @example.
 settings.register_profile("fitlens", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, print_blob=True)
-settings.load_profile("explore" if os.environ.get("FITLENS_HYPOTHESIS") == "explore" else "fitlens")
+# FITLENS_HYPOTHESIS=mutation: the suite's examples without shrinking a failure (a mutation run
+# only needs to know that a test fails; shrinking took up to 16 s per killed mutant).
+settings.register_profile(
+    "mutation", derandomize=True, deadline=None, phases=(Phase.explicit, Phase.generate)
+)
+_PROFILE = os.environ.get("FITLENS_HYPOTHESIS", "fitlens")
+settings.load_profile(_PROFILE if _PROFILE in ("explore", "mutation") else "fitlens")
 
 
 @pytest.fixture(autouse=True)
