@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any, TextIO
 
 from fitlens.explain.analysis import EpochResult, Options
@@ -30,11 +31,9 @@ from fitlens.explain.report import (
 )
 
 
+@dataclass
 class Explained:
     """A whole explained log held in memory (tests, ``--plot``, library use).
-
-    A plain class, not a dataclass: ``@dataclass`` generates and compiles its methods when the
-    module loads, a millisecond of every ``fitlens explain`` start-up.
 
     Attributes:
         source: The input's name (a path, or ``stdin``).
@@ -45,41 +44,12 @@ class Explained:
         results: The full per-epoch reconstructions, kept only when asked for (``--plot``).
     """
 
-    __slots__ = ("boundaries", "epochs", "options", "results", "source", "stats")
-
-    def __init__(
-        self,
-        source: str,
-        epochs: list[EpochSummary],
-        boundaries: list[Boundary],
-        stats: ParseStats,
-        options: Options | None = None,
-        results: list[EpochResult] | None = None,
-    ) -> None:
-        self.source = source
-        self.epochs = epochs
-        self.boundaries = boundaries
-        self.stats = stats
-        self.options = Options() if options is None else options
-        self.results = results
-
-    def _fields(self) -> tuple[object, ...]:
-        return (self.source, self.epochs, self.boundaries, self.stats, self.options, self.results)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Explained)
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
-
-    def __repr__(self) -> str:
-        return (
-            f"Explained(source={self.source!r}, epochs={self.epochs!r}, "
-            f"boundaries={self.boundaries!r}, stats={self.stats!r}, options={self.options!r}, "
-            f"results={self.results!r})"
-        )
+    source: str
+    epochs: list[EpochSummary]
+    boundaries: list[Boundary]
+    stats: ParseStats
+    options: Options = field(default_factory=Options)
+    results: list[EpochResult] | None = None
 
 
 class ReportWriter:
